@@ -1,0 +1,297 @@
+"""The `edgediff` command line.
+
+    edgediff compile SOURCE --target host-cpu [--sampler S --steps N --guidance G] -o BUNDLE
+    edgediff generate BUNDLE -n 16 --seed 0 [--label 3] -o grid.png
+    edgediff eval BUNDLE [--num-samples 500] --json out.json
+    edgediff inspect BUNDLE [--json]
+    edgediff targets [--json]
+    edgediff zoo train digits|classifier
+
+User errors (EdgediffError) print as one line and exit with status 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from edgediff.runtimes.errors import EdgediffError
+
+
+def _bar(total: int, desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
+                disable=None)
+
+
+def _write_json(data: dict, dest: str | None) -> None:
+    text = json.dumps(data, indent=2)
+    if dest in (None, "-"):
+        print(text)
+        return
+    try:
+        Path(dest).write_text(text + "\n")
+    except OSError as e:
+        raise EdgediffError(f"{dest}: cannot write JSON ({e.strerror})") from None
+
+
+def _load(path: str):
+    from edgediff.runtimes.bundle import load_bundle
+
+    return load_bundle(path)
+
+
+# ---------------------------------------------------------------- compile
+def cmd_compile(a) -> int:
+    from edgediff.compiler.pipeline import STAGES, Recipe, compile_model
+
+    recipe = Recipe(sampler=a.sampler, steps=a.steps, guidance=a.guidance, spacing=a.spacing,
+                    precision=a.precision)
+    bar = _bar(len(STAGES) + 1, "compile", "stage")
+
+    def progress(stage):
+        bar.set_postfix_str(stage)
+        bar.update(0 if stage == "capture" else 1)
+
+    try:
+        b = compile_model(a.source, a.output, target=a.target, recipe=recipe, progress=progress)
+    finally:
+        bar.close()
+    if a.json:
+        _write_json({"bundle": str(b.root), "manifest": b.manifest, "report": b.report}, None)
+    else:
+        print(format_report(b))
+    return 0
+
+
+def format_report(b) -> str:
+    r, m = b.report, b.manifest
+    v = r["verification"]
+    lines = [
+        f"bundle      {b.root}",
+        f"source      {m['source']['spec']}  (sha256 {m['source']['sha256'][:12]}…)",
+        f"target      {m['target']}  format {m['model']['format']}  precision {m['model']['precision']}",
+        f"sampler     {b.scheduler['solver']}  {len(b.scheduler['plan']['timesteps'])} steps  "
+        f"guidance {b.scheduler['guidance_scale']}",
+        f"model       {r['model']['params'] / 1e6:.2f} M params  {r['model']['macs_per_step'] / 1e9:.3f} GMACs/call  "
+        f"{r['model']['forward_passes_per_step']} call(s)/step  {r['model']['size_bytes'] / 1e6:.2f} MB",
+        f"verified    {v['runtime']} vs PyTorch at {v['num_timesteps']} timesteps: max rel error "
+        f"{v['max_rel_error']:.2e} (bound {v['bound']:g})",
+        "timings     " + "  ".join(f"{k} {t:.2f}s" for k, t in r["timings_s"].items()),
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- generate
+def cmd_generate(a) -> int:
+    from edgediff.runtimes.images import save_grid
+    from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
+
+    out = Path(a.output)
+    if out.suffix.lower() not in (".png", ".pgm", ".ppm"):
+        raise EdgediffError(f"{out}: output must end in .png, .pgm or .ppm")
+    if not out.resolve().parent.is_dir():
+        raise EdgediffError(f"{out}: folder {out.resolve().parent} does not exist")
+    b = _load(a.bundle)
+    setup = SamplingSetup.from_bundle(b)
+    labels = default_labels(setup, a.num, a.label)
+    bar = _bar(a.num * len(setup.plan.timesteps), "generate", "img·step")
+    t0 = time.perf_counter()
+    try:
+        images = generate(bundle_denoiser(b), setup, n=a.num, seed=a.seed, labels=labels,
+                          progress=bar.update)
+    finally:
+        bar.close()
+    dt = time.perf_counter() - t0
+    save_grid(images, out)
+    info = {"output": str(out), "num_images": a.num, "seed": a.seed, "seconds": round(dt, 3),
+            "labels": None if labels is None else labels.tolist()}
+    if a.json:
+        _write_json(info, None)
+    else:
+        print(f"wrote {out}: {a.num} images, seed {a.seed}, {dt:.2f} s")
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+def cmd_eval(a) -> int:
+    from edgediff.compiler.evaluate import evaluate
+
+    b = _load(a.bundle)
+    steps = len(b.scheduler["plan"]["timesteps"])
+    bar = _bar(2 * a.num_samples * steps, "eval", "img·step")
+    try:
+        result, images, ref_images = evaluate(b, num_samples=a.num_samples, seed=a.seed, progress=bar.update)
+    finally:
+        bar.close()
+    if a.grid:
+        import numpy as np
+
+        from edgediff.runtimes.images import save_grid
+
+        k = min(32, len(images))
+        save_grid(np.concatenate([ref_images[:k], images[:k]]), a.grid, ncols=k if k <= 16 else 16)
+    if a.json:
+        _write_json(result, a.json)
+    print(format_eval(result))
+    return 0
+
+
+def _fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+
+
+def format_eval(r: dict) -> str:
+    ref = r["reference"]
+    rows = [
+        f"{r['sampler']} {r['steps']} steps, guidance {r['guidance']}, {r['num_samples']} samples, seed {r['seed']}",
+        f"{'':22}{'bundle':>12}{'fp32 ref':>12}",
+        f"{'FD-digits':22}{_fmt(r['fd_digits'], '12.3f')}{_fmt(ref['fd_digits'], '12.3f')}",
+        f"{'class accuracy':22}{_fmt(r['class_accuracy'], '12.3f')}{_fmt(ref['class_accuracy'], '12.3f')}",
+        f"{'PSNR vs ref (dB)':22}{_fmt(r['psnr_db'], '12.2f')}{'—':>12}",
+        f"{'SSIM vs ref':22}{_fmt(r['ssim'], '12.4f')}{1.0:12.4f}",
+        f"{'trajectory rel error':22}{r['trajectory_rel_error']['mean']:12.2e}{'—':>12}",
+    ]
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- inspect / targets
+def cmd_inspect(a) -> int:
+    b = _load(a.bundle)
+    if a.json:
+        _write_json({"root": str(b.root), "manifest": b.manifest, "scheduler": b.scheduler, "report": b.report}, None)
+        return 0
+    print(format_report(b))
+    print("files")
+    for name, rec in b.manifest["files"].items():
+        print(f"  {name:28} {rec['bytes']:>10,} B  sha256 {rec['sha256'][:16]}…")
+    print("inputs  " + ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in b.manifest["model"]["inputs"]))
+    print("outputs " + ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in b.manifest["model"]["outputs"]))
+    return 0
+
+
+def cmd_targets(a) -> int:
+    from edgediff.targets import available_targets, load_target
+
+    profiles = [load_target(n) for n in available_targets()]
+    if a.json:
+        _write_json({p.name: {"format": p.format, "runtime": p.runtime, "units": {u: list(v) for u, v in p.units.items()},
+                              "static_shapes": p.static_shapes, "description": p.description} for p in profiles}, None)
+        return 0
+    for p in profiles:
+        units = "; ".join(f"{u}: {','.join(v)}" for u, v in p.units.items())
+        print(f"{p.name:24} {p.format:9} {p.runtime:14} {units:30} {p.description}")
+    return 0
+
+
+# ---------------------------------------------------------------- zoo
+def cmd_zoo_train(a) -> int:
+    from edgediff.zoo import train
+
+    if a.model == "digits":
+        kwargs = {"steps": a.steps or train.DIGITS_STEPS, "seed": a.seed if a.seed is not None else train.DIGITS_SEED}
+        path = train.train_digits_unet(**kwargs, out_path=a.output) if a.output else train.train_digits_unet(**kwargs)
+    else:
+        kwargs = {"steps": a.steps or train.CLASSIFIER_STEPS,
+                  "seed": a.seed if a.seed is not None else train.CLASSIFIER_SEED}
+        path = (train.train_digits_classifier(**kwargs, out_path=a.output) if a.output
+                else train.train_digits_classifier(**kwargs))
+    print(f"wrote {path}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgediff.runtimes.samplers import SOLVERS
+
+    p = argparse.ArgumentParser(prog="edgediff", description="Deployment compiler for diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile a model source into a verified bundle")
+    c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
+    c.add_argument("--target", default="host-cpu", help="device profile (see `edgediff targets`)")
+    c.add_argument("--sampler", default="dpmpp-2m", choices=sorted(SOLVERS))
+    c.add_argument("--steps", type=_positive_int, default=20)
+    c.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    c.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
+    c.add_argument("--precision", default=None, help="fp32 | fp16 (default: the target's first)")
+    c.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
+    c.set_defaults(func=cmd_compile)
+
+    g = sub.add_parser("generate", help="sample images from a bundle")
+    g.add_argument("bundle")
+    g.add_argument("-n", "--num", type=_positive_int, default=16)
+    g.add_argument("--seed", type=_nonneg_int, default=0)
+    g.add_argument("--label", type=int, default=None, help="class label for every image (default: 0,1,2,…)")
+    g.add_argument("-o", "--output", required=True, help="image grid (.png, .pgm, .ppm)")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", help="fidelity of a bundle against its FP32 reference")
+    e.add_argument("bundle")
+    e.add_argument("-n", "--num-samples", type=_positive_int, default=500)
+    e.add_argument("--seed", type=_nonneg_int, default=0)
+    e.add_argument("--json", metavar="PATH", help="write the figures as JSON ('-' for stdout)")
+    e.add_argument("--grid", metavar="PNG", help="also write reference (top) vs bundle (bottom) images")
+    e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("inspect", help="show a bundle's manifest, files and report")
+    i.add_argument("bundle")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    t = sub.add_parser("targets", help="list device profiles")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_targets)
+
+    z = sub.add_parser("zoo", help="the builtin models")
+    zs = z.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
+    zt = zs.add_parser("train", help="retrain a builtin model's committed weights (seeded)")
+    zt.add_argument("model", choices=["digits", "classifier"])
+    zt.add_argument("--steps", type=_positive_int, default=None)
+    zt.add_argument("--seed", type=_nonneg_int, default=None)
+    zt.add_argument("-o", "--output", default=None, help="weights file (default: the package's own)")
+    zt.set_defaults(func=cmd_zoo_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgediffError as e:
+        print(f"edgediff: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgediff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

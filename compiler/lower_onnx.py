@@ -1,0 +1,112 @@
+"""Lower a ModelSpec to ONNX (opset 18), fp32 or fp16, with a dynamic batch axis.
+
+    ModelSpec --torch.export--> ONNX fp32 --(fp16: weights and math in half, fp32 I/O)--> file
+
+The exporter is PyTorch's torch.export-based one (the TorchScript path is deprecated).
+fp16 keeps float32 inputs/outputs so the runtime's arrays do not change with precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from edgediff.compiler.sources import ModelSpec
+from edgediff.runtimes.errors import EdgediffError
+
+OPSET = 18
+PRECISIONS = ("fp32", "fp16")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress and warnings meant for its own developers."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def export_onnx(model: ModelSpec, path: Path) -> onnx.ModelProto:
+    """Export fp32 ONNX with the batch axis dynamic; returns the loaded proto."""
+    names = model.input_names()
+    args = model.example_inputs(batch=2)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sig_names = _forward_arg_names(model.module, len(args))
+    dynamic = {n: {0: batch} for n in sig_names}
+    with _quiet(), torch.inference_mode(False), torch.no_grad():
+        try:
+            torch.onnx.export(model.module, args, str(path), input_names=names, output_names=["eps"],
+                              dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True,
+                              external_data=False, verbose=False)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise EdgediffError(f"ONNX export of {model.source} failed: {first}") from e
+    return onnx.load(str(path))
+
+
+def _forward_arg_names(module: torch.nn.Module, n: int) -> list[str]:
+    import inspect
+
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) < n:
+        raise EdgediffError(f"{model_name(module)}.forward takes {len(params)} positional inputs; "
+                            f"the source's conditioning needs {n}")
+    return [p.name for p in params[:n]]
+
+
+def model_name(module: torch.nn.Module) -> str:
+    return type(module).__name__
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Half-precision weights and compute; float32 graph inputs and outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        half = convert_float_to_float16(proto, keep_io_types=True)
+    # The converter inserts one Cast per (value, consumer) and can emit the same Cast twice
+    # when a value feeds several ops kept in float32; identical duplicates are dropped.
+    seen: dict[tuple, bytes] = {}
+    nodes = []
+    for node in half.graph.node:
+        key = tuple(node.output)
+        blob = node.SerializeToString()
+        if key in seen:
+            if seen[key] != blob:
+                raise EdgediffError(f"fp16 conversion produced two different nodes writing {key}")
+            continue
+        seen[key] = blob
+        nodes.append(node)
+    del half.graph.node[:]
+    half.graph.node.extend(nodes)
+    return half
+
+
+def lower_onnx(model: ModelSpec, out_dir: Path, *, precision: str = "fp32") -> Path:
+    """Write `out_dir/denoiser.onnx` at the given precision and return its path."""
+    if precision not in PRECISIONS:
+        raise EdgediffError(f"ONNX lowering: precision {precision!r} is not supported "
+                            f"(supported: {', '.join(PRECISIONS)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "denoiser.onnx"
+    proto = export_onnx(model, path)
+    if precision == "fp16":
+        proto = to_fp16(proto)
+    proto.producer_name = "edgediff"
+    onnx.save(proto, str(path))
+    return path

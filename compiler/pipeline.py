@@ -1,0 +1,176 @@
+"""The compile pipeline: a source in, a verified bundle out.
+
+    capture -> plan -> lower -> verify -> write
+
+Each stage is a function from the compile state to the next state plus a record for the
+report; `compile_model` runs them in order and times each one.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgediff.compiler import bundle as bundle_io
+from edgediff.compiler.lower_onnx import OPSET, lower_onnx
+from edgediff.compiler.sources import ModelSpec, load_source
+from edgediff.compiler.stats import count_macs, count_params
+from edgediff.compiler.verify import verify
+from edgediff.runtimes.backends import model_signature, open_denoiser
+from edgediff.runtimes.bundle import Bundle, load_bundle, size_bytes
+from edgediff.runtimes.errors import EdgediffError
+from edgediff.runtimes.samplers import get_solver
+from edgediff.targets import TargetProfile, load_target
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to build: the sampler the app will run and the precision of the model."""
+
+    sampler: str = "dpmpp-2m"
+    steps: int = 20
+    guidance: float = 3.0
+    spacing: str = "leading"
+    precision: str | None = None  # None: the target's first precision
+
+    def __post_init__(self):
+        get_solver(self.sampler)  # unknown name -> EdgediffError listing the solvers
+        if not isinstance(self.steps, int) or self.steps <= 0:
+            raise EdgediffError(f"recipe: steps must be a positive integer (got {self.steps!r})")
+        if not np.isfinite(self.guidance) or self.guidance < 0:
+            raise EdgediffError(f"recipe: guidance must be a finite number >= 0 (got {self.guidance!r})")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise EdgediffError(f"recipe: unknown key(s) {', '.join(sorted(unknown))} "
+                                f"(known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+@dataclass
+class State:
+    model: ModelSpec
+    target: TargetProfile
+    recipe: Recipe
+    work: Path
+    plan: object = None
+    model_file: Path | None = None
+    records: dict | None = None
+
+
+def capture(s: State) -> dict:
+    return {"params": count_params(s.model.module),
+            "macs_per_step": count_macs(s.model.module, s.model.example_inputs(batch=1)),
+            "sample_shape": list(s.model.sample_shape)}
+
+
+def plan(s: State) -> dict:
+    r = s.recipe
+    if r.steps > s.model.schedule.num_train_timesteps:
+        raise EdgediffError(f"recipe: steps {r.steps} exceeds the model's {s.model.schedule.num_train_timesteps} "
+                            "training timesteps")
+    s.plan = get_solver(r.sampler).plan(s.model.schedule, r.steps, spacing=r.spacing)
+    return {"solver": r.sampler, "steps": r.steps, "timesteps": [int(t) for t in s.plan.timesteps]}
+
+
+def lower(s: State) -> dict:
+    precision = s.recipe.precision or s.target.precisions[0]
+    s.target.check_precision(precision)
+    if s.target.format != "onnx":
+        raise EdgediffError(f"target {s.target.name}: format {s.target.format!r} has no lowering yet "
+                            "(available: onnx)")
+    s.model_file = lower_onnx(s.model, s.work / "model", precision=precision)
+    return {"format": "onnx", "opset": OPSET, "precision": precision,
+            "file": s.model_file.relative_to(s.work).as_posix(), "bytes": size_bytes(s.model_file)}
+
+
+def check(s: State) -> dict:
+    denoise = open_denoiser(s.model_file, "onnx")
+    return verify(s.model, denoise, precision=s.records["lower"]["precision"])
+
+
+STAGES = [("capture", capture), ("plan", plan), ("lower", lower), ("verify", check)]
+
+
+def _provenance() -> dict:
+    import diffusers
+    import onnx
+    import onnxruntime
+
+    return {"edgediff": VERSION, "python": platform.python_version(), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "diffusers": diffusers.__version__,
+            "host": f"{platform.system()} {platform.machine()}",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "host-cpu",
+                  recipe: Recipe = Recipe(), progress=None) -> Bundle:
+    """Compile `source` for `target` into the bundle folder `out`; returns the loaded bundle.
+
+    `progress(stage_name)` is called before each stage (the CLI draws a bar with it).
+    """
+    out = Path(out)
+    profile = load_target(target)
+    bundle_io.check_output(out)
+    t_start = time.perf_counter()
+    model = load_source(source)
+    timings = {"load": time.perf_counter() - t_start}
+    c = model.conditioning
+    if recipe.guidance != 1.0 and c.kind != "class":
+        recipe = Recipe(**{**asdict(recipe), "guidance": 1.0})  # no null condition to guide against
+    with bundle_io.staging(out) as work:
+        s = State(model=model, target=profile, recipe=recipe, work=work, records={})
+        for name, stage in STAGES:
+            if progress:
+                progress(name)
+            t0 = time.perf_counter()
+            s.records[name] = stage(s)
+            timings[name] = time.perf_counter() - t0
+        sig = model_signature(s.model_file, "onnx")
+        scheduler = {
+            "solver": recipe.sampler,
+            "spacing": recipe.spacing,
+            "plan": s.plan.to_dict(),
+            "guidance_scale": recipe.guidance,
+            "timestep_groups": None,
+            "cache_schedule": None,
+        }
+        report = {
+            "source": model.source,
+            "target": profile.name,
+            "model": {"params": s.records["capture"]["params"],
+                      "macs_per_step": s.records["capture"]["macs_per_step"],
+                      "forward_passes_per_step": 2 if (recipe.guidance != 1.0 and c.kind == "class") else 1,
+                      "size_bytes": s.records["lower"]["bytes"]},
+            "lowering": s.records["lower"],
+            "verification": s.records["verify"],
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        }
+        manifest = {
+            "created_by": f"edgediff {VERSION}",
+            "source": {"spec": model.source, "sha256": model.source_sha256, "description": model.description},
+            "target": profile.name,
+            "recipe": asdict(recipe) | {"precision": s.records["lower"]["precision"]},
+            "model": {"format": "onnx", "file": s.records["lower"]["file"],
+                      "precision": s.records["lower"]["precision"], **sig},
+            "conditioning": c.to_dict(),
+            "quantization": None,
+            "pruning": None,
+            "provenance": _provenance(),
+        }
+        if progress:
+            progress("write")
+        report["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+        bundle_io.publish(work, out, manifest=manifest, scheduler=scheduler, report=report)
+    return load_bundle(out)

@@ -1,0 +1,294 @@
+"""Model sources: turn what the user names into a captured denoiser.
+
+    "builtin:digits"              -> edgediff.zoo (weights in the package)
+    "path/to/diffusers_dir"       -> UNet2DModel | UNet2DConditionModel | DiTTransformer2DModel
+                                     + scheduler/scheduler_config.json
+    "package.module:factory"      -> factory() returns a ModelSpec
+         |
+         v
+    ModelSpec(module, schedule, sample_shape, cond)   -- one calling convention for all:
+        eps = module(sample[B,C,H,W] f32, timestep[B] f32, cond[B,...])
+
+To add a kind of source, add a loader to LOADERS (and a branch in `_kind`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgediff.runtimes.errors import EdgediffError
+from edgediff.runtimes.schedule import NoiseSchedule, schedule_from_diffusers_config
+
+CondKind = Literal["none", "class", "embedding"]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the third model input carries.
+
+    kind "class": an int64 label per image, `num_classes` real classes plus the null
+    label `null_label` used for classifier-free guidance.
+    kind "embedding": a float tensor per image (for example text-encoder states),
+    shape `shape` without the batch axis; the null condition is all zeros.
+    """
+
+    kind: CondKind = "none"
+    num_classes: int | None = None
+    null_label: int | None = None
+    shape: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "num_classes": self.num_classes, "null_label": self.null_label,
+                "shape": list(self.shape) if self.shape else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Conditioning":
+        shape = d.get("shape")
+        return cls(kind=d["kind"], num_classes=d.get("num_classes"), null_label=d.get("null_label"),
+                   shape=tuple(shape) if shape else None)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A denoiser with everything the compiler needs to know about it.
+
+    `module(sample, timestep, cond)` must return the model output (epsilon for
+    prediction_type "epsilon") with the shape of `sample`; `cond` is omitted when
+    `conditioning.kind == "none"`.
+    """
+
+    module: nn.Module
+    schedule: NoiseSchedule
+    sample_shape: tuple[int, int, int]
+    conditioning: Conditioning = field(default_factory=Conditioning)
+    source: str = "python"
+    source_sha256: str = ""
+    description: str = ""
+
+    def example_inputs(self, batch: int = 2, *, generator: torch.Generator | None = None) -> tuple:
+        g = generator or torch.Generator().manual_seed(0)
+        x = torch.randn((batch, *self.sample_shape), generator=g)
+        t = torch.linspace(1.0, float(self.schedule.num_train_timesteps - 1), batch)
+        c = self.conditioning
+        if c.kind == "class":
+            return (x, t, torch.arange(batch, dtype=torch.int64) % (c.num_classes or 1))
+        if c.kind == "embedding":
+            return (x, t, torch.randn((batch, *c.shape), generator=g))
+        return (x, t)
+
+    def input_names(self) -> list[str]:
+        names = ["sample", "timestep"]
+        if self.conditioning.kind == "class":
+            names.append("class_labels")
+        elif self.conditioning.kind == "embedding":
+            names.append("encoder_hidden_states")
+        return names
+
+
+class DiffusersAdapter(nn.Module):
+    """Adapts a diffusers model to the one calling convention, returning a plain tensor."""
+
+    def __init__(self, model: nn.Module, kind: str, out_channels: int):
+        super().__init__()
+        self.model, self.kind, self.out_channels = model, kind, out_channels
+
+    def forward(self, sample, timestep, cond=None):
+        if self.kind == "UNet2DModel":
+            out = self.model(sample, timestep, class_labels=cond).sample
+        elif self.kind == "UNet2DConditionModel":
+            out = self.model(sample, timestep, encoder_hidden_states=cond).sample
+        else:  # DiT: class-conditional transformer; a learned-sigma head doubles the channels
+            out = self.model(sample, timestep=timestep, class_labels=cond).sample
+        return out[:, : self.out_channels]
+
+
+def _sha256_file(path: Path, h=None):
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h
+
+
+def _sha256_state(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_builtin(spec: str) -> ModelSpec:
+    from edgediff.zoo.builtin import load_builtin
+
+    b = load_builtin(spec.split(":", 1)[1])
+    if b.num_classes:
+        cond = Conditioning("class", num_classes=b.num_classes, null_label=b.num_classes)
+    else:
+        cond = Conditioning()
+    return ModelSpec(
+        module=DiffusersAdapter(b.unet, "UNet2DModel", b.sample_shape[0]).eval(),
+        schedule=schedule_from_diffusers_config(b.scheduler_config),
+        sample_shape=tuple(b.sample_shape),
+        conditioning=cond,
+        source=spec,
+        source_sha256=b.weights_sha256 or _sha256_state(b.unet),
+        description=b.description,
+    )
+
+
+_DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "Transformer2DModel")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgediffError(f"{path}: missing ({what})") from None
+    except json.JSONDecodeError as e:
+        raise EdgediffError(f"{path}: not valid JSON ({what}): {e.msg} at line {e.lineno}") from None
+    if not isinstance(data, dict):
+        raise EdgediffError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
+def _find_model_dir(root: Path) -> tuple[Path, Path]:
+    """Return (model folder, scheduler config file) for a pipeline or a bare model folder."""
+    for sub in ("unet", "transformer"):
+        if (root / sub / "config.json").exists():
+            return root / sub, root / "scheduler" / "scheduler_config.json"
+    if (root / "config.json").exists():
+        for cand in (root / "scheduler_config.json", root.parent / "scheduler" / "scheduler_config.json",
+                     root / "scheduler" / "scheduler_config.json"):
+            if cand.exists():
+                return root, cand
+        return root, root / "scheduler_config.json"
+    raise EdgediffError(f"{root}: not a diffusers model folder (no config.json, unet/config.json "
+                        "or transformer/config.json)")
+
+
+def _load_diffusers_dir(spec: str) -> ModelSpec:
+    import diffusers
+
+    root = Path(spec)
+    model_dir, sched_path = _find_model_dir(root)
+    config = _read_json(model_dir / "config.json", "model config")
+    cls_name = config.get("_class_name")
+    if cls_name not in _DIFFUSERS_CLASSES:
+        raise EdgediffError(f"{model_dir / 'config.json'}: field _class_name is {cls_name!r}; "
+                            f"supported: {', '.join(_DIFFUSERS_CLASSES)}")
+    sched_cfg = _read_json(sched_path, "scheduler config")
+    schedule = schedule_from_diffusers_config(sched_cfg)
+    cls = getattr(diffusers, cls_name)
+    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
+    try:
+        if weights:
+            model = cls.from_pretrained(model_dir, local_files_only=True)
+        else:  # a config without weights: seeded random init (useful for architecture-only speed work)
+            torch_state = torch.random.get_rng_state()
+            torch.manual_seed(0)
+            model = cls.from_config(config)
+            torch.random.set_rng_state(torch_state)
+    except Exception as e:  # diffusers raises many kinds; name the folder and the cause in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgediffError(f"{model_dir}: diffusers could not build {cls_name}: {first}") from None
+    model.eval()
+
+    if cls_name == "UNet2DModel":
+        in_ch, size = config.get("in_channels", 3), config.get("sample_size", 32)
+        n = config.get("num_class_embeds")
+        cond = Conditioning("class", num_classes=n - 1, null_label=n - 1) if n else Conditioning()
+        out_ch = config.get("out_channels", in_ch)
+    elif cls_name == "UNet2DConditionModel":
+        in_ch, size = config.get("in_channels", 4), config.get("sample_size", 64)
+        dim = config.get("cross_attention_dim", 1280)
+        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+        cond = Conditioning("embedding", shape=(77, int(dim)))
+        out_ch = config.get("out_channels", in_ch)
+    else:
+        in_ch, size = config.get("in_channels", 4), config.get("sample_size", 32)
+        n = config.get("num_embeds_ada_norm")
+        cond = Conditioning("class", num_classes=n, null_label=n) if n else Conditioning()
+        out_ch = in_ch
+        cls_name = "DiTTransformer2DModel"
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    h = hashlib.sha256()
+    for f in [model_dir / "config.json", sched_path, *weights]:
+        h.update(f.name.encode())
+        _sha256_file(f, h)
+    return ModelSpec(
+        module=DiffusersAdapter(model, cls_name, out_ch).eval(),
+        schedule=schedule,
+        sample_shape=(int(in_ch), int(size), int(size)),
+        conditioning=cond,
+        source=str(root.resolve()),
+        source_sha256=h.hexdigest(),
+        description=f"diffusers {cls_name} from {root}",
+    )
+
+
+def _load_factory(spec: str) -> ModelSpec:
+    mod_name, _, attr = spec.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise EdgediffError(f"source {spec!r}: cannot import module {mod_name!r}: {e}") from None
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise EdgediffError(f"source {spec!r}: module {mod_name!r} has no callable {attr!r}")
+    result = factory()
+    if not isinstance(result, ModelSpec):
+        raise EdgediffError(f"source {spec!r}: the factory returned {type(result).__name__}; "
+                            "it must return edgediff.compiler.sources.ModelSpec")
+    module = result.module.eval()
+    return ModelSpec(module=module, schedule=result.schedule, sample_shape=tuple(result.sample_shape),
+                     conditioning=result.conditioning, source=spec,
+                     source_sha256=result.source_sha256 or _sha256_state(module),
+                     description=result.description or f"factory {spec}")
+
+
+def _kind(spec: str) -> str:
+    if spec.startswith("builtin:"):
+        return "builtin"
+    if Path(spec).exists():
+        if not Path(spec).is_dir():
+            raise EdgediffError(f"source {spec!r}: a file; expected a diffusers folder, builtin:NAME "
+                                "or package.module:factory")
+        return "diffusers"
+    if ":" in spec and "/" not in spec:
+        return "factory"
+    raise EdgediffError(f"source {spec!r}: no such folder, and not builtin:NAME or package.module:factory")
+
+
+LOADERS = {"builtin": _load_builtin, "diffusers": _load_diffusers_dir, "factory": _load_factory}
+
+
+def load_source(spec: str | ModelSpec) -> ModelSpec:
+    """Resolve a source string (or pass a ModelSpec through) to a ModelSpec in eval mode."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    return LOADERS[_kind(spec)](spec)
+
+
+def torch_denoiser(model: ModelSpec):
+    """The ModelSpec as a numpy callable `denoise(x, t, cond) -> eps` (the FP32 reference)."""
+
+    @torch.inference_mode()
+    def denoise(x: np.ndarray, t: np.ndarray, cond=None) -> np.ndarray:
+        args = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))]
+        if model.conditioning.kind != "none":
+            args.append(torch.from_numpy(np.ascontiguousarray(cond)))
+        return model.module(*args).numpy()
+
+    return denoise

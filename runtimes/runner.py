@@ -1,0 +1,102 @@
+"""Run a bundle (or the FP32 reference) with the Python reference samplers.
+
+    scheduler.json --Plan.from_dict--> plan ─┐
+    manifest.json  --backend-----------> denoise(x, t, cond) ─┼─> sample() -> images [-1, 1]
+    seed, labels   --NoiseSource-------> noise ─┘
+
+Image k of a run always uses noise stream k, so the same seed gives the same images in
+any batch size, and the bundle and the reference see identical noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgediff.runtimes.backends import open_denoiser
+from edgediff.runtimes.bundle import Bundle
+from edgediff.runtimes.errors import EdgediffError
+from edgediff.runtimes.rng import NoiseSource
+from edgediff.runtimes.samplers.base import Plan
+from edgediff.runtimes.sampling import sample
+
+
+@dataclass(frozen=True)
+class SamplingSetup:
+    """Everything a run needs besides the denoiser; read from a bundle's scheduler.json."""
+
+    plan: Plan
+    guidance: float
+    conditioning: dict  # {"kind", "num_classes", "null_label", "shape"}
+    sample_shape: tuple[int, ...]
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "SamplingSetup":
+        sched = bundle.scheduler
+        try:
+            plan = Plan.from_dict(sched["plan"])
+            guidance = float(sched["guidance_scale"])
+        except KeyError as e:
+            raise EdgediffError(f"{bundle.root / 'scheduler.json'}: missing field {e.args[0]!r}") from None
+        return cls(plan=plan, guidance=guidance, conditioning=bundle.conditioning,
+                   sample_shape=bundle.sample_shape)
+
+
+def default_labels(setup: SamplingSetup, n: int, label: int | None = None) -> np.ndarray | None:
+    c = setup.conditioning
+    if c["kind"] != "class":
+        if label is not None:
+            raise EdgediffError("--label given, but this model takes no class label")
+        return None
+    k = c["num_classes"]
+    if label is not None:
+        if not 0 <= label < k:
+            raise EdgediffError(f"label {label} out of range: this model has classes 0..{k - 1}")
+        return np.full((n,), label, np.int64)
+    return (np.arange(n) % k).astype(np.int64)
+
+
+def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.ndarray | None = None,
+             batch_size: int = 256, progress=None, on_call=None) -> np.ndarray:
+    """Sample `n` images with `denoise`; returns float32 (n, C, H, W), clipped to [-1, 1].
+
+    progress(k) is called once per denoiser step with the number of images it advanced.
+    on_call(x, t, cond, eps) sees every denoiser call (used to measure trajectory error).
+    """
+    if n <= 0:
+        raise EdgediffError(f"number of images must be positive (got {n})")
+    c = setup.conditioning
+    if c["kind"] == "embedding":  # no text encoder here: the null (all-zero) condition
+        shape = tuple(c["shape"])
+        inner = denoise
+
+        def denoise(x, t, cond):  # noqa: F811 - wraps the outer denoiser
+            return inner(x, t, np.zeros((x.shape[0], *shape), np.float32))
+
+    if on_call is not None:
+        inner_call = denoise
+
+        def denoise(x, t, cond):  # noqa: F811
+            eps = inner_call(x, t, cond)
+            on_call(x, t, cond, eps)
+            return eps
+
+    guidance = setup.guidance if c["kind"] == "class" else 1.0
+    out = []
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        noise = NoiseSource(seed=seed, streams=tuple(range(start, stop)))
+        batch_labels = None if labels is None else labels[start:stop]
+        cb = (lambda i, t, x, eps, _k=stop - start: progress(_k)) if progress else None
+        x = sample(denoise, setup.plan, noise, labels=batch_labels, guidance=guidance,
+                   null_label=c.get("null_label"), sample_shape=setup.sample_shape, callback=cb)
+        out.append(x)
+    images = np.concatenate(out).astype(np.float32)
+    if not np.isfinite(images).all():
+        raise EdgediffError("the denoiser produced non-finite values (NaN or inf)")
+    return np.clip(images, -1.0, 1.0)
+
+
+def bundle_denoiser(bundle: Bundle, *, threads: int = 0):
+    return open_denoiser(bundle.model_path, bundle.model_format, threads=threads)
