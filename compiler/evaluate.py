@@ -77,7 +77,7 @@ def evaluate(bundle: Bundle, *, num_samples: int = 500, seed: int = 0, batch_siz
     ref_images = generate(reference, setup, n=num_samples, seed=seed, labels=labels,
                           batch_size=batch_size, progress=progress)
 
-    per_step = [float(np.mean(errors[float(t)])) for t in setup.plan.timesteps if float(t) in errors]
+    per_step = [float(np.mean(errors[float(t)])) for t in setup.plan.model_timesteps if float(t) in errors]
     psnr = quality.psnr_db(images, ref_images)
     common = {"num_samples": num_samples, "seed": seed, "sampler": setup.plan.solver,
               "steps": len(setup.plan.timesteps), "guidance": setup.guidance}
