@@ -194,14 +194,13 @@ def cmd_zoo_train(a) -> int:
     from edgediff.zoo import train
 
     if a.model == "digits":
-        kwargs = {"steps": a.steps or train.DIGITS_STEPS, "seed": a.seed if a.seed is not None else train.DIGITS_SEED}
-        path = train.train_digits_unet(**kwargs, out_path=a.output) if a.output else train.train_digits_unet(**kwargs)
+        fn, steps, seed, out = train.train_digits_unet, train.UNET_STEPS, train.UNET_SEED, train.UNET_OUT
     else:
-        kwargs = {"steps": a.steps or train.CLASSIFIER_STEPS,
-                  "seed": a.seed if a.seed is not None else train.CLASSIFIER_SEED}
-        path = (train.train_digits_classifier(**kwargs, out_path=a.output) if a.output
-                else train.train_digits_classifier(**kwargs))
-    print(f"wrote {path}")
+        fn, steps, seed, out = (train.train_digits_classifier, train.CLASSIFIER_STEPS, train.CLASSIFIER_SEED,
+                                train.CLASSIFIER_OUT)
+    result = fn(steps=a.steps or steps, seed=seed if a.seed is None else a.seed, out_path=a.output or out)
+    print(f"wrote {result.path}: {result.steps} steps, seed {result.seed}, final loss {result.final_loss:.4f}, "
+          f"{result.seconds:.0f} s")
     return 0
 
 

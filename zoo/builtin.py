@@ -1,0 +1,119 @@
+"""Builtin models: `builtin:NAME` sources, weights shipped inside the package.
+
+    load_builtin("digits")     -> BuiltinModel (trained UNet2DModel, weights/digits_unet.safetensors)
+    load_builtin("cifar-arch") -> BuiltinModel (DDPM CIFAR-10 architecture, seeded random weights)
+    load_classifier()          -> DigitsClassifier (weights/digits_classifier.safetensors)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from safetensors.torch import load_file
+from torch import nn
+
+from edgediff.runtimes.errors import EdgediffError
+
+from .models import (
+    CIFAR_SCHEDULER_CONFIG,
+    DIGITS_SCHEDULER_CONFIG,
+    NUM_DIGIT_CLASSES,
+    DigitsClassifier,
+    build_cifar_arch,
+    build_classifier,
+    build_digits_unet,
+)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    unet: nn.Module  # eval mode; eps = unet(x, t, class_labels=y).sample
+    scheduler_config: dict  # diffusers scheduler_config.json form
+    sample_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int | None  # real classes; the null (unconditional) label is num_classes
+    weights_sha256: str | None  # sha256 of the weight file; None for seeded random weights
+    description: str
+    trained: bool
+
+
+def _digits() -> BuiltinModel:
+    path = WEIGHTS_DIR / "digits_unet.safetensors"
+    unet = build_digits_unet()
+    _load_into(unet, path, "edgediff zoo train digits")
+    return BuiltinModel(
+        name="digits",
+        unet=unet.eval(),
+        scheduler_config=dict(DIGITS_SCHEDULER_CONFIG),
+        sample_shape=(1, 16, 16),
+        num_classes=NUM_DIGIT_CLASSES,
+        weights_sha256=sha256_file(path),
+        description="class-conditional UNet2DModel (1.11 M params) trained on scikit-learn digits, "
+                    "16x16 grayscale in [-1, 1], labels 0-9, null label 10 for classifier-free guidance",
+        trained=True,
+    )
+
+
+def _cifar_arch() -> BuiltinModel:
+    return BuiltinModel(
+        name="cifar-arch",
+        unet=build_cifar_arch(seed=0).eval(),
+        scheduler_config=dict(CIFAR_SCHEDULER_CONFIG),
+        sample_shape=(3, 32, 32),
+        num_classes=None,
+        weights_sha256=None,
+        description="google/ddpm-cifar10-32 architecture (35.7 M params, 6.1 G MACs/step) with seeded "
+                    "random weights: for speed and size figures only, its images are noise",
+        trained=False,
+    )
+
+
+# To add a builtin, write a zero-argument factory returning BuiltinModel above and add it
+# here (and, if it has trained weights, a train function in train.py and a line in README.md).
+BUILTINS: dict[str, Callable[[], BuiltinModel]] = {
+    "digits": _digits,
+    "cifar-arch": _cifar_arch,
+}
+
+
+def load_builtin(name: str) -> BuiltinModel:
+    if name not in BUILTINS:
+        raise EdgediffError(f"builtin:{name}: no such builtin model; valid names: {', '.join(sorted(BUILTINS))}")
+    return BUILTINS[name]()
+
+
+def load_classifier() -> DigitsClassifier:
+    """The committed digits classifier (eval mode); its .features() define FD-digits."""
+    model = build_classifier()
+    _load_into(model, WEIGHTS_DIR / "digits_classifier.safetensors", "edgediff zoo train classifier")
+    return model.eval()
+
+
+def _load_into(module: nn.Module, path: Path, command: str) -> None:
+    if not path.is_file():
+        raise EdgediffError(f"{path}: weight file missing; create it with `{command}`")
+    state = load_file(str(path))
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise EdgediffError(f"{path}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                            f"recreate it with `{command}`")
+    bad = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if bad:
+        raise EdgediffError(f"{path}: tensor {bad[0]!r} has shape {tuple(state[bad[0]].shape)}, "
+                            f"expected {tuple(expected[bad[0]].shape)}; recreate it with `{command}`")
+    module.load_state_dict(state)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
