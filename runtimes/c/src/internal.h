@@ -1,0 +1,118 @@
+/* internal.h — shared by the library's .c files only (not installed).
+ *
+ * Included first by every source file: it switches off floating-point contraction (fused
+ * multiply-add), which the noise specification forbids and which would make the solvers
+ * round differently from the Python reference. Build with -ffp-contract=off as well; the
+ * pragmas are a second line of defence for builds that forget the flag.
+ */
+#ifndef EDD_INTERNAL_H
+#define EDD_INTERNAL_H
+
+#if defined(__clang__)
+#  pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#  pragma GCC optimize("fp-contract=off")
+#elif defined(_MSC_VER)
+#  pragma fp_contract(off)
+#endif
+
+#if defined(__FAST_MATH__)
+#  error "edgediff must not be built with -ffast-math: the noise is specified bit for bit"
+#endif
+
+#include <float.h>
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD != 0 && FLT_EVAL_METHOD != -1
+#  error "edgediff needs float/double arithmetic without excess precision (x86-32: -msse2 -mfpmath=sse)"
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edgediff.h"
+
+/* ---- plan parameters: what a solver declares, what a plan holds ---- */
+
+typedef enum edd_param_kind {
+    EDD_KIND_NUMBER,             /* one finite number */
+    EDD_KIND_OPTIONAL_NUMBER,    /* one finite number or null */
+    EDD_KIND_PER_STEP,           /* n numbers */
+    EDD_KIND_PER_STEP_PLUS_ONE   /* n + 1 numbers */
+} edd_param_kind;
+
+typedef struct edd_param_spec {
+    const char *key;
+    edd_param_kind kind;
+} edd_param_spec;
+
+#define EDD_MAX_PARAMS 8
+
+typedef struct edd_param_value {
+    int is_null;                 /* OPTIONAL_NUMBER given as null */
+    double number;               /* NUMBER / OPTIONAL_NUMBER */
+    double *values;              /* PER_STEP / PER_STEP_PLUS_ONE, owned by the plan */
+} edd_param_value;
+
+typedef enum edd_prediction { EDD_PREDICT_EPSILON, EDD_PREDICT_V } edd_prediction;
+
+typedef struct edd_solver edd_solver;
+
+struct edd_plan {
+    const edd_solver *solver;
+    edd_prediction prediction;
+    double *alphas_cumprod;      /* T values */
+    size_t num_train_timesteps;
+    int64_t *timesteps;          /* n values */
+    float *model_timesteps;      /* n values */
+    size_t num_steps;
+    edd_param_value params[EDD_MAX_PARAMS];  /* in the order of solver->params */
+};
+
+/* A solver: its plan params (by index into plan->params, in declaration order) and its
+ * methods. NULL methods take the defaults of the Python reference's `Deterministic`:
+ * init_latent and model_input copy, uses_noise is false, check accepts. */
+struct edd_solver {
+    const char *name;
+    const edd_param_spec *params;
+    size_t num_params;
+    int has_carry;
+    /* extra validation after the generic one; write a message to err and return non-OK */
+    edd_status (*check)(const edd_plan *plan, char *err, size_t err_size);
+    void (*init_latent)(const edd_plan *plan, const float *noise, size_t n, float *x);
+    void (*model_input)(const edd_plan *plan, size_t i, const float *x, size_t n, float *x_in);
+    int (*uses_noise)(const edd_plan *plan, size_t i);
+    void (*step)(const edd_plan *plan, size_t i, size_t n, const float *x, const float *eps, const float *carry,
+                 const float *noise, float *x_out, float *carry_out);
+};
+
+/* the registry (plan.c) and the solvers (one file each) */
+extern const edd_solver edd__ddpm, edd__ddim, edd__dpmpp_2m, edd__euler, edd__lcm;
+
+/* ---- helpers ---- */
+
+/* snprintf into err if err is not NULL; returns status (for `return edd__fail(...)`). */
+edd_status edd__fail(char *err, size_t err_size, edd_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+/* (x0, eps) from the model output, with x = alpha x0 + sigma eps: base.to_x0_eps. */
+static inline void edd__x0_eps(edd_prediction p, double x, double out, double alpha, double sigma, double *x0,
+                               double *e) {
+    if (p == EDD_PREDICT_EPSILON) {
+        *x0 = (x - sigma * out) / alpha;
+        *e = out;
+    } else { /* v_prediction */
+        *x0 = alpha * x - sigma * out;
+        *e = alpha * out + sigma * x;
+    }
+}
+
+/* np.clip(x0, -c, c) */
+static inline double edd__clip(double v, double c) {
+    if (v < -c) return -c;
+    if (v > c) return c;
+    return v;
+}
+
+#endif /* EDD_INTERNAL_H */

@@ -1,0 +1,641 @@
+/* test_edd.c — the C runtime's own tests, without Python: built by `make check` with
+ * -std=c99 -Wall -Wextra -Werror under AddressSanitizer and UndefinedBehaviorSanitizer.
+ *
+ * What Python cannot see from outside: known-answer noise, every status path (NULLs, bad
+ * sizes, bad plans, a failing backend, cancellation) returning an error instead of
+ * crashing, the context loop equal to a loop of the public primitives, guidance, and
+ * contexts running in parallel threads. Numerical agreement with the Python reference is
+ * tests/test_c_runtime.py's job.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgediff.h"
+
+static int failures, checks;
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        checks++;                                                              \
+        if (!(cond)) {                                                         \
+            failures++;                                                        \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                      \
+    } while (0)
+
+#define T_TRAIN 1000
+#define MAX_STEPS 64
+#define C_ 3
+#define H_ 5
+#define W_ 5
+#define SIZE (C_ * H_ * W_)  /* 75: not a multiple of 4, so the noise's truncation is exercised */
+
+static const char *const SOLVERS[] = {"ddpm", "ddim", "dpmpp-2m", "euler", "lcm"};
+#define NUM_SOLVERS 5
+
+static double alphas_cumprod[T_TRAIN];
+
+/* diffusers' "linear" schedule (in double; the runtime takes whatever the bundle carries) */
+static void make_schedule(void) {
+    double prod = 1.0;
+    int t;
+    for (t = 0; t < T_TRAIN; t++) {
+        double beta = 1e-4 + (0.02 - 1e-4) * t / (T_TRAIN - 1);
+        prod *= 1.0 - beta;
+        alphas_cumprod[t] = prod;
+    }
+}
+
+static float as_float(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* ---- plans ---- */
+
+typedef struct {
+    int64_t ts[MAX_STEPS];
+    double prev[MAX_STEPS], sigmas[MAX_STEPS + 1], model_t[MAX_STEPS];
+    edd_plan_param params[4];
+    edd_plan_desc desc;
+} plan_spec;
+
+/* a valid desc for solver with "leading" timesteps */
+static void spec_init(plan_spec *s, const char *solver, size_t steps, const char *prediction, double eta) {
+    size_t i, np_ = 0;
+    memset(s, 0, sizeof *s);
+    for (i = 0; i < steps; i++) {
+        s->ts[i] = (int64_t)((steps - 1 - i) * (T_TRAIN / steps)) + (strcmp(solver, "lcm") == 0 ? 19 : 0);
+        s->prev[i] = (double)(s->ts[i] - T_TRAIN / (int64_t)steps);
+        s->sigmas[i] = sqrt((1 - alphas_cumprod[s->ts[i]]) / alphas_cumprod[s->ts[i]]);
+        s->model_t[i] = (double)s->ts[i];
+    }
+    s->sigmas[steps] = 0.0;
+#define PARAM_NUM(k, v) (s->params[np_].key = (k), s->params[np_].kind = EDD_VALUE_NUMBER, s->params[np_++].number = (v))
+#define PARAM_NULL(k) (s->params[np_].key = (k), s->params[np_++].kind = EDD_VALUE_NULL)
+#define PARAM_ARR(k, a, c) \
+    (s->params[np_].key = (k), s->params[np_].kind = EDD_VALUE_ARRAY, s->params[np_].values = (a), s->params[np_++].count = (c))
+    if (strcmp(solver, "ddpm") == 0) {
+        PARAM_NULL("clip_sample");
+    } else if (strcmp(solver, "ddim") == 0) {
+        PARAM_NUM("eta", eta);
+        PARAM_ARR("prev_timesteps", s->prev, steps);
+        PARAM_NUM("final_alpha_cumprod", 1.0);
+        PARAM_NULL("clip_sample");
+    } else if (strcmp(solver, "dpmpp-2m") == 0) {
+        PARAM_ARR("sigmas", s->sigmas, steps + 1);
+    } else if (strcmp(solver, "euler") == 0) {
+        PARAM_ARR("sigmas", s->sigmas, steps + 1);
+        PARAM_ARR("model_timesteps", s->model_t, steps);
+        PARAM_NUM("init_sigma", s->sigmas[0]);
+    } else {
+        PARAM_NUM("original_inference_steps", 50);
+        PARAM_NUM("timestep_scaling", 10.0);
+    }
+    s->desc.solver = solver;
+    s->desc.prediction_type = prediction;
+    s->desc.alphas_cumprod = alphas_cumprod;
+    s->desc.num_train_timesteps = T_TRAIN;
+    s->desc.timesteps = s->ts;
+    s->desc.num_steps = steps;
+    s->desc.params = s->params;
+    s->desc.num_params = np_;
+}
+
+static edd_plan *make_plan(const char *solver, size_t steps, const char *prediction, double eta) {
+    plan_spec s;
+    edd_plan *plan = NULL;
+    char err[256];
+    spec_init(&s, solver, steps, prediction, eta);
+    if (edd_plan_create(&s.desc, &plan, err, sizeof err) != EDD_OK) fprintf(stderr, "make_plan(%s): %s\n", solver, err);
+    return plan;
+}
+
+/* ---- a fake backend: eps = 0.5 tanh(x) + 0.01 t / 1000 (+ 0.1 label) ---- */
+
+typedef struct {
+    int calls;
+    int fail_at;            /* step at which to return an error, or -1 */
+    size_t last_rows;
+    int64_t last_labels[16];
+} fake_backend;
+
+static int fake_denoise(void *user, const edd_denoise_args *a) {
+    fake_backend *fb = (fake_backend *)user;
+    size_t r, j;
+    fb->calls++;
+    fb->last_rows = a->batch;
+    if (fb->fail_at >= 0 && (size_t)fb->fail_at == a->step) return 7;
+    for (r = 0; r < a->batch; r++) {
+        float shift = a->labels ? 0.1f * (float)a->labels[r] : 0.0f;
+        if (a->labels && r < 16) fb->last_labels[r] = a->labels[r];
+        for (j = 0; j < a->sample_size; j++) {
+            size_t k = r * a->sample_size + j;
+            a->eps[k] = 0.5f * tanhf(a->x[k]) + 0.01f * a->t[r] / 1000.0f + shift;
+        }
+    }
+    return 0;
+}
+
+static edd_params base_params(size_t batch) {
+    edd_params p = edd_default_params();
+    p.batch = batch;
+    p.sample_ndim = 3;
+    p.sample_shape[0] = C_;
+    p.sample_shape[1] = H_;
+    p.sample_shape[2] = W_;
+    p.seed = 20240611;
+    p.first_stream = 3;
+    return p;
+}
+
+static edd_status run(const edd_plan *plan, const edd_params *p, fake_backend *fb, float *out) {
+    edd_backend be;
+    edd_context *ctx = NULL;
+    edd_status st;
+    be.denoise = fake_denoise;
+    be.user = fb;
+    st = edd_context_create(plan, &be, p, &ctx, NULL, 0);
+    if (st != EDD_OK) return st;
+    st = edd_context_sample(ctx, out, p->batch * SIZE);
+    edd_context_free(ctx);
+    return st;
+}
+
+/* ---- tests ---- */
+
+static void test_philox_and_normal(void) {
+    static const uint32_t kat[3][3][4] = {
+        {{0, 0, 0, 0}, {0, 0, 0, 0}, {0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8}},
+        {{0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF}, {0xFFFFFFFF, 0xFFFFFFFF, 0, 0},
+         {0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD}},
+        {{0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344}, {0xA4093822, 0x299F31D0, 0, 0},
+         {0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1}},
+    };
+    static const uint32_t golden0[8] = {0x3F7DBB33, 0xBF6CB6B0, 0xBF1E1B9F, 0xBEF6D1B2,
+                                        0xBE1D5357, 0x3E392A6D, 0x3F54EC98, 0x3E4A2DA3};
+    static const uint32_t golden1[6] = {0x3FBC435D, 0xBE785F40, 0xBE1A4346, 0xBF3FDA64, 0x3F317EAD, 0xBF937BB9};
+    float z[1000], w[1000];
+    double sum = 0, sq = 0;
+    int i, k, equal = 0;
+    for (k = 0; k < 3; k++) {
+        uint32_t out[4];
+        edd_philox4x32_10(kat[k][0], kat[k][1], out);
+        CHECK(memcmp(out, kat[k][2], sizeof out) == 0);
+    }
+    CHECK(edd_normal(0, 0, 0, z, 8) == EDD_OK);
+    for (i = 0; i < 8; i++) CHECK(float_bits(z[i]) == golden0[i]);
+    CHECK(edd_normal(UINT64_MAX, UINT32_MAX, 7, z, 6) == EDD_OK);
+    for (i = 0; i < 6; i++) CHECK(float_bits(z[i]) == golden1[i]);
+    (void)as_float;
+    /* a prefix does not depend on n; streams and calls differ */
+    CHECK(edd_normal(7, 0, 0, z, 1000) == EDD_OK);
+    CHECK(edd_normal(7, 0, 0, w, 5) == EDD_OK);
+    CHECK(memcmp(z, w, 5 * sizeof(float)) == 0);
+    CHECK(edd_normal(7, 1, 0, w, 1000) == EDD_OK);
+    for (i = 0; i < 1000; i++) equal += z[i] == w[i];
+    CHECK(equal == 0);
+    for (i = 0; i < 1000; i++) {
+        sum += z[i];
+        sq += (double)z[i] * z[i];
+    }
+    CHECK(fabs(sum / 1000) < 0.1 && fabs(sq / 1000 - 1) < 0.15);
+    CHECK(edd_normal(1, 2, 3, NULL, 4) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_normal(1, 2, 3, NULL, 0) == EDD_OK);
+}
+
+/* FNV-1a 64 over the little-endian bytes of the float32 bit patterns */
+static uint64_t fnv1a(const float *z, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t i;
+    int b;
+    for (i = 0; i < n; i++) {
+        uint32_t u = float_bits(z[i]);
+        for (b = 0; b < 4; b++) {
+            h ^= (u >> (8 * b)) & 0xFF;
+            h *= 0x100000001b3ULL;
+        }
+    }
+    return h;
+}
+
+/* A million draws, bit for bit, without Python: the hashes are those of rng.normal's output
+ * (printed by the snippet in tests/test_c_runtime.py::test_c_suite_hashes_are_pythons). */
+static void test_million_draws_hash(void) {
+    size_t n = 1000003;
+    float *z = (float *)malloc(n * sizeof(float));
+    CHECK(z != NULL);
+    if (!z) return;
+    CHECK(edd_normal(2024, 0, 0, z, 1000000) == EDD_OK);
+    CHECK(fnv1a(z, 1000000) == 0xc4aed7e055f1d2aeULL);
+    CHECK(edd_normal(UINT64_MAX, UINT32_MAX, UINT32_MAX, z, n) == EDD_OK);
+    CHECK(fnv1a(z, n) == 0x222c501c58765765ULL);
+    free(z);
+}
+
+static void test_status_and_version(void) {
+    int s;
+    for (s = 0; s <= 6; s++) CHECK(edd_status_str((edd_status)s) != NULL && edd_status_str((edd_status)s)[0]);
+    CHECK(strcmp(edd_status_str((edd_status)99), "unknown status") == 0);
+    CHECK(strcmp(edd_version(), "0.1.0") == 0);
+}
+
+/* plan_spec with one field broken -> the status and a message naming the field */
+static void expect_bad(plan_spec *s, edd_status want, const char *needle) {
+    edd_plan *plan = (edd_plan *)&plan; /* must be reset to NULL */
+    char err[256];
+    edd_status st = edd_plan_create(&s->desc, &plan, err, sizeof err);
+    CHECK(st == want);
+    CHECK(plan == NULL);
+    CHECK(strstr(err, needle) != NULL);
+    if (!strstr(err, needle)) fprintf(stderr, "  message was: %s (wanted '%s')\n", err, needle);
+}
+
+static void test_plan_validation(void) {
+    plan_spec s;
+    edd_plan *plan = NULL;
+    edd_plan_param extra[5];
+    char err[256], tiny[8];
+    size_t k;
+    for (k = 0; k < NUM_SOLVERS; k++) {
+        plan = make_plan(SOLVERS[k], 10, NULL, 0.0);
+        CHECK(plan != NULL);
+        CHECK(strcmp(edd_plan_solver(plan), SOLVERS[k]) == 0);
+        CHECK(edd_plan_num_steps(plan) == 10);
+        CHECK(edd_plan_timestep(plan, 10) == -1);
+        CHECK(isnan(edd_plan_model_timestep(plan, 10)));
+        CHECK(edd_plan_has_carry(plan) == (strcmp(SOLVERS[k], "dpmpp-2m") == 0));
+        edd_plan_free(plan);
+    }
+    CHECK(edd_plan_create(NULL, &plan, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    CHECK(edd_plan_create(&s.desc, NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    /* a too-small error buffer is truncated, not overrun; a NULL one is allowed */
+    s.desc.solver = "heun";
+    CHECK(edd_plan_create(&s.desc, &plan, tiny, sizeof tiny) == EDD_ERR_UNKNOWN_SOLVER && strlen(tiny) == 7);
+    CHECK(edd_plan_create(&s.desc, &plan, NULL, 0) == EDD_ERR_UNKNOWN_SOLVER);
+    expect_bad(&s, EDD_ERR_UNKNOWN_SOLVER, "'heun'; choose one of ddpm, ddim, dpmpp-2m, euler, lcm");
+    spec_init(&s, "ddim", 4, "sample", 0.0);
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "prediction_type 'sample'");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.ts[1] = 999;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'timesteps' must descend");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.ts[3] = -1;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'timesteps'");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.desc.num_steps = 0;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'timesteps'");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.desc.num_train_timesteps = 1;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "alphas_cumprod");
+    {
+        double bad_ac[3] = {0.9, 1.5, 0.1};
+        spec_init(&s, "ddpm", 1, NULL, 0.0);
+        s.desc.alphas_cumprod = bad_ac;
+        s.desc.num_train_timesteps = 3;
+        s.ts[0] = 2;
+        expect_bad(&s, EDD_ERR_BAD_PLAN, "(0, 1]");
+    }
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.desc.num_params = 3; /* clip_sample left out */
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "missing param 'clip_sample'");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    memcpy(extra, s.params, sizeof s.params);
+    extra[4].key = "churn";
+    extra[4].kind = EDD_VALUE_NUMBER;
+    s.desc.params = extra;
+    s.desc.num_params = 5;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "unknown param 'churn'; valid: eta, prev_timesteps, final_alpha_cumprod, clip_sample");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.params[1].count = 3;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'prev_timesteps' must be per step (n=4), got 3 values");
+    spec_init(&s, "ddim", 4, NULL, -1.0);
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'eta' must be >= 0");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.params[0].number = NAN;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'eta' must be number");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.params[0].kind = EDD_VALUE_NULL;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'eta' must be number");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.prev[2] = 10.5;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'prev_timesteps' must be integers");
+    spec_init(&s, "ddim", 4, NULL, 0.0);
+    s.params[3] = s.params[0]; /* eta twice */
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "given twice");
+    spec_init(&s, "euler", 4, NULL, 0.0);
+    s.params[0].count = 4;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'sigmas' must be per step + 1 (n=4)");
+    spec_init(&s, "dpmpp-2m", 4, NULL, 0.0);
+    s.sigmas[2] = 0.0;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "'sigmas' must be > 0");
+    spec_init(&s, "euler", 4, NULL, 0.0);
+    s.sigmas[1] = INFINITY;
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "finite");
+    spec_init(&s, "euler", 4, NULL, 0.0);
+    s.params[0].values = NULL;
+    expect_bad(&s, EDD_ERR_INVALID_ARGUMENT, "NULL");
+    edd_plan_free(NULL);
+}
+
+static void test_primitives_reject_bad_arguments(void) {
+    edd_plan *plan = make_plan("dpmpp-2m", 4, NULL, 0.0), *ddpm = make_plan("ddpm", 4, NULL, 0.0);
+    float x[SIZE] = {0}, y[SIZE];
+    CHECK(edd_init_latent(NULL, x, SIZE, y) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_init_latent(plan, NULL, SIZE, y) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_model_input(plan, 4, x, SIZE, y) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_step(plan, 4, SIZE, x, x, NULL, NULL, y, y) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_step(plan, 0, SIZE, x, x, NULL, NULL, y, NULL) == EDD_ERR_INVALID_ARGUMENT); /* carry_out */
+    CHECK(edd_step(ddpm, 0, SIZE, x, x, NULL, NULL, y, NULL) == EDD_ERR_INVALID_ARGUMENT); /* noise */
+    CHECK(edd_step(plan, 0, SIZE, x, NULL, NULL, NULL, y, y) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_plan_uses_noise(NULL, 0) == 0 && edd_plan_num_steps(NULL) == 0 && edd_plan_has_carry(NULL) == 0);
+    edd_plan_free(plan);
+    edd_plan_free(ddpm);
+}
+
+/* dpmpp-2m's last step goes to sigma = 0 and returns the x0 prediction exactly */
+static void test_dpm_last_step_returns_x0(void) {
+    edd_plan *plan = make_plan("dpmpp-2m", 1, NULL, 0.0);
+    float x[SIZE], eps[SIZE], out[SIZE], carry[SIZE];
+    size_t j;
+    int exact = 1;
+    double s = sqrt((1 - alphas_cumprod[0]) / alphas_cumprod[0]), alpha = 1 / sqrt(s * s + 1);
+    edd_normal(1, 0, 0, x, SIZE);
+    edd_normal(1, 0, 1, eps, SIZE);
+    CHECK(edd_step(plan, 0, SIZE, x, eps, NULL, NULL, out, carry) == EDD_OK);
+    for (j = 0; j < SIZE; j++) exact &= out[j] == (float)(((double)x[j] - s * alpha * (double)eps[j]) / alpha);
+    CHECK(exact);
+    CHECK(memcmp(out, carry, sizeof out) == 0);
+    edd_plan_free(plan);
+}
+
+/* the context is exactly a loop over the public primitives */
+static void test_context_equals_primitive_loop(void) {
+    size_t k, B = 2, n = 2 * SIZE;
+    for (k = 0; k < NUM_SOLVERS; k++) {
+        int pred;
+        for (pred = 0; pred < 2; pred++) {
+            edd_plan *plan = make_plan(SOLVERS[k], 7, pred ? "v_prediction" : "epsilon", 0.5);
+            edd_params p = base_params(B);
+            fake_backend fb = {0, -1, 0, {0}};
+            float got[2 * SIZE], again[2 * SIZE], x[2 * SIZE], x_in[2 * SIZE], eps[2 * SIZE], z[2 * SIZE],
+                carry[2 * SIZE];
+            size_t i, b;
+            edd_denoise_args a;
+            CHECK(plan != NULL);
+            if (!plan) continue;
+            CHECK(run(plan, &p, &fb, got) == EDD_OK);
+            CHECK(fb.calls == 7 && fb.last_rows == B);
+            CHECK(run(plan, &p, &fb, again) == EDD_OK);
+            CHECK(memcmp(got, again, sizeof got) == 0); /* deterministic, no hidden state */
+            for (b = 0; b < B; b++) edd_normal(p.seed, p.first_stream + (uint32_t)b, 0, z + b * SIZE, SIZE);
+            edd_init_latent(plan, z, n, x);
+            for (i = 0; i < 7; i++) {
+                float t[2];
+                t[0] = t[1] = edd_plan_model_timestep(plan, i);
+                edd_model_input(plan, i, x, n, x_in);
+                memset(&a, 0, sizeof a);
+                a.step = i;
+                a.batch = B;
+                a.sample_size = SIZE;
+                a.x = x_in;
+                a.t = t;
+                a.eps = eps;
+                fake_denoise(&fb, &a);
+                for (b = 0; b < B; b++)
+                    if (edd_plan_uses_noise(plan, i))
+                        edd_normal(p.seed, p.first_stream + (uint32_t)b, (uint32_t)(i + 1), z + b * SIZE, SIZE);
+                CHECK(edd_step(plan, i, n, x, eps, i ? carry : NULL, z, x, carry) == EDD_OK);
+            }
+            CHECK(memcmp(got, x, sizeof x) == 0);
+            for (i = 0; i < n; i++) CHECK(isfinite(got[i]));
+            edd_plan_free(plan);
+        }
+    }
+}
+
+typedef struct {
+    int calls;
+    size_t last_step;
+    int cancel_at;
+    float first_t;
+} step_log;
+
+static int on_step(void *user, const edd_step_info *info) {
+    step_log *log = (step_log *)user;
+    if (log->calls == 0) log->first_t = info->t;
+    log->calls++;
+    log->last_step = info->step;
+    return log->cancel_at >= 0 && (size_t)log->cancel_at == info->step;
+}
+
+static void test_guidance(void) {
+    edd_plan *plan = make_plan("ddim", 6, NULL, 0.0);
+    int64_t labels[2] = {2, 7};
+    edd_params p = base_params(2);
+    fake_backend fb = {0, -1, 0, {0}};
+    float guided[2 * SIZE], unguided[2 * SIZE], plain[2 * SIZE], x[2 * SIZE], x_in[4 * SIZE], e[4 * SIZE],
+        eps[2 * SIZE], z[2 * SIZE];
+    int64_t rows_labels[4] = {2, 7, 10, 10};
+    float t[4];
+    size_t i, j, b;
+    double diff = 0;
+    edd_denoise_args a;
+    p.labels = labels;
+    p.guidance = 3.5;
+    p.null_label = 10;
+    CHECK(run(plan, &p, &fb, guided) == EDD_OK);
+    CHECK(fb.calls == 6 && fb.last_rows == 4);
+    CHECK(fb.last_labels[0] == 2 && fb.last_labels[1] == 7 && fb.last_labels[2] == 10 && fb.last_labels[3] == 10);
+    /* the same by hand: eps = eu + g (ec - eu) in float32 */
+    for (b = 0; b < 2; b++) edd_normal(p.seed, p.first_stream + (uint32_t)b, 0, z + b * SIZE, SIZE);
+    edd_init_latent(plan, z, 2 * SIZE, x);
+    for (i = 0; i < 6; i++) {
+        edd_model_input(plan, i, x, 2 * SIZE, x_in);
+        memcpy(x_in + 2 * SIZE, x_in, 2 * SIZE * sizeof(float));
+        for (j = 0; j < 4; j++) t[j] = edd_plan_model_timestep(plan, i);
+        memset(&a, 0, sizeof a);
+        a.batch = 4;
+        a.sample_size = SIZE;
+        a.x = x_in;
+        a.t = t;
+        a.labels = rows_labels;
+        a.eps = e;
+        fake_denoise(&fb, &a);
+        for (j = 0; j < 2 * SIZE; j++) eps[j] = e[2 * SIZE + j] + 3.5f * (e[j] - e[2 * SIZE + j]);
+        CHECK(edd_step(plan, i, 2 * SIZE, x, eps, NULL, NULL, x, NULL) == EDD_OK);
+    }
+    CHECK(memcmp(guided, x, sizeof x) == 0);
+    /* guidance 1 with labels: one row per image, labels passed through */
+    p.guidance = 1.0;
+    fb.calls = 0;
+    CHECK(run(plan, &p, &fb, unguided) == EDD_OK);
+    CHECK(fb.calls == 6 && fb.last_rows == 2 && fb.last_labels[1] == 7);
+    for (j = 0; j < 2 * SIZE; j++) diff = fmax(diff, fabs(guided[j] - unguided[j]));
+    CHECK(diff > 1e-3);
+    /* guidance needs labels and a null label */
+    {
+        edd_backend be = {fake_denoise, &fb};
+        edd_context *ctx = NULL;
+        char err[256];
+        p.guidance = 2.0;
+        p.null_label = EDD_NO_LABEL;
+        CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+        CHECK(ctx == NULL && strstr(err, "null_label") != NULL);
+        p.null_label = 10;
+        p.labels = NULL;
+        CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    }
+    /* unconditional: labels NULL reach the backend as NULL */
+    p = base_params(2);
+    CHECK(run(plan, &p, &fb, plain) == EDD_OK);
+    edd_plan_free(plan);
+}
+
+static void test_context_errors_and_cancel(void) {
+    edd_plan *plan = make_plan("euler", 5, NULL, 0.0);
+    edd_params p = base_params(1);
+    fake_backend fb = {0, -1, 0, {0}};
+    edd_backend be = {fake_denoise, &fb}, no_fn = {NULL, NULL};
+    edd_context *ctx = NULL;
+    float out[SIZE];
+    char err[256];
+    step_log log = {0, 0, -1, 0};
+    volatile int cancel = 0;
+
+    CHECK(edd_context_create(NULL, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_context_create(plan, &no_fn, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_context_create(plan, &be, &p, NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    p.batch = 0;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT && ctx == NULL);
+    CHECK(strstr(err, "batch") != NULL);
+    p = base_params(1);
+    p.sample_ndim = 0;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(err, "sample_ndim") != NULL);
+    p = base_params(1);
+    p.sample_shape[1] = 0;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(err, "sample_shape[1]") != NULL);
+    p = base_params(1);
+    p.sample_shape[0] = INT64_MAX;
+    p.sample_shape[1] = INT64_MAX;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+
+    p = base_params(1);
+    p.on_step = on_step;
+    p.on_step_user = &log;
+    p.cancel = &cancel;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_OK);
+    CHECK(edd_context_output_count(ctx) == SIZE);
+    CHECK(edd_context_sample(ctx, out, SIZE - 1) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(edd_context_error(ctx), "75") != NULL);
+    CHECK(edd_context_sample(ctx, NULL, SIZE) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_context_sample(ctx, out, SIZE) == EDD_OK && edd_context_error(ctx)[0] == '\0');
+    CHECK(log.calls == 5 && log.last_step == 4 && log.first_t == edd_plan_model_timestep(plan, 0));
+    log.calls = 0;
+    log.cancel_at = 2;
+    CHECK(edd_context_sample(ctx, out, SIZE) == EDD_ERR_CANCELLED && log.calls == 3);
+    CHECK(strstr(edd_context_error(ctx), "on_step at step 2") != NULL);
+    log.cancel_at = -1;
+    cancel = 1;
+    fb.calls = 0;
+    CHECK(edd_context_sample(ctx, out, SIZE) == EDD_ERR_CANCELLED && fb.calls == 0);
+    cancel = 0;
+    fb.fail_at = 3;
+    CHECK(edd_context_sample(ctx, out, SIZE) == EDD_ERR_BACKEND);
+    CHECK(strstr(edd_context_error(ctx), "returned 7 at step 3 of 5") != NULL);
+    CHECK(edd_context_sample(NULL, out, SIZE) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_context_output_count(NULL) == 0);
+    edd_context_free(ctx);
+    edd_context_free(NULL);
+    edd_plan_free(plan);
+}
+
+/* explicit streams equal first_stream + k; an image does not depend on its batch */
+static void test_streams(void) {
+    edd_plan *plan = make_plan("ddpm", 8, NULL, 0.0);
+    edd_params p = base_params(3);
+    fake_backend fb = {0, -1, 0, {0}};
+    uint32_t streams[3] = {3, 4, 5}, one[1] = {4};
+    float a[3 * SIZE], b[3 * SIZE], c[SIZE];
+    CHECK(run(plan, &p, &fb, a) == EDD_OK);
+    p.streams = streams;
+    CHECK(run(plan, &p, &fb, b) == EDD_OK);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    p = base_params(1);
+    p.streams = one;
+    CHECK(run(plan, &p, &fb, c) == EDD_OK);
+    CHECK(memcmp(c, a + SIZE, sizeof c) == 0);
+    edd_plan_free(plan);
+}
+
+/* ---- threads: independent contexts sharing one plan ---- */
+
+typedef struct {
+    const edd_plan *plan;
+    uint64_t seed;
+    float out[2 * SIZE];
+    edd_status status;
+} job;
+
+static void *worker(void *arg) {
+    job *j = (job *)arg;
+    edd_params p = base_params(2);
+    fake_backend fb = {0, -1, 0, {0}};
+    int rep;
+    p.seed = j->seed;
+    for (rep = 0; rep < 20 && j->status == EDD_OK; rep++) j->status = run(j->plan, &p, &fb, j->out);
+    return NULL;
+}
+
+static void test_threads(void) {
+    edd_plan *plan = make_plan("dpmpp-2m", 10, NULL, 0.0);
+    job jobs[4], seq[4];
+    pthread_t th[4];
+    int k;
+    for (k = 0; k < 4; k++) {
+        memset(&jobs[k], 0, sizeof jobs[k]);
+        jobs[k].plan = plan;
+        jobs[k].seed = 100 + (uint64_t)k;
+        seq[k] = jobs[k];
+        worker(&seq[k]);
+    }
+    for (k = 0; k < 4; k++) CHECK(pthread_create(&th[k], NULL, worker, &jobs[k]) == 0);
+    for (k = 0; k < 4; k++) pthread_join(th[k], NULL);
+    for (k = 0; k < 4; k++) {
+        CHECK(jobs[k].status == EDD_OK);
+        CHECK(memcmp(jobs[k].out, seq[k].out, sizeof jobs[k].out) == 0);
+    }
+    CHECK(memcmp(seq[0].out, seq[1].out, sizeof seq[0].out) != 0);
+    edd_plan_free(plan);
+}
+
+int main(void) {
+    make_schedule();
+    test_status_and_version();
+    test_philox_and_normal();
+    test_million_draws_hash();
+    test_plan_validation();
+    test_primitives_reject_bad_arguments();
+    test_dpm_last_step_returns_x0();
+    test_context_equals_primitive_loop();
+    test_guidance();
+    test_context_errors_and_cancel();
+    test_streams();
+    test_threads();
+    printf("test_edd: %d checks, %d failed\n", checks, failures);
+    return failures ? 1 : 0;
+}
