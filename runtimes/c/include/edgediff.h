@@ -55,10 +55,33 @@
  * The timestep fed to the model at step i is model_timesteps[i] when the solver has that
  * parameter, and (float)timesteps[i] otherwise.
  *
- * From manifest.json the application also takes the sample shape (the model input's shape
- * without the batch dimension) and, for class-conditional models, conditioning.null_label
- * (-> edd_params.null_label). This version takes the plan as arrays (edd_plan_desc); a
- * scheduler.json loader will fill the same edd_plan_desc, so nothing below changes with it.
+ * scheduler.json's other keys ("solver", "spacing", "timestep_groups", "cache_schedule") are
+ * not read. edd_bundle_load reads both files (edd_plan_create stays for plans built in code)
+ * and takes from manifest.json (-> edd_bundle_info):
+ *
+ *   {
+ *     "format": "edgediff-bundle",   must be exactly this
+ *     "format_version": 1,           must equal EDD_BUNDLE_FORMAT_VERSION
+ *     "files": {"model/denoiser.onnx": {...}, "scheduler.json": {...}, ...}
+ *                                    must list model.file and scheduler.json (the sha256
+ *                                    values are checked by the Python loader, not here)
+ *     "model": {
+ *       "format":  "onnx",           -> info.model_format (the backend picks by it)
+ *       "file":    "model/denoiser.onnx"   -> info.model_file / model_path (relative, no "..")
+ *       "inputs":  [{"name": "sample", "dtype": "float32", "shape": ["batch", 1, 16, 16]},
+ *                   {"name": "timestep", ...}, {"name": "class_labels", "dtype": "int64", ...}]
+ *                                    -> info.inputs; inputs[0].shape[1:] is the sample shape
+ *                                       (-> edd_params.sample_shape, fixed sizes required)
+ *       "outputs": [{"name": "eps", ...}]  -> info.outputs
+ *     },
+ *     "conditioning": {"kind": "class", "num_classes": 10, "null_label": 10, "shape": null}
+ *                                    kind "none" | "class" | "embedding"; for "class",
+ *                                    null_label -> edd_params.null_label
+ *   }
+ *
+ * Any other manifest key is ignored. Unknown keys inside "plan" and "plan.schedule" are
+ * refused (as the Python Plan does). The JSON reader is strict RFC 8259 (no NaN, no
+ * comments, no trailing commas; nesting depth <= 64) and fuzzed (runtimes/c/fuzz/).
  *
  * ---------------------------------------------------------------------------------------
  * HOW IT IS USED
@@ -123,7 +146,9 @@ typedef enum edd_status {
     EDD_ERR_UNKNOWN_SOLVER = 3,     /* plan solver name not in the registry */
     EDD_ERR_BAD_PLAN = 4,           /* schedule, timesteps or solver params invalid */
     EDD_ERR_BACKEND = 5,            /* the backend's denoise returned non-zero */
-    EDD_ERR_CANCELLED = 6           /* the cancel flag was set or on_step returned non-zero */
+    EDD_ERR_CANCELLED = 6,          /* the cancel flag was set or on_step returned non-zero */
+    EDD_ERR_BAD_BUNDLE = 7,         /* manifest.json / scheduler.json malformed or a field missing or invalid */
+    EDD_ERR_IO = 8                  /* a bundle file could not be read */
 } edd_status;
 
 /* A constant English sentence for a status; never NULL (unknown values get a generic text). */
@@ -282,6 +307,64 @@ EDD_API edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_c
 
 /* The detail of the last failure of ctx ("backend returned 3 at step 2 of 10"); "" if none. */
 EDD_API const char *edd_context_error(const edd_context *ctx);
+
+/* ---- bundle: manifest.json + scheduler.json (the fields at the top of this file) ------------ */
+
+#define EDD_BUNDLE_FORMAT_VERSION 1  /* manifest.json format_version this runtime reads */
+#define EDD_MAX_TENSORS 4            /* most model inputs / outputs described in a manifest */
+
+typedef enum edd_conditioning {
+    EDD_COND_NONE = 0,              /* conditioning.kind "none": the model takes (x, t) */
+    EDD_COND_CLASS = 1,             /* "class": a third int64 input, one label per row */
+    EDD_COND_EMBEDDING = 2          /* "embedding": a third float input (the runner feeds zeros: no encoder) */
+} edd_conditioning;
+
+typedef struct edd_tensor_info {
+    char name[64];                  /* the model's input / output name, e.g. "sample" */
+    char dtype[16];                 /* "float32", "int64", ... */
+    size_t ndim;                    /* dimensions */
+    int64_t shape[EDD_MAX_NDIM];    /* sizes; -1 for a named (dynamic) dimension such as "batch" */
+} edd_tensor_info;
+
+typedef struct edd_bundle_info {
+    const char *model_format;       /* manifest model.format, e.g. "onnx" */
+    const char *model_file;         /* manifest model.file, relative to the bundle, e.g. "model/denoiser.onnx" */
+    const char *model_path;         /* bundle dir + "/" + model_file (edd_bundle_load only; NULL after parse) */
+    size_t num_inputs;              /* model.inputs: sample, timestep[, condition] */
+    edd_tensor_info inputs[EDD_MAX_TENSORS];
+    size_t num_outputs;             /* model.outputs */
+    edd_tensor_info outputs[EDD_MAX_TENSORS];
+    size_t sample_ndim;             /* model.inputs[0].shape without the batch dimension ... */
+    int64_t sample_shape[EDD_MAX_NDIM]; /* ... e.g. {1, 16, 16} */
+    edd_conditioning conditioning;  /* conditioning.kind */
+    int64_t num_classes;            /* conditioning.num_classes (class models; else 0) */
+    int64_t null_label;             /* conditioning.null_label (class models; else EDD_NO_LABEL) */
+    double guidance_scale;          /* scheduler.json guidance_scale */
+    const char *solver;             /* the plan's solver */
+    size_t num_steps;               /* the plan's number of steps */
+} edd_bundle_info;
+
+typedef struct edd_bundle edd_bundle;   /* opaque: a parsed bundle (its plan and info) */
+
+/* Read DIR/manifest.json and DIR/scheduler.json. The model file itself is not opened (that
+ * is the backend's job) and file hashes are not verified. On failure *out is NULL and err
+ * names the file and the field ("digits/scheduler.json: plan.timesteps[3] must be an
+ * integer, got a fraction"); status EDD_ERR_IO (unreadable file), EDD_ERR_BAD_BUNDLE
+ * (malformed JSON or a field missing or wrong) or the plan's own status (EDD_ERR_BAD_PLAN,
+ * EDD_ERR_UNKNOWN_SOLVER). */
+EDD_API edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t err_size);
+
+/* The same from the two files' texts (need not be NUL-terminated). */
+EDD_API edd_status edd_bundle_parse(const char *manifest_json, size_t manifest_len, const char *scheduler_json,
+                                    size_t scheduler_len, edd_bundle **out, char *err, size_t err_size);
+EDD_API void edd_bundle_free(edd_bundle *bundle);  /* NULL is a no-op; frees the plan too */
+
+EDD_API const edd_plan *edd_bundle_plan(const edd_bundle *bundle);            /* owned by the bundle */
+EDD_API const edd_bundle_info *edd_bundle_get_info(const edd_bundle *bundle); /* owned by the bundle */
+
+/* Set params' sample_ndim / sample_shape, guidance (guidance_scale for class models, else
+ * 1.0) and null_label from the bundle; the rest (batch, seed, labels, ...) is the caller's. */
+EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *params);
 
 #ifdef __cplusplus
 }
