@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -385,8 +386,30 @@ def test_embedding_example(tmp_path):
     assert "embed: ok" in r.stdout
 
 
+def _libfuzzer_works() -> bool:
+    """clang is there and links -fsanitize=fuzzer (Debian: the libclang-rt-dev package)."""
+    if not shutil.which("clang"):
+        return False
+    r = subprocess.run(["clang", "-fsanitize=fuzzer", "-x", "c", "-", "-o", "/dev/null"], capture_output=True,
+                       input="int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }", text=True)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not (shutil.which("make") and _libfuzzer_works()),
+                    reason="no clang with libFuzzer (apt-get install clang libclang-rt-dev)")
+def test_json_fuzz_short_run(tmp_path):
+    """runtimes/c/fuzz: a few seconds of libFuzzer (with ASan + UBSan) on the JSON reader and
+    the bundle loader find nothing; the exec count is what libFuzzer reports."""
+    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "fuzz", f"BUILD={tmp_path}", "FUZZ_SECONDS=4"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    runs = re.search(r"Done (\d+) runs", r.stderr)
+    assert runs and int(runs.group(1)) > 1000, r.stderr[-2000:]
+    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
+
+
 @pytest.mark.skipif(not (shutil.which("make") and shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
-                    reason="no aarch64 cross compiler / qemu-aarch64")
+                    reason="no aarch64 cross compiler / qemu-aarch64 (.ci/run installs gcc-aarch64-linux-gnu, qemu-user)")
 def test_c_suite_on_aarch64_under_qemu(tmp_path):
     """The same suite cross-compiled for aarch64 (where FMA is in the base ISA and GCC contracts
     by default) and run under emulation: the pinned noise hashes hold there too."""
