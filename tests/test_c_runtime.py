@@ -386,6 +386,18 @@ def test_embedding_example(tmp_path):
     assert "embed: ok" in r.stdout
 
 
+@needs_cc
+def test_c_suite_under_thread_sanitizer(tmp_path):
+    """`make check-tsan`: the suite's threads test (contexts sharing a plan, bundles parsed in
+    parallel, 4 threads x 20 runs) under ThreadSanitizer: no data race, same bits as alone."""
+    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "check-tsan", f"BUILD={tmp_path}"], capture_output=True,
+                       text=True, timeout=300)
+    if "ThreadSanitizer" in r.stderr and "unexpected memory mapping" in r.stderr:
+        pytest.skip("ThreadSanitizer cannot run on this kernel's memory layout")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 failed" in r.stdout and "WARNING: ThreadSanitizer" not in r.stderr
+
+
 def _libfuzzer_works() -> bool:
     """clang is there and links -fsanitize=fuzzer (Debian: the libclang-rt-dev package)."""
     if not shutil.which("clang"):

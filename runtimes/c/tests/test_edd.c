@@ -583,6 +583,26 @@ static void test_streams(void) {
     edd_plan_free(plan);
 }
 
+/* ---- a small valid bundle (the threads and the bundle tests use it) ---- */
+
+static const char MANIFEST_OK[] =
+    "{\"format\": \"edgediff-bundle\", \"format_version\": 1, \"target\": \"host-cpu\",\n"
+    " \"model\": {\"format\": \"onnx\", \"file\": \"model/denoiser.onnx\", \"precision\": \"fp32\",\n"
+    "  \"inputs\": [{\"name\": \"sample\", \"dtype\": \"float32\", \"shape\": [\"batch\", 3, 5, 5]},\n"
+    "             {\"name\": \"timestep\", \"dtype\": \"float32\", \"shape\": [\"batch\"]},\n"
+    "             {\"name\": \"class_labels\", \"dtype\": \"int64\", \"shape\": [\"batch\"]}],\n"
+    "  \"outputs\": [{\"name\": \"eps\", \"dtype\": \"float32\", \"shape\": [\"batch\", 3, 5, 5]}]},\n"
+    " \"conditioning\": {\"kind\": \"class\", \"num_classes\": 10, \"null_label\": 10, \"shape\": null},\n"
+    " \"files\": {\"model/denoiser.onnx\": {\"sha256\": \"00\"}, \"scheduler.json\": {}, \"report.json\": {}}}";
+
+/* a 3-step DDIM plan over a 4-step training schedule */
+static const char SCHEDULER_OK[] =
+    "{\"solver\": \"ddim\", \"spacing\": \"leading\", \"guidance_scale\": 2.5, \"timestep_groups\": null,\n"
+    " \"cache_schedule\": null, \"plan\": {\"solver\": \"ddim\", \"timesteps\": [3, 2, 0],\n"
+    "  \"schedule\": {\"alphas_cumprod\": [0.99, 0.9, 0.7, 0.5], \"prediction_type\": \"epsilon\"},\n"
+    "  \"params\": {\"eta\": 0.0, \"prev_timesteps\": [2, 0, -1], \"final_alpha_cumprod\": 1.0,"
+    " \"clip_sample\": null}}}";
+
 /* ---- threads: independent contexts sharing one plan ---- */
 
 typedef struct {
@@ -592,13 +612,27 @@ typedef struct {
     edd_status status;
 } job;
 
+/* 20 runs of the shared plan; odd jobs also parse a bundle of their own each time and run
+ * its plan (the loader, like the contexts, must touch nothing shared) */
 static void *worker(void *arg) {
     job *j = (job *)arg;
     edd_params p = base_params(2);
     fake_backend fb = {0, -1, 0, {0}};
     int rep;
     p.seed = j->seed;
-    for (rep = 0; rep < 20 && j->status == EDD_OK; rep++) j->status = run(j->plan, &p, &fb, j->out);
+    for (rep = 0; rep < 20 && j->status == EDD_OK; rep++) {
+        if (j->seed % 2) {
+            edd_bundle *b = NULL;
+            char err[256];
+            float scratch[2 * SIZE];
+            j->status = edd_bundle_parse(MANIFEST_OK, strlen(MANIFEST_OK), SCHEDULER_OK, strlen(SCHEDULER_OK), &b, err,
+                                         sizeof err);
+            if (j->status == EDD_OK) j->status = run(edd_bundle_plan(b), &p, &fb, scratch);
+            edd_bundle_free(b);
+            if (j->status != EDD_OK) break;
+        }
+        j->status = run(j->plan, &p, &fb, j->out);
+    }
     return NULL;
 }
 
@@ -707,24 +741,6 @@ static void test_json(void) {
 }
 
 /* ---- bundle loader ---- */
-
-static const char MANIFEST_OK[] =
-    "{\"format\": \"edgediff-bundle\", \"format_version\": 1, \"target\": \"host-cpu\",\n"
-    " \"model\": {\"format\": \"onnx\", \"file\": \"model/denoiser.onnx\", \"precision\": \"fp32\",\n"
-    "  \"inputs\": [{\"name\": \"sample\", \"dtype\": \"float32\", \"shape\": [\"batch\", 3, 5, 5]},\n"
-    "             {\"name\": \"timestep\", \"dtype\": \"float32\", \"shape\": [\"batch\"]},\n"
-    "             {\"name\": \"class_labels\", \"dtype\": \"int64\", \"shape\": [\"batch\"]}],\n"
-    "  \"outputs\": [{\"name\": \"eps\", \"dtype\": \"float32\", \"shape\": [\"batch\", 3, 5, 5]}]},\n"
-    " \"conditioning\": {\"kind\": \"class\", \"num_classes\": 10, \"null_label\": 10, \"shape\": null},\n"
-    " \"files\": {\"model/denoiser.onnx\": {\"sha256\": \"00\"}, \"scheduler.json\": {}, \"report.json\": {}}}";
-
-/* a 3-step DDIM plan over a 4-step training schedule */
-static const char SCHEDULER_OK[] =
-    "{\"solver\": \"ddim\", \"spacing\": \"leading\", \"guidance_scale\": 2.5, \"timestep_groups\": null,\n"
-    " \"cache_schedule\": null, \"plan\": {\"solver\": \"ddim\", \"timesteps\": [3, 2, 0],\n"
-    "  \"schedule\": {\"alphas_cumprod\": [0.99, 0.9, 0.7, 0.5], \"prediction_type\": \"epsilon\"},\n"
-    "  \"params\": {\"eta\": 0.0, \"prev_timesteps\": [2, 0, -1], \"final_alpha_cumprod\": 1.0,"
-    " \"clip_sample\": null}}}";
 
 /* SCHEDULER_OK / MANIFEST_OK with the first `from` replaced by `to` */
 static char *edit(const char *text, const char *from, const char *to) {
