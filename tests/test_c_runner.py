@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -131,6 +132,9 @@ def solver_bundle(tiny_bundle, dest: Path, name: str) -> SamplingSetup:
     sched["plan"] = plan.to_dict()
     sched["solver"] = name
     (dest / "scheduler.json").write_text(json.dumps(sched))
+    manifest = json.loads((dest / "manifest.json").read_text())  # keep the bundle valid: new digest
+    manifest["files"]["scheduler.json"]["sha256"] = hashlib.sha256((dest / "scheduler.json").read_bytes()).hexdigest()
+    (dest / "manifest.json").write_text(json.dumps(manifest))
     return SamplingSetup(plan=plan, guidance=sched["guidance_scale"], conditioning=tiny_bundle.conditioning,
                          sample_shape=tiny_bundle.sample_shape)
 
@@ -193,7 +197,7 @@ def test_runner_core_conformance_on_aarch64_under_qemu(tiny_bundle, tmp_path):
 
 # ---- errors: one line naming the file and field ---------------------------------------------------
 
-def test_runner_errors_name_the_field(build, bundle_copy, tmp_path):
+def test_runner_errors_name_the_field(build, tiny_bundle, bundle_copy, tmp_path):
     exe = build / "edgediff-run-core"
     sched = json.loads((bundle_copy / "scheduler.json").read_text())
     cases = []
@@ -204,11 +208,20 @@ def test_runner_errors_name_the_field(build, bundle_copy, tmp_path):
     cases.append((json.dumps(sched)[:-7], "scheduler.json: invalid JSON at line 1"))
     for text, message in cases:
         (bundle_copy / "scheduler.json").write_text(text)
-        r = run(exe, bundle_copy, "-o", tmp_path / "x.png", check=False)
+        r = run(exe, bundle_copy, "-o", tmp_path / "x.png", "--no-verify", check=False)
         assert r.returncode == 1 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert str(bundle_copy) in r.stderr
+    # the manifest's digests: a changed file is refused by name, unless --no-verify
     (bundle_copy / "scheduler.json").write_text(json.dumps(sched))
+    r = run(exe, bundle_copy, "--raw", tmp_path / "ok.f32", check=False)
+    assert r.returncode == 1 and "scheduler.json: sha256" in r.stderr and "does not match manifest.json" in r.stderr
+    assert run(exe, bundle_copy, "--raw", tmp_path / "ok.f32", "--no-verify").returncode == 0
+    shutil.copy(tiny_bundle.root / "scheduler.json", bundle_copy)
     assert run(exe, bundle_copy, "--raw", tmp_path / "ok.f32").returncode == 0
+    (bundle_copy / "report.json").unlink()
+    r = run(exe, bundle_copy, "--raw", tmp_path / "ok.f32", check=False)
+    assert r.returncode == 1 and "report.json: listed in manifest.json files but missing" in r.stderr
+    shutil.copy(tiny_bundle.root / "report.json", bundle_copy)
     usage = [(["--seed", "-1"], "--seed"), (["--label", "9"], "label 9 out of range"), (["--steps", "7"], "--steps 7"),
              (["-o", "x.jpg"], ".png, .pgm or .ppm"), (["--frobnicate", "1"], "unknown option --frobnicate"), ([], "nothing to do")]
     for args, message in usage:

@@ -62,9 +62,9 @@
  *   {
  *     "format": "edgediff-bundle",   must be exactly this
  *     "format_version": 1,           must equal EDD_BUNDLE_FORMAT_VERSION
- *     "files": {"model/denoiser.onnx": {...}, "scheduler.json": {...}, ...}
- *                                    must list model.file and scheduler.json (the sha256
- *                                    values are checked by the Python loader, not here)
+ *     "files": {"model/denoiser.onnx": {"sha256": "6cb9..."}, "scheduler.json": {...}, ...}
+ *                                    must list model.file and scheduler.json; every entry's
+ *                                    sha256 is checked by edd_bundle_verify
  *     "model": {
  *       "format":  "onnx",           -> info.model_format (the backend picks by it)
  *       "file":    "model/denoiser.onnx"   -> info.model_file / model_path (relative, no "..")
@@ -79,7 +79,7 @@
  *                                    null_label -> edd_params.null_label
  *   }
  *
- * Any other manifest key is ignored. Unknown keys inside "plan" and "plan.schedule" are
+ * Any other manifest key is ignored (the model's own signature is the backend's to check). Unknown keys inside "plan" and "plan.schedule" are
  * refused (as the Python Plan does). The JSON reader is strict RFC 8259 (no NaN, no
  * comments, no trailing commas; nesting depth <= 64) and fuzzed (runtimes/c/fuzz/).
  *
@@ -358,6 +358,12 @@ EDD_API edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err,
 EDD_API edd_status edd_bundle_parse(const char *manifest_json, size_t manifest_len, const char *scheduler_json,
                                     size_t scheduler_len, edd_bundle **out, char *err, size_t err_size);
 EDD_API void edd_bundle_free(edd_bundle *bundle);  /* NULL is a no-op; frees the plan too */
+
+/* Check every file listed under manifest.json "files" against its recorded sha256 (a bundle
+ * from edd_bundle_load). EDD_ERR_IO: a listed file is missing or unreadable (directories,
+ * such as a .mlpackage, are not hashed by this runtime); EDD_ERR_BAD_BUNDLE: a digest differs
+ * ("DIR/model/denoiser.onnx: sha256 3f2a... does not match manifest.json files[...]"). */
+EDD_API edd_status edd_bundle_verify(const edd_bundle *bundle, char *err, size_t err_size);
 
 EDD_API const edd_plan *edd_bundle_plan(const edd_bundle *bundle);            /* owned by the bundle */
 EDD_API const edd_bundle_info *edd_bundle_get_info(const edd_bundle *bundle); /* owned by the bundle */

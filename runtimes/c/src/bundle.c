@@ -8,7 +8,7 @@
  *                  guidance_scale
  *
  * Every refusal names the file and the field ("scheduler.json: plan.timesteps[3] must be an
- * integer"). File hashes are not verified here (the Python loader does; see the README).
+ * integer"). edd_bundle_verify checks the files' sha256 against manifest.json "files".
  */
 #include "internal.h"
 
@@ -24,12 +24,20 @@
 #define SCHEDULER "scheduler.json"
 #define MAX_FILE_BYTES (64u << 20) /* a scheduler.json of 1000 steps is ~50 kB; refuse absurd files */
 
+typedef struct file_entry {
+    char *name;                  /* relative to the bundle, as listed under manifest.json files */
+    char *sha256;                /* the recorded digest, or NULL if the entry has none */
+} file_entry;
+
 struct edd_bundle {
     edd_plan *plan;
     edd_bundle_info info;
     char *model_format;
     char *model_file;
     char *model_path;
+    char *dir;                   /* edd_bundle_load only */
+    file_entry *files;
+    size_t num_files;
 };
 
 static const char *const PLAN_KEYS[] = {"solver", "timesteps", "schedule", "params", NULL};
@@ -245,6 +253,20 @@ static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, siz
     if (!edd__json_get(files, mfile->string))
         return BAD(MANIFEST ": model.file '%.128s' is not listed under files", mfile->string);
     if (!edd__json_get(files, SCHEDULER)) return BAD(MANIFEST ": files has no entry for " SCHEDULER);
+    b->files = (file_entry *)calloc(files->len ? files->len : 1, sizeof *b->files);
+    if (!b->files) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    for (k = 0; k < files->len; k++) {
+        const edd_json *rec = &files->items[k], *digest = edd__json_get(rec, "sha256");
+        if (rec->type != EDD_JSON_OBJECT)
+            return BAD(MANIFEST ": files['%.128s'] must be an object, got %s", rec->key, edd__json_type_name(rec));
+        if (strlen(rec->key) != rec->key_len || rec->key_len == 0 || rec->key[0] == '/' || strstr(rec->key, ".."))
+            return BAD(MANIFEST ": files key '%.128s' must be a relative path inside the bundle", rec->key);
+        if (!(b->files[k].name = dup_str(rec->key)))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        b->num_files = k + 1;
+        if (digest && digest->type == EDD_JSON_STRING && !(b->files[k].sha256 = dup_str(digest->string)))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    }
     if (mfile->len == 0 || strlen(mfile->string) != mfile->len || mfile->string[0] == '/' || strstr(mfile->string, ".."))
         return BAD(MANIFEST ": model.file '%.128s' must be a relative path inside the bundle", mfile->string);
     if ((st = tensors("model.inputs", inputs, info->inputs, &info->num_inputs, err, err_size)) ||
@@ -418,6 +440,12 @@ edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t 
         goto done;
     }
     (*out)->info.model_path = (*out)->model_path;
+    if (!((*out)->dir = dup_str(dir))) {
+        edd_bundle_free(*out);
+        *out = NULL;
+        st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
 done:
     free(mpath);
     free(spath);
@@ -426,8 +454,41 @@ done:
     return st;
 }
 
+edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
+    size_t k;
+    if (err && err_size) err[0] = '\0';
+    if (!b || !b->dir)
+        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "edd_bundle_verify: needs a bundle from edd_bundle_load");
+    for (k = 0; k < b->num_files; k++) {
+        const file_entry *f = &b->files[k];
+        char *path = join(b->dir, f->name), hex[65];
+        if (!path) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        if (edd__sha256_file(path, hex) != 0) {
+            edd__fail(err, err_size, EDD_ERR_IO, "%s: listed in manifest.json files but missing or unreadable", path);
+            free(path);
+            return EDD_ERR_IO;
+        }
+        if (!f->sha256 || strcmp(hex, f->sha256) != 0) {
+            edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE,
+                      "%s: sha256 %.12s... does not match manifest.json files['%s'].sha256 %.12s...; the file changed "
+                      "after compile", path, hex, f->name, f->sha256 ? f->sha256 : "(none)");
+            free(path);
+            return EDD_ERR_BAD_BUNDLE;
+        }
+        free(path);
+    }
+    return EDD_OK;
+}
+
 void edd_bundle_free(edd_bundle *b) {
+    size_t k;
     if (!b) return;
+    for (k = 0; k < b->num_files; k++) {
+        free(b->files[k].name);
+        free(b->files[k].sha256);
+    }
+    free(b->files);
+    free(b->dir);
     edd_plan_free(b->plan);
     free(b->model_format);
     free(b->model_file);

@@ -15,7 +15,8 @@
 #include <string.h>
 
 #include "edgediff.h"
-#include "json.h" /* internal: the JSON reader (built with -Isrc) */
+#include "internal.h" /* internal: sha256 (built with -Isrc) */
+#include "json.h"     /* internal: the JSON reader */
 
 static int failures, checks;
 
@@ -860,6 +861,29 @@ static void test_bundle(void) {
     CHECK(edd_bundle_load("/nonexistent/bundle", &b, err, sizeof err) == EDD_ERR_IO && b == NULL);
     CHECK(strstr(err, "/nonexistent/bundle/manifest.json: cannot open") != NULL);
     CHECK(edd_bundle_load(NULL, &b, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(parse_bundle(MANIFEST_OK, SCHEDULER_OK, &b, err, sizeof err) == EDD_OK);
+    CHECK(edd_bundle_verify(b, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT); /* parsed, not loaded: no folder */
+    edd_bundle_free(b);
+    CHECK(edd_bundle_verify(NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+}
+
+/* ---- sha256 (the bundle check): FIPS 180-4 known answers ---- */
+
+static void test_sha256(void) {
+    char hex[65], *million = (char *)malloc(1000000);
+    edd__sha256("", 0, hex);
+    CHECK(strcmp(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);
+    edd__sha256("abc", 3, hex);
+    CHECK(strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+    edd__sha256("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56, hex);
+    CHECK(strcmp(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1") == 0);
+    if (million) {
+        memset(million, 'a', 1000000);
+        edd__sha256(million, 1000000, hex);
+        CHECK(strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0") == 0);
+        free(million);
+    }
+    CHECK(edd__sha256_file("/nonexistent/file", hex) == -1);
 }
 
 int main(void) {
@@ -877,6 +901,7 @@ int main(void) {
     test_threads();
     test_json();
     test_bundle();
+    test_sha256();
     printf("test_edd: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -2,9 +2,10 @@
  *
  *   edgediff-run BUNDLE [-n N] [--seed S] [--label L] [--steps N] [-o grid.png|.pgm|.ppm]
  *                [--bench [--runs R]] [--threads T] [--precision f32|bf16|default]
- *                [--backend openvino|fake] [--raw samples.f32] [--trace steps.f32]
+ *                [--backend openvino|fake] [--raw samples.f32] [--trace steps.f32] [--no-verify]
  *
  *   BUNDLE/manifest.json + scheduler.json ─edd_bundle_load─► plan, info
+ *   every file listed in the manifest ─edd_bundle_verify─► sha256 checked (--no-verify skips)
  *   info.model_path ─edd_ov_create─► OpenVINO backend      (or --backend fake: a formula)
  *   edd_context_sample (N images, streams 0..N-1, labels 0,1,2,.. or --label) ─► samples
  *   ─► grid image (as `edgediff generate`), --raw: the float32 samples, --bench: timings,
@@ -39,7 +40,7 @@
 #define USAGE                                                                                              \
     "usage: edgediff-run BUNDLE [-n N] [--seed S] [--label L] [--steps N] [-o OUT.png|.pgm|.ppm]\n"         \
     "                    [--bench [--runs R]] [--threads T] [--precision f32|bf16|default]\n"               \
-    "                    [--backend openvino|fake] [--raw SAMPLES.f32] [--trace STEPS.f32]\n"
+    "                    [--backend openvino|fake] [--raw SAMPLES.f32] [--trace STEPS.f32] [--no-verify]\n"
 
 typedef struct options {
     const char *bundle, *output, *raw, *trace, *backend, *precision;
@@ -48,7 +49,7 @@ typedef struct options {
     long long label;
     int has_label;
     long long steps;
-    int bench, runs, threads;
+    int bench, runs, threads, no_verify;
 } options;
 
 static double now_ms(void) {
@@ -97,6 +98,9 @@ static int parse_args(int argc, char **argv, options *o) {
             exit(0);
         } else if (strcmp(a, "--bench") == 0) {
             o->bench = 1;
+            takes = 0;
+        } else if (strcmp(a, "--no-verify") == 0) {
+            o->no_verify = 1;
             takes = 0;
         } else if (a[0] == '-' && a[1] != '\0' && !val) {
             return usage_error("option %s needs a value", a);
@@ -266,6 +270,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "edgediff-run: %s\n", err);
         return 1;
     }
+    if (!o.no_verify && (st = edd_bundle_verify(bundle, err, sizeof err)) != EDD_OK) {
+        fprintf(stderr, "edgediff-run: %s\n", err);
+        goto done;
+    }
     t_bundle = now_ms();
     info = edd_bundle_get_info(bundle);
     if (o.steps >= 0 && (size_t)o.steps != info->num_steps) {
@@ -405,8 +413,8 @@ int main(int argc, char **argv) {
         printf("  model      %s (%s) on %s\n", info->model_file, info->model_format, ov_desc);
         printf("  sampler    %s, %lu steps, %lu image(s), guidance %g\n", info->solver, (unsigned long)n,
                (unsigned long)o.num, params.guidance);
-        printf("  init       %.1f ms (bundle %.2f ms, model read + compile %.1f ms)\n", t_init - t0, t_bundle - t0,
-               t_init - t_bundle);
+        printf("  init       %.1f ms (bundle %s%.2f ms, model read + compile %.1f ms)\n", t_init - t0,
+               o.no_verify ? "" : "load + sha256 ", t_bundle - t0, t_init - t_bundle);
         printf("  first run  %.3f ms\n", t_first);
         printf("  warm runs  %d: avg %.3f ms, p50 %.3f ms, p90 %.3f ms", o.runs, mean(e2e, runs),
                quantile(e2e, runs, 0.5), quantile(e2e, runs, 0.9));
