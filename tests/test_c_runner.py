@@ -123,14 +123,15 @@ def fake_model(x, t, labels):
     return ((np.float32(0.5) * th + tt) + shift).astype(np.float32)
 
 
-def solver_bundle(tiny_bundle, dest: Path, name: str) -> SamplingSetup:
-    """A copy of the tiny bundle whose scheduler.json holds a 6-step plan of `name`."""
+def solver_bundle(tiny_bundle, dest: Path, name: str, spacing: str = "trailing", steps: int = 6) -> SamplingSetup:
+    """A copy of the tiny bundle whose scheduler.json holds a `steps`-step plan of `name`."""
     shutil.copytree(tiny_bundle.root, dest)
     sched = json.loads((dest / "scheduler.json").read_text())
-    spacing = {} if name == "lcm" else {"spacing": "trailing"}
-    plan = get_solver(name).plan(tiny_bundle_schedule(tiny_bundle), 6, **spacing)
+    opts = {} if name == "lcm" else {"spacing": spacing}
+    plan = get_solver(name).plan(tiny_bundle_schedule(tiny_bundle), steps, **opts)
     sched["plan"] = plan.to_dict()
     sched["solver"] = name
+    sched["spacing"] = "lcm" if name == "lcm" else spacing
     (dest / "scheduler.json").write_text(json.dumps(sched))
     manifest = json.loads((dest / "manifest.json").read_text())  # keep the bundle valid: new digest
     manifest["files"]["scheduler.json"]["sha256"] = hashlib.sha256((dest / "scheduler.json").read_bytes()).hexdigest()
@@ -154,14 +155,22 @@ def python_trajectory(setup: SamplingSetup, n: int, seed: int):
     return steps, out
 
 
-def check_conformance(exe_cmd, tiny_bundle, tmp_path, names, run_dir=None):
+def check_conformance(exe_cmd, tiny_bundle, tmp_path, names, spacing="trailing", replan=None):
+    """Run each solver's bundle through the runner (fake backend) and the Python loop. With
+    replan=N the runner is asked for --steps N and Python plans N steps itself."""
     n, seed = 3, 11
     worst = 0.0
     for name in names:
-        setup = solver_bundle(tiny_bundle, tmp_path / name, name)
-        r = subprocess.run([*exe_cmd, str(tmp_path / name), "-n", str(n), "--seed", str(seed), "--backend", "fake",
-                            "--raw", str(tmp_path / f"{name}.f32"), "--trace", str(tmp_path / f"{name}.trace")],
-                           capture_output=True, text=True, timeout=300)
+        setup = solver_bundle(tiny_bundle, tmp_path / f"{name}-{spacing}", name, spacing)
+        extra = []
+        if replan is not None:
+            opts = {} if name == "lcm" else {"spacing": spacing}
+            setup = SamplingSetup(plan=get_solver(name).plan(setup.plan.schedule, replan, **opts), guidance=setup.guidance,
+                                  conditioning=setup.conditioning, sample_shape=setup.sample_shape)
+            extra = ["--steps", str(replan)]
+        r = subprocess.run([*exe_cmd, str(tmp_path / f"{name}-{spacing}"), "-n", str(n), "--seed", str(seed), "--backend",
+                            "fake", "--raw", str(tmp_path / f"{name}.f32"), "--trace", str(tmp_path / f"{name}.trace"),
+                            *extra], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         steps, want = python_trajectory(setup, n, seed)
         got = np.fromfile(tmp_path / f"{name}.f32", np.float32).reshape(want.shape)
@@ -173,7 +182,7 @@ def check_conformance(exe_cmd, tiny_bundle, tmp_path, names, run_dir=None):
             for a, b in ((trace[i, 0], x_in), (trace[i, 1], eps)):
                 rel = float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-8))
                 worst = max(worst, rel)
-                assert rel <= 1e-6, f"{name} step {i}: relative error {rel:.2e}"
+                assert rel <= 1e-6, f"{name} {spacing} {replan} step {i}: relative error {rel:.2e}"
         final = float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1.0))
         assert final <= 1e-6, f"{name}: final samples differ by {final:.2e} (relative to max(|x|, 1))"
     return worst
@@ -181,6 +190,16 @@ def check_conformance(exe_cmd, tiny_bundle, tmp_path, names, run_dir=None):
 
 def test_runner_core_conformance_every_solver(build, tiny_bundle, tmp_path):
     check_conformance([str(build / "edgediff-run-core")], tiny_bundle, tmp_path, list(SOLVERS))
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_runner_steps_replans_like_python(build, tiny_bundle, tmp_path, spacing):
+    """--steps N: edd_plan_with_steps computes the plan the Python planner computes (the
+    trajectories agree to 1e-6, which a single different timestep or sigma would break)."""
+    names = [s for s in SOLVERS if s != "lcm"] + (["lcm"] if spacing == "leading" else [])
+    for steps in (1, 3, 7, 16):
+        check_conformance([str(build / "edgediff-run-core")], tiny_bundle, tmp_path / str(steps), names, spacing,
+                          replan=steps)
 
 
 @pytest.mark.skipif(not (HAVE_CC and HAVE_CROSS), reason="no aarch64-linux-gnu-gcc / qemu-aarch64 (.ci/run installs them)")
@@ -222,7 +241,8 @@ def test_runner_errors_name_the_field(build, tiny_bundle, bundle_copy, tmp_path)
     r = run(exe, bundle_copy, "--raw", tmp_path / "ok.f32", check=False)
     assert r.returncode == 1 and "report.json: listed in manifest.json files but missing" in r.stderr
     shutil.copy(tiny_bundle.root / "report.json", bundle_copy)
-    usage = [(["--seed", "-1"], "--seed"), (["--label", "9"], "label 9 out of range"), (["--steps", "7"], "--steps 7"),
+    usage = [(["--seed", "-1"], "--seed"), (["--label", "9"], "label 9 out of range"), (["--steps", "0"], "--steps"),
+             (["--steps", "101"], "--steps 101: steps must be an integer in 1..100"),
              (["-o", "x.jpg"], ".png, .pgm or .ppm"), (["--frobnicate", "1"], "unknown option --frobnicate"), ([], "nothing to do")]
     for args, message in usage:
         r = run(exe, bundle_copy, *args, *(["--raw", tmp_path / "u.f32"] if args else []), check=False)

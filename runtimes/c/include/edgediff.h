@@ -55,8 +55,8 @@
  * The timestep fed to the model at step i is model_timesteps[i] when the solver has that
  * parameter, and (float)timesteps[i] otherwise.
  *
- * scheduler.json's other keys ("solver", "spacing", "timestep_groups", "cache_schedule") are
- * not read. edd_bundle_load reads both files (edd_plan_create stays for plans built in code)
+ * scheduler.json's "spacing" goes to edd_bundle_info.spacing (what edd_plan_with_steps
+ * replans with); its other keys ("solver", "timestep_groups", "cache_schedule") are not read. edd_bundle_load reads both files (edd_plan_create stays for plans built in code)
  * and takes from manifest.json (-> edd_bundle_info):
  *
  *   {
@@ -208,6 +208,16 @@ EDD_API float edd_plan_model_timestep(const edd_plan *plan, size_t i);  /* t fed
 EDD_API int edd_plan_uses_noise(const edd_plan *plan, size_t i);        /* 1 if step i draws noise */
 EDD_API int edd_plan_has_carry(const edd_plan *plan);                   /* 1 if step passes x0 on (dpmpp-2m) */
 
+/* The same solver, schedule and options (eta, clip_sample, final_alpha_cumprod, LCM's
+ * original_inference_steps and timestep_scaling) planned for num_steps steps: the timesteps
+ * and per-step params are recomputed as runtimes/samplers/<solver>.py's plan() does for
+ * `spacing` ("leading" | "trailing" | "linspace", scheduler.json's "spacing"; NULL =
+ * "leading"; LCM has its own grid) with steps_offset 0. This is the one place the runtime
+ * computes a schedule; a bundle whose model was distilled or quantized for its own steps
+ * should be run at those. */
+EDD_API edd_status edd_plan_with_steps(const edd_plan *plan, const char *spacing, size_t num_steps, edd_plan **out,
+                                       char *err, size_t err_size);
+
 /* ---- solver primitives: pure functions, what edd_context_sample is made of ------------- */
 /* n is the number of floats (any batch size times the sample size). Each mirrors the Python
  * solver method of the same name. Outputs may alias the matching input (x_out == x,
@@ -341,6 +351,7 @@ typedef struct edd_bundle_info {
     int64_t null_label;             /* conditioning.null_label (class models; else EDD_NO_LABEL) */
     double guidance_scale;          /* scheduler.json guidance_scale */
     const char *solver;             /* the plan's solver */
+    const char *spacing;            /* scheduler.json "spacing" ("leading", ...), NULL if absent */
     size_t num_steps;               /* the plan's number of steps */
 } edd_bundle_info;
 

@@ -36,6 +36,7 @@ struct edd_bundle {
     char *model_file;
     char *model_path;
     char *dir;                   /* edd_bundle_load only */
+    char *spacing;
     file_entry *files;
     size_t num_files;
 };
@@ -313,13 +314,18 @@ static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, siz
 }
 
 static edd_status read_scheduler(edd_bundle *b, const edd_json *s, char *err, size_t err_size) {
-    const edd_json *plan, *g;
+    const edd_json *plan, *g, *sp;
     edd_status st;
     if (s->type != EDD_JSON_OBJECT) return BAD(SCHEDULER ": expected a JSON object, got %s", edd__json_type_name(s));
     if ((st = member(SCHEDULER, "", s, "plan", M_OBJECT, "an object", &plan, err, err_size)) ||
         (st = member(SCHEDULER, "", s, "guidance_scale", M_NUMBER, "a number", &g, err, err_size)))
         return st;
     if (!isfinite(g->number)) return BAD(SCHEDULER ": guidance_scale must be finite");
+    if ((sp = edd__json_get(s, "spacing")) != NULL) {
+        if (sp->type != EDD_JSON_STRING) return BAD(SCHEDULER ": spacing must be a string, got %s", edd__json_type_name(sp));
+        if (!(b->spacing = dup_str(sp->string))) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        b->info.spacing = b->spacing;
+    }
     b->info.guidance_scale = g->number;
     if ((st = plan_from_json(SCHEDULER, plan, &b->plan, err, err_size))) return st;
     b->info.solver = edd_plan_solver(b->plan);
@@ -489,6 +495,7 @@ void edd_bundle_free(edd_bundle *b) {
     }
     free(b->files);
     free(b->dir);
+    free(b->spacing);
     edd_plan_free(b->plan);
     free(b->model_format);
     free(b->model_file);

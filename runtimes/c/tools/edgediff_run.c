@@ -11,6 +11,7 @@
  *   ─► grid image (as `edgediff generate`), --raw: the float32 samples, --bench: timings,
  *      --trace: every step's model input and (guided) model output, float32, step by step
  *
+ * --steps N other than the bundle's replans with edd_plan_with_steps (scheduler.json's spacing).
  * It produces what `edgediff generate BUNDLE -n N --seed S [--label L]` produces: image k
  * uses noise stream k, labels default to k % num_classes, guidance applies to class models.
  *
@@ -244,6 +245,8 @@ static int write_raw(const char *path, const float *x, size_t n) {
 int main(int argc, char **argv) {
     options o;
     edd_bundle *bundle = NULL;
+    const edd_plan *plan;
+    edd_plan *replanned = NULL;
     const edd_bundle_info *info;
     edd_params params = edd_default_params();
     edd_context *ctx = NULL;
@@ -276,13 +279,14 @@ int main(int argc, char **argv) {
     }
     t_bundle = now_ms();
     info = edd_bundle_get_info(bundle);
-    if (o.steps >= 0 && (size_t)o.steps != info->num_steps) {
-        fprintf(stderr,
-                "edgediff-run: --steps %lld: %s/scheduler.json plan has %lu steps; a bundle's timesteps and solver "
-                "params are fixed when it is compiled (edgediff compile --steps %lld)\n",
-                o.steps, o.bundle, (unsigned long)info->num_steps, o.steps);
-        rc = 2;
-        goto done;
+    plan = edd_bundle_plan(bundle);
+    if (o.steps >= 0 && (size_t)o.steps != info->num_steps) { /* replan, as the Python planner would */
+        if ((st = edd_plan_with_steps(plan, info->spacing, (size_t)o.steps, &replanned, err, sizeof err)) != EDD_OK) {
+            fprintf(stderr, "edgediff-run: --steps %lld: %s\n", o.steps, err);
+            rc = 2;
+            goto done;
+        }
+        plan = replanned;
     }
     edd_bundle_fill_params(bundle, &params);
     params.batch = o.num;
@@ -335,7 +339,7 @@ int main(int argc, char **argv) {
     t_init = now_ms();
 
     tm.inner = backend;
-    tm.steps = info->num_steps;
+    tm.steps = edd_plan_num_steps(plan);
     tm.start = (double *)calloc(tm.steps, sizeof(double));
     tm.end = (double *)calloc(tm.steps, sizeof(double));
     if (!tm.start || !tm.end) goto oom;
@@ -349,7 +353,7 @@ int main(int argc, char **argv) {
         params.on_step = trace_step;
         params.on_step_user = &trace;
     }
-    if ((st = edd_context_create(edd_bundle_plan(bundle), &backend, &params, &ctx, err, sizeof err)) != EDD_OK) {
+    if ((st = edd_context_create(plan, &backend, &params, &ctx, err, sizeof err)) != EDD_OK) {
         fprintf(stderr, "edgediff-run: %s: %s\n", o.bundle, err);
         goto done;
     }
@@ -385,7 +389,7 @@ int main(int argc, char **argv) {
         }
 
     if (o.bench) {
-        size_t s, n = info->num_steps, runs = (size_t)o.runs;
+        size_t s, n = edd_plan_num_steps(plan), runs = (size_t)o.runs;
         double outside = 0, den_total = 0;
         e2e = (double *)malloc(runs * sizeof(double));
         step_ms = (double *)malloc(runs * n * sizeof(double));
@@ -460,6 +464,7 @@ done:
 #ifndef EDD_RUN_NO_OPENVINO
     edd_ov_free(ov);
 #endif
+    edd_plan_free(replanned);
     edd_bundle_free(bundle);
     free(labels);
     free(out);
