@@ -51,7 +51,8 @@
  *   lcm         original_inference_steps  number          the distillation grid (informational)
  *               timestep_scaling          number          c_skip / c_out scaling (10 in LCM)
  *
- * The runtime computes no schedule of its own: every per-step number comes from the plan.
+ * The runtime computes no schedule of its own (except edd_plan_with_steps, on request):
+ * every per-step number comes from the plan.
  * The timestep fed to the model at step i is model_timesteps[i] when the solver has that
  * parameter, and (float)timesteps[i] otherwise.
  *
