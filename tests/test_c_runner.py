@@ -204,14 +204,15 @@ def test_runner_steps_replans_like_python(build, tiny_bundle, tmp_path, spacing)
 
 @pytest.mark.skipif(not (HAVE_CC and HAVE_CROSS), reason="no aarch64-linux-gnu-gcc / qemu-aarch64 (.ci/run installs them)")
 def test_runner_core_conformance_on_aarch64_under_qemu(tiny_bundle, tmp_path):
-    """The runner core (bundle loader, JSON reader, loop, noise) cross-compiled for aarch64."""
+    """The runner core (bundle loader, JSON reader, planner, loop, noise) cross-compiled for aarch64."""
     out = tmp_path / "arm"
     r = subprocess.run(["make", "-s", "-C", str(C_DIR), "runner-core", f"BUILD={out}", "CC=aarch64-linux-gnu-gcc",
                         "AR=aarch64-linux-gnu-ar"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert b"\xb7\x00" == (out / "edgediff-run-core").read_bytes()[18:20]  # ELF e_machine = EM_AARCH64
-    check_conformance(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(out / "edgediff-run-core")], tiny_bundle,
-                      tmp_path, ["ddpm", "dpmpp-2m", "euler"])
+    qemu = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(out / "edgediff-run-core")]
+    check_conformance(qemu, tiny_bundle, tmp_path, ["ddpm", "dpmpp-2m", "euler"])
+    check_conformance(qemu, tiny_bundle, tmp_path / "replan", ["ddim", "euler"], "linspace", replan=7)  # the planner
 
 
 # ---- errors: one line naming the file and field ---------------------------------------------------
