@@ -104,7 +104,7 @@ def cmd_generate(a) -> int:
     t0 = time.perf_counter()
     try:
         images = generate(bundle_denoiser(b), setup, n=a.num, seed=a.seed, labels=labels,
-                          progress=bar.update)
+                          progress=bar.update, loop=a.loop)
     finally:
         bar.close()
     dt = time.perf_counter() - t0
@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_nonneg_int, default=0)
     g.add_argument("--label", type=int, default=None, help="class label for every image (default: 0,1,2,…)")
     g.add_argument("-o", "--output", required=True, help="image grid (.png, .pgm, .ppm)")
+    g.add_argument("--loop", choices=["c", "python"], default="c",
+                   help="sampling loop: the C runtime (default) or the Python reference")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
 

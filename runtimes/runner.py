@@ -1,9 +1,12 @@
-"""Run a bundle (or the FP32 reference) with the Python reference samplers.
+"""Run a bundle (or the FP32 reference): the C runtime's loop by default, the Python one on request.
 
     scheduler.json --Plan.from_dict--> plan ─┐
-    manifest.json  --backend-----------> denoise(x, t, cond) ─┼─> sample() -> images [-1, 1]
-    seed, labels   --NoiseSource-------> noise ─┘
+    manifest.json  --backend-----------> denoise(x, t, cond) ─┼─> loop -> images [-1, 1]
+    seed, labels   --noise streams-----> noise ─┘
 
+loop="c" runs edgediff.runtimes._cruntime.sample (the C library's loop, the denoiser called
+back in Python); loop="python" runs sampling.sample, the reference the C code mirrors and
+the oracle of the tests. Both draw the same noise bit for bit and agree to 1e-5.
 Image k of a run always uses noise stream k, so the same seed gives the same images in
 any batch size, and the bundle and the reference see identical noise.
 """
@@ -11,6 +14,7 @@ any batch size, and the bundle and the reference see identical noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -57,8 +61,23 @@ def default_labels(setup: SamplingSetup, n: int, label: int | None = None) -> np
     return (np.arange(n) % k).astype(np.int64)
 
 
+Loop = Literal["c", "python"]
+LOOPS = ("c", "python")
+
+
+def _c_sample(denoise, plan, noise, *, labels, guidance, null_label, sample_shape, callback):
+    """sampling.sample's signature over the C loop."""
+    try:
+        from edgediff.runtimes import _cruntime
+    except ImportError as e:  # built by `pip install` (setup.py); never a silent fallback
+        raise EdgediffError(f"the C runtime extension is not built ({e}); reinstall edgediff or use loop='python'") \
+            from None
+    return _cruntime.sample(plan, denoise, noise.seed, noise.streams, labels=labels, guidance=guidance,
+                            null_label=null_label, sample_shape=sample_shape, callback=callback)
+
+
 def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.ndarray | None = None,
-             batch_size: int = 256, progress=None, on_call=None) -> np.ndarray:
+             batch_size: int = 256, progress=None, on_call=None, loop: Loop = "c") -> np.ndarray:
     """Sample `n` images with `denoise`; returns float32 (n, C, H, W), clipped to [-1, 1].
 
     progress(k) is called once per denoiser step with the number of images it advanced.
@@ -66,6 +85,9 @@ def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.nda
     """
     if n <= 0:
         raise EdgediffError(f"number of images must be positive (got {n})")
+    if loop not in LOOPS:
+        raise EdgediffError(f"unknown sampling loop {loop!r}; choose one of {', '.join(LOOPS)}")
+    run = _c_sample if loop == "c" else sample
     c = setup.conditioning
     if c["kind"] == "embedding":  # no text encoder here: the null (all-zero) condition
         shape = tuple(c["shape"])
@@ -89,8 +111,8 @@ def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.nda
         noise = NoiseSource(seed=seed, streams=tuple(range(start, stop)))
         batch_labels = None if labels is None else labels[start:stop]
         cb = (lambda i, t, x, eps, _k=stop - start: progress(_k)) if progress else None
-        x = sample(denoise, setup.plan, noise, labels=batch_labels, guidance=guidance,
-                   null_label=c.get("null_label"), sample_shape=setup.sample_shape, callback=cb)
+        x = run(denoise, setup.plan, noise, labels=batch_labels, guidance=guidance,
+                null_label=c.get("null_label"), sample_shape=setup.sample_shape, callback=cb)
         out.append(x)
     images = np.concatenate(out).astype(np.float32)
     if not np.isfinite(images).all():

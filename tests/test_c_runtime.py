@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -385,8 +386,42 @@ def test_embedding_example(tmp_path):
     assert "embed: ok" in r.stdout
 
 
+@needs_cc
+def test_c_suite_under_thread_sanitizer(tmp_path):
+    """`make check-tsan`: the suite's threads test (contexts sharing a plan, bundles parsed in
+    parallel, 4 threads x 20 runs) under ThreadSanitizer: no data race, same bits as alone."""
+    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "check-tsan", f"BUILD={tmp_path}"], capture_output=True,
+                       text=True, timeout=300)
+    if "ThreadSanitizer" in r.stderr and "unexpected memory mapping" in r.stderr:
+        pytest.skip("ThreadSanitizer cannot run on this kernel's memory layout")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 failed" in r.stdout and "WARNING: ThreadSanitizer" not in r.stderr
+
+
+def _libfuzzer_works() -> bool:
+    """clang is there and links -fsanitize=fuzzer (Debian: the libclang-rt-dev package)."""
+    if not shutil.which("clang"):
+        return False
+    r = subprocess.run(["clang", "-fsanitize=fuzzer", "-x", "c", "-", "-o", "/dev/null"], capture_output=True,
+                       input="int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }", text=True)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not (shutil.which("make") and _libfuzzer_works()),
+                    reason="no clang with libFuzzer (apt-get install clang libclang-rt-dev)")
+def test_json_fuzz_short_run(tmp_path):
+    """runtimes/c/fuzz: a few seconds of libFuzzer (with ASan + UBSan) on the JSON reader and
+    the bundle loader find nothing; the exec count is what libFuzzer reports."""
+    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "fuzz", f"BUILD={tmp_path}", "FUZZ_SECONDS=4"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    runs = re.search(r"Done (\d+) runs", r.stderr)
+    assert runs and int(runs.group(1)) > 1000, r.stderr[-2000:]
+    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
+
+
 @pytest.mark.skipif(not (shutil.which("make") and shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
-                    reason="no aarch64 cross compiler / qemu-aarch64")
+                    reason="no aarch64 cross compiler / qemu-aarch64 (.ci/run installs gcc-aarch64-linux-gnu, qemu-user)")
 def test_c_suite_on_aarch64_under_qemu(tmp_path):
     """The same suite cross-compiled for aarch64 (where FMA is in the base ISA and GCC contracts
     by default) and run under emulation: the pinned noise hashes hold there too."""

@@ -51,14 +51,38 @@
  *   lcm         original_inference_steps  number          the distillation grid (informational)
  *               timestep_scaling          number          c_skip / c_out scaling (10 in LCM)
  *
- * The runtime computes no schedule of its own: every per-step number comes from the plan.
+ * The runtime computes no schedule of its own (except edd_plan_with_steps, on request):
+ * every per-step number comes from the plan.
  * The timestep fed to the model at step i is model_timesteps[i] when the solver has that
  * parameter, and (float)timesteps[i] otherwise.
  *
- * From manifest.json the application also takes the sample shape (the model input's shape
- * without the batch dimension) and, for class-conditional models, conditioning.null_label
- * (-> edd_params.null_label). This version takes the plan as arrays (edd_plan_desc); a
- * scheduler.json loader will fill the same edd_plan_desc, so nothing below changes with it.
+ * scheduler.json's "spacing" goes to edd_bundle_info.spacing (what edd_plan_with_steps
+ * replans with); its other keys ("solver", "timestep_groups", "cache_schedule") are not read. edd_bundle_load reads both files (edd_plan_create stays for plans built in code)
+ * and takes from manifest.json (-> edd_bundle_info):
+ *
+ *   {
+ *     "format": "edgediff-bundle",   must be exactly this
+ *     "format_version": 1,           must equal EDD_BUNDLE_FORMAT_VERSION
+ *     "files": {"model/denoiser.onnx": {"sha256": "6cb9..."}, "scheduler.json": {...}, ...}
+ *                                    must list model.file and scheduler.json; every entry's
+ *                                    sha256 is checked by edd_bundle_verify
+ *     "model": {
+ *       "format":  "onnx",           -> info.model_format (the backend picks by it)
+ *       "file":    "model/denoiser.onnx"   -> info.model_file / model_path (relative, no "..")
+ *       "inputs":  [{"name": "sample", "dtype": "float32", "shape": ["batch", 1, 16, 16]},
+ *                   {"name": "timestep", ...}, {"name": "class_labels", "dtype": "int64", ...}]
+ *                                    -> info.inputs; inputs[0].shape[1:] is the sample shape
+ *                                       (-> edd_params.sample_shape, fixed sizes required)
+ *       "outputs": [{"name": "eps", ...}]  -> info.outputs
+ *     },
+ *     "conditioning": {"kind": "class", "num_classes": 10, "null_label": 10, "shape": null}
+ *                                    kind "none" | "class" | "embedding"; for "class",
+ *                                    null_label -> edd_params.null_label
+ *   }
+ *
+ * Any other manifest key is ignored (the model's own signature is the backend's to check). Unknown keys inside "plan" and "plan.schedule" are
+ * refused (as the Python Plan does). The JSON reader is strict RFC 8259 (no NaN, no
+ * comments, no trailing commas; nesting depth <= 64) and fuzzed (runtimes/c/fuzz/).
  *
  * ---------------------------------------------------------------------------------------
  * HOW IT IS USED
@@ -123,7 +147,9 @@ typedef enum edd_status {
     EDD_ERR_UNKNOWN_SOLVER = 3,     /* plan solver name not in the registry */
     EDD_ERR_BAD_PLAN = 4,           /* schedule, timesteps or solver params invalid */
     EDD_ERR_BACKEND = 5,            /* the backend's denoise returned non-zero */
-    EDD_ERR_CANCELLED = 6           /* the cancel flag was set or on_step returned non-zero */
+    EDD_ERR_CANCELLED = 6,          /* the cancel flag was set or on_step returned non-zero */
+    EDD_ERR_BAD_BUNDLE = 7,         /* manifest.json / scheduler.json malformed or a field missing or invalid */
+    EDD_ERR_IO = 8                  /* a bundle file could not be read */
 } edd_status;
 
 /* A constant English sentence for a status; never NULL (unknown values get a generic text). */
@@ -182,6 +208,16 @@ EDD_API int64_t edd_plan_timestep(const edd_plan *plan, size_t i);      /* times
 EDD_API float edd_plan_model_timestep(const edd_plan *plan, size_t i);  /* t fed to the model; NaN if i >= n */
 EDD_API int edd_plan_uses_noise(const edd_plan *plan, size_t i);        /* 1 if step i draws noise */
 EDD_API int edd_plan_has_carry(const edd_plan *plan);                   /* 1 if step passes x0 on (dpmpp-2m) */
+
+/* The same solver, schedule and options (eta, clip_sample, final_alpha_cumprod, LCM's
+ * original_inference_steps and timestep_scaling) planned for num_steps steps: the timesteps
+ * and per-step params are recomputed as runtimes/samplers/<solver>.py's plan() does for
+ * `spacing` ("leading" | "trailing" | "linspace", scheduler.json's "spacing"; NULL =
+ * "leading"; LCM has its own grid) with steps_offset 0. This is the one place the runtime
+ * computes a schedule; a bundle whose model was distilled or quantized for its own steps
+ * should be run at those. */
+EDD_API edd_status edd_plan_with_steps(const edd_plan *plan, const char *spacing, size_t num_steps, edd_plan **out,
+                                       char *err, size_t err_size);
 
 /* ---- solver primitives: pure functions, what edd_context_sample is made of ------------- */
 /* n is the number of floats (any batch size times the sample size). Each mirrors the Python
@@ -282,6 +318,71 @@ EDD_API edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_c
 
 /* The detail of the last failure of ctx ("backend returned 3 at step 2 of 10"); "" if none. */
 EDD_API const char *edd_context_error(const edd_context *ctx);
+
+/* ---- bundle: manifest.json + scheduler.json (the fields at the top of this file) ------------ */
+
+#define EDD_BUNDLE_FORMAT_VERSION 1  /* manifest.json format_version this runtime reads */
+#define EDD_MAX_TENSORS 4            /* most model inputs / outputs described in a manifest */
+
+typedef enum edd_conditioning {
+    EDD_COND_NONE = 0,              /* conditioning.kind "none": the model takes (x, t) */
+    EDD_COND_CLASS = 1,             /* "class": a third int64 input, one label per row */
+    EDD_COND_EMBEDDING = 2          /* "embedding": a third float input (the runner feeds zeros: no encoder) */
+} edd_conditioning;
+
+typedef struct edd_tensor_info {
+    char name[64];                  /* the model's input / output name, e.g. "sample" */
+    char dtype[16];                 /* "float32", "int64", ... */
+    size_t ndim;                    /* dimensions */
+    int64_t shape[EDD_MAX_NDIM];    /* sizes; -1 for a named (dynamic) dimension such as "batch" */
+} edd_tensor_info;
+
+typedef struct edd_bundle_info {
+    const char *model_format;       /* manifest model.format, e.g. "onnx" */
+    const char *model_file;         /* manifest model.file, relative to the bundle, e.g. "model/denoiser.onnx" */
+    const char *model_path;         /* bundle dir + "/" + model_file (edd_bundle_load only; NULL after parse) */
+    size_t num_inputs;              /* model.inputs: sample, timestep[, condition] */
+    edd_tensor_info inputs[EDD_MAX_TENSORS];
+    size_t num_outputs;             /* model.outputs */
+    edd_tensor_info outputs[EDD_MAX_TENSORS];
+    size_t sample_ndim;             /* model.inputs[0].shape without the batch dimension ... */
+    int64_t sample_shape[EDD_MAX_NDIM]; /* ... e.g. {1, 16, 16} */
+    edd_conditioning conditioning;  /* conditioning.kind */
+    int64_t num_classes;            /* conditioning.num_classes (class models; else 0) */
+    int64_t null_label;             /* conditioning.null_label (class models; else EDD_NO_LABEL) */
+    double guidance_scale;          /* scheduler.json guidance_scale */
+    const char *solver;             /* the plan's solver */
+    const char *spacing;            /* scheduler.json "spacing" ("leading", ...), NULL if absent */
+    size_t num_steps;               /* the plan's number of steps */
+} edd_bundle_info;
+
+typedef struct edd_bundle edd_bundle;   /* opaque: a parsed bundle (its plan and info) */
+
+/* Read DIR/manifest.json and DIR/scheduler.json. The model file itself is not opened (that
+ * is the backend's job) and file hashes are not verified. On failure *out is NULL and err
+ * names the file and the field ("digits/scheduler.json: plan.timesteps[3] must be an
+ * integer, got a fraction"); status EDD_ERR_IO (unreadable file), EDD_ERR_BAD_BUNDLE
+ * (malformed JSON or a field missing or wrong) or the plan's own status (EDD_ERR_BAD_PLAN,
+ * EDD_ERR_UNKNOWN_SOLVER). */
+EDD_API edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t err_size);
+
+/* The same from the two files' texts (need not be NUL-terminated). */
+EDD_API edd_status edd_bundle_parse(const char *manifest_json, size_t manifest_len, const char *scheduler_json,
+                                    size_t scheduler_len, edd_bundle **out, char *err, size_t err_size);
+EDD_API void edd_bundle_free(edd_bundle *bundle);  /* NULL is a no-op; frees the plan too */
+
+/* Check every file listed under manifest.json "files" against its recorded sha256 (a bundle
+ * from edd_bundle_load). EDD_ERR_IO: a listed file is missing or unreadable (directories,
+ * such as a .mlpackage, are not hashed by this runtime); EDD_ERR_BAD_BUNDLE: a digest differs
+ * ("DIR/model/denoiser.onnx: sha256 3f2a... does not match manifest.json files[...]"). */
+EDD_API edd_status edd_bundle_verify(const edd_bundle *bundle, char *err, size_t err_size);
+
+EDD_API const edd_plan *edd_bundle_plan(const edd_bundle *bundle);            /* owned by the bundle */
+EDD_API const edd_bundle_info *edd_bundle_get_info(const edd_bundle *bundle); /* owned by the bundle */
+
+/* Set params' sample_ndim / sample_shape, guidance (guidance_scale for class models, else
+ * 1.0) and null_label from the bundle; the rest (batch, seed, labels, ...) is the caller's. */
+EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *params);
 
 #ifdef __cplusplus
 }

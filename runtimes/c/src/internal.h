@@ -96,6 +96,10 @@ edd_status edd__fail(char *err, size_t err_size, edd_status status, const char *
 #endif
     ;
 
+/* SHA-256 as 64 lowercase hex digits (sha256.c); the file version returns -1 if unreadable */
+void edd__sha256(const void *data, size_t n, char hex[65]);
+int edd__sha256_file(const char *path, char hex[65]);
+
 /* (x0, eps) from the model output, with x = alpha x0 + sigma eps: base.to_x0_eps. */
 static inline void edd__x0_eps(edd_prediction p, double x, double out, double alpha, double sigma, double *x0,
                                double *e) {

@@ -13,6 +13,8 @@ const char *edd_status_str(edd_status status) {
     case EDD_ERR_BAD_PLAN: return "invalid plan (schedule, timesteps or solver params)";
     case EDD_ERR_BACKEND: return "the backend's denoiser failed";
     case EDD_ERR_CANCELLED: return "cancelled";
+    case EDD_ERR_BAD_BUNDLE: return "invalid bundle (manifest.json or scheduler.json)";
+    case EDD_ERR_IO: return "a bundle file could not be read";
     }
     return "unknown status";
 }

@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "edgediff.h"
+#include "internal.h" /* internal: sha256 (built with -Isrc) */
+#include "json.h"     /* internal: the JSON reader */
 
 static int failures, checks;
 
@@ -582,6 +584,26 @@ static void test_streams(void) {
     edd_plan_free(plan);
 }
 
+/* ---- a small valid bundle (the threads and the bundle tests use it) ---- */
+
+static const char MANIFEST_OK[] =
+    "{\"format\": \"edgediff-bundle\", \"format_version\": 1, \"target\": \"host-cpu\",\n"
+    " \"model\": {\"format\": \"onnx\", \"file\": \"model/denoiser.onnx\", \"precision\": \"fp32\",\n"
+    "  \"inputs\": [{\"name\": \"sample\", \"dtype\": \"float32\", \"shape\": [\"batch\", 3, 5, 5]},\n"
+    "             {\"name\": \"timestep\", \"dtype\": \"float32\", \"shape\": [\"batch\"]},\n"
+    "             {\"name\": \"class_labels\", \"dtype\": \"int64\", \"shape\": [\"batch\"]}],\n"
+    "  \"outputs\": [{\"name\": \"eps\", \"dtype\": \"float32\", \"shape\": [\"batch\", 3, 5, 5]}]},\n"
+    " \"conditioning\": {\"kind\": \"class\", \"num_classes\": 10, \"null_label\": 10, \"shape\": null},\n"
+    " \"files\": {\"model/denoiser.onnx\": {\"sha256\": \"00\"}, \"scheduler.json\": {}, \"report.json\": {}}}";
+
+/* a 3-step DDIM plan over a 4-step training schedule */
+static const char SCHEDULER_OK[] =
+    "{\"solver\": \"ddim\", \"spacing\": \"leading\", \"guidance_scale\": 2.5, \"timestep_groups\": null,\n"
+    " \"cache_schedule\": null, \"plan\": {\"solver\": \"ddim\", \"timesteps\": [3, 2, 0],\n"
+    "  \"schedule\": {\"alphas_cumprod\": [0.99, 0.9, 0.7, 0.5], \"prediction_type\": \"epsilon\"},\n"
+    "  \"params\": {\"eta\": 0.0, \"prev_timesteps\": [2, 0, -1], \"final_alpha_cumprod\": 1.0,"
+    " \"clip_sample\": null}}}";
+
 /* ---- threads: independent contexts sharing one plan ---- */
 
 typedef struct {
@@ -591,13 +613,27 @@ typedef struct {
     edd_status status;
 } job;
 
+/* 20 runs of the shared plan; odd jobs also parse a bundle of their own each time and run
+ * its plan (the loader, like the contexts, must touch nothing shared) */
 static void *worker(void *arg) {
     job *j = (job *)arg;
     edd_params p = base_params(2);
     fake_backend fb = {0, -1, 0, {0}};
     int rep;
     p.seed = j->seed;
-    for (rep = 0; rep < 20 && j->status == EDD_OK; rep++) j->status = run(j->plan, &p, &fb, j->out);
+    for (rep = 0; rep < 20 && j->status == EDD_OK; rep++) {
+        if (j->seed % 2) {
+            edd_bundle *b = NULL;
+            char err[256];
+            float scratch[2 * SIZE];
+            j->status = edd_bundle_parse(MANIFEST_OK, strlen(MANIFEST_OK), SCHEDULER_OK, strlen(SCHEDULER_OK), &b, err,
+                                         sizeof err);
+            if (j->status == EDD_OK) j->status = run(edd_bundle_plan(b), &p, &fb, scratch);
+            edd_bundle_free(b);
+            if (j->status != EDD_OK) break;
+        }
+        j->status = run(j->plan, &p, &fb, j->out);
+    }
     return NULL;
 }
 
@@ -623,6 +659,233 @@ static void test_threads(void) {
     edd_plan_free(plan);
 }
 
+/* ---- JSON reader ---- */
+
+static edd_status parse_text(const char *text, edd_json **out, char *err, size_t err_size) {
+    return edd__json_parse(text, strlen(text), out, err, err_size);
+}
+
+static void test_json(void) {
+    edd_json *v = NULL;
+    const edd_json *e;
+    char err[200];
+    static const char *const bad[] = {
+        "", " ", "{", "[1,]", "{\"a\":1,}", "[1 2]", "{\"a\" 1}", "{1:2}", "01", "-", "1.", "1e", ".5", "+1",
+        "NaN", "Infinity", "-Infinity", "nul", "tru", "\"abc", "\"\\x\"", "\"\\u12\"", "\"\\ud800\"",
+        "\"\\udc00\"", "\"\\ud800\\u0041\"", "\"a\x01\"", "[1] x", "{\"a\":1}}", "// c\n1", "[\"\\", "\"\\u",
+        "\"\\ud800\\u\"", "[-]", "1e+", "0x10", "'a'", "[true false]",
+    };
+    size_t k;
+    char *deep;
+
+    CHECK(parse_text(" {\"a\": [1, -0.5, 2e3, 1E-2, 0, -0], \"b\": {\"c\": null, \"d\": true, \"e\": false},"
+                     " \"s\": \"x\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\\u0000z\", \"a\": 7} ",
+                     &v, err, sizeof err) == EDD_OK);
+    CHECK(v && v->type == EDD_JSON_OBJECT && v->len == 4);
+    e = edd__json_get(v, "a"); /* a repeated key: the last one, as Python's json */
+    CHECK(e && e->type == EDD_JSON_NUMBER && e->number == 7.0 && e->is_integer);
+    e = &v->items[0];
+    CHECK(e->type == EDD_JSON_ARRAY && e->len == 6);
+    if (e->type == EDD_JSON_ARRAY && e->len == 6) {
+        CHECK(e->items[0].number == 1.0 && e->items[0].is_integer);
+        CHECK(e->items[1].number == -0.5 && !e->items[1].is_integer);
+        CHECK(e->items[2].number == 2000.0 && !e->items[2].is_integer);
+        CHECK(e->items[3].number == 0.01);
+        CHECK(e->items[5].number == 0.0 && signbit(e->items[5].number));
+    }
+    e = edd__json_get(edd__json_get(v, "b"), "d");
+    CHECK(e && e->type == EDD_JSON_TRUE);
+    CHECK(edd__json_get(edd__json_get(v, "b"), "c")->type == EDD_JSON_NULL);
+    CHECK(edd__json_get(v, "zz") == NULL && edd__json_get(e, "a") == NULL);
+    e = edd__json_get(v, "s");
+    CHECK(e && e->type == EDD_JSON_STRING && e->len == 17);
+    if (e && e->len == 17) /* é = C3 A9, U+1F600 = F0 9F 98 80, \u0000 kept inside */
+        CHECK(memcmp(e->string, "x\"\\/\b\f\n\r\t\xc3\xa9\xf0\x9f\x98\x80\0z", 17) == 0);
+    edd__json_free(v);
+
+    /* numbers round exactly as Python's float(): a value from a real alphas_cumprod */
+    CHECK(parse_text("[0.9999000000000000, 0.999780009, 4.0358027183432616e-05, 1.7976931348623157e308]", &v, err,
+                     sizeof err) == EDD_OK);
+    CHECK(v->items[1].number == 0.999780009 && v->items[2].number == 4.0358027183432616e-05 &&
+          v->items[3].number == 1.7976931348623157e308);
+    edd__json_free(v);
+    CHECK(parse_text("1e999", &v, err, sizeof err) == EDD_OK && isinf(v->number)); /* refused later, by field */
+    edd__json_free(v);
+
+    for (k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        v = (edd_json *)&k; /* must be reset to NULL */
+        err[0] = '\0';
+        CHECK(parse_text(bad[k], &v, err, sizeof err) == EDD_ERR_BAD_BUNDLE && v == NULL);
+        CHECK(strstr(err, "invalid JSON at line 1 column") != NULL);
+        if (v || !strstr(err, "invalid JSON")) fprintf(stderr, "  case %lu: %s -> %s\n", (unsigned long)k, bad[k], err);
+    }
+    CHECK(parse_text("{\n  \"a\": [1,\n   2,,]}", &v, err, sizeof err) == EDD_ERR_BAD_BUNDLE);
+    CHECK(strstr(err, "line 3 column 6") != NULL);
+    /* depth: 64 levels are fine, 100000 are refused without exhausting the stack */
+    deep = (char *)malloc(200001);
+    if (deep) {
+        memset(deep, '[', 100000);
+        memset(deep + 100000, ']', 100000);
+        deep[200000] = '\0';
+        CHECK(parse_text(deep, &v, err, sizeof err) == EDD_ERR_BAD_BUNDLE && strstr(err, "nested too deeply"));
+        deep[EDD_JSON_MAX_DEPTH] = '\0';
+        memset(deep + EDD_JSON_MAX_DEPTH / 2, ']', EDD_JSON_MAX_DEPTH / 2);
+        CHECK(parse_text(deep, &v, err, sizeof err) == EDD_OK);
+        edd__json_free(v);
+        free(deep);
+    }
+    CHECK(edd__json_parse(NULL, 1, &v, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd__json_parse("1", 1, NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd__json_parse("12", 1, &v, NULL, 0) == EDD_OK && v->number == 1.0); /* len, not NUL */
+    edd__json_free(v);
+    edd__json_free(NULL);
+}
+
+/* ---- bundle loader ---- */
+
+/* SCHEDULER_OK / MANIFEST_OK with the first `from` replaced by `to` */
+static char *edit(const char *text, const char *from, const char *to) {
+    const char *at = strstr(text, from);
+    size_t a, n = strlen(text) - strlen(from) + strlen(to);
+    char *out = (char *)malloc(n + 1);
+    if (!out) return NULL;
+    if (!at) { /* a test bug: make it visible */
+        fprintf(stderr, "edit: '%s' not found\n", from);
+        strcpy(out, "");
+        return out;
+    }
+    a = (size_t)(at - text);
+    memcpy(out, text, a);
+    strcpy(out + a, to);
+    strcat(out, at + strlen(from));
+    return out;
+}
+
+static edd_status parse_bundle(const char *m, const char *s, edd_bundle **b, char *err, size_t err_size) {
+    return edd_bundle_parse(m, strlen(m), s, strlen(s), b, err, err_size);
+}
+
+static void test_bundle(void) {
+    edd_bundle *b = NULL;
+    const edd_bundle_info *info;
+    edd_params p = edd_default_params();
+    char err[400];
+    size_t k;
+    static const char *const sched_cases[][3] = {
+        /* from, to, expected text in the error */
+        {"\"guidance_scale\": 2.5", "\"guidance\": 2.5", "scheduler.json: missing the field 'guidance_scale'"},
+        {"\"guidance_scale\": 2.5", "\"guidance_scale\": \"2.5\"", "guidance_scale must be a number, got string"},
+        {"\"timesteps\": [3, 2, 0]", "\"timesteps\": [3, 2.5, 0]", "plan.timesteps[1] must be an integer, got a fraction"},
+        {"\"timesteps\": [3, 2, 0]", "\"timesteps\": [3, \"2\", 0]", "plan.timesteps[1] must be an integer, got string"},
+        {"\"timesteps\": [3, 2, 0]", "\"timesteps\": {}", "plan.timesteps must be a list of integers, got object"},
+        {"\"timesteps\": [3, 2, 0]", "\"timesteps\": [3, 4, 0]", "'timesteps' must descend"},
+        {"\"solver\": \"ddim\", \"timesteps\"", "\"solver\": \"heun\", \"timesteps\"", "unknown solver 'heun'"},
+        {"\"eta\": 0.0", "\"eta\": true", "plan.params.eta must be a number, a list of numbers or null, got true"},
+        {"\"eta\": 0.0", "\"eta\": 1e999", "'eta' must be number"},
+        {"\"eta\": 0.0", "\"churn\": 0.0", "unknown param 'churn'"},
+        {"[2, 0, -1]", "[2, 0]", "'prev_timesteps' must be per step (n=3), got 2 values"},
+        {"[2, 0, -1]", "[2, 0, null]", "plan.params.prev_timesteps[2] must be a number, got null"},
+        {"[0.99, 0.9, 0.7, 0.5]", "[0.99, 0.9, 1.7, 0.5]", "alphas_cumprod values must lie in (0, 1]; [2]"},
+        {"\"prediction_type\": \"epsilon\"", "\"prediction_type\": 1", "prediction_type must be a string"},
+        {"\"prediction_type\": \"epsilon\"", "\"prediction_type\": \"sample\"", "unknown prediction_type 'sample'"},
+        {"\"prediction_type\": \"epsilon\"", "\"betas\": []", "plan.schedule has unknown key 'betas'"},
+        {"\"plan\": {", "\"plan\": {\"extra\": 1, ", "plan has unknown key 'extra'"},
+        {"\"plan\": {", "\"plan\": [{", "invalid JSON at line 4"},
+        {"\"params\": {", "\"params\": [{", "invalid JSON"},
+    };
+    static const char *const manifest_cases[][3] = {
+        {"\"edgediff-bundle\"", "\"other\"", "manifest.json: field format is 'other', expected 'edgediff-bundle'"},
+        {"\"format_version\": 1", "\"format_version\": 2", "format_version is 2; this runtime reads version 1"},
+        {"\"format_version\": 1,", "", "manifest.json: missing the field 'format_version'"},
+        {"\"file\": \"model/denoiser.onnx\"", "\"file\": \"model/x.onnx\"", "model.file 'model/x.onnx' is not listed"},
+        {"\"scheduler.json\": {}", "\"sched.json\": {}", "files has no entry for scheduler.json"},
+        {"[\"batch\", 3, 5, 5]}", "[\"batch\", 3, 0, 5]}", "model.inputs[0].shape[2] must be a positive integer"},
+        {"[\"batch\", 3, 5, 5]}", "[\"batch\", 3, \"h\", 5]}", "model.inputs[0].shape[2] must be a fixed size"},
+        {"\"name\": \"sample\", ", "", "model.inputs[0] is missing the field 'name'"},
+        {"\"kind\": \"class\"", "\"kind\": \"text\"", "conditioning.kind 'text' is not one of none, class, embedding"},
+        {"\"null_label\": 10", "\"null_label\": 1.5", "conditioning.null_label must be an integer"},
+        {"\"model\": {", "\"model\": 3, \"m\": {", "model must be an object, got number"},
+        {"\"format\": \"edgediff-bundle\"", "\"format\": \"edgediff-bundle\",,", "manifest.json: invalid JSON at line 1"},
+    };
+
+    CHECK(parse_bundle(MANIFEST_OK, SCHEDULER_OK, &b, err, sizeof err) == EDD_OK);
+    if (!b) {
+        fprintf(stderr, "  bundle: %s\n", err);
+        return;
+    }
+    info = edd_bundle_get_info(b);
+    CHECK(strcmp(info->model_format, "onnx") == 0 && strcmp(info->model_file, "model/denoiser.onnx") == 0);
+    CHECK(info->model_path == NULL && info->num_inputs == 3 && info->num_outputs == 1);
+    CHECK(strcmp(info->inputs[2].name, "class_labels") == 0 && strcmp(info->inputs[2].dtype, "int64") == 0);
+    CHECK(info->inputs[0].ndim == 4 && info->inputs[0].shape[0] == -1 && info->inputs[0].shape[3] == 5);
+    CHECK(info->sample_ndim == 3 && info->sample_shape[0] == 3 && info->sample_shape[2] == 5);
+    CHECK(info->conditioning == EDD_COND_CLASS && info->num_classes == 10 && info->null_label == 10);
+    CHECK(info->guidance_scale == 2.5 && strcmp(info->solver, "ddim") == 0 && info->num_steps == 3);
+    CHECK(edd_plan_num_steps(edd_bundle_plan(b)) == 3 && edd_plan_timestep(edd_bundle_plan(b), 1) == 2);
+    CHECK(edd_bundle_fill_params(b, &p) == EDD_OK);
+    CHECK(p.sample_ndim == 3 && p.sample_shape[1] == 5 && p.guidance == 2.5 && p.null_label == 10);
+    edd_bundle_free(b);
+    edd_bundle_free(NULL);
+    CHECK(edd_bundle_plan(NULL) == NULL && edd_bundle_get_info(NULL) == NULL);
+    CHECK(edd_bundle_fill_params(NULL, &p) == EDD_ERR_INVALID_ARGUMENT);
+
+    for (k = 0; k < sizeof sched_cases / sizeof sched_cases[0]; k++) {
+        char *s = edit(SCHEDULER_OK, sched_cases[k][0], sched_cases[k][1]);
+        edd_status st;
+        if (!s) continue;
+        b = (edd_bundle *)&k;
+        st = parse_bundle(MANIFEST_OK, s, &b, err, sizeof err);
+        CHECK(st != EDD_OK && b == NULL && strstr(err, "scheduler.json") && strstr(err, sched_cases[k][2]));
+        if (st == EDD_OK || !strstr(err, sched_cases[k][2])) fprintf(stderr, "  scheduler case %lu: %s\n", (unsigned long)k, err);
+        free(s);
+    }
+    for (k = 0; k < sizeof manifest_cases / sizeof manifest_cases[0]; k++) {
+        char *m = edit(MANIFEST_OK, manifest_cases[k][0], manifest_cases[k][1]);
+        edd_status st;
+        if (!m) continue;
+        b = (edd_bundle *)&k;
+        st = parse_bundle(m, SCHEDULER_OK, &b, err, sizeof err);
+        CHECK(st == EDD_ERR_BAD_BUNDLE && b == NULL && strstr(err, "manifest.json") && strstr(err, manifest_cases[k][2]));
+        if (st != EDD_ERR_BAD_BUNDLE || !strstr(err, manifest_cases[k][2]))
+            fprintf(stderr, "  manifest case %lu: %s\n", (unsigned long)k, err);
+        free(m);
+    }
+    /* every truncation of valid files is refused, never a crash */
+    for (k = 0; k < sizeof SCHEDULER_OK - 1; k++) {
+        CHECK(edd_bundle_parse(MANIFEST_OK, sizeof MANIFEST_OK - 1, SCHEDULER_OK, k, &b, err, sizeof err) != EDD_OK);
+        CHECK(edd_bundle_parse(MANIFEST_OK, k % (sizeof MANIFEST_OK - 1), SCHEDULER_OK, sizeof SCHEDULER_OK - 1, &b,
+                               err, sizeof err) != EDD_OK);
+    }
+    CHECK(edd_bundle_parse(NULL, 3, SCHEDULER_OK, 3, &b, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_bundle_parse(MANIFEST_OK, 3, SCHEDULER_OK, 3, NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(edd_bundle_load("/nonexistent/bundle", &b, err, sizeof err) == EDD_ERR_IO && b == NULL);
+    CHECK(strstr(err, "/nonexistent/bundle/manifest.json: cannot open") != NULL);
+    CHECK(edd_bundle_load(NULL, &b, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(parse_bundle(MANIFEST_OK, SCHEDULER_OK, &b, err, sizeof err) == EDD_OK);
+    CHECK(edd_bundle_verify(b, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT); /* parsed, not loaded: no folder */
+    edd_bundle_free(b);
+    CHECK(edd_bundle_verify(NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+}
+
+/* ---- sha256 (the bundle check): FIPS 180-4 known answers ---- */
+
+static void test_sha256(void) {
+    char hex[65], *million = (char *)malloc(1000000);
+    edd__sha256("", 0, hex);
+    CHECK(strcmp(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);
+    edd__sha256("abc", 3, hex);
+    CHECK(strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+    edd__sha256("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56, hex);
+    CHECK(strcmp(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1") == 0);
+    if (million) {
+        memset(million, 'a', 1000000);
+        edd__sha256(million, 1000000, hex);
+        CHECK(strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0") == 0);
+        free(million);
+    }
+    CHECK(edd__sha256_file("/nonexistent/file", hex) == -1);
+}
+
 int main(void) {
     make_schedule();
     test_status_and_version();
@@ -636,6 +899,9 @@ int main(void) {
     test_context_errors_and_cancel();
     test_streams();
     test_threads();
+    test_json();
+    test_bundle();
+    test_sha256();
     printf("test_edd: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -1,0 +1,70 @@
+/*
+ * edgediff_openvino.h — an edd_backend that runs a bundle's denoiser with OpenVINO's C API.
+ *
+ * Optional: it is the only part of the runtime that links a library other than libm
+ * (libopenvino_c, shipped by the `openvino` wheel together with its headers). The core
+ * library (edgediff.h) does not depend on it.
+ *
+ *   edd_bundle_info (model_path, inputs) ──edd_ov_create──► edd_ov (core, compiled model, request)
+ *                                                              │ edd_ov_backend()
+ *                                                              ▼
+ *                                     edd_backend {edd_ov_denoise, ov} ──► edd_context_create
+ *
+ * The model file is read with ov_core_read_model, so an ONNX bundle (model/denoiser.onnx)
+ * runs directly, as does OpenVINO IR (.xml + .bin). Inputs are bound by position, as the
+ * manifest lists them: 0 the sample (float32, batch first), 1 the timestep (float32, one per
+ * row), 2 the condition if any (int64 labels for "class", float32 zeros for "embedding":
+ * this runtime has no text encoder). Output 0 is the model output, written straight into
+ * the runtime's buffer (no copy).
+ *
+ * One edd_ov per thread: its infer request is not shared. Errors: every call returns an
+ * edd_status; the create function fills err, and edd_ov_error() gives the text of the last
+ * failed denoise (OpenVINO's own message included).
+ */
+#ifndef EDGEDIFF_OPENVINO_H
+#define EDGEDIFF_OPENVINO_H
+
+#include "edgediff.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct edd_ov edd_ov;   /* opaque */
+
+typedef struct edd_ov_params {
+    const char *device;             /* OpenVINO device name (default "CPU") */
+    const char *precision;          /* INFERENCE_PRECISION_HINT, e.g. "f32" (exact), "bf16"; NULL = the
+                                       device's default (bf16 on CPUs with AMX / AVX-512 BF16) (default "f32") */
+    int threads;                    /* INFERENCE_NUM_THREADS; 0 = OpenVINO's choice (default 0) */
+    const char *performance_mode;   /* PERFORMANCE_HINT: "LATENCY" or "THROUGHPUT"; NULL = default
+                                       (default "LATENCY") */
+    size_t static_batch;            /* > 0: reshape the model to this many rows per call before compiling
+                                       (faster on CPU; every call must then have exactly this many rows);
+                                       0 = keep the model's dynamic batch (default 0) */
+} edd_ov_params;
+
+edd_ov_params edd_ov_default_params(void);
+
+/* Read info->model_path, compile it for params->device, create one infer request. */
+edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *params, edd_ov **out, char *err,
+                         size_t err_size);
+void edd_ov_free(edd_ov *ov);   /* NULL is a no-op */
+
+/* The backend table for edd_context_create: {edd_ov_denoise, ov}. */
+edd_backend edd_ov_backend(edd_ov *ov);
+
+/* The edd_denoise_fn (user = the edd_ov): returns 0, or non-zero with edd_ov_error() set. */
+int edd_ov_denoise(void *user, const edd_denoise_args *args);
+
+/* What stopped the last failed edd_ov_denoise; "" if none. */
+const char *edd_ov_error(const edd_ov *ov);
+
+/* The OpenVINO build string (e.g. "2026.4.1-...") into buf. */
+void edd_ov_version(char *buf, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGEDIFF_OPENVINO_H */

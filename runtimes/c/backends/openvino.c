@@ -1,0 +1,332 @@
+/* openvino.c — the OpenVINO backend (edgediff_openvino.h) over OpenVINO's C API.
+ *
+ * Per call: wrap the runtime's buffers as ov tensors (no copies; rebuilt only when a
+ * buffer address or the row count changes, which in edd_context_sample is never after the
+ * first step), infer, done. The output tensor is the runtime's eps buffer itself.
+ */
+#include "edgediff_openvino.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openvino/c/openvino.h>
+
+#define MAX_IN 3
+
+struct edd_ov {
+    ov_core_t *core;
+    ov_model_t *model;
+    ov_compiled_model_t *compiled;
+    ov_infer_request_t *request;
+    size_t num_inputs;            /* 2 or 3 */
+    edd_conditioning conditioning;
+    size_t cond_size;             /* embedding: floats per row */
+    int64_t cond_shape[EDD_MAX_NDIM];
+    size_t cond_ndim;
+    float *zeros;                 /* embedding: rows * cond_size zeros */
+    size_t zeros_rows;
+    size_t static_batch;
+    /* the tensors bound now, and what they wrap */
+    ov_tensor_t *in[MAX_IN], *out;
+    const void *bound_x, *bound_t, *bound_c;
+    void *bound_eps;
+    size_t bound_rows;
+    char error[512];
+};
+
+#if defined(__GNUC__)
+#  define EDD_PRINTF __attribute__((format(printf, 3, 4)))
+#else
+#  define EDD_PRINTF
+#endif
+static int say(char *buf, size_t size, const char *fmt, ...) EDD_PRINTF;
+static int ov_fail(char *buf, size_t size, const char *fmt, ...) EDD_PRINTF;
+
+/* fmt into buf; returns 1 */
+static int say(char *buf, size_t size, const char *fmt, ...) {
+    va_list ap;
+    if (!buf || !size) return 1;
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    return 1;
+}
+
+/* after a failed OpenVINO call: fmt + ": <OpenVINO's message>" into buf; returns 1 */
+static int ov_fail(char *buf, size_t size, const char *fmt, ...) {
+    va_list ap;
+    size_t used;
+    const char *msg;
+    if (!buf || !size) return 1;
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    used = strlen(buf);
+    msg = ov_get_last_err_msg();
+    if (msg) {
+        if (used + 3 < size) {
+            /* OpenVINO's messages span lines; keep the first non-empty ones on one line */
+            size_t k = used, i;
+            buf[k++] = ':';
+            buf[k++] = ' ';
+            for (i = 0; msg[i] && k + 1 < size; i++) buf[k++] = (msg[i] == '\n' || msg[i] == '\r') ? ' ' : msg[i];
+            buf[k] = '\0';
+        }
+        ov_free(msg);
+    }
+    return 1;
+}
+
+edd_ov_params edd_ov_default_params(void) {
+    edd_ov_params p;
+    memset(&p, 0, sizeof p);
+    p.device = "CPU";
+    p.precision = "f32";
+    p.threads = 0;
+    p.performance_mode = "LATENCY";
+    p.static_batch = 0;
+    return p;
+}
+
+static void unbind(edd_ov *ov) {
+    size_t k;
+    for (k = 0; k < MAX_IN; k++) {
+        if (ov->in[k]) ov_tensor_free(ov->in[k]);
+        ov->in[k] = NULL;
+    }
+    if (ov->out) ov_tensor_free(ov->out);
+    ov->out = NULL;
+    ov->bound_x = ov->bound_t = ov->bound_c = NULL;
+    ov->bound_eps = NULL;
+    ov->bound_rows = 0;
+}
+
+void edd_ov_free(edd_ov *ov) {
+    if (!ov) return;
+    unbind(ov);
+    if (ov->request) ov_infer_request_free(ov->request);
+    if (ov->compiled) ov_compiled_model_free(ov->compiled);
+    if (ov->model) ov_model_free(ov->model);
+    if (ov->core) ov_core_free(ov->core);
+    free(ov->zeros);
+    free(ov);
+}
+
+/* reshape every input to static_batch rows (the manifest's shapes, batch replaced) */
+static int reshape(edd_ov *ov, const edd_bundle_info *info, char *err, size_t err_size) {
+    ov_partial_shape_t shapes[MAX_IN];
+    size_t idx[MAX_IN], k, d;
+    ov_status_e st;
+    int rc = 0;
+    for (k = 0; k < ov->num_inputs; k++) {
+        int64_t dims[EDD_MAX_NDIM];
+        const edd_tensor_info *t = &info->inputs[k];
+        int bad = t->ndim < 1;
+        for (d = 0; d < t->ndim; d++) {
+            dims[d] = d == 0 ? (int64_t)ov->static_batch : t->shape[d];
+            bad |= dims[d] < 1;
+        }
+        idx[k] = k;
+        if (bad || ov_partial_shape_create_static((int64_t)t->ndim, dims, &shapes[k]) != OK) {
+            size_t j;
+            for (j = 0; j < k; j++) ov_partial_shape_free(&shapes[j]);
+            return say(err, err_size, "%s: cannot make input %s static (manifest shape has a dynamic dimension "
+                        "besides the batch)", info->model_path, t->name);
+        }
+    }
+    st = ov_model_reshape_by_port_indexes(ov->model, idx, shapes, ov->num_inputs);
+    if (st != OK) rc = ov_fail(err, err_size, "%s: cannot reshape the model to batch %lu", info->model_path,
+                            (unsigned long)ov->static_batch);
+    for (k = 0; k < ov->num_inputs; k++) ov_partial_shape_free(&shapes[k]);
+    return rc;
+}
+
+edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *params, edd_ov **out, char *err,
+                         size_t err_size) {
+    edd_ov *ov;
+    edd_ov_params p = params ? *params : edd_ov_default_params();
+    char threads[24];
+    const char *props[6];
+    size_t nprops = 0, k, d;
+    ov_status_e st;
+    if (err && err_size) err[0] = '\0';
+    if (!out) {
+        say(err, err_size, "edd_ov_create: out is NULL");
+        return EDD_ERR_INVALID_ARGUMENT;
+    }
+    *out = NULL;
+    if (!info || !info->model_path) {
+        say(err, err_size, "edd_ov_create: no model path (load the bundle with edd_bundle_load)");
+        return EDD_ERR_INVALID_ARGUMENT;
+    }
+    if (info->num_inputs < 2 || info->num_inputs > MAX_IN || info->num_outputs < 1) {
+        say(err, err_size, "%s: the OpenVINO backend takes 2 or 3 inputs and 1 output, the manifest lists %lu and %lu",
+             info->model_path, (unsigned long)info->num_inputs, (unsigned long)info->num_outputs);
+        return EDD_ERR_INVALID_ARGUMENT;
+    }
+    ov = (edd_ov *)calloc(1, sizeof *ov);
+    if (!ov) return EDD_ERR_OUT_OF_MEMORY;
+    ov->num_inputs = info->num_inputs;
+    ov->conditioning = info->conditioning;
+    ov->static_batch = p.static_batch;
+    if (ov->num_inputs == 3 && info->conditioning == EDD_COND_EMBEDDING) {
+        const edd_tensor_info *c = &info->inputs[2];
+        ov->cond_size = 1;
+        ov->cond_ndim = c->ndim - 1;
+        for (d = 1; d < c->ndim; d++) {
+            if (c->shape[d] < 1) {
+                say(err, err_size, "%s: condition input %s has a dynamic dimension", info->model_path, c->name);
+                edd_ov_free(ov);
+                return EDD_ERR_BAD_BUNDLE;
+            }
+            ov->cond_shape[d - 1] = c->shape[d];
+            ov->cond_size *= (size_t)c->shape[d];
+        }
+    }
+    if (ov_core_create(&ov->core) != OK) {
+        ov_fail(err, err_size, "OpenVINO: cannot create a core");
+        edd_ov_free(ov);
+        return EDD_ERR_BACKEND;
+    }
+    if (ov_core_read_model(ov->core, info->model_path, NULL, &ov->model) != OK) {
+        ov_fail(err, err_size, "%s: OpenVINO cannot read the model", info->model_path);
+        edd_ov_free(ov);
+        return EDD_ERR_BACKEND;
+    }
+    if (p.static_batch && reshape(ov, info, err, err_size)) {
+        edd_ov_free(ov);
+        return EDD_ERR_BACKEND;
+    }
+    if (p.precision) {
+        props[nprops++] = ov_property_key_hint_inference_precision;
+        props[nprops++] = p.precision;
+    }
+    if (p.performance_mode) {
+        props[nprops++] = ov_property_key_hint_performance_mode;
+        props[nprops++] = p.performance_mode;
+    }
+    if (p.threads > 0) {
+        snprintf(threads, sizeof threads, "%d", p.threads);
+        props[nprops++] = ov_property_key_inference_num_threads;
+        props[nprops++] = threads;
+    }
+    for (k = nprops; k < 6; k++) props[k] = NULL;
+    st = ov_core_compile_model(ov->core, ov->model, p.device ? p.device : "CPU", nprops, &ov->compiled, props[0],
+                               props[1], props[2], props[3], props[4], props[5]);
+    if (st != OK) {
+        ov_fail(err, err_size, "%s: OpenVINO cannot compile the model for %s", info->model_path, p.device ? p.device : "CPU");
+        edd_ov_free(ov);
+        return EDD_ERR_BACKEND;
+    }
+    if (ov_compiled_model_create_infer_request(ov->compiled, &ov->request) != OK) {
+        ov_fail(err, err_size, "%s: OpenVINO cannot create an infer request", info->model_path);
+        edd_ov_free(ov);
+        return EDD_ERR_BACKEND;
+    }
+    *out = ov;
+    return EDD_OK;
+}
+
+edd_backend edd_ov_backend(edd_ov *ov) {
+    edd_backend b;
+    b.denoise = edd_ov_denoise;
+    b.user = ov;
+    return b;
+}
+
+const char *edd_ov_error(const edd_ov *ov) { return ov ? ov->error : "edd_ov_error: ov is NULL"; }
+
+void edd_ov_version(char *buf, size_t size) {
+    ov_version_t v;
+    if (!buf || !size) return;
+    if (ov_get_openvino_version(&v) == OK) {
+        snprintf(buf, size, "%s", v.buildNumber ? v.buildNumber : "?");
+        ov_version_free(&v);
+    } else {
+        snprintf(buf, size, "unknown");
+    }
+}
+
+static int wrap(edd_ov *ov, ov_element_type_e type, size_t ndim, const int64_t *dims, const void *data,
+                ov_tensor_t **out) {
+    ov_shape_t shape;
+    ov_status_e st;
+    if (ov_shape_create((int64_t)ndim, dims, &shape) != OK)
+        return ov_fail(ov->error, sizeof ov->error, "OpenVINO: cannot create a shape");
+    st = ov_tensor_create_from_host_ptr(type, shape, (void *)(size_t)data, out); /* inputs are only read */
+    ov_shape_free(&shape);
+    if (st != OK) return ov_fail(ov->error, sizeof ov->error, "OpenVINO: cannot wrap a buffer as a tensor");
+    return 0;
+}
+
+/* (re)bind the tensors when a buffer or the row count changed */
+static int bind(edd_ov *ov, const edd_denoise_args *a) {
+    int64_t dims[EDD_MAX_NDIM + 1];
+    const void *cond = NULL;
+    size_t k, rows = a->batch;
+    if (ov->num_inputs == 3) {
+        if (ov->conditioning == EDD_COND_EMBEDDING) {
+            if (ov->zeros_rows < rows) {
+                free(ov->zeros);
+                ov->zeros = (float *)calloc(rows * ov->cond_size, sizeof(float));
+                ov->zeros_rows = ov->zeros ? rows : 0;
+                if (!ov->zeros) return say(ov->error, sizeof ov->error, "out of memory");
+            }
+            cond = ov->zeros;
+        } else {
+            if (!a->labels)
+                return say(ov->error, sizeof ov->error, "the model takes class labels, but the run has none");
+            cond = a->labels;
+        }
+    }
+    if (ov->bound_rows == rows && ov->bound_x == a->x && ov->bound_t == a->t && ov->bound_c == cond &&
+        ov->bound_eps == a->eps)
+        return 0;
+    unbind(ov);
+    dims[0] = (int64_t)rows;
+    for (k = 0; k < a->sample_ndim; k++) dims[k + 1] = a->sample_shape[k];
+    if (wrap(ov, F32, a->sample_ndim + 1, dims, a->x, &ov->in[0]) || wrap(ov, F32, 1, dims, a->t, &ov->in[1]) ||
+        wrap(ov, F32, a->sample_ndim + 1, dims, a->eps, &ov->out))
+        return 1;
+    if (ov->num_inputs == 3) {
+        if (ov->conditioning == EDD_COND_EMBEDDING) {
+            for (k = 0; k < ov->cond_ndim; k++) dims[k + 1] = ov->cond_shape[k];
+            if (wrap(ov, F32, ov->cond_ndim + 1, dims, cond, &ov->in[2])) return 1;
+        } else if (wrap(ov, I64, 1, dims, cond, &ov->in[2])) {
+            return 1;
+        }
+    }
+    for (k = 0; k < ov->num_inputs; k++)
+        if (ov_infer_request_set_input_tensor_by_index(ov->request, k, ov->in[k]) != OK)
+            return ov_fail(ov->error, sizeof ov->error, "OpenVINO: cannot set input %lu", (unsigned long)k);
+    if (ov_infer_request_set_output_tensor_by_index(ov->request, 0, ov->out) != OK)
+        return ov_fail(ov->error, sizeof ov->error, "OpenVINO: cannot set the output");
+    ov->bound_rows = rows;
+    ov->bound_x = a->x;
+    ov->bound_t = a->t;
+    ov->bound_c = cond;
+    ov->bound_eps = a->eps;
+    return 0;
+}
+
+int edd_ov_denoise(void *user, const edd_denoise_args *args) {
+    edd_ov *ov = (edd_ov *)user;
+    if (!ov || !args) return 1;
+    ov->error[0] = '\0';
+    if (ov->static_batch && args->batch != ov->static_batch) {
+        snprintf(ov->error, sizeof ov->error, "the model was compiled for %lu rows per call, got %lu",
+                 (unsigned long)ov->static_batch, (unsigned long)args->batch);
+        return 2;
+    }
+    if (bind(ov, args)) {
+        unbind(ov);
+        return 3;
+    }
+    if (ov_infer_request_infer(ov->request) != OK) {
+        ov_fail(ov->error, sizeof ov->error, "OpenVINO inference failed at step %lu", (unsigned long)args->step);
+        return 4;
+    }
+    return 0;
+}

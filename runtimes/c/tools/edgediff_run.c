@@ -1,0 +1,477 @@
+/* edgediff_run.c — the standalone runner: a bundle in, an image grid out, in C.
+ *
+ *   edgediff-run BUNDLE [-n N] [--seed S] [--label L] [--steps N] [-o grid.png|.pgm|.ppm]
+ *                [--bench [--runs R]] [--threads T] [--precision f32|bf16|default]
+ *                [--backend openvino|fake] [--raw samples.f32] [--trace steps.f32] [--no-verify]
+ *
+ *   BUNDLE/manifest.json + scheduler.json ─edd_bundle_load─► plan, info
+ *   every file listed in the manifest ─edd_bundle_verify─► sha256 checked (--no-verify skips)
+ *   info.model_path ─edd_ov_create─► OpenVINO backend      (or --backend fake: a formula)
+ *   edd_context_sample (N images, streams 0..N-1, labels 0,1,2,.. or --label) ─► samples
+ *   ─► grid image (as `edgediff generate`), --raw: the float32 samples, --bench: timings,
+ *      --trace: every step's model input and (guided) model output, float32, step by step
+ *
+ * --steps N other than the bundle's replans with edd_plan_with_steps (scheduler.json's spacing).
+ * It produces what `edgediff generate BUNDLE -n N --seed S [--label L]` produces: image k
+ * uses noise stream k, labels default to k % num_classes, guidance applies to class models.
+ *
+ * Built without OpenVINO (-DEDD_RUN_NO_OPENVINO: the cross-compiled "runner core") it keeps
+ * the fake backend only: eps = 0.5 tanh(x) + 0.01 t / 1000 + 0.1 label, the model of the
+ * Python conformance tests, so the bundle loader, the loop, guidance and the image writer
+ * can be checked on any machine against the Python reference.
+ *
+ * Exit status: 0 ok, 1 runtime failure, 2 usage error. Errors are one line on stderr
+ * naming the file / field / option.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "edgediff.h"
+#include "image.h"
+#ifndef EDD_RUN_NO_OPENVINO
+#include "edgediff_openvino.h"
+#endif
+
+#define USAGE                                                                                              \
+    "usage: edgediff-run BUNDLE [-n N] [--seed S] [--label L] [--steps N] [-o OUT.png|.pgm|.ppm]\n"         \
+    "                    [--bench [--runs R]] [--threads T] [--precision f32|bf16|default]\n"               \
+    "                    [--backend openvino|fake] [--raw SAMPLES.f32] [--trace STEPS.f32] [--no-verify]\n"
+
+typedef struct options {
+    const char *bundle, *output, *raw, *trace, *backend, *precision;
+    size_t num;
+    uint64_t seed;
+    long long label;
+    int has_label;
+    long long steps;
+    int bench, runs, threads, no_verify;
+} options;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static int usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "edgediff-run: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n" USAGE);
+    return 2;
+}
+
+/* a non-negative integer <= max, the whole string */
+static int parse_uint(const char *s, unsigned long long max, unsigned long long *out) {
+    char *end;
+    unsigned long long v;
+    if (!s || !*s || *s == '-' || *s == '+') return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || *end || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o) {
+    int i;
+    unsigned long long v;
+    memset(o, 0, sizeof *o);
+    o->num = 1;
+    o->runs = 10;
+    o->steps = -1;
+    o->precision = "f32";
+#ifdef EDD_RUN_NO_OPENVINO
+    o->backend = "fake";
+#else
+    o->backend = "openvino";
+#endif
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes = 1;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            printf(USAGE);
+            exit(0);
+        } else if (strcmp(a, "--bench") == 0) {
+            o->bench = 1;
+            takes = 0;
+        } else if (strcmp(a, "--no-verify") == 0) {
+            o->no_verify = 1;
+            takes = 0;
+        } else if (a[0] == '-' && a[1] != '\0' && !val) {
+            return usage_error("option %s needs a value", a);
+        } else if (strcmp(a, "-n") == 0 || strcmp(a, "--num") == 0) {
+            if (parse_uint(val, 1u << 20, &v) || v < 1) return usage_error("-n must be a positive integer, got '%s'", val);
+            o->num = (size_t)v;
+        } else if (strcmp(a, "--seed") == 0) {
+            if (parse_uint(val, UINT64_MAX, &v)) return usage_error("--seed must be an integer in [0, 2^64), got '%s'", val);
+            o->seed = v;
+        } else if (strcmp(a, "--label") == 0) {
+            if (parse_uint(val, 1u << 30, &v)) return usage_error("--label must be a non-negative integer, got '%s'", val);
+            o->label = (long long)v;
+            o->has_label = 1;
+        } else if (strcmp(a, "--steps") == 0) {
+            if (parse_uint(val, 1u << 30, &v) || v < 1) return usage_error("--steps must be a positive integer, got '%s'", val);
+            o->steps = (long long)v;
+        } else if (strcmp(a, "--runs") == 0) {
+            if (parse_uint(val, 100000, &v) || v < 1) return usage_error("--runs must be a positive integer, got '%s'", val);
+            o->runs = (int)v;
+        } else if (strcmp(a, "--threads") == 0) {
+            if (parse_uint(val, 4096, &v)) return usage_error("--threads must be a non-negative integer, got '%s'", val);
+            o->threads = (int)v;
+        } else if (strcmp(a, "--precision") == 0) {
+            o->precision = strcmp(val, "default") == 0 ? NULL : val;
+        } else if (strcmp(a, "--backend") == 0) {
+            if (strcmp(val, "openvino") != 0 && strcmp(val, "fake") != 0)
+                return usage_error("--backend must be openvino or fake, got '%s'", val);
+            o->backend = val;
+        } else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) {
+            o->output = val;
+        } else if (strcmp(a, "--raw") == 0) {
+            o->raw = val;
+        } else if (strcmp(a, "--trace") == 0) {
+            o->trace = val;
+        } else if (a[0] == '-' && a[1] != '\0') {
+            return usage_error("unknown option %s", a);
+        } else {
+            if (o->bundle) return usage_error("one bundle only (got a second: %s)", a);
+            o->bundle = a;
+            takes = 0;
+        }
+        i += takes;
+    }
+    if (!o->bundle) return usage_error("%s", "missing BUNDLE");
+    if (o->output) {
+        size_t n = strlen(o->output);
+        const char *ext = n >= 4 ? o->output + n - 4 : "";
+        if (strcmp(ext, ".png") && strcmp(ext, ".pgm") && strcmp(ext, ".ppm") && strcmp(ext, ".PNG"))
+            return usage_error("%s: output must end in .png, .pgm or .ppm", o->output);
+    }
+    if (!o->output && !o->raw && !o->bench) return usage_error("%s", "nothing to do: give -o OUT, --raw FILE or --bench");
+    return 0;
+}
+
+/* ---- the fake backend (and the runner core's only one) ---- */
+
+static int fake_denoise(void *user, const edd_denoise_args *a) {
+    size_t r, j;
+    (void)user;
+    for (r = 0; r < a->batch; r++) {
+        float shift = a->labels ? (float)a->labels[r] * 0.1f : 0.0f;
+        float tt = 0.01f * a->t[r];
+        tt = tt / 1000.0f;
+        for (j = 0; j < a->sample_size; j++) {
+            size_t i = r * a->sample_size + j;
+            float e = 0.5f * (float)tanh((double)a->x[i]); /* tanh in double, rounded once: the same bits as
+                                                             numpy's float64 tanh, on any libm worth the name */
+            a->eps[i] = (e + tt) + shift;
+        }
+    }
+    return 0;
+}
+
+/* ---- timing: a backend wrapper that records when each step's denoise starts and ends ---- */
+
+typedef struct timing {
+    edd_backend inner;
+    double *start, *end;           /* per step of the current run */
+    size_t steps;
+} timing;
+
+static int timed_denoise(void *user, const edd_denoise_args *a) {
+    timing *tm = (timing *)user;
+    int rc;
+    tm->start[a->step] = now_ms();
+    rc = tm->inner.denoise(tm->inner.user, a);
+    tm->end[a->step] = now_ms();
+    return rc;
+}
+
+/* --trace: x_in then eps of every step, appended to a file */
+static int trace_step(void *user, const edd_step_info *info) {
+    FILE *f = *(FILE **)user; /* NULL after the first run (--bench runs again) */
+    size_t n = info->batch * info->sample_size;
+    if (!f) return 0;
+    return fwrite(info->x_in, sizeof(float), n, f) != n || fwrite(info->eps, sizeof(float), n, f) != n;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* the q-quantile of v[0..n) (sorts v), linear interpolation as numpy's default */
+static double quantile(double *v, size_t n, double q) {
+    double pos, frac;
+    size_t lo;
+    qsort(v, n, sizeof *v, cmp_double);
+    pos = q * (double)(n - 1);
+    lo = (size_t)pos;
+    frac = pos - (double)lo;
+    return lo + 1 < n ? v[lo] * (1 - frac) + v[lo + 1] * frac : v[lo];
+}
+
+static double mean(const double *v, size_t n) {
+    double s = 0;
+    size_t i;
+    for (i = 0; i < n; i++) s += v[i];
+    return n ? s / (double)n : 0;
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+    return (double)ru.ru_maxrss / 1024.0; /* Linux: kilobytes */
+}
+
+static int write_raw(const char *path, const float *x, size_t n) {
+    FILE *f = fopen(path, "wb");
+    int ok;
+    if (!f) {
+        fprintf(stderr, "edgediff-run: %s: cannot open for writing\n", path);
+        return 1;
+    }
+    ok = fwrite(x, sizeof(float), n, f) == n;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) fprintf(stderr, "edgediff-run: %s: write error\n", path);
+    return !ok;
+}
+
+int main(int argc, char **argv) {
+    options o;
+    edd_bundle *bundle = NULL;
+    const edd_plan *plan;
+    edd_plan *replanned = NULL;
+    const edd_bundle_info *info;
+    edd_params params = edd_default_params();
+    edd_context *ctx = NULL;
+    edd_backend backend;
+    timing tm;
+    int64_t *labels = NULL;
+    float *out = NULL;
+    double *e2e = NULL, *step_ms = NULL, *den_ms = NULL;
+    FILE *trace = NULL;
+    double t0, t_bundle, t_init, t_first = 0;
+    char err[1024], ov_desc[128] = "";
+    size_t k, n_out, rows;
+    int rc = 1, r;
+    edd_status st;
+#ifndef EDD_RUN_NO_OPENVINO
+    edd_ov *ov = NULL;
+#endif
+
+    if ((rc = parse_args(argc, argv, &o)) != 0) return rc;
+    rc = 1;
+    memset(&tm, 0, sizeof tm);
+    t0 = now_ms();
+    if ((st = edd_bundle_load(o.bundle, &bundle, err, sizeof err)) != EDD_OK) {
+        fprintf(stderr, "edgediff-run: %s\n", err);
+        return 1;
+    }
+    if (!o.no_verify && (st = edd_bundle_verify(bundle, err, sizeof err)) != EDD_OK) {
+        fprintf(stderr, "edgediff-run: %s\n", err);
+        goto done;
+    }
+    t_bundle = now_ms();
+    info = edd_bundle_get_info(bundle);
+    plan = edd_bundle_plan(bundle);
+    if (o.steps >= 0 && (size_t)o.steps != info->num_steps) { /* replan, as the Python planner would */
+        if ((st = edd_plan_with_steps(plan, info->spacing, (size_t)o.steps, &replanned, err, sizeof err)) != EDD_OK) {
+            fprintf(stderr, "edgediff-run: --steps %lld: %s\n", o.steps, err);
+            rc = 2;
+            goto done;
+        }
+        plan = replanned;
+    }
+    edd_bundle_fill_params(bundle, &params);
+    params.batch = o.num;
+    params.seed = o.seed;
+    params.first_stream = 0;
+    if (info->conditioning == EDD_COND_CLASS) {
+        if (o.has_label && o.label >= info->num_classes) {
+            fprintf(stderr, "edgediff-run: label %lld out of range: this model has classes 0..%lld\n", o.label,
+                    (long long)info->num_classes - 1);
+            rc = 2;
+            goto done;
+        }
+        labels = (int64_t *)malloc(o.num * sizeof *labels);
+        if (!labels) goto oom;
+        for (k = 0; k < o.num; k++) labels[k] = o.has_label ? o.label : (int64_t)k % info->num_classes;
+        params.labels = labels;
+    } else if (o.has_label) {
+        fprintf(stderr, "edgediff-run: --label given, but this model takes no class label\n");
+        rc = 2;
+        goto done;
+    }
+    rows = params.guidance != 1.0 ? 2 * o.num : o.num;
+    (void)rows; /* the core build has no use for it */
+
+    if (strcmp(o.backend, "fake") == 0) {
+        backend.denoise = fake_denoise;
+        backend.user = NULL;
+        snprintf(ov_desc, sizeof ov_desc, "the fake backend (0.5 tanh(x) + 0.01 t/1000 + 0.1 label)");
+    } else {
+#ifdef EDD_RUN_NO_OPENVINO
+        fprintf(stderr, "edgediff-run: built without OpenVINO; --backend fake only\n");
+        rc = 2;
+        goto done;
+#else
+        edd_ov_params op = edd_ov_default_params();
+        char version[64];
+        op.precision = o.precision;
+        op.threads = o.threads;
+        op.static_batch = rows;
+        if ((st = edd_ov_create(info, &op, &ov, err, sizeof err)) != EDD_OK) {
+            fprintf(stderr, "edgediff-run: %s\n", err);
+            goto done;
+        }
+        backend = edd_ov_backend(ov);
+        edd_ov_version(version, sizeof version);
+        snprintf(ov_desc, sizeof ov_desc, "OpenVINO %s CPU, precision %s, %lu rows per call", version,
+                 o.precision ? o.precision : "default", (unsigned long)rows);
+#endif
+    }
+    t_init = now_ms();
+
+    tm.inner = backend;
+    tm.steps = edd_plan_num_steps(plan);
+    tm.start = (double *)calloc(tm.steps, sizeof(double));
+    tm.end = (double *)calloc(tm.steps, sizeof(double));
+    if (!tm.start || !tm.end) goto oom;
+    backend.denoise = timed_denoise;
+    backend.user = &tm;
+    if (o.trace) {
+        if (!(trace = fopen(o.trace, "wb"))) {
+            fprintf(stderr, "edgediff-run: %s: cannot open for writing\n", o.trace);
+            goto done;
+        }
+        params.on_step = trace_step;
+        params.on_step_user = &trace;
+    }
+    if ((st = edd_context_create(plan, &backend, &params, &ctx, err, sizeof err)) != EDD_OK) {
+        fprintf(stderr, "edgediff-run: %s: %s\n", o.bundle, err);
+        goto done;
+    }
+    n_out = edd_context_output_count(ctx);
+    out = (float *)malloc(n_out * sizeof(float));
+    if (!out) goto oom;
+
+    {
+        double a = now_ms();
+        st = edd_context_sample(ctx, out, n_out);
+        t_first = now_ms() - a;
+    }
+    if (trace) {
+        int bad = fclose(trace) != 0;
+        trace = NULL;
+        if (bad || st == EDD_ERR_CANCELLED) {
+            fprintf(stderr, "edgediff-run: %s: write error\n", o.trace);
+            goto done;
+        }
+    }
+    if (st != EDD_OK) {
+        fprintf(stderr, "edgediff-run: %s: %s", edd_status_str(st), edd_context_error(ctx));
+#ifndef EDD_RUN_NO_OPENVINO
+        if (ov && edd_ov_error(ov)[0]) fprintf(stderr, " (%s)", edd_ov_error(ov));
+#endif
+        fprintf(stderr, "\n");
+        goto done;
+    }
+    for (k = 0; k < n_out; k++)
+        if (!isfinite(out[k])) {
+            fprintf(stderr, "edgediff-run: the denoiser produced non-finite values (NaN or inf)\n");
+            goto done;
+        }
+
+    if (o.bench) {
+        size_t s, n = edd_plan_num_steps(plan), runs = (size_t)o.runs;
+        double outside = 0, den_total = 0;
+        e2e = (double *)malloc(runs * sizeof(double));
+        step_ms = (double *)malloc(runs * n * sizeof(double));
+        den_ms = (double *)malloc(runs * n * sizeof(double));
+        if (!e2e || !step_ms || !den_ms) goto oom;
+        for (r = 0; r < o.runs; r++) {
+            double a = now_ms(), b;
+            if ((st = edd_context_sample(ctx, out, n_out)) != EDD_OK) {
+                fprintf(stderr, "edgediff-run: %s\n", edd_context_error(ctx));
+                goto done;
+            }
+            b = now_ms();
+            e2e[r] = b - a;
+            for (s = 0; s < n; s++) {
+                /* a step: from its denoise call to the next one's (the last: to the run's end) */
+                double next = s + 1 < n ? tm.start[s + 1] : b;
+                step_ms[(size_t)r * n + s] = next - tm.start[s];
+                den_ms[(size_t)r * n + s] = tm.end[s] - tm.start[s];
+                den_total += tm.end[s] - tm.start[s];
+            }
+            outside += e2e[r]; /* the run minus its denoiser calls */
+            for (s = 0; s < n; s++) outside -= tm.end[s] - tm.start[s];
+        }
+        printf("edgediff-run --bench %s\n", o.bundle);
+        printf("  model      %s (%s) on %s\n", info->model_file, info->model_format, ov_desc);
+        printf("  sampler    %s, %lu steps, %lu image(s), guidance %g\n", info->solver, (unsigned long)n,
+               (unsigned long)o.num, params.guidance);
+        printf("  init       %.1f ms (bundle %s%.2f ms, model read + compile %.1f ms)\n", t_init - t0,
+               o.no_verify ? "" : "load + sha256 ", t_bundle - t0, t_init - t_bundle);
+        printf("  first run  %.3f ms\n", t_first);
+        printf("  warm runs  %d: avg %.3f ms, p50 %.3f ms, p90 %.3f ms", o.runs, mean(e2e, runs),
+               quantile(e2e, runs, 0.5), quantile(e2e, runs, 0.9));
+        printf(", min %.3f ms, max %.3f ms\n", e2e[0], e2e[runs - 1]);
+        printf("  per step   avg %.4f ms, p50 %.4f ms, p90 %.4f ms (denoiser avg %.4f ms, p50 %.4f ms, p90 %.4f ms)\n",
+               mean(step_ms, runs * n), quantile(step_ms, runs * n, 0.5), quantile(step_ms, runs * n, 0.9),
+               mean(den_ms, runs * n), quantile(den_ms, runs * n, 0.5), quantile(den_ms, runs * n, 0.9));
+        printf("  outside    %.2f us per step outside the denoiser (%.3f %% of denoiser time)\n",
+               outside * 1e3 / (double)(runs * n), den_total > 0 ? 100.0 * outside / den_total : 0.0);
+        printf("  peak RSS   %.1f MB\n", peak_rss_mb());
+    }
+
+    if (o.raw && write_raw(o.raw, out, n_out)) goto done;
+    if (o.output) {
+        edd_image img;
+        if (info->sample_ndim != 3 || (info->sample_shape[0] != 1 && info->sample_shape[0] != 3)) {
+            fprintf(stderr, "edgediff-run: %s: samples of shape (%lld, ...) are not images (C, H, W) with C = 1 or 3; "
+                    "use --raw\n", o.bundle, (long long)info->sample_shape[0]);
+            goto done;
+        }
+        for (k = 0; k < n_out; k++) out[k] = out[k] < -1.0f ? -1.0f : out[k] > 1.0f ? 1.0f : out[k];
+        if (edd_image_grid(out, o.num, (size_t)info->sample_shape[0], (size_t)info->sample_shape[1],
+                           (size_t)info->sample_shape[2], &img))
+            goto oom;
+        r = edd_image_write(&img, o.output, err, sizeof err);
+        free(img.pixels);
+        if (r) {
+            fprintf(stderr, "edgediff-run: %s\n", err);
+            goto done;
+        }
+        if (!o.bench)
+            printf("wrote %s: %lu image(s), seed %llu, %.1f ms\n", o.output, (unsigned long)o.num,
+                   (unsigned long long)o.seed, t_first);
+    }
+    rc = 0;
+    goto done;
+oom:
+    fprintf(stderr, "edgediff-run: out of memory\n");
+    rc = 1;
+done:
+    if (trace) fclose(trace);
+    edd_context_free(ctx);
+#ifndef EDD_RUN_NO_OPENVINO
+    edd_ov_free(ov);
+#endif
+    edd_plan_free(replanned);
+    edd_bundle_free(bundle);
+    free(labels);
+    free(out);
+    free(tm.start);
+    free(tm.end);
+    free(e2e);
+    free(step_ms);
+    free(den_ms);
+    return rc;
+}
