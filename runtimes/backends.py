@@ -112,8 +112,9 @@ def _openvino_signature(path: Path) -> dict:
 def _tflite_runner(path: Path, threads: int = 0):
     mod = _require("ai_edge_litert.interpreter", "tflite", "tflite")
     try:
-        it = mod.Interpreter(model_path=str(path), num_threads=threads or None)
-        runner = it.get_signature_runner()
+        with quiet_output():  # the delegate announces itself on stderr from native code
+            it = mod.Interpreter(model_path=str(path), num_threads=threads or None)
+            runner = it.get_signature_runner()
     except Exception as e:
         raise EdgediffError(f"{path}: not a loadable TFLite model ({type(e).__name__}: {e})") from None
     return it, runner
