@@ -49,13 +49,15 @@ class _BF16(OpenVINODenoiser):
 
 
 def time_step(denoise, model, repeats: int) -> float:
-    x, t, c = (a.numpy() for a in model.example_inputs(batch=2))
+    args = [a.numpy() for a in model.example_inputs(batch=2)]
+    if len(args) == 2:  # unconditional model
+        args.append(None)
     for _ in range(3):
-        denoise(x, t, c)
+        denoise(*args)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        denoise(x, t, c)
+        denoise(*args)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
