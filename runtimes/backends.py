@@ -231,6 +231,7 @@ class TFLiteDenoiser:
         sig = _tflite_signature(path)
         self.inputs = [(i["name"], i["dtype"]) for i in sig["inputs"]]
         self.output = sig["outputs"][0]["name"]
+        self.warm = False
         self.label = f"LiteRT {getattr(ai_edge_litert, '__version__', '')} interpreter (XNNPACK, CPU)".replace("  ", " ")
 
     def __call__(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
@@ -239,6 +240,11 @@ class TFLiteDenoiser:
         if len(self.inputs) > 2:
             name, dtype = self.inputs[2]
             feeds[name] = np.ascontiguousarray(cond, _cond_dtype(dtype))
+        if not self.warm:  # the XNNPACK delegate is created, and announces itself, on the first call
+            with quiet_output():
+                out = self.runner(**feeds)[self.output]
+            self.warm = True
+            return np.array(out, dtype=np.float32)
         return np.array(self.runner(**feeds)[self.output], dtype=np.float32)
 
 
