@@ -110,3 +110,35 @@ def lower_onnx(model: ModelSpec, out_dir: Path, *, precision: str = "fp32") -> P
     proto.producer_name = "edgediff"
     onnx.save(proto, str(path))
     return path
+
+
+def fix_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """Fix the batch axis of every graph input and output to `batch` (what NPUs such as QNN's HTP need)."""
+    for v in [*proto.graph.input, *proto.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param:
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = batch
+    del proto.graph.value_info[:]  # shapes inferred for the dynamic graph; re-inferred below
+    return onnx.shape_inference.infer_shapes(proto)
+
+
+def lower_onnx_bundle(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path,
+                      static_batch: int | None = None, weights: str | None = None):
+    """The registry's entry (compiler/lowering.py): reuse the fp32 export `ir`, convert, fix shapes."""
+    from edgediff.compiler.lowering import Lowered
+
+    if precision not in PRECISIONS:
+        raise EdgediffError(f"ONNX lowering: precision {precision!r} is not supported "
+                            f"(supported: {', '.join(PRECISIONS)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "denoiser.onnx"
+    proto = onnx.load(str(ir))
+    if static_batch is not None:
+        proto = fix_batch(proto, static_batch)
+    if precision == "fp16":
+        proto = to_fp16(proto)
+    proto.producer_name = "edgediff"
+    onnx.save(proto, str(path))
+    return Lowered(file=path, record={"opset": OPSET, "static_batch": static_batch},
+                   runtime={"static_batch": static_batch})

@@ -1,6 +1,9 @@
 """The compile pipeline: a source in, a verified bundle out.
 
-    capture -> plan -> lower -> verify -> write
+    capture -> plan -> coverage -> lower -> verify -> write
+
+The target profile picks the format (LOWERINGS in lowering.py), the precision (the recipe's,
+else the first the profile lists that the lowering writes) and whether shapes are static.
 
 Each stage is a function from the compile state to the next state plus a record for the
 report; `compile_model` runs them in order and times each one.
@@ -9,6 +12,7 @@ report; `compile_model` runs them in order and times each one.
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -18,7 +22,11 @@ import numpy as np
 import torch
 
 from edgediff.compiler import bundle as bundle_io
-from edgediff.compiler.lower_onnx import OPSET, lower_onnx
+from edgediff.compiler.coverage import coverage as op_coverage
+from edgediff.compiler.coverage import onnx_op_counts
+from edgediff.compiler.lower_onnx import export_onnx
+from edgediff.compiler.lowering import (LOWERINGS, check_precision, check_weights, get_lowering, runnable_here,
+                                        static_batch_for)
 from edgediff.compiler.sources import ModelSpec, load_source
 from edgediff.compiler.stats import count_macs, count_params
 from edgediff.compiler.verify import verify
@@ -39,7 +47,8 @@ class Recipe:
     steps: int = 20
     guidance: float = 3.0
     spacing: str = "leading"
-    precision: str | None = None  # None: the target's first precision
+    precision: str | None = None  # None: the target's first precision that its format's lowering writes
+    weights: str | None = None  # weight compression on top of the precision (Core ML: int8, palette4, palette6)
 
     def __post_init__(self):
         get_solver(self.sampler)  # unknown name -> EdgediffError listing the solvers
@@ -67,6 +76,9 @@ class State:
     plan: object = None
     model_file: Path | None = None
     records: dict | None = None
+    precision: str | None = None
+    ir: Path | None = None  # fp32 ONNX export (dynamic batch): op types for coverage, input to onnx/openvino
+    lowered: object = None
 
 
 def capture(s: State) -> dict:
@@ -84,23 +96,61 @@ def plan(s: State) -> dict:
     return {"solver": r.sampler, "steps": r.steps, "timesteps": [int(t) for t in s.plan.timesteps]}
 
 
+def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
+    fmt = target.format
+    low = get_lowering(fmt, target.name)
+    if recipe.precision is not None:
+        target.check_precision(recipe.precision)  # names the precision and the target
+        check_precision(fmt, recipe.precision, target.name)
+        precision = recipe.precision
+    else:
+        usable = [p for p in target.precisions if p in low.precisions]
+        if not usable:
+            raise EdgediffError(f"target {target.name}: none of its precisions ({', '.join(target.precisions)}) "
+                                f"can be written by the {fmt} lowering ({', '.join(low.precisions)})")
+        precision = usable[0]
+    check_weights(fmt, recipe.weights, target.name)
+    return precision
+
+
+def coverage(s: State) -> dict:
+    s.precision = choose_precision(s.target, s.recipe)
+    s.ir = s.work / "ir" / "denoiser.onnx"
+    s.ir.parent.mkdir()
+    export_onnx(s.model, s.ir)
+    return op_coverage(s.target, onnx_op_counts(s.ir), precision=s.precision, fmt=s.target.format,
+                       decomposes=LOWERINGS[s.target.format].decomposes)
+
+
+def _guided(s: State) -> bool:
+    return s.recipe.guidance != 1.0 and s.model.conditioning.kind == "class"
+
+
 def lower(s: State) -> dict:
-    precision = s.recipe.precision or s.target.precisions[0]
-    s.target.check_precision(precision)
-    if s.target.format != "onnx":
-        raise EdgediffError(f"target {s.target.name}: format {s.target.format!r} has no lowering yet "
-                            "(available: onnx)")
-    s.model_file = lower_onnx(s.model, s.work / "model", precision=precision)
-    return {"format": "onnx", "opset": OPSET, "precision": precision,
-            "file": s.model_file.relative_to(s.work).as_posix(), "bytes": size_bytes(s.model_file)}
+    fmt = s.target.format
+    low = LOWERINGS[fmt]
+    static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
+    s.lowered = low(s.model, s.work / "model", precision=s.precision, ir=s.ir, static_batch=static,
+                    weights=s.recipe.weights)
+    shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
+    s.model_file = s.lowered.file
+    return {"format": fmt, "precision": s.precision, "weights": s.recipe.weights,
+            "file": s.model_file.relative_to(s.work).as_posix(), "bytes": size_bytes(s.work / "model"),
+            **{k: v for k, v in s.lowered.record.items() if k != "structural"}}
 
 
 def check(s: State) -> dict:
-    denoise = open_denoiser(s.model_file, "onnx")
-    return verify(s.model, denoise, precision=s.records["lower"]["precision"])
+    fmt = s.target.format
+    if not runnable_here(fmt):  # e.g. Core ML off macOS: the lowering's structural check
+        return s.lowered.record.get("structural") or {"numerics": f"not run: no {fmt} backend on this host"}
+    denoise = open_denoiser(s.model_file, fmt)
+    record = verify(s.model, denoise, precision=s.precision, label=getattr(denoise, "label", fmt))
+    if not s.target.detected:  # a device profile, not this machine
+        record["note"] = f"run on this host's CPU, not on {s.target.name}'s {s.records['coverage']['unit']}"
+    return record
 
 
-STAGES = [("capture", capture), ("plan", plan), ("lower", lower), ("verify", check)]
+STAGES = [("capture", capture), ("plan", plan), ("coverage", coverage), ("lower", lower), ("verify", check)]
 
 
 def _provenance() -> dict:
@@ -137,7 +187,7 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             t0 = time.perf_counter()
             s.records[name] = stage(s)
             timings[name] = time.perf_counter() - t0
-        sig = model_signature(s.model_file, "onnx")
+        sig = model_signature(s.model_file, profile.format)
         scheduler = {
             "solver": recipe.sampler,
             "spacing": recipe.spacing,
@@ -154,6 +204,7 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
                       "forward_passes_per_step": 2 if (recipe.guidance != 1.0 and c.kind == "class") else 1,
                       "size_bytes": s.records["lower"]["bytes"]},
             "lowering": s.records["lower"],
+            "coverage": s.records["coverage"],
             "verification": s.records["verify"],
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         }
@@ -162,8 +213,8 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             "source": {"spec": model.source, "sha256": model.source_sha256, "description": model.description},
             "target": profile.name,
             "recipe": asdict(recipe) | {"precision": s.records["lower"]["precision"]},
-            "model": {"format": "onnx", "file": s.records["lower"]["file"],
-                      "precision": s.records["lower"]["precision"], **sig},
+            "model": {"format": profile.format, "file": s.records["lower"]["file"],
+                      "precision": s.records["lower"]["precision"], "runtime": s.lowered.runtime, **sig},
             "conditioning": c.to_dict(),
             "quantization": None,
             "pruning": None,

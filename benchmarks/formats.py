@@ -1,0 +1,174 @@
+"""Every format x precision that runs on this host, side by side (the README's formats table).
+
+    python benchmarks/formats.py [--models digits,cifar-arch] [--images 16] [--json out/formats.json]
+
+For each builtin model, the lowerings of compiler/lowering.py are called directly (not through a
+target profile, so that every precision a format writes is measured) and each result is:
+  ms/step    median wall time of one denoiser call at batch 2 (one image with classifier-free
+             guidance = one sampler step), after warm-up, default threads (this host: 2 cores)
+  size       bytes on disk of the model file(s)
+  max err    normalised max error vs PyTorch fp32 over 8 timesteps (compiler/verify.py)
+  PSNR       of final images (dpmpp-2m, 20 steps, guidance 3, same seeds) vs the PyTorch fp32
+             images; digits only (cifar-arch has random weights, its images are noise)
+OpenVINO runs the CPU plugin with INFERENCE_PRECISION_HINT f32 (verification setting) and,
+as one more row, bf16 (the plugin's own default on CPUs with AVX-512 BF16 / AMX).
+Core ML is converted and sized only: it runs on macOS. Figures are noisy on a shared machine:
+read ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgediff.compiler.lower_onnx import export_onnx
+from edgediff.compiler.lowering import LOWERINGS, static_batch_for
+from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.compiler.verify import verify
+from edgediff.runtimes.backends import BACKENDS, FixedBatch, OpenVINODenoiser, open_denoiser
+from edgediff.runtimes.bundle import size_bytes
+from edgediff.runtimes.errors import EdgediffError
+from edgediff.runtimes.quality import psnr_db
+from edgediff.runtimes.runner import SamplingSetup, generate
+from edgediff.runtimes.samplers import get_solver
+
+ROWS = [("onnx", "fp32"), ("onnx", "fp16"), ("openvino", "fp32"), ("openvino", "fp16"),
+        ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("coreml", "fp16"), ("coreml", "int8")]
+
+
+class _BF16(OpenVINODenoiser):
+    HINT = "bf16"
+
+
+def time_step(denoise, model, repeats: int) -> float:
+    args = [a.numpy() for a in model.example_inputs(batch=2)]
+    if len(args) == 2:  # unconditional model
+        args.append(None)
+    for _ in range(3):
+        denoise(*args)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        denoise(*args)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def images(denoise, model, n: int):
+    plan = get_solver("dpmpp-2m").plan(model.schedule, 20)
+    setup = SamplingSetup(plan=plan, guidance=3.0, conditioning=model.conditioning.to_dict(),
+                          sample_shape=model.sample_shape)
+    labels = np.arange(n) % model.conditioning.num_classes
+    return generate(denoise, setup, n=n, seed=0, labels=labels)
+
+
+def run(name: str, n_images: int, repeats: int) -> list[dict]:
+    model = load_source(f"builtin:{name}")
+    rows = []
+    ref = torch_denoiser(model)
+    ref_images = images(ref, model, n_images) if name == "digits" else None
+    rows.append({"model": name, "format": "pytorch", "precision": "fp32", "runtime": "PyTorch eager",
+                 "ms_per_step": time_step(ref, model, repeats), "bytes": None, "max_rel_error": 0.0,
+                 "psnr_db": None})
+    with tempfile.TemporaryDirectory() as tmp:
+        ir = Path(tmp) / "ir" / "denoiser.onnx"
+        ir.parent.mkdir()
+        export_onnx(model, ir)
+        for fmt, precision in ROWS:
+            low = LOWERINGS[fmt]
+            out = Path(tmp) / f"{fmt}-{precision}"
+            static = static_batch_for(True) if low.always_static else None
+            t0 = time.perf_counter()
+            try:
+                lowered = low(model, out, precision=precision, ir=ir, static_batch=static)
+            except EdgediffError as e:
+                print(f"  {name} {fmt} {precision}: skipped ({e})", file=sys.stderr)
+                continue
+            row = {"model": name, "format": fmt, "precision": precision, "bytes": size_bytes(out),
+                   "lower_s": round(time.perf_counter() - t0, 1)}
+            variants = [(open_denoiser, None)]
+            if fmt == "openvino" and precision == "fp32":
+                variants.append((lambda p, f: _BF16(p), "bf16 hint"))
+            if fmt not in BACKENDS:
+                rows.append(row | {"runtime": "not run here (needs macOS)", "ms_per_step": None,
+                                   "max_rel_error": None, "psnr_db": None})
+                continue
+            for opener, tag in variants:
+                denoise = opener(lowered.file, fmt)
+                if static and not isinstance(denoise, FixedBatch):
+                    denoise = FixedBatch(denoise, static)
+                label = getattr(denoise, "label", fmt)
+                try:
+                    err = verify(model, denoise, precision=precision if tag is None else "fp16",
+                                 label=label)["max_rel_error"]
+                except EdgediffError as e:  # over the bound: still a figure worth printing
+                    err = float(str(e).split("normalised max error ")[1].split(" ")[0])
+                if tag is not None:  # say what the plugin actually ran: it falls back to f32 without bf16 units
+                    tag = f"asked bf16, ran {getattr(getattr(denoise, 'inner', denoise), 'hint', '?')}"
+                r = row | {"precision": precision if tag is None else f"{precision} ({tag})", "runtime": label,
+                           "ms_per_step": time_step(denoise, model, repeats), "max_rel_error": err,
+                           "psnr_db": psnr_db(images(denoise, model, n_images), ref_images) if ref_images is not None
+                           else None}
+                rows.append(r)
+                print(f"  {name} {r['format']} {r['precision']}: {r['ms_per_step']:.2f} ms/step", file=sys.stderr)
+    return rows
+
+
+def _cell(v, spec: str, width: int) -> str:
+    if v is None:
+        return "—".rjust(width)
+    if v == float("inf"):
+        return "inf".rjust(width)
+    return format(v, spec).rjust(width)
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'model':11}{'format':10}{'precision':24}{'ms/step':>9}{'x onnx32':>9}{'size MB':>9}"
+            f"{'max err':>10}{'PSNR dB':>9}")
+    lines = [head, "-" * len(head)]
+    # speed ratio against ONNX Runtime fp32 of the same run (PyTorch eager is listed, but its
+    # thread pool suffers most on a shared machine)
+    base = {r["model"]: r["ms_per_step"] for r in rows if r["format"] == "onnx" and r["precision"] == "fp32"}
+    for r in rows:
+        ms = r["ms_per_step"]
+        speedup = None if ms is None or r["model"] not in base else base[r["model"]] / ms
+        size = None if r["bytes"] is None else r["bytes"] / 1e6
+        lines.append(f"{r['model']:11}{r['format']:10}{r['precision']:24}" + _cell(ms, ".2f", 9)
+                     + _cell(speedup, ".2f", 9) + _cell(size, ".2f", 9) + _cell(r["max_rel_error"], ".1e", 10)
+                     + _cell(r["psnr_db"], ".1f", 9))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="digits,cifar-arch")
+    ap.add_argument("--images", type=int, default=16, help="images for PSNR (digits)")
+    ap.add_argument("--repeats", type=int, default=20, help="timed denoiser calls per row")
+    ap.add_argument("--json", default="out/formats.json")
+    a = ap.parse_args(argv)
+    rows = []
+    for name in a.models.split(","):
+        rows += run(name, a.images, a.repeats)
+    from edgediff.targets.host import detect_host
+
+    host = detect_host()
+    info = {"host": {"cpu": host.get("cpu_model"), "cores": host.get("cores"), "features": host.get("features"),
+                     "python": platform.python_version()}, "rows": rows}
+    print(f"host: {info['host']['cpu']}, {info['host']['cores']} cores, {', '.join(info['host']['features'] or [])}")
+    print(table(rows))
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(info, indent=2) + "\n")
+    print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
