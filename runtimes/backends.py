@@ -48,13 +48,18 @@ def model_signature(path: Path, fmt: str) -> dict:
 class OnnxRuntimeDenoiser:
     """ONNX Runtime on the CPU execution provider."""
 
-    def __init__(self, path: Path, *, threads: int = 0):
+    def __init__(self, path: Path, *, threads: int = 0, initializers: dict | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+        # initializers: name -> numpy array shared with other sessions (timestep groups, groups.py);
+        # the OrtValues wrap the arrays without copying them
+        self._shared = [ort.OrtValue.ortvalue_from_numpy(a) for a in (initializers or {}).values()]
+        for name, value in zip(initializers or {}, self._shared):
+            opts.add_initializer(name, value)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = [(i.name, i.type) for i in self.session.get_inputs()]
 
@@ -71,8 +76,10 @@ class OnnxRuntimeDenoiser:
 BACKENDS = {"onnx": OnnxRuntimeDenoiser}
 
 
-def open_denoiser(path: Path, fmt: str, *, threads: int = 0):
+def open_denoiser(path: Path, fmt: str, *, threads: int = 0, initializers: dict | None = None):
     if fmt not in BACKENDS:
         raise EdgediffError(f"{path}: no backend on this host runs format {fmt!r} "
                             f"(available: {', '.join(BACKENDS)})")
+    if initializers:
+        return BACKENDS[fmt](path, threads=threads, initializers=initializers)
     return BACKENDS[fmt](path, threads=threads)
