@@ -8,7 +8,8 @@
         ▼ insert_qdq per group
     G = 1: model/denoiser.onnx                      (QDQ graph, int8 weights inside)
     G > 1: model/denoiser.g0.onnx .. g{G-1}.onnx    (graphs with their own activation scales)
-           model/weights.bin                        (the int8 weights, once; every group graph
+           model/weights.bin                        (the int8 weights and every other weight the
+                                                     groups share, once; each group graph
                                                      references it by offset as external data)
 
 Timestep groups: the plan's steps split into G contiguous runs (calibration.step_groups,
@@ -211,7 +212,7 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
     else:
         stem = onnx_path.stem
         files = [out_dir / f"{stem}.g{g}.onnx" for g in range(groups)]
-        names = [f"{w}_quantized" for w in weights]
+        names = shareable(protos)
         shared = out_dir / SHARED_WEIGHTS
         shared.write_bytes(share_weights(protos, names, SHARED_WEIGHTS))
         for p, f in zip(protos, files):
@@ -222,6 +223,22 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
     q = QuantizedModel(files=files, shared=shared, step_group=step_group.tolist(), record=record)
     record["trajectory"] = trajectory_error(model, q, calib, plan)
     return q
+
+
+def shareable(protos: list[onnx.ModelProto], min_bytes: int = 256) -> list[str]:
+    """Initializers that every group graph holds with identical bytes: the int8 weights, their
+    per-channel scales, and the float layers' weights (biases differ: they scale with s_x)."""
+    first = {i.name: i for i in protos[0].graph.initializer}
+    names = []
+    for name, init in first.items():
+        raw = numpy_helper.to_array(init).tobytes()
+        if len(raw) < min_bytes and init.data_type != onnx.TensorProto.INT8:  # int8 weights: always
+            continue
+        if all(numpy_helper.to_array(o).tobytes() == raw for p in protos[1:]
+               for o in p.graph.initializer if o.name == name):
+            if all(any(o.name == name for o in p.graph.initializer) for p in protos[1:]):
+                names.append(name)
+    return names
 
 
 def trajectory_error(model: ModelSpec, q: QuantizedModel, calib: CalibrationSet, plan: Plan,

@@ -124,7 +124,7 @@ def test_groups_share_one_copy_of_the_weights(q1, q2, tmp_path):
     weights = root / groups["shared_weights"]
     int8_bytes = sum(int(np.prod(i.dims)) for i in onnx.load(str(q1.model_path)).graph.initializer
                      if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2)
-    assert int8_bytes <= weights.stat().st_size < int8_bytes + 64 * 64  # once, plus alignment
+    assert int8_bytes <= weights.stat().st_size < 2 * int8_bytes  # once (+ scales and the float layers')
     for f in groups["files"]:  # each group graph holds no int8 weight bytes of its own
         proto = onnx.load(str(root / f), load_external_data=False)
         int8 = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
@@ -134,7 +134,8 @@ def test_groups_share_one_copy_of_the_weights(q1, q2, tmp_path):
     assert len(layer["input"]) == 2 and layer["input"][0]["scale"] != layer["input"][1]["scale"]
     # in memory: the same arrays go to both sessions, and ONNX Runtime still fuses int8 kernels with them
     shared = shared_initializers(root / groups["files"][0], weights)
-    assert len(shared) == q2.report["quantization"]["num_int8"]
+    int8_shared = [a for a in shared.values() if a.dtype == np.int8 and a.ndim >= 2]
+    assert len(int8_shared) == q2.report["quantization"]["num_int8"]
     values = {k: ort.OrtValue.ortvalue_from_numpy(a) for k, a in shared.items()}
     assert _optimized_ops(root / groups["files"][1], tmp_path, initializers=values)["QLinearConv"] > 0
 
