@@ -23,6 +23,7 @@ Writes <out>.json and <out>.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -92,7 +93,8 @@ def ort_quantize_static(fp32: Path, out: Path, feeds, **kw) -> Path:
     pre = out.with_name(out.stem + "_pre.onnx")
     # what ORT's documentation asks for before quantize_static (its symbolic shape inference
     # cannot follow this graph's dynamic batch, so only the ONNX shape inference and optimizer run)
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    with contextlib.chdir(out.parent):  # it leaves temporary files in the working directory
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), Reader(), **kw)
     pre.unlink()
     return out
