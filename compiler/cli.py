@@ -1,6 +1,8 @@
 """The `edgediff` command line.
 
     edgediff compile SOURCE --target host-cpu [--sampler S --steps N --guidance G] -o BUNDLE
+                     [--quantize w8a8 [--groups G] [--calib calib.npz | --calib-samples N] ...]
+    edgediff calibrate SOURCE --sampler S --steps N --guidance G --samples M -o calib.npz
     edgediff generate BUNDLE -n 16 --seed 0 [--label 3] -o grid.png
     edgediff eval BUNDLE [--num-samples 500] --json out.json
     edgediff inspect BUNDLE [--json]
@@ -50,8 +52,13 @@ def _load(path: str):
 def cmd_compile(a) -> int:
     from edgediff.compiler.pipeline import STAGES, Recipe, compile_model
 
+    from edgediff.compiler.quantize import QuantizeOptions
+
+    opts = QuantizeOptions(observer=a.observer, keep_float=tuple(a.keep_float or ()), sensitive_float=a.float_layers,
+                           defaults="none" if a.no_float_defaults else "literature", seed=a.calib_seed)
     recipe = Recipe(sampler=a.sampler, steps=a.steps, guidance=a.guidance, spacing=a.spacing,
-                    precision=a.precision, weights=a.weights)
+                    precision=a.precision, weights=a.weights, quantize=a.quantize, groups=a.groups, calib=a.calib,
+                    calib_samples=a.calib_samples, quant_options=opts)
     bar = _bar(len(STAGES) + 1, "compile", "stage")
 
     def progress(stage):
@@ -83,6 +90,12 @@ def format_report(b) -> str:
         _format_verified(v),
         "timings     " + "  ".join(f"{k} {t:.2f}s" for k, t in r["timings_s"].items()),
     ]
+    q = r.get("quantization")
+    if q:
+        lines.insert(-1, f"quantized   {q['scheme']}: {q['num_int8']} layers int8, {q['num_float']} float, "
+                         f"{q['groups']} timestep group(s), calibrated on {q['calibration']['rows']} rows")
+        for f in q["float_layers"]:
+            lines.insert(-1, f"  float     {f['layer'] or f['node']}: {f['why']}")
     if "coverage" in r:
         from edgediff.compiler.coverage import format_coverage
 
@@ -255,7 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Core ML weight compression: int8 linear, 4- or 6-bit palettization")
     c.add_argument("-o", "--output", required=True, help="bundle folder to write")
     c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
+    q = c.add_argument_group("quantization (compiler/quantize.py)")
+    q.add_argument("--quantize", default=None, choices=["w8a8"], help="int8 weights and activations")
+    q.add_argument("--groups", type=_positive_int, default=1,
+                   help="timestep groups with their own activation scales (one copy of the int8 weights)")
+    q.add_argument("--calib", default=None, metavar="NPZ", help="calibration set from `edgediff calibrate` "
+                   "(default: record one along this recipe's trajectory)")
+    q.add_argument("--calib-samples", type=_positive_int, default=32, help="trajectories to record (no --calib)")
+    q.add_argument("--calib-seed", type=_nonneg_int, default=0)
+    q.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse"],
+                   help="activation range observer")
+    q.add_argument("--float-layers", type=_nonneg_int, default=0, metavar="N",
+                   help="also keep the N most quantization-sensitive layers in float (mixed precision)")
+    q.add_argument("--keep-float", action="append", metavar="GLOB", help="torch layer names to keep float")
+    q.add_argument("--no-float-defaults", action="store_true",
+                   help="quantize the first/last layer and the timestep-embedding path too")
     c.set_defaults(func=cmd_compile)
+
+    from edgediff.calibration.cli import add_calibrate_parser
+
+    add_calibrate_parser(sub)
 
     g = sub.add_parser("generate", help="sample images from a bundle")
     g.add_argument("bundle")

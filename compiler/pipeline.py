@@ -1,9 +1,10 @@
 """The compile pipeline: a source in, a verified bundle out.
 
-    capture -> plan -> coverage -> lower -> verify -> write
+    capture -> plan -> coverage -> lower -> quantize -> verify -> write
 
 The target profile picks the format (LOWERINGS in lowering.py), the precision (the recipe's,
 else the first the profile lists that the lowering writes) and whether shapes are static.
+`--quantize w8a8` lowers the fp32 ONNX graph and the quantize pass turns it into int8.
 
 Each stage is a function from the compile state to the next state plus a record for the
 report; `compile_model` runs them in order and times each one.
@@ -27,10 +28,13 @@ from edgediff.compiler.coverage import onnx_op_counts
 from edgediff.compiler.lower_onnx import export_onnx
 from edgediff.compiler.lowering import (LOWERINGS, check_precision, check_weights, get_lowering, runnable_here,
                                         static_batch_for)
+from edgediff.compiler.quantize import SCHEMES, QuantizeOptions, load_calib_for, quantize
 from edgediff.compiler.sources import ModelSpec, load_source
 from edgediff.compiler.stats import count_macs, count_params
 from edgediff.compiler.verify import verify
+from edgediff.calibration.record import record_trajectories
 from edgediff.runtimes.backends import model_signature, open_denoiser
+from edgediff.runtimes.groups import grouped_denoiser
 from edgediff.runtimes.bundle import Bundle, load_bundle, size_bytes
 from edgediff.runtimes.errors import EdgediffError
 from edgediff.runtimes.samplers import get_solver
@@ -49,9 +53,26 @@ class Recipe:
     spacing: str = "leading"
     precision: str | None = None  # None: the target's first precision that its format's lowering writes
     weights: str | None = None  # weight compression on top of the precision (Core ML: int8, palette4, palette6)
+    quantize: str | None = None  # "w8a8": int8 weights and activations (compiler/quantize.py)
+    groups: int = 1  # timestep groups, each with its own activation scales, one set of int8 weights
+    calib: str | None = None  # calibration .npz (`edgediff calibrate`); None: record it here
+    calib_samples: int = 32  # trajectories recorded when calib is None
+    quant_options: QuantizeOptions = QuantizeOptions()
 
     def __post_init__(self):
         get_solver(self.sampler)  # unknown name -> EdgediffError listing the solvers
+        if self.quantize is not None and self.quantize not in SCHEMES:
+            raise EdgediffError(f"recipe: quantize {self.quantize!r} is not a scheme (known: {', '.join(SCHEMES)})")
+        if self.quantize is not None and self.precision not in (None, "fp32", "int8"):
+            raise EdgediffError(f"recipe: quantize {self.quantize} starts from fp32, not precision {self.precision!r}")
+        if not isinstance(self.groups, int) or not 1 <= self.groups <= self.steps:
+            raise EdgediffError(f"recipe: groups must be an integer in 1..steps ({self.steps}), got {self.groups!r}")
+        if self.groups > 1 and self.quantize is None:
+            raise EdgediffError("recipe: groups > 1 needs quantize (groups hold activation scales)")
+        if not isinstance(self.calib_samples, int) or self.calib_samples <= 0:
+            raise EdgediffError(f"recipe: calib_samples must be a positive integer (got {self.calib_samples!r})")
+        if isinstance(self.quant_options, dict):
+            object.__setattr__(self, "quant_options", QuantizeOptions.from_dict(self.quant_options))
         if not isinstance(self.steps, int) or self.steps <= 0:
             raise EdgediffError(f"recipe: steps must be a positive integer (got {self.steps!r})")
         if not np.isfinite(self.guidance) or self.guidance < 0:
@@ -79,6 +100,8 @@ class State:
     precision: str | None = None
     ir: Path | None = None  # fp32 ONNX export (dynamic batch): op types for coverage, input to onnx/openvino
     lowered: object = None
+    quantized: object = None  # quantize.QuantizedModel when the recipe quantizes
+    calib: object = None  # the recipe's calibration set (CalibrationSet), loaded at plan
 
 
 def capture(s: State) -> dict:
@@ -93,12 +116,18 @@ def plan(s: State) -> dict:
         raise EdgediffError(f"recipe: steps {r.steps} exceeds the model's {s.model.schedule.num_train_timesteps} "
                             "training timesteps")
     s.plan = get_solver(r.sampler).plan(s.model.schedule, r.steps, spacing=r.spacing)
+    if r.quantize and r.calib:  # a bad calibration file fails before the export, not after
+        s.calib = load_calib_for(r.calib, s.model, s.plan)
     return {"solver": r.sampler, "steps": r.steps, "timesteps": [int(t) for t in s.plan.timesteps]}
 
 
 def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
     fmt = target.format
     low = get_lowering(fmt, target.name)
+    if recipe.quantize:  # int8 comes from the quantize pass (which lowers fp32 ONNX first)
+        target.check_precision("int8")
+        check_weights(fmt, recipe.weights, target.name)
+        return "int8"
     if recipe.precision is not None:
         target.check_precision(recipe.precision)  # names the precision and the target
         check_precision(fmt, recipe.precision, target.name)
@@ -129,28 +158,79 @@ def _guided(s: State) -> bool:
 def lower(s: State) -> dict:
     fmt = s.target.format
     low = LOWERINGS[fmt]
+    precision = s.precision
+    if s.recipe.quantize:  # the quantize pass starts from the fp32 ONNX graph
+        if fmt != "onnx":
+            raise EdgediffError(f"target {s.target.name}: --quantize {s.recipe.quantize} writes ONNX (QDQ) only; "
+                                f"the {fmt} format has no int8 path from the quantize pass yet")
+        precision = "fp32"
     static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
-    s.lowered = low(s.model, s.work / "model", precision=s.precision, ir=s.ir, static_batch=static,
+    s.lowered = low(s.model, s.work / "model", precision=precision, ir=s.ir, static_batch=static,
                     weights=s.recipe.weights)
     shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
     s.model_file = s.lowered.file
-    return {"format": fmt, "precision": s.precision, "weights": s.recipe.weights,
+    return {"format": fmt, "precision": precision, "weights": s.recipe.weights,
             "file": s.model_file.relative_to(s.work).as_posix(), "bytes": size_bytes(s.work / "model"),
             **{k: v for k, v in s.lowered.record.items() if k != "structural"}}
+
+
+def quantize_stage(s: State) -> dict | None:
+    r = s.recipe
+    if r.quantize is None:
+        return None
+    if s.calib is not None:
+        calib = s.calib
+    else:
+        calib = record_trajectories(s.model, sampler=r.sampler, steps=r.steps, guidance=r.guidance,
+                                    spacing=r.spacing, num_samples=r.calib_samples, seed=r.quant_options.seed)
+    s.quantized = quantize(s.model, calib, onnx_path=s.model_file, plan=s.plan, scheme=r.quantize,
+                           groups=r.groups, options=r.quant_options)
+    s.model_file = s.quantized.files[0]
+    return s.quantized.record
 
 
 def check(s: State) -> dict:
     fmt = s.target.format
     if not runnable_here(fmt):  # e.g. Core ML off macOS: the lowering's structural check
         return s.lowered.record.get("structural") or {"numerics": f"not run: no {fmt} backend on this host"}
-    denoise = open_denoiser(s.model_file, fmt)
-    record = verify(s.model, denoise, precision=s.precision, label=getattr(denoise, "label", fmt))
+    if s.quantized is not None:
+        denoise = grouped_denoiser(s.work, _groups_entry(s), s.plan.model_timesteps, model_file=s.model_file)
+        record = verify(s.model, denoise, precision="w8a8", label=getattr(denoise, "label", "ONNX Runtime"))
+    else:
+        denoise = open_denoiser(s.model_file, fmt)
+        record = verify(s.model, denoise, precision=s.precision, label=getattr(denoise, "label", fmt))
     if not s.target.detected:  # a device profile, not this machine
         record["note"] = f"run on this host's CPU, not on {s.target.name}'s {s.records['coverage']['unit']}"
     return record
 
 
-STAGES = [("capture", capture), ("plan", plan), ("coverage", coverage), ("lower", lower), ("verify", check)]
+def _groups_entry(s: State) -> dict | None:
+    """scheduler.json "timestep_groups": which graph serves which plan step (None: one graph)."""
+    q = s.quantized
+    if q is None or len(q.files) == 1:
+        return None
+    rel = [f.relative_to(s.work).as_posix() for f in q.files]
+    return {"files": rel, "step_group": q.step_group,
+            "shared_weights": q.shared.relative_to(s.work).as_posix() if q.shared else None}
+
+
+STAGES = [
+    ("capture", capture),
+    ("plan", plan),
+    ("coverage", coverage),
+    ("lower", lower),
+    ("quantize", quantize_stage),
+    ("verify", check),
+]
+
+
+def _manifest_quantization(record: dict | None) -> dict | None:
+    """The manifest's short form; report.json keeps the per-layer scales."""
+    if record is None:
+        return None
+    keep = ("scheme", "weights", "activations", "groups", "step_group", "files", "shared_weights", "num_int8",
+            "num_float", "float_layers", "calibration")
+    return {k: record[k] for k in keep}
 
 
 def _provenance() -> dict:
@@ -188,12 +268,14 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             s.records[name] = stage(s)
             timings[name] = time.perf_counter() - t0
         sig = model_signature(s.model_file, profile.format)
+        precision = "int8" if s.quantized is not None else s.records["lower"]["precision"]
+        model_bytes = sum(size_bytes(f) for f in (s.work / "model").iterdir())
         scheduler = {
             "solver": recipe.sampler,
             "spacing": recipe.spacing,
             "plan": s.plan.to_dict(),
             "guidance_scale": recipe.guidance,
-            "timestep_groups": None,
+            "timestep_groups": _groups_entry(s),
             "cache_schedule": None,
         }
         report = {
@@ -202,9 +284,10 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             "model": {"params": s.records["capture"]["params"],
                       "macs_per_step": s.records["capture"]["macs_per_step"],
                       "forward_passes_per_step": 2 if (recipe.guidance != 1.0 and c.kind == "class") else 1,
-                      "size_bytes": s.records["lower"]["bytes"]},
+                      "size_bytes": model_bytes},
             "lowering": s.records["lower"],
             "coverage": s.records["coverage"],
+            "quantization": s.records["quantize"],
             "verification": s.records["verify"],
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         }
@@ -212,11 +295,11 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             "created_by": f"edgediff {VERSION}",
             "source": {"spec": model.source, "sha256": model.source_sha256, "description": model.description},
             "target": profile.name,
-            "recipe": asdict(recipe) | {"precision": s.records["lower"]["precision"]},
-            "model": {"format": profile.format, "file": s.records["lower"]["file"],
-                      "precision": s.records["lower"]["precision"], "runtime": s.lowered.runtime, **sig},
+            "recipe": asdict(recipe) | {"precision": precision},
+            "model": {"format": profile.format, "file": s.model_file.relative_to(s.work).as_posix(),
+                      "precision": precision, "runtime": s.lowered.runtime, **sig},
             "conditioning": c.to_dict(),
-            "quantization": None,
+            "quantization": _manifest_quantization(s.records["quantize"]),
             "pruning": None,
             "provenance": _provenance(),
         }

@@ -121,4 +121,10 @@ def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.nda
 
 
 def bundle_denoiser(bundle: Bundle, *, threads: int = 0):
+    groups = bundle.scheduler.get("timestep_groups")
+    if groups:  # one graph per group of steps (quantized bundles; runtimes/groups.py)
+        from edgediff.runtimes.groups import GroupedDenoiser
+
+        plan = Plan.from_dict(bundle.scheduler["plan"])
+        return GroupedDenoiser(bundle.root, groups, plan.model_timesteps, fmt=bundle.model_format, threads=threads)
     return open_denoiser(bundle.model_path, bundle.model_format, threads=threads)

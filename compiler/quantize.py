@@ -1,0 +1,323 @@
+"""The quantize pass: W8A8 on ONNX Runtime's int8 kernels, calibrated on the deployment trajectory.
+
+    ModelSpec (FP32 torch) + fp32 ONNX + CalibrationSet (the recipe's own sampler, steps, guidance)
+        │ weighted_nodes: every Conv/Gemm/MatMul with a constant weight -> its torch layer
+        │ float_plan: which layers stay float, and why (structural defaults, globs, sensitivity)
+        │ collect_activations(groups=G): per timestep group, each layer's input/output range
+        │ quantize_weight: int8 per output channel, symmetric, computed ONCE for all groups
+        ▼ insert_qdq per group
+    G = 1: model/denoiser.onnx                      (QDQ graph, int8 weights inside)
+    G > 1: model/denoiser.g0.onnx .. g{G-1}.onnx    (graphs with their own activation scales)
+           model/weights.bin                        (the int8 weights and every other weight the
+                                                     groups share, once; each group graph
+                                                     references it by offset as external data)
+
+Timestep groups: the plan's steps split into G contiguous runs (calibration.step_groups,
+group 0 = the noisy end); the runtime runs group g's graph at the steps of group g.
+
+Default float layers (defaults="literature"), found from the graph's structure, not names:
+  - the first layer (reads the sample x_t, whose range spans the whole trajectory),
+  - the last layer (writes the model output),
+  - the timestep/condition embedding path (layers whose input does not depend on x_t).
+Attention's activation-by-activation products and softmax are never quantized (only layers
+with a constant weight are), which is the other literature default.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgediff.calibration.activations import collect_activations, step_groups
+from edgediff.calibration.observers import OBSERVERS
+from edgediff.calibration.record import CalibrationSet
+from edgediff.calibration.select import SELECTORS, select
+from edgediff.compiler.quant_onnx import QuantWeight, WeightedNode, insert_qdq, quantize_weight, share_weights, \
+    weighted_nodes
+from edgediff.compiler.sources import ModelSpec
+from edgediff.runtimes.errors import EdgediffError
+from edgediff.runtimes.samplers.base import Plan
+
+SCHEMES = ("w8a8",)
+SHARED_WEIGHTS = "weights.bin"
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """The rarer knobs of `quantize` (the recipe carries scheme, groups and the calibration)."""
+
+    observer: str = "minmax"  # activation ranges: minmax | percentile | mse (calibration.observers)
+    defaults: Literal["literature", "none"] = "literature"  # structural float layers (module docstring)
+    keep_float: tuple[str, ...] = ()  # globs of torch layer names kept float
+    sensitive_float: int = 0  # also keep the N layers that the sensitivity ranking finds worst
+    sensitivity_rows: int = 128  # calibration rows the sensitivity ranking runs (uniform over steps)
+    selection: str | None = None  # subset the calibration set: uniform | normal | eda (None: all rows)
+    selection_budget: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.observer not in OBSERVERS:
+            raise EdgediffError(f"quantize: unknown observer {self.observer!r} (known: {', '.join(OBSERVERS)})")
+        if self.defaults not in ("literature", "none"):
+            raise EdgediffError(f"quantize: defaults must be 'literature' or 'none' (got {self.defaults!r})")
+        if not isinstance(self.sensitive_float, int) or self.sensitive_float < 0:
+            raise EdgediffError(f"quantize: sensitive_float must be an integer >= 0 (got {self.sensitive_float!r})")
+        if self.selection is not None and self.selection not in SELECTORS:
+            raise EdgediffError(f"quantize: unknown selection {self.selection!r} (known: {', '.join(SELECTORS)})")
+        if self.selection is not None and self.selection_budget <= 0:
+            raise EdgediffError("quantize: a selection needs selection_budget > 0")
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantizeOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise EdgediffError(f"quantize options: unknown key(s) {', '.join(sorted(unknown))} "
+                                f"(known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+@dataclass
+class QuantizedModel:
+    """What the pass wrote: one graph per timestep group (+ the shared weights when G > 1)."""
+
+    files: list[Path]
+    shared: Path | None
+    step_group: list[int]  # plan step -> group
+    record: dict = field(default_factory=dict)  # for manifest.json "quantization" and report.json
+
+
+# ---------------------------------------------------------------- which layers stay float
+def _depends_on(proto: onnx.ModelProto, source: str) -> set[str]:
+    """Tensors computed (transitively) from graph input `source`."""
+    reach = {source}
+    for n in proto.graph.node:  # ONNX graphs are topologically sorted
+        if any(i in reach for i in n.input):
+            reach.update(n.output)
+    return reach
+
+
+def structural_float(proto: onnx.ModelProto, nodes: list[WeightedNode]) -> dict[str, str]:
+    """The literature defaults, found from the graph: node name -> reason."""
+    sample = proto.graph.input[0].name
+    outputs = {o.name for o in proto.graph.output}
+    from_x = _depends_on(proto, sample)
+    reasons = {}
+    for wn in nodes:
+        if wn.input == sample:
+            reasons[wn.node] = "first layer: reads x_t, whose range spans the whole trajectory"
+        elif wn.output in outputs:
+            reasons[wn.node] = "last layer: writes the model output"
+        elif wn.input not in from_x:
+            reasons[wn.node] = "timestep/condition embedding path: its input does not depend on x_t"
+    return reasons
+
+
+def float_plan(model: ModelSpec, proto: onnx.ModelProto, nodes: list[WeightedNode], calib: CalibrationSet,
+               opts: QuantizeOptions, progress=None) -> tuple[dict[str, str], dict | None]:
+    """node name -> why it stays float; and the sensitivity ranking used (or None)."""
+    reasons: dict[str, str] = {}
+    modules = dict(model.module.named_modules())
+    for wn in nodes:
+        if wn.layer not in modules:
+            reasons[wn.node] = "no torch layer recorded for this node (cannot calibrate it)"
+    if opts.defaults == "literature":
+        for k, v in structural_float(proto, nodes).items():
+            reasons.setdefault(k, v)
+    for pattern in opts.keep_float:
+        hits = [wn for wn in nodes if fnmatch.fnmatchcase(wn.layer, pattern)]
+        if not hits:
+            raise EdgediffError(f"quantize: keep_float pattern {pattern!r} matches no quantizable layer "
+                                f"(e.g. {', '.join(wn.layer for wn in nodes[:3])})")
+        for wn in hits:
+            reasons.setdefault(wn.node, f"kept float by pattern {pattern!r}")
+    ranking = None
+    if opts.sensitive_float:
+        from edgediff.calibration.sensitivity import layer_sensitivity
+
+        rows = calib
+        if len(calib) > opts.sensitivity_rows:
+            rows = select(calib, "uniform", opts.sensitivity_rows, seed=opts.seed)
+        candidates = [wn.layer for wn in nodes if wn.node not in reasons]
+        table = layer_sensitivity(model, rows, observer=opts.observer, layers=sorted(set(candidates)),
+                                  progress=progress)
+        ranking = [{"layer": r.name, "rel_error": r.rel_error} for r in table.layers]
+        worst = [r.name for r in table.layers[:opts.sensitive_float]]
+        for wn in nodes:
+            if wn.layer in worst:
+                rank = worst.index(wn.layer) + 1
+                err = table.layers[rank - 1].rel_error
+                reasons.setdefault(wn.node, f"sensitivity rank {rank}: alone in int8 it moves the output by "
+                                            f"{err:.2e} (relative)")
+    return reasons, ranking
+
+
+# ---------------------------------------------------------------- the pass
+def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: Plan, scheme: str = "w8a8",
+             groups: int = 1, options: QuantizeOptions = QuantizeOptions(), progress=None) -> QuantizedModel:
+    """Quantize the fp32 ONNX graph at `onnx_path` (lowered from `model`) in place of it.
+
+    `calib` must be recorded along `plan` (the bundle's sampler trajectory). Writes into
+    onnx_path's folder and removes the fp32 file; returns the files and the record.
+    """
+    if scheme not in SCHEMES:
+        raise EdgediffError(f"quantize: scheme {scheme!r} is not supported (supported: {', '.join(SCHEMES)})")
+    calib.check_model(model)
+    calib.check_plan(plan)
+    step_group = step_groups(len(plan), groups)
+    if options.selection is not None:
+        calib = select(calib, options.selection, options.selection_budget, seed=options.seed)
+
+    proto = onnx.load(str(onnx_path))
+    nodes = weighted_nodes(proto)
+    if not nodes:
+        raise EdgediffError(f"{onnx_path}: no Conv/Gemm/MatMul with a constant weight to quantize")
+    reasons, ranking = float_plan(model, proto, nodes, calib, options)
+    chosen = [wn for wn in nodes if wn.node not in reasons]
+    if not chosen:
+        raise EdgediffError("quantize: every quantizable layer is kept float; nothing to quantize")
+
+    layers = sorted({wn.layer for wn in chosen})
+    stats = collect_activations(model, calib, kind=options.observer, groups=groups, layers=layers,
+                                progress=progress)
+    inits = {i.name: i for i in proto.graph.initializer}
+    weights: dict[str, QuantWeight] = {}
+    for wn in chosen:
+        if wn.weight not in weights:
+            weights[wn.weight] = quantize_weight(numpy_helper.to_array(inits[wn.weight]).astype(np.float32), wn.axis)
+
+    per_group_ranges = []
+    protos = []
+    for g in range(groups):
+        act = {}
+        for wn in chosen:
+            act.setdefault(wn.input, stats[f"{wn.layer}:input"][g].result())
+            act.setdefault(wn.output, stats[f"{wn.layer}:output"][g].result())
+        per_group_ranges.append(act)
+        protos.append(insert_qdq(proto, chosen, act, weights))
+
+    out_dir = onnx_path.parent
+    onnx_path.unlink()
+    shared = None
+    if groups == 1:
+        files = [out_dir / onnx_path.name]
+        onnx.save(protos[0], str(files[0]))
+    else:
+        stem = onnx_path.stem
+        files = [out_dir / f"{stem}.g{g}.onnx" for g in range(groups)]
+        names = shareable(protos)
+        shared = out_dir / SHARED_WEIGHTS
+        shared.write_bytes(share_weights(protos, names, SHARED_WEIGHTS))
+        for p, f in zip(protos, files):
+            onnx.save(p, str(f))
+
+    record = _record(scheme, groups, step_group, plan, options, nodes, chosen, reasons, weights,
+                     per_group_ranges, calib, ranking, files, shared)
+    q = QuantizedModel(files=files, shared=shared, step_group=step_group.tolist(), record=record)
+    record["trajectory"] = trajectory_error(model, q, calib, plan)
+    return q
+
+
+def shareable(protos: list[onnx.ModelProto], min_bytes: int = 256) -> list[str]:
+    """Initializers that every group graph holds with identical bytes: the int8 weights, their
+    per-channel scales, and the float layers' weights (biases differ: they scale with s_x)."""
+    first = {i.name: i for i in protos[0].graph.initializer}
+    names = []
+    for name, init in first.items():
+        raw = numpy_helper.to_array(init).tobytes()
+        if len(raw) < min_bytes and init.data_type != onnx.TensorProto.INT8:  # int8 weights: always
+            continue
+        if all(numpy_helper.to_array(o).tobytes() == raw for p in protos[1:]
+               for o in p.graph.initializer if o.name == name):
+            if all(any(o.name == name for o in p.graph.initializer) for p in protos[1:]):
+                names.append(name)
+    return names
+
+
+def trajectory_error(model: ModelSpec, q: QuantizedModel, calib: CalibrationSet, plan: Plan,
+                     rows_per_step: int = 16) -> dict:
+    """Relative error ||eps_int8 - eps_fp32|| / ||eps_fp32|| of the written graphs on calibration
+    rows, per plan step: the error where the bundle actually runs."""
+    from edgediff.compiler.sources import torch_denoiser
+    from edgediff.runtimes.groups import grouped_denoiser
+
+    root = q.files[0].parent
+    groups = None
+    if len(q.files) > 1:
+        groups = {"files": [f.name for f in q.files], "step_group": q.step_group,
+                  "shared_weights": q.shared.name if q.shared else None}
+    ours = grouped_denoiser(root, groups, plan.model_timesteps, model_file=q.files[0])
+    ref = torch_denoiser(model)
+    per_step = {}
+    for s in calib.visited_steps:
+        idx = np.nonzero(calib.step == s)[0][:rows_per_step]
+        cond = calib.cond[idx] if calib.cond is not None else None
+        if model.conditioning.kind == "embedding":
+            cond = np.zeros((idx.size, *model.conditioning.shape), np.float32)
+        args = [calib.x[idx], calib.t[idx], cond]
+        a, b = ours(*args), ref(*args)
+        per_step[int(s)] = float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12))
+    vals = list(per_step.values())
+    return {"rows_per_step": rows_per_step, "mean_rel_error": float(np.mean(vals)),
+            "max_rel_error": float(np.max(vals)), "per_step": per_step}
+
+
+def _record(scheme, groups, step_group, plan, options, nodes, chosen, reasons, weights, per_group_ranges, calib,
+            ranking, files, shared) -> dict:
+    def act(g, tensor):
+        r = per_group_ranges[g][tensor]
+        return {"scale": float(r.scale), "zero_point": int(r.zero_point) + 128, "min": float(r.min),
+                "max": float(r.max)}
+
+    layers = []
+    for wn in nodes:
+        entry = {"layer": wn.layer, "node": wn.node, "op": wn.op}
+        if wn.node in reasons:
+            entry |= {"precision": "fp32", "why": reasons[wn.node]}
+        else:
+            w = weights[wn.weight]
+            entry |= {"precision": "int8",
+                      "weight": {"dtype": "int8", "symmetric": True, "axis": w.axis, "channels": int(w.scale.size),
+                                 "scale_min": float(w.scale.min()), "scale_max": float(w.scale.max())},
+                      "input": [act(g, wn.input) for g in range(groups)]}
+            if wn.op == "Conv":
+                entry["output"] = [act(g, wn.output) for g in range(groups)]
+        layers.append(entry)
+    return {
+        "scheme": scheme,
+        "weights": "int8 symmetric per output channel (min-max)",
+        "activations": f"uint8 asymmetric per tensor ({options.observer}), per timestep group",
+        "groups": groups,
+        "step_group": step_group.tolist(),
+        "group_timesteps": [[float(t) for t, gg in zip(plan.model_timesteps, step_group) if gg == g]
+                            for g in range(groups)],
+        "calibration": {"rows": len(calib), **{k: v for k, v in calib.meta.to_dict().items()
+                                               if k in ("source", "sampler", "steps", "guidance", "seed",
+                                                        "num_samples", "selection")}},
+        "options": asdict(options) | {"keep_float": list(options.keep_float)},
+        "num_layers": len(nodes),
+        "num_int8": len(chosen),
+        "num_float": len(nodes) - len(chosen),
+        "float_layers": [{"layer": wn.layer, "node": wn.node, "why": reasons[wn.node]} for wn in nodes
+                         if wn.node in reasons],
+        "files": [f.name for f in files],
+        "shared_weights": shared.name if shared else None,
+        "sensitivity": ranking,
+        "layers": layers,
+        "never_quantized": "attention score/value products and softmax (activation x activation), "
+                           "normalisation and activations: float",
+    }
+
+
+def load_calib_for(path: str | Path, model: ModelSpec, plan: Plan) -> CalibrationSet:
+    """A user's calib.npz, checked against the model and the bundle's trajectory."""
+    calib = CalibrationSet.load(path, model=model)
+    calib.check_plan(plan, where=str(path))
+    return calib

@@ -1,0 +1,232 @@
+"""The quantize pass (compiler/quantize.py, quant_onnx.py) and timestep groups (runtimes/groups.py).
+
+The fp32 graph is the tiny UNet's from the shared `tiny_bundle` fixture, so nothing here
+exports again; compile_model is run with its lowering stage returning that graph.
+"""
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgediff.calibration import record_trajectories
+from edgediff.compiler import pipeline
+from edgediff.compiler.cli import build_parser
+from edgediff.compiler.pipeline import Recipe, compile_model
+from edgediff.compiler.quantize import QuantizeOptions, quantize
+from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.runtimes.backends import OnnxRuntimeDenoiser
+from edgediff.runtimes.errors import EdgediffError
+from edgediff.runtimes.groups import GroupedDenoiser, shared_initializers
+from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
+from edgediff.runtimes.samplers import get_solver
+
+RECIPE = dict(sampler="ddim", steps=4, guidance=2.0)
+INT8_OPS = {"QLinearConv", "MatMulIntegerToFloat", "QGemm", "ConvInteger", "MatMulInteger", "QLinearMatMul"}
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_source("tiny_models:tiny_unet")
+
+
+@pytest.fixture(scope="module")
+def plan(spec):
+    return get_solver("ddim").plan(spec.schedule, 4, spacing="leading")
+
+
+@pytest.fixture(scope="module")
+def calib(spec):
+    return record_trajectories(spec, num_samples=6, seed=3, **RECIPE)
+
+
+def _compile(tiny_bundle, out, **recipe):
+    """compile_model with the lowering replaced by a copy of the tiny bundle's fp32 graph."""
+    def lower(s):
+        dst = s.work / "model" / "denoiser.onnx"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_bundle.model_path, dst)
+        s.model_file = dst
+        return {"format": "onnx", "opset": 18, "precision": "fp32", "file": "model/denoiser.onnx",
+                "bytes": dst.stat().st_size}
+
+    stages = [(n, lower if n == "lower" else f) for n, f in pipeline.STAGES]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "STAGES", stages)
+        return compile_model("tiny_models:tiny_unet", out, recipe=Recipe(**RECIPE, **recipe))
+
+
+@pytest.fixture(scope="module")
+def q1(tiny_bundle, tmp_path_factory):
+    return _compile(tiny_bundle, tmp_path_factory.mktemp("q") / "g1", quantize="w8a8", calib_samples=6)
+
+
+@pytest.fixture(scope="module")
+def q2(tiny_bundle, tmp_path_factory):
+    return _compile(tiny_bundle, tmp_path_factory.mktemp("q") / "g2", quantize="w8a8", groups=2, calib_samples=6)
+
+
+def _optimized_ops(path, tmp_path, **session_kwargs):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    for name, value in session_kwargs.get("initializers", {}).items():
+        opts.add_initializer(name, value)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)
+    return Counter(n.op_type for n in optimized.graph.node)
+
+
+def test_int8_kernels_really_run(q1, tmp_path):
+    ops = _optimized_ops(q1.model_path, tmp_path)
+    q = q1.report["quantization"]
+    # every quantized Conv became ONNX Runtime's integer QLinearConv; only the float layers stay Conv
+    float_convs = sum(1 for l in q["layers"] if l["op"] == "Conv" and l["precision"] == "fp32")
+    int8_convs = sum(1 for l in q["layers"] if l["op"] == "Conv" and l["precision"] == "int8")
+    assert ops["QLinearConv"] == int8_convs > 0
+    assert ops["Conv"] == float_convs
+    int8_linear = sum(1 for l in q["layers"] if l["op"] in ("MatMul", "Gemm") and l["precision"] == "int8")
+    assert ops["MatMulIntegerToFloat"] + ops["QGemm"] == int8_linear > 0
+    # the int8 weights are stored as int8
+    proto = onnx.load(str(q1.model_path))
+    int8_inits = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert len(int8_inits) == q["num_int8"]
+
+
+def test_bundle_records_quantization(q1):
+    m, r = q1.manifest, q1.report
+    assert m["model"]["precision"] == "int8" and m["recipe"]["quantize"] == "w8a8"
+    q = m["quantization"]
+    assert q["scheme"] == "w8a8" and q["groups"] == 1 and q["num_int8"] > 0
+    whys = {f["layer"]: f["why"] for f in q["float_layers"]}
+    assert whys["model.conv_in"].startswith("first layer")
+    assert whys["model.conv_out"].startswith("last layer")
+    assert whys["model.time_embedding.linear_1"].startswith("timestep")
+    layer = next(l for l in r["quantization"]["layers"] if l["precision"] == "int8" and l["op"] == "Conv")
+    assert layer["input"][0]["scale"] > 0 and 0 <= layer["input"][0]["zero_point"] <= 255
+    assert layer["weight"]["channels"] > 1 and layer["weight"]["scale_min"] > 0
+    v = r["verification"]
+    assert v["precision"] == "int8" and v["max_rel_error"] < v["bound"]
+    traj = r["quantization"]["trajectory"]
+    assert len(traj["per_step"]) == 4 and 0 < traj["max_rel_error"] < 0.5
+
+
+def test_groups_share_one_copy_of_the_weights(q1, q2, tmp_path):
+    groups = q2.scheduler["timestep_groups"]
+    assert groups["step_group"] == [0, 0, 1, 1]
+    assert groups["files"] == ["model/denoiser.g0.onnx", "model/denoiser.g1.onnx"]
+    root = q2.root
+    weights = root / groups["shared_weights"]
+    int8_bytes = sum(int(np.prod(i.dims)) for i in onnx.load(str(q1.model_path)).graph.initializer
+                     if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2)
+    assert int8_bytes <= weights.stat().st_size < 2 * int8_bytes  # once (+ scales and the float layers')
+    for f in groups["files"]:  # each group graph holds no int8 weight bytes of its own
+        proto = onnx.load(str(root / f), load_external_data=False)
+        int8 = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+        assert int8 and all(i.data_location == onnx.TensorProto.EXTERNAL and not i.raw_data for i in int8)
+    # each group has its own activation scales
+    layer = next(l for l in q2.report["quantization"]["layers"] if l["precision"] == "int8" and l["op"] == "Conv")
+    assert len(layer["input"]) == 2 and layer["input"][0]["scale"] != layer["input"][1]["scale"]
+    # in memory: the same arrays go to both sessions, and ONNX Runtime still fuses int8 kernels with them
+    shared = shared_initializers(root / groups["files"][0], weights)
+    int8_shared = [a for a in shared.values() if a.dtype == np.int8 and a.ndim >= 2]
+    assert len(int8_shared) == q2.report["quantization"]["num_int8"]
+    values = {k: ort.OrtValue.ortvalue_from_numpy(a) for k, a in shared.items()}
+    assert _optimized_ops(root / groups["files"][1], tmp_path, initializers=values)["QLinearConv"] > 0
+
+
+def test_runtime_picks_the_group_by_step(q2):
+    setup = SamplingSetup.from_bundle(q2)
+    denoise = bundle_denoiser(q2)
+    assert isinstance(denoise, GroupedDenoiser)
+    ts = setup.plan.model_timesteps
+    assert denoise.group_of(ts).tolist() == [0, 0, 1, 1]
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    cond = np.array([1, 4], np.int64)
+    root = q2.root / "model"
+    alone = [OnnxRuntimeDenoiser(root / f"denoiser.g{g}.onnx") for g in range(2)]
+    for t, g in zip(ts, [0, 0, 1, 1]):
+        tt = np.full(2, t, np.float32)
+        np.testing.assert_array_equal(denoise(x, tt, cond), alone[g](x, tt, cond))
+    # a batch mixing steps of both groups is split by group
+    mixed = denoise(x, np.array([ts[0], ts[-1]], np.float32), cond)
+    np.testing.assert_array_equal(mixed[1], alone[1](x[1:], np.array([ts[-1]], np.float32), cond[1:])[0])
+    images = generate(denoise, setup, n=3, seed=0, labels=np.array([0, 1, 2]))
+    assert images.shape == (3, 1, 8, 8) and np.isfinite(images).all()
+
+
+def test_quantized_close_to_fp32_on_trajectory(q2, spec, calib):
+    ref = torch_denoiser(spec)
+    ours = bundle_denoiser(q2)
+    last = calib.step == 3
+    a = ours(calib.x[last], calib.t[last], calib.cond[last])
+    b = ref(calib.x[last], calib.t[last], calib.cond[last])
+    err = np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert 0 < err < 0.3
+
+
+def test_sensitivity_keeps_the_worst_layers_float(spec, calib, plan, tiny_bundle, tmp_path):
+    path = tmp_path / "model" / "denoiser.onnx"
+    path.parent.mkdir()
+    shutil.copy(tiny_bundle.model_path, path)
+    q = quantize(spec, calib, onnx_path=path, plan=plan,
+                 options=QuantizeOptions(sensitive_float=2, sensitivity_rows=16,
+                                         keep_float=("*attentions.0.to_q",)))
+    rec = q.record
+    ranked = [r["layer"] for r in rec["sensitivity"]]
+    by_sens = [f for f in rec["float_layers"] if f["why"].startswith("sensitivity rank")]
+    assert sorted(f["layer"] for f in by_sens) == sorted(ranked[:2])
+    assert any(f["why"].startswith("kept float by pattern") and f["layer"].endswith("to_q") for f in rec["float_layers"])
+    assert rec["sensitivity"][0]["rel_error"] >= rec["sensitivity"][-1]["rel_error"]
+    assert not (path.parent / "weights.bin").exists() and path.exists()
+
+
+def test_bad_inputs_are_clear_errors(spec, calib, tiny_bundle, tmp_path):
+    path = tmp_path / "denoiser.onnx"
+    shutil.copy(tiny_bundle.model_path, path)
+    other = get_solver("ddim").plan(spec.schedule, 5, spacing="leading")
+    with pytest.raises(EdgediffError, match="timesteps"):
+        quantize(spec, calib, onnx_path=path, plan=other)
+    plan = get_solver("ddim").plan(spec.schedule, 4, spacing="leading")
+    with pytest.raises(EdgediffError, match="matches no quantizable layer"):
+        quantize(spec, calib, onnx_path=path, plan=plan, options=QuantizeOptions(keep_float=("nope*",)))
+    with pytest.raises(EdgediffError, match="at most one group per step"):
+        quantize(spec, calib, onnx_path=path, plan=plan, groups=5)
+    assert path.exists()  # nothing was replaced
+    # a calibration file with NaN, named in the error
+    bad = tmp_path / "bad.npz"
+    calib.save(bad)
+    data = dict(np.load(bad))
+    data["x"][0, 0, 0, 0] = np.nan
+    np.savez(bad, **data)
+    with pytest.raises(EdgediffError, match=r"bad\.npz.*non-finite"):
+        compile_model("tiny_models:tiny_unet", tmp_path / "b", recipe=Recipe(**RECIPE, quantize="w8a8",
+                                                                             calib=str(bad)))
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(quantize="w4"), "not a scheme"),
+    (dict(groups=2), "needs quantize"),
+    (dict(quantize="w8a8", groups=9), "groups must be"),
+    (dict(quantize="w8a8", precision="fp16"), "starts from fp32"),
+    (dict(quantize="w8a8", quant_options={"observer": "bogus"}), "unknown observer"),
+    (dict(quantize="w8a8", quant_options={"nope": 1}), "unknown key"),
+])
+def test_recipe_validation(kwargs, match):
+    with pytest.raises(EdgediffError, match=match):
+        Recipe(**RECIPE, **kwargs)
+
+
+def test_cli_flags_and_calibrate_command():
+    p = build_parser()
+    a = p.parse_args(["compile", "builtin:digits", "-o", "b", "--quantize", "w8a8", "--groups", "3",
+                      "--calib", "c.npz", "--float-layers", "2", "--keep-float", "*conv_in"])
+    assert (a.quantize, a.groups, a.calib, a.float_layers, a.keep_float) == ("w8a8", 3, "c.npz", 2, ["*conv_in"])
+    a = p.parse_args(["calibrate", "builtin:digits", "--steps", "4", "--samples", "8", "-o", "c.npz"])
+    assert a.func.__name__ == "cmd_calibrate" and a.steps == 4
