@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# The [tflite] extra's packages, installed on top: resolved together with the rest, pip
+	# backtracks for over ten minutes (litert-torch pins an older typing-extensions); on top of an
+	# installed environment it takes under a minute. Keep this list equal to the extra in pyproject.toml.
+	$(PY) -m pip install -q 'litert-torch>=0.10' 'ai-edge-litert>=2.3' 'ai-edge-quantizer>=0.10'
 	touch $@
 
 demo: install
