@@ -18,7 +18,8 @@ from pathlib import Path
 from edgediff.runtimes.errors import EdgediffError
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type shared by every `edgediff` subcommand (compiler/cli.py imports it)."""
     try:
         v = int(text)
     except ValueError:
@@ -28,7 +29,7 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _nonneg_int(text: str) -> int:
+def nonneg_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -44,12 +45,12 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     c = subparsers.add_parser("calibrate", help="record calibration data along the deployment sampler's trajectory")
     c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
     c.add_argument("--sampler", default="dpmpp-2m", choices=sorted(SOLVERS))
-    c.add_argument("--steps", type=_positive_int, default=20)
+    c.add_argument("--steps", type=positive_int, default=20)
     c.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     c.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
-    c.add_argument("--samples", type=_positive_int, default=64, help="images (trajectories) to record")
-    c.add_argument("--seed", type=_nonneg_int, default=0)
-    c.add_argument("--batch-size", type=_positive_int, default=64)
+    c.add_argument("--samples", type=positive_int, default=64, help="images (trajectories) to record")
+    c.add_argument("--seed", type=nonneg_int, default=0)
+    c.add_argument("--batch-size", type=positive_int, default=64)
     c.add_argument("-o", "--output", required=True, help="calibration set to write (.npz)")
     c.add_argument("--json", action="store_true", help="print a summary as JSON")
     c.set_defaults(func=cmd_calibrate)

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgediff.calibration.cli import nonneg_int, positive_int
 from edgediff.runtimes.errors import EdgediffError
 
 
@@ -229,26 +230,6 @@ def cmd_zoo_train(a) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     from edgediff.runtimes.samplers import SOLVERS
 
@@ -259,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
     c.add_argument("--target", default="host-cpu", help="device profile (see `edgediff targets`)")
     c.add_argument("--sampler", default="dpmpp-2m", choices=sorted(SOLVERS))
-    c.add_argument("--steps", type=_positive_int, default=20)
+    c.add_argument("--steps", type=positive_int, default=20)
     c.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     c.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
     c.add_argument("--precision", default=None,
@@ -270,15 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
     q = c.add_argument_group("quantization (compiler/quantize.py)")
     q.add_argument("--quantize", default=None, choices=["w8a8"], help="int8 weights and activations")
-    q.add_argument("--groups", type=_positive_int, default=1,
+    q.add_argument("--groups", type=positive_int, default=1,
                    help="timestep groups with their own activation scales (one copy of the int8 weights)")
     q.add_argument("--calib", default=None, metavar="NPZ", help="calibration set from `edgediff calibrate` "
                    "(default: record one along this recipe's trajectory)")
-    q.add_argument("--calib-samples", type=_positive_int, default=32, help="trajectories to record (no --calib)")
-    q.add_argument("--calib-seed", type=_nonneg_int, default=0)
+    q.add_argument("--calib-samples", type=positive_int, default=32, help="trajectories to record (no --calib)")
+    q.add_argument("--calib-seed", type=nonneg_int, default=0)
     q.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="activation range observer")
-    q.add_argument("--float-layers", type=_nonneg_int, default=0, metavar="N",
+    q.add_argument("--float-layers", type=nonneg_int, default=0, metavar="N",
                    help="also keep the N most quantization-sensitive layers in float (mixed precision)")
     q.add_argument("--keep-float", action="append", metavar="GLOB", help="torch layer names to keep float")
     q.add_argument("--no-float-defaults", action="store_true",
@@ -291,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="sample images from a bundle")
     g.add_argument("bundle")
-    g.add_argument("-n", "--num", type=_positive_int, default=16)
-    g.add_argument("--seed", type=_nonneg_int, default=0)
+    g.add_argument("-n", "--num", type=positive_int, default=16)
+    g.add_argument("--seed", type=nonneg_int, default=0)
     g.add_argument("--label", type=int, default=None, help="class label for every image (default: 0,1,2,…)")
     g.add_argument("-o", "--output", required=True, help="image grid (.png, .pgm, .ppm)")
     g.add_argument("--loop", choices=["c", "python"], default="c",
@@ -302,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="fidelity of a bundle against its FP32 reference")
     e.add_argument("bundle")
-    e.add_argument("-n", "--num-samples", type=_positive_int, default=500)
-    e.add_argument("--seed", type=_nonneg_int, default=0)
+    e.add_argument("-n", "--num-samples", type=positive_int, default=500)
+    e.add_argument("--seed", type=nonneg_int, default=0)
     e.add_argument("--json", metavar="PATH", help="write the figures as JSON ('-' for stdout)")
     e.add_argument("--grid", metavar="PNG", help="also write reference (top) vs bundle (bottom) images")
     e.set_defaults(func=cmd_eval)
@@ -321,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     zs = z.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
     zt = zs.add_parser("train", help="retrain a builtin model's committed weights (seeded)")
     zt.add_argument("model", choices=["digits", "classifier"])
-    zt.add_argument("--steps", type=_positive_int, default=None)
-    zt.add_argument("--seed", type=_nonneg_int, default=None)
+    zt.add_argument("--steps", type=positive_int, default=None)
+    zt.add_argument("--seed", type=nonneg_int, default=None)
     zt.add_argument("-o", "--output", default=None, help="weights file (default: the package's own)")
     zt.set_defaults(func=cmd_zoo_train)
     return p
