@@ -15,7 +15,7 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from edgediff.calibration.record import record_trajectories
 from edgediff.runtimes.backends import model_signature, open_denoiser
 from edgediff.runtimes.groups import grouped_denoiser
 from edgediff.runtimes.bundle import Bundle, load_bundle, size_bytes
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.runtimes.errors import EdgediffError, check_known_keys
 from edgediff.runtimes.samplers import get_solver
 from edgediff.targets import TargetProfile, load_target
 
@@ -80,11 +80,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise EdgediffError(f"recipe: unknown key(s) {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join(sorted(known))})")
+        check_known_keys(d, cls, "recipe")
         return cls(**d)
 
 

@@ -26,7 +26,7 @@ with a constant weight are), which is the other literature default.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +41,7 @@ from edgediff.calibration.select import SELECTORS, select
 from edgediff.compiler.quant_onnx import QuantWeight, WeightedNode, insert_qdq, quantize_weight, share_weights, \
     weighted_nodes
 from edgediff.compiler.sources import ModelSpec
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.runtimes.errors import EdgediffError, check_known_keys
 from edgediff.runtimes.samplers.base import Plan
 
 SCHEMES = ("w8a8",)
@@ -76,11 +76,7 @@ class QuantizeOptions:
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantizeOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise EdgediffError(f"quantize options: unknown key(s) {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join(sorted(known))})")
+        check_known_keys(d, cls, "quantize options")
         return cls(**d)
 
 
