@@ -48,3 +48,31 @@ def lower_openvino(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path,
                    record={"openvino": ov.__version__, "compress_to_fp16": precision == "fp16",
                            "static_batch": static_batch, "ir_ops": ops},
                    runtime={"static_batch": static_batch, "inference_precision_hint": HINTS[precision]})
+
+
+def lower_openvino_int8(model: ModelSpec, onnx_file: Path, out_dir: Path, *, static_batch: int | None = None) -> Lowered:
+    """The quantize pass's QDQ ONNX graph as OpenVINO IR: the converter turns each
+    QuantizeLinear/DequantizeLinear pair into a FakeQuantize node, which the CPU plugin runs on
+    its int8 kernels with our scales (no NNCF re-calibration). Replaces `onnx_file`.
+    """
+    ov = require("openvino", "openvino", "openvino")
+    try:
+        m = ov.convert_model(str(onnx_file))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgediffError(f"OpenVINO conversion of the quantized graph {onnx_file.name} failed: {first}") from None
+    if static_batch is not None:
+        m.reshape({p.get_any_name(): [static_batch, *list(p.get_partial_shape())[1:]] for p in m.inputs})
+    path = out_dir / "denoiser.xml"
+    ov.save_model(m, str(path), compress_to_fp16=False)
+    onnx_file.unlink()
+    for extra in out_dir.glob("*.onnx.data"):
+        extra.unlink()
+    counts: dict[str, int] = {}
+    for op in m.get_ops():
+        counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
+    return Lowered(file=path,
+                   record={"openvino": ov.__version__, "from": "quantize pass QDQ ONNX (QDQ -> FakeQuantize)",
+                           "fake_quantize": counts.get("FakeQuantize", 0), "static_batch": static_batch,
+                           "ir_ops": sorted(counts)},
+                   runtime={"static_batch": static_batch, "inference_precision_hint": "f32"})

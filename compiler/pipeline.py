@@ -41,6 +41,7 @@ from edgediff.runtimes.samplers import get_solver
 from edgediff.targets import TargetProfile, load_target
 
 VERSION = "0.1.0"
+QUANTIZED_FORMATS = ("onnx", "openvino")  # where the quantize pass's int8 graph can go
 
 
 @dataclass(frozen=True)
@@ -156,10 +157,15 @@ def lower(s: State) -> dict:
     low = LOWERINGS[fmt]
     precision = s.precision
     if s.recipe.quantize:  # the quantize pass starts from the fp32 ONNX graph
-        if fmt != "onnx":
-            raise EdgediffError(f"target {s.target.name}: --quantize {s.recipe.quantize} writes ONNX (QDQ) only; "
-                                f"the {fmt} format has no int8 path from the quantize pass yet")
+        if fmt not in QUANTIZED_FORMATS:
+            raise EdgediffError(f"target {s.target.name}: --quantize {s.recipe.quantize} writes "
+                                f"{' and '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
+                                "the quantize pass yet")
+        if fmt == "openvino" and s.recipe.groups > 1:
+            raise EdgediffError(f"target {s.target.name}: timestep groups (--groups {s.recipe.groups}) share one "
+                                "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
         precision = "fp32"
+        low = LOWERINGS["onnx"]
     static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
     s.lowered = low(s.model, s.work / "model", precision=precision, ir=s.ir, static_batch=static,
                     weights=s.recipe.weights)
@@ -182,6 +188,15 @@ def quantize_stage(s: State) -> dict | None:
     s.quantized = quantize(s.model, calib, onnx_path=s.model_file, plan=s.plan, scheme=r.quantize,
                            groups=r.groups, options=r.quant_options)
     s.model_file = s.quantized.files[0]
+    if s.target.format == "openvino":  # our scales, as FakeQuantize in the IR
+        from edgediff.compiler.lower_openvino import lower_openvino_int8
+
+        s.lowered = lower_openvino_int8(s.model, s.model_file, s.model_file.parent,
+                                        static_batch=s.lowered.runtime.get("static_batch"))
+        s.model_file = s.lowered.file
+        s.quantized.files[0] = s.model_file
+        s.quantized.record["files"] = [s.model_file.name]
+        s.quantized.record["openvino"] = s.lowered.record
     return s.quantized.record
 
 
@@ -190,7 +205,8 @@ def check(s: State) -> dict:
     if not runnable_here(fmt):  # e.g. Core ML off macOS: the lowering's structural check
         return s.lowered.record.get("structural") or {"numerics": f"not run: no {fmt} backend on this host"}
     if s.quantized is not None:
-        denoise = grouped_denoiser(s.work, _groups_entry(s), s.plan.model_timesteps, model_file=s.model_file)
+        denoise = grouped_denoiser(s.work, _groups_entry(s), s.plan.model_timesteps, model_file=s.model_file,
+                                   fmt=fmt)
         record = verify(s.model, denoise, precision="w8a8", label=getattr(denoise, "label", "ONNX Runtime"))
     else:
         denoise = open_denoiser(s.model_file, fmt)
