@@ -3,7 +3,12 @@
     scheduler.json "timestep_groups": {"files": [g0.onnx, g1.onnx, ...],
                                        "step_group": [group of plan step 0, 1, ...],
                                        "shared_weights": "model/weights.bin"}
+    denoise(x, t, cond, step=StepCall(i, group, cached)) ──group──► that group's session
     denoise(x, t, cond) ──t──► nearest plan step ──step_group──► that group's session
+
+The sampling loops (Python and C) pass the step's group from scheduler.json (steps.StepTable),
+the same number the C runtime gives its own backends (edd_denoise_args.group); without it
+(a caller outside the loops) the group is that of the nearest plan timestep.
 
 The group graphs reference the int8 weights in weights.bin as ONNX external data. The file is
 read once; its tensors are handed to every group's ONNX Runtime session as the same
@@ -46,7 +51,9 @@ def shared_initializers(model_file: Path, shared: Path) -> dict[str, np.ndarray]
 
 
 class GroupedDenoiser:
-    """Runs, for each call, the graph of the timestep group that serves the call's timestep."""
+    """Runs, for each call, the graph of the timestep group that serves the call's step."""
+
+    takes_step = True  # the loops pass step=StepCall(i, group, cached) (runner.generate)
 
     def __init__(self, root: Path, groups: dict, plan_timesteps, *, fmt: str = "onnx", threads: int = 0):
         try:
@@ -69,7 +76,13 @@ class GroupedDenoiser:
         nearest = np.abs(t[:, None] - self.timesteps[None, :]).argmin(axis=1)
         return self.step_group[nearest]
 
-    def __call__(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None, *, step=None) -> np.ndarray:
+        if step is not None:  # (index, group, cached): the loop's table; `cached` is not used (no feature cache)
+            group = int(step[1])
+            if not 0 <= group < len(self.models):
+                raise EdgediffError(f"step {step[0]}: group {group} out of range (this bundle has "
+                                    f"{len(self.models)} groups)")
+            return self.models[group](x, t, cond)
         g = self.group_of(t)
         if (g == g[0]).all():
             return self.models[int(g[0])](x, t, cond)

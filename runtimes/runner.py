@@ -9,6 +9,11 @@ back in Python); loop="python" runs sampling.sample, the reference the C code mi
 the oracle of the tests. Both draw the same noise bit for bit and agree to 1e-5.
 Image k of a run always uses noise stream k, so the same seed gives the same images in
 any batch size, and the bundle and the reference see identical noise.
+
+Per-step hints (scheduler.json timestep_groups / cache_schedule, runtimes/steps.py) go to a
+denoiser that declares `takes_step = True` (GroupedDenoiser) as denoise(x, t, cond,
+step=StepCall(i, group, cached)), from either loop; other denoisers (the PyTorch reference)
+are called as before and run the full model at every step.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from edgediff.runtimes.errors import EdgediffError
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.samplers.base import Plan
 from edgediff.runtimes.sampling import sample
+from edgediff.runtimes.steps import StepCall, StepTable
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class SamplingSetup:
     guidance: float
     conditioning: dict  # {"kind", "num_classes", "null_label", "shape"}
     sample_shape: tuple[int, ...]
+    steps: StepTable | None = None  # timestep groups / cache schedule of the plan's steps
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "SamplingSetup":
@@ -43,8 +50,9 @@ class SamplingSetup:
             guidance = float(sched["guidance_scale"])
         except KeyError as e:
             raise EdgediffError(f"{bundle.root / 'scheduler.json'}: missing field {e.args[0]!r}") from None
+        steps = StepTable.from_scheduler(sched, len(plan.model_timesteps), where=str(bundle.root / "scheduler.json"))
         return cls(plan=plan, guidance=guidance, conditioning=bundle.conditioning,
-                   sample_shape=bundle.sample_shape)
+                   sample_shape=bundle.sample_shape, steps=steps)
 
 
 def default_labels(setup: SamplingSetup, n: int, label: int | None = None) -> np.ndarray | None:
@@ -65,15 +73,27 @@ Loop = Literal["c", "python"]
 LOOPS = ("c", "python")
 
 
-def _c_sample(denoise, plan, noise, *, labels, guidance, null_label, sample_shape, callback):
+def _c_sample(denoise, plan, noise, *, labels, guidance, null_label, sample_shape, callback, steps=None):
     """sampling.sample's signature over the C loop."""
     try:
         from edgediff.runtimes import _cruntime
     except ImportError as e:  # built by `pip install` (setup.py); never a silent fallback
         raise EdgediffError(f"the C runtime extension is not built ({e}); reinstall edgediff or use loop='python'") \
             from None
+    tables = {}
+    if steps is not None:
+        if steps.num_steps != len(plan.model_timesteps):
+            raise EdgediffError(f"the step table has {steps.num_steps} entries but the plan has "
+                                f"{len(plan.model_timesteps)} steps")
+        inner = denoise
+
+        def denoise(x, t, cond, step):  # noqa: F811 - the C loop passes a plain tuple
+            return inner(x, t, cond, step=StepCall(*step))
+
+        tables = dict(step_group=steps.groups, num_groups=steps.num_groups,
+                      cache_flags=None if steps.cached is None else [int(c) for c in steps.cached])
     return _cruntime.sample(plan, denoise, noise.seed, noise.streams, labels=labels, guidance=guidance,
-                            null_label=null_label, sample_shape=sample_shape, callback=callback)
+                            null_label=null_label, sample_shape=sample_shape, callback=callback, **tables)
 
 
 def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.ndarray | None = None,
@@ -88,19 +108,20 @@ def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.nda
     if loop not in LOOPS:
         raise EdgediffError(f"unknown sampling loop {loop!r}; choose one of {', '.join(LOOPS)}")
     run = _c_sample if loop == "c" else sample
+    steps = setup.steps if getattr(denoise, "takes_step", False) else None
     c = setup.conditioning
     if c["kind"] == "embedding":  # no text encoder here: the null (all-zero) condition
         shape = tuple(c["shape"])
         inner = denoise
 
-        def denoise(x, t, cond):  # noqa: F811 - wraps the outer denoiser
-            return inner(x, t, np.zeros((x.shape[0], *shape), np.float32))
+        def denoise(x, t, cond, **step):  # noqa: F811 - wraps the outer denoiser
+            return inner(x, t, np.zeros((x.shape[0], *shape), np.float32), **step)
 
     if on_call is not None:
         inner_call = denoise
 
-        def denoise(x, t, cond):  # noqa: F811
-            eps = inner_call(x, t, cond)
+        def denoise(x, t, cond, **step):  # noqa: F811
+            eps = inner_call(x, t, cond, **step)
             on_call(x, t, cond, eps)
             return eps
 
@@ -112,7 +133,7 @@ def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.nda
         batch_labels = None if labels is None else labels[start:stop]
         cb = (lambda i, t, x, eps, _k=stop - start: progress(_k)) if progress else None
         x = run(denoise, setup.plan, noise, labels=batch_labels, guidance=guidance,
-                null_label=c.get("null_label"), sample_shape=setup.sample_shape, callback=cb)
+                null_label=c.get("null_label"), sample_shape=setup.sample_shape, callback=cb, steps=steps)
         out.append(x)
     images = np.concatenate(out).astype(np.float32)
     if not np.isfinite(images).all():

@@ -9,6 +9,10 @@ classifier-free guidance is on)::
         eps  = denoise(x_in, t, labels)                        # or the guided mix below
         x, carry = solver.step(plan, i, x, eps, carry, noise.draw(i + 1) if needed)
 
+With a StepTable (runtimes/steps.py: the bundle's timestep groups and cache schedule) the
+denoiser is called as ``denoise(x_in, t, labels, step=StepCall(i, group, cached))``, as the C
+loop calls a table-aware Python denoiser.
+
 Guidance: the conditional and unconditional halves go through the denoiser as one batch
 of 2B, conditional first: ``eps = eps_u + guidance * (eps_c - eps_u)`` (float32).
 """
@@ -22,18 +26,19 @@ import numpy as np
 from edgediff.runtimes.errors import EdgediffError
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.samplers import Plan, get_solver
+from edgediff.runtimes.steps import StepTable
 
 Denoiser = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 def sample(denoise: Denoiser, plan: Plan, noise: NoiseSource, *, labels: np.ndarray | None = None,
            guidance: float = 1.0, null_label: int | None = None, sample_shape: tuple,
-           callback: Callable | None = None) -> np.ndarray:
+           callback: Callable | None = None, steps: StepTable | None = None) -> np.ndarray:
     """Run ``plan`` for a batch of len(noise.streams) images of ``sample_shape`` (C, H, W).
 
     denoise(x float32 (B, C, H, W), t float32 (B,), labels int64 (B,) or None) -> float32
     like x.  callback(i, t, x_in, eps), if given, sees every step's model input and
-    (guided) output.
+    (guided) output. steps, if given, is passed to denoise per call as step=steps.call(i).
     """
     solver = get_solver(plan.solver)
     batch = len(noise.streams)
@@ -47,18 +52,22 @@ def sample(denoise: Denoiser, plan: Plan, noise: NoiseSource, *, labels: np.ndar
     if guided:
         labels2 = np.concatenate([labels, np.full(batch, null_label, dtype=np.int64)])
     g = np.float32(guidance)
+    if steps is not None and steps.num_steps != len(plan.model_timesteps):
+        raise EdgediffError(f"the step table has {steps.num_steps} entries but the plan has "
+                            f"{len(plan.model_timesteps)} steps")
 
     x = solver.init_latent(plan, noise.draw(0, tuple(sample_shape)))
     carry = None
     for i, t in enumerate(plan.model_timesteps):
         x_in = solver.model_input(plan, i, x)
+        kw = {} if steps is None else {"step": steps.call(i)}
         if guided:
-            out = np.asarray(denoise(np.concatenate([x_in, x_in]), np.full(2 * batch, t, np.float32), labels2),
+            out = np.asarray(denoise(np.concatenate([x_in, x_in]), np.full(2 * batch, t, np.float32), labels2, **kw),
                              dtype=np.float32)
             eps_c, eps_u = out[:batch], out[batch:]
             eps = eps_u + g * (eps_c - eps_u)
         else:
-            eps = np.asarray(denoise(x_in, np.full(batch, t, np.float32), labels), dtype=np.float32)
+            eps = np.asarray(denoise(x_in, np.full(batch, t, np.float32), labels, **kw), dtype=np.float32)
         if callback is not None:
             callback(i, t, x_in, eps)
         z = noise.draw(i + 1, tuple(sample_shape)) if solver.uses_noise(plan, i) else None

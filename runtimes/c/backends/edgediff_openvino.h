@@ -17,7 +17,21 @@
  * this runtime has no text encoder). Output 0 is the model output, written straight into
  * the runtime's buffer (no copy).
  *
- * One edd_ov per thread: its infer request is not shared. Errors: every call returns an
+ * Signature check: before compiling, each graph's inputs and outputs are compared with
+ * manifest.json model.inputs / model.outputs by position: the name, the element type (dtype)
+ * and every fixed size (a dimension dynamic on either side, such as "batch", matches any).
+ * A mismatch is EDD_ERR_BAD_BUNDLE with a message naming the tensor ("DIR/model/denoiser.onnx:
+ * input 'sample' has shape [?,1,8,8] in the model, manifest.json model.inputs[0].shape says
+ * [?,1,16,16]"), instead of a shape error at the first step.
+ *
+ * Timestep groups: for a bundle with scheduler.json timestep_groups (info->num_groups > 0) one
+ * graph is read and compiled per group file (ONNX files whose int8 weights sit in the shared
+ * weights file as external data; OpenVINO reads that file once per group, so the weights are
+ * held once per group in memory), and each call runs the graph of edd_denoise_args.group.
+ * edd_denoise_args.cached is ignored: this backend keeps no feature cache and runs the full
+ * model at every step.
+ *
+ * One edd_ov per thread: its infer requests are not shared. Errors: every call returns an
  * edd_status; the create function fills err, and edd_ov_error() gives the text of the last
  * failed denoise (OpenVINO's own message included).
  */
@@ -46,10 +60,14 @@ typedef struct edd_ov_params {
 
 edd_ov_params edd_ov_default_params(void);
 
-/* Read info->model_path, compile it for params->device, create one infer request. */
+/* Read info->model_path (or, with timestep groups, every info->group_paths[g]), check each
+ * against the manifest's signature, compile it for params->device, create its infer request. */
 edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *params, edd_ov **out, char *err,
                          size_t err_size);
 void edd_ov_free(edd_ov *ov);   /* NULL is a no-op */
+
+/* Graphs compiled: info->num_groups, or 1 without groups. */
+size_t edd_ov_num_graphs(const edd_ov *ov);
 
 /* The backend table for edd_context_create: {edd_ov_denoise, ov}. */
 edd_backend edd_ov_backend(edd_ov *ov);

@@ -1,8 +1,11 @@
 /* openvino.c — the OpenVINO backend (edgediff_openvino.h) over OpenVINO's C API.
  *
- * Per call: wrap the runtime's buffers as ov tensors (no copies; rebuilt only when a
- * buffer address or the row count changes, which in edd_context_sample is never after the
- * first step), infer, done. The output tensor is the runtime's eps buffer itself.
+ * At create: read each graph (the model file, or one per timestep group), check its inputs
+ * and outputs against manifest.json (names, element types, shapes), reshape, compile.
+ * Per call: pick the graph of args->group, wrap the runtime's buffers as ov tensors (no
+ * copies; rebuilt only when a buffer address or the row count changes, which in
+ * edd_context_sample is never after a graph's first step), infer, done. The output tensor is
+ * the runtime's eps buffer itself. args->cached is not used: every step runs the full model.
  */
 #include "edgediff_openvino.h"
 
@@ -15,11 +18,22 @@
 
 #define MAX_IN 3
 
-struct edd_ov {
-    ov_core_t *core;
+/* one compiled graph: the bundle's model, or one timestep group's */
+typedef struct ov_graph {
     ov_model_t *model;
     ov_compiled_model_t *compiled;
     ov_infer_request_t *request;
+    /* the tensors bound now, and what they wrap */
+    ov_tensor_t *in[MAX_IN], *out;
+    const void *bound_x, *bound_t, *bound_c;
+    void *bound_eps;
+    size_t bound_rows;
+} ov_graph;
+
+struct edd_ov {
+    ov_core_t *core;
+    ov_graph *graphs;             /* num_graphs: one per timestep group, or the one model */
+    size_t num_graphs;
     size_t num_inputs;            /* 2 or 3 */
     edd_conditioning conditioning;
     size_t cond_size;             /* embedding: floats per row */
@@ -28,11 +42,6 @@ struct edd_ov {
     float *zeros;                 /* embedding: rows * cond_size zeros */
     size_t zeros_rows;
     size_t static_batch;
-    /* the tensors bound now, and what they wrap */
-    ov_tensor_t *in[MAX_IN], *out;
-    const void *bound_x, *bound_t, *bound_c;
-    void *bound_eps;
-    size_t bound_rows;
     char error[512];
 };
 
@@ -90,32 +99,155 @@ edd_ov_params edd_ov_default_params(void) {
     return p;
 }
 
-static void unbind(edd_ov *ov) {
+static void unbind(ov_graph *g) {
     size_t k;
     for (k = 0; k < MAX_IN; k++) {
-        if (ov->in[k]) ov_tensor_free(ov->in[k]);
-        ov->in[k] = NULL;
+        if (g->in[k]) ov_tensor_free(g->in[k]);
+        g->in[k] = NULL;
     }
-    if (ov->out) ov_tensor_free(ov->out);
-    ov->out = NULL;
-    ov->bound_x = ov->bound_t = ov->bound_c = NULL;
-    ov->bound_eps = NULL;
-    ov->bound_rows = 0;
+    if (g->out) ov_tensor_free(g->out);
+    g->out = NULL;
+    g->bound_x = g->bound_t = g->bound_c = NULL;
+    g->bound_eps = NULL;
+    g->bound_rows = 0;
 }
 
 void edd_ov_free(edd_ov *ov) {
+    size_t k;
     if (!ov) return;
-    unbind(ov);
-    if (ov->request) ov_infer_request_free(ov->request);
-    if (ov->compiled) ov_compiled_model_free(ov->compiled);
-    if (ov->model) ov_model_free(ov->model);
+    for (k = 0; k < ov->num_graphs; k++) {
+        ov_graph *g = &ov->graphs[k];
+        unbind(g);
+        if (g->request) ov_infer_request_free(g->request);
+        if (g->compiled) ov_compiled_model_free(g->compiled);
+        if (g->model) ov_model_free(g->model);
+    }
+    free(ov->graphs);
     if (ov->core) ov_core_free(ov->core);
     free(ov->zeros);
     free(ov);
 }
 
+/* ---- the signature check: the model's inputs / outputs against manifest.json ---- */
+
+static const char *type_name(ov_element_type_e t) {
+    switch (t) {
+    case F32: return "float32";
+    case F16: return "float16";
+    case BF16: return "bfloat16";
+    case F64: return "float64";
+    case I64: return "int64";
+    case I32: return "int32";
+    case I8: return "int8";
+    case U8: return "uint8";
+    case BOOLEAN: return "bool";
+    default: return "another type";
+    }
+}
+
+/* "[?,1,8,8]" (? = dynamic) */
+static void shape_text(const ov_partial_shape_t *ps, char *buf, size_t size) {
+    size_t used = 0;
+    int64_t d;
+    buf[0] = '\0';
+    if (ov_rank_is_dynamic(ps->rank)) {
+        snprintf(buf, size, "(dynamic rank)");
+        return;
+    }
+    for (d = 0; d < ps->rank.max && used + 1 < size; d++) {
+        const ov_dimension_t *dim = &ps->dims[d];
+        int n = ov_dimension_is_dynamic(*dim)
+                    ? snprintf(buf + used, size - used, "%s?", d ? "," : "[")
+                    : snprintf(buf + used, size - used, "%s%lld", d ? "," : "[", (long long)dim->max);
+        if (n < 0) return;
+        used += (size_t)n;
+    }
+    if (used + 1 < size) snprintf(buf + used, size - used, "%s]", ps->rank.max ? "" : "[");
+}
+
+static void manifest_shape_text(const edd_tensor_info *t, char *buf, size_t size) {
+    size_t used = 0, d;
+    buf[0] = '\0';
+    for (d = 0; d < t->ndim && used + 1 < size; d++) {
+        int n = t->shape[d] < 0 ? snprintf(buf + used, size - used, "%s?", d ? "," : "[")
+                                : snprintf(buf + used, size - used, "%s%lld", d ? "," : "[", (long long)t->shape[d]);
+        if (n < 0) return;
+        used += (size_t)n;
+    }
+    if (used + 1 < size) snprintf(buf + used, size - used, "%s]", t->ndim ? "" : "[");
+}
+
+/* one port against its manifest entry: 0, or 1 with err naming the tensor */
+static int check_port(const ov_output_const_port_t *port, const char *path, const char *kind, size_t k,
+                      const edd_tensor_info *want, char *err, size_t err_size) {
+    char *name = NULL, have_shape[160], want_shape[160];
+    ov_element_type_e type;
+    ov_partial_shape_t ps;
+    int64_t d;
+    int bad = 0;
+    if (ov_port_get_any_name(port, &name) != OK)
+        return ov_fail(err, err_size, "%s: cannot read the name of model %s %lu", path, kind, (unsigned long)k);
+    if (strcmp(name, want->name) != 0) {
+        say(err, err_size, "%s: model %s %lu is named '%.64s', manifest.json model.%ss[%lu] says '%s'", path, kind,
+            (unsigned long)k, name, kind, (unsigned long)k, want->name);
+        ov_free(name);
+        return 1;
+    }
+    ov_free(name);
+    if (ov_port_get_element_type(port, &type) != OK)
+        return ov_fail(err, err_size, "%s: cannot read the element type of %s '%s'", path, kind, want->name);
+    if (strcmp(type_name(type), want->dtype) != 0)
+        return say(err, err_size, "%s: %s '%s' has element type %s in the model, manifest.json model.%ss[%lu].dtype "
+                   "says %s", path, kind, want->name, type_name(type), kind, (unsigned long)k, want->dtype);
+    if (ov_port_get_partial_shape(port, &ps) != OK)
+        return ov_fail(err, err_size, "%s: cannot read the shape of %s '%s'", path, kind, want->name);
+    if (!ov_rank_is_dynamic(ps.rank)) {
+        bad = ps.rank.max != (int64_t)want->ndim;
+        /* a fixed size in both that differs; a dynamic size on either side is compatible */
+        for (d = 0; !bad && d < ps.rank.max; d++)
+            bad = want->shape[d] >= 1 && !ov_dimension_is_dynamic(ps.dims[d]) && ps.dims[d].max != want->shape[d];
+    }
+    if (bad) {
+        shape_text(&ps, have_shape, sizeof have_shape);
+        manifest_shape_text(want, want_shape, sizeof want_shape);
+        say(err, err_size, "%s: %s '%s' has shape %s in the model, manifest.json model.%ss[%lu].shape says %s", path,
+            kind, want->name, have_shape, kind, (unsigned long)k, want_shape);
+    }
+    ov_partial_shape_free(&ps);
+    return bad;
+}
+
+/* the model read from `path` takes and gives what manifest.json says (names, dtypes, shapes) */
+static int check_signature(const ov_model_t *model, const edd_bundle_info *info, const char *path, char *err,
+                           size_t err_size) {
+    size_t n_in = 0, n_out = 0, k;
+    if (ov_model_inputs_size(model, &n_in) != OK || ov_model_outputs_size(model, &n_out) != OK)
+        return ov_fail(err, err_size, "%s: cannot read the model's inputs and outputs", path);
+    if (n_in != info->num_inputs)
+        return say(err, err_size, "%s: the model has %lu inputs, manifest.json model.inputs lists %lu", path,
+                   (unsigned long)n_in, (unsigned long)info->num_inputs);
+    if (n_out != info->num_outputs)
+        return say(err, err_size, "%s: the model has %lu outputs, manifest.json model.outputs lists %lu", path,
+                   (unsigned long)n_out, (unsigned long)info->num_outputs);
+    for (k = 0; k < n_in + n_out; k++) {
+        int is_in = k < n_in, rc;
+        size_t i = is_in ? k : k - n_in;
+        ov_output_const_port_t *port = NULL;
+        if ((is_in ? ov_model_const_input_by_index(model, i, &port) : ov_model_const_output_by_index(model, i, &port)) !=
+            OK)
+            return ov_fail(err, err_size, "%s: cannot read model %s %lu", path, is_in ? "input" : "output",
+                           (unsigned long)i);
+        rc = check_port(port, path, is_in ? "input" : "output", i, is_in ? &info->inputs[i] : &info->outputs[i], err,
+                        err_size);
+        ov_output_const_port_free(port);
+        if (rc) return 1;
+    }
+    return 0;
+}
+
 /* reshape every input to static_batch rows (the manifest's shapes, batch replaced) */
-static int reshape(edd_ov *ov, const edd_bundle_info *info, char *err, size_t err_size) {
+static int reshape(edd_ov *ov, ov_model_t *model, const edd_bundle_info *info, const char *path, char *err,
+                   size_t err_size) {
     ov_partial_shape_t shapes[MAX_IN];
     size_t idx[MAX_IN], k, d;
     ov_status_e st;
@@ -133,11 +265,11 @@ static int reshape(edd_ov *ov, const edd_bundle_info *info, char *err, size_t er
             size_t j;
             for (j = 0; j < k; j++) ov_partial_shape_free(&shapes[j]);
             return say(err, err_size, "%s: cannot make input %s static (manifest shape has a dynamic dimension "
-                        "besides the batch)", info->model_path, t->name);
+                        "besides the batch)", path, t->name);
         }
     }
-    st = ov_model_reshape_by_port_indexes(ov->model, idx, shapes, ov->num_inputs);
-    if (st != OK) rc = ov_fail(err, err_size, "%s: cannot reshape the model to batch %lu", info->model_path,
+    st = ov_model_reshape_by_port_indexes(model, idx, shapes, ov->num_inputs);
+    if (st != OK) rc = ov_fail(err, err_size, "%s: cannot reshape the model to batch %lu", path,
                             (unsigned long)ov->static_batch);
     for (k = 0; k < ov->num_inputs; k++) ov_partial_shape_free(&shapes[k]);
     return rc;
@@ -157,7 +289,7 @@ edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *param
         return EDD_ERR_INVALID_ARGUMENT;
     }
     *out = NULL;
-    if (!info || !info->model_path) {
+    if (!info || !info->model_path || (info->num_groups && !info->group_paths)) {
         say(err, err_size, "edd_ov_create: no model path (load the bundle with edd_bundle_load)");
         return EDD_ERR_INVALID_ARGUMENT;
     }
@@ -190,15 +322,6 @@ edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *param
         edd_ov_free(ov);
         return EDD_ERR_BACKEND;
     }
-    if (ov_core_read_model(ov->core, info->model_path, NULL, &ov->model) != OK) {
-        ov_fail(err, err_size, "%s: OpenVINO cannot read the model", info->model_path);
-        edd_ov_free(ov);
-        return EDD_ERR_BACKEND;
-    }
-    if (p.static_batch && reshape(ov, info, err, err_size)) {
-        edd_ov_free(ov);
-        return EDD_ERR_BACKEND;
-    }
     if (p.precision) {
         props[nprops++] = ov_property_key_hint_inference_precision;
         props[nprops++] = p.precision;
@@ -213,21 +336,47 @@ edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *param
         props[nprops++] = threads;
     }
     for (k = nprops; k < 6; k++) props[k] = NULL;
-    st = ov_core_compile_model(ov->core, ov->model, p.device ? p.device : "CPU", nprops, &ov->compiled, props[0],
-                               props[1], props[2], props[3], props[4], props[5]);
-    if (st != OK) {
-        ov_fail(err, err_size, "%s: OpenVINO cannot compile the model for %s", info->model_path, p.device ? p.device : "CPU");
+    /* one graph per timestep group (scheduler.json timestep_groups), else the model file */
+    ov->graphs = (ov_graph *)calloc(info->num_groups ? info->num_groups : 1, sizeof *ov->graphs);
+    if (!ov->graphs) {
         edd_ov_free(ov);
-        return EDD_ERR_BACKEND;
+        return EDD_ERR_OUT_OF_MEMORY;
     }
-    if (ov_compiled_model_create_infer_request(ov->compiled, &ov->request) != OK) {
-        ov_fail(err, err_size, "%s: OpenVINO cannot create an infer request", info->model_path);
-        edd_ov_free(ov);
-        return EDD_ERR_BACKEND;
+    for (k = 0; k < (info->num_groups ? info->num_groups : 1); k++) {
+        const char *path = info->num_groups ? info->group_paths[k] : info->model_path;
+        ov_graph *g = &ov->graphs[k];
+        ov->num_graphs = k + 1;
+        if (ov_core_read_model(ov->core, path, NULL, &g->model) != OK) {
+            ov_fail(err, err_size, "%s: OpenVINO cannot read the model", path);
+            edd_ov_free(ov);
+            return EDD_ERR_BACKEND;
+        }
+        if (check_signature(g->model, info, path, err, err_size)) {
+            edd_ov_free(ov);
+            return EDD_ERR_BAD_BUNDLE;
+        }
+        if (p.static_batch && reshape(ov, g->model, info, path, err, err_size)) {
+            edd_ov_free(ov);
+            return EDD_ERR_BACKEND;
+        }
+        st = ov_core_compile_model(ov->core, g->model, p.device ? p.device : "CPU", nprops, &g->compiled, props[0],
+                                   props[1], props[2], props[3], props[4], props[5]);
+        if (st != OK) {
+            ov_fail(err, err_size, "%s: OpenVINO cannot compile the model for %s", path, p.device ? p.device : "CPU");
+            edd_ov_free(ov);
+            return EDD_ERR_BACKEND;
+        }
+        if (ov_compiled_model_create_infer_request(g->compiled, &g->request) != OK) {
+            ov_fail(err, err_size, "%s: OpenVINO cannot create an infer request", path);
+            edd_ov_free(ov);
+            return EDD_ERR_BACKEND;
+        }
     }
     *out = ov;
     return EDD_OK;
 }
+
+size_t edd_ov_num_graphs(const edd_ov *ov) { return ov ? ov->num_graphs : 0; }
 
 edd_backend edd_ov_backend(edd_ov *ov) {
     edd_backend b;
@@ -262,7 +411,7 @@ static int wrap(edd_ov *ov, ov_element_type_e type, size_t ndim, const int64_t *
 }
 
 /* (re)bind the tensors when a buffer or the row count changed */
-static int bind(edd_ov *ov, const edd_denoise_args *a) {
+static int bind(edd_ov *ov, ov_graph *g, const edd_denoise_args *a) {
     int64_t dims[EDD_MAX_NDIM + 1];
     const void *cond = NULL;
     size_t k, rows = a->batch;
@@ -281,38 +430,39 @@ static int bind(edd_ov *ov, const edd_denoise_args *a) {
             cond = a->labels;
         }
     }
-    if (ov->bound_rows == rows && ov->bound_x == a->x && ov->bound_t == a->t && ov->bound_c == cond &&
-        ov->bound_eps == a->eps)
+    if (g->bound_rows == rows && g->bound_x == a->x && g->bound_t == a->t && g->bound_c == cond &&
+        g->bound_eps == a->eps)
         return 0;
-    unbind(ov);
+    unbind(g);
     dims[0] = (int64_t)rows;
     for (k = 0; k < a->sample_ndim; k++) dims[k + 1] = a->sample_shape[k];
-    if (wrap(ov, F32, a->sample_ndim + 1, dims, a->x, &ov->in[0]) || wrap(ov, F32, 1, dims, a->t, &ov->in[1]) ||
-        wrap(ov, F32, a->sample_ndim + 1, dims, a->eps, &ov->out))
+    if (wrap(ov, F32, a->sample_ndim + 1, dims, a->x, &g->in[0]) || wrap(ov, F32, 1, dims, a->t, &g->in[1]) ||
+        wrap(ov, F32, a->sample_ndim + 1, dims, a->eps, &g->out))
         return 1;
     if (ov->num_inputs == 3) {
         if (ov->conditioning == EDD_COND_EMBEDDING) {
             for (k = 0; k < ov->cond_ndim; k++) dims[k + 1] = ov->cond_shape[k];
-            if (wrap(ov, F32, ov->cond_ndim + 1, dims, cond, &ov->in[2])) return 1;
-        } else if (wrap(ov, I64, 1, dims, cond, &ov->in[2])) {
+            if (wrap(ov, F32, ov->cond_ndim + 1, dims, cond, &g->in[2])) return 1;
+        } else if (wrap(ov, I64, 1, dims, cond, &g->in[2])) {
             return 1;
         }
     }
     for (k = 0; k < ov->num_inputs; k++)
-        if (ov_infer_request_set_input_tensor_by_index(ov->request, k, ov->in[k]) != OK)
+        if (ov_infer_request_set_input_tensor_by_index(g->request, k, g->in[k]) != OK)
             return ov_fail(ov->error, sizeof ov->error, "OpenVINO: cannot set input %lu", (unsigned long)k);
-    if (ov_infer_request_set_output_tensor_by_index(ov->request, 0, ov->out) != OK)
+    if (ov_infer_request_set_output_tensor_by_index(g->request, 0, g->out) != OK)
         return ov_fail(ov->error, sizeof ov->error, "OpenVINO: cannot set the output");
-    ov->bound_rows = rows;
-    ov->bound_x = a->x;
-    ov->bound_t = a->t;
-    ov->bound_c = cond;
-    ov->bound_eps = a->eps;
+    g->bound_rows = rows;
+    g->bound_x = a->x;
+    g->bound_t = a->t;
+    g->bound_c = cond;
+    g->bound_eps = a->eps;
     return 0;
 }
 
 int edd_ov_denoise(void *user, const edd_denoise_args *args) {
     edd_ov *ov = (edd_ov *)user;
+    ov_graph *g;
     if (!ov || !args) return 1;
     ov->error[0] = '\0';
     if (ov->static_batch && args->batch != ov->static_batch) {
@@ -320,11 +470,17 @@ int edd_ov_denoise(void *user, const edd_denoise_args *args) {
                  (unsigned long)ov->static_batch, (unsigned long)args->batch);
         return 2;
     }
-    if (bind(ov, args)) {
-        unbind(ov);
+    if (args->group >= ov->num_graphs) {
+        snprintf(ov->error, sizeof ov->error, "step %lu is served by timestep group %lu, but the backend has %lu graph(s)",
+                 (unsigned long)args->step, (unsigned long)args->group, (unsigned long)ov->num_graphs);
+        return 5;
+    }
+    g = &ov->graphs[args->group];
+    if (bind(ov, g, args)) {
+        unbind(g);
         return 3;
     }
-    if (ov_infer_request_infer(ov->request) != OK) {
+    if (ov_infer_request_infer(g->request) != OK) {
         ov_fail(ov->error, sizeof ov->error, "OpenVINO inference failed at step %lu", (unsigned long)args->step);
         return 4;
     }

@@ -26,9 +26,23 @@
  *       "params": { ... }                            -> desc.params (key, value) pairs; the
  *     },                                                keys each solver takes are below
  *     "guidance_scale":  2.0,        -> edd_params.guidance (1.0 = no guidance)
- *     "timestep_groups": null,       reserved (per-step activation-scale groups); the backend
- *                                    gets the step index, which is what a group table needs
- *     "cache_schedule":  null        reserved (feature caching); not consumed yet
+ *     "timestep_groups": null or {   quantized bundles: one graph per group of steps
+ *         "files": ["model/denoiser.g0.onnx", ...],  -> info.group_files (1..EDD_MAX_GROUPS
+ *                                                       relative paths, each listed under
+ *                                                       manifest.json "files")
+ *         "step_group": [0, 0, 1, 1],                -> info.step_group -> edd_params.step_group
+ *                                                       (one group index per plan step, each
+ *                                                       < len(files)) -> edd_denoise_args.group
+ *         "shared_weights": "model/weights.bin"      -> info.shared_weights (the int8 weights
+ *     },                                                the group graphs share; may be null)
+ *     "cache_schedule": null or      feature caching (DeepCache-style), exactly one of:
+ *         {"interval": N}            N >= 1: step i runs the full model when i % N == 0 and may
+ *                                    reuse the cached deep features otherwise (N = 1: never)
+ *         {"steps": ["full", "cached", ...]}   one entry per plan step; steps[0] is "full"
+ *                                    -> info.cache_flags -> edd_params.cache_flags
+ *                                    -> edd_denoise_args.cached (1 = "cached"). The backend
+ *                                    decides what to do with it: the bundled backends and the
+ *                                    Python reference run the full model at every step.
  *   }
  *
  * plan.params, per solver (n = number of steps; every key is required, no others allowed):
@@ -57,8 +71,10 @@
  * parameter, and (float)timesteps[i] otherwise.
  *
  * scheduler.json's "spacing" goes to edd_bundle_info.spacing (what edd_plan_with_steps
- * replans with); its other keys ("solver", "timestep_groups", "cache_schedule") are not read. edd_bundle_load reads both files (edd_plan_create stays for plans built in code)
- * and takes from manifest.json (-> edd_bundle_info):
+ * replans with); "solver" is not read. timestep_groups and cache_schedule are made for the
+ * plan's own steps: edd_context_create refuses their tables for a plan of another length.
+ * edd_bundle_load reads both files (edd_plan_create stays for plans built in code) and takes
+ * from manifest.json (-> edd_bundle_info):
  *
  *   {
  *     "format": "edgediff-bundle",   must be exactly this
@@ -80,8 +96,11 @@
  *                                    null_label -> edd_params.null_label
  *   }
  *
- * Any other manifest key is ignored (the model's own signature is the backend's to check). Unknown keys inside "plan" and "plan.schedule" are
- * refused (as the Python Plan does). The JSON reader is strict RFC 8259 (no NaN, no
+ * Any other manifest key is ignored. The model's own signature (input / output names, element
+ * types, shapes) is the backend's to check against info.inputs / info.outputs: the OpenVINO
+ * backend does, and refuses a mismatch by name before the first step. Unknown keys inside
+ * "plan", "plan.schedule", "timestep_groups" and "cache_schedule" are refused (as the Python
+ * Plan does). The JSON reader is strict RFC 8259 (no NaN, no
  * comments, no trailing commas; nesting depth <= 64) and fuzzed (runtimes/c/fuzz/).
  *
  * ---------------------------------------------------------------------------------------
@@ -97,8 +116,9 @@
  *
  *   edd_context_sample:  x = init_latent(noise call 0)
  *                        for i in 0..n-1:  x_in = model_input(i, x)
- *                                          eps  = backend.denoise(x_in, t_i, labels)   (2B rows
- *                                                 with guidance: eps = eu + g (ec - eu))
+ *                                          eps  = backend.denoise(x_in, t_i, labels,   (2B rows
+ *                                                   group = step_group[i],             with guidance:
+ *                                                   cached = cache_flags[i])           eps = eu + g (ec - eu))
  *                                          on_step(i, t_i, x_in, eps)
  *                                          x    = step(i, x, eps, carry, noise call i+1)
  *
@@ -132,7 +152,7 @@ extern "C" {
 #endif
 
 #define EDD_VERSION_MAJOR 0
-#define EDD_VERSION_MINOR 1
+#define EDD_VERSION_MINOR 2
 #define EDD_VERSION_PATCH 0
 
 #define EDD_MAX_NDIM 8               /* most dimensions of one sample (e.g. 3 for C, H, W) */
@@ -250,6 +270,14 @@ typedef struct edd_denoise_args {
     const float *t;                 /* batch model timesteps (all equal) */
     const int64_t *labels;          /* batch class labels, or NULL for an unconditional model */
     float *eps;                     /* OUT: batch * sample_size model outputs (the prediction type's) */
+    /* Per-step hints (since 0.2; appended, so a backend built against 0.1 still works): */
+    size_t group;                   /* the timestep group that serves this step: params.step_group[step]
+                                       (scheduler.json timestep_groups.step_group); 0 without groups.
+                                       A grouped backend runs that group's graph. */
+    int cached;                     /* 1: the cache schedule lets this step reuse the deep features
+                                       cached at an earlier full step (params.cache_flags[step]);
+                                       0: run the full model (and refresh any cache). A backend that
+                                       caches nothing ignores it and runs the full model. */
 } edd_denoise_args;
 
 /* Return 0 on success; any other value stops the run with EDD_ERR_BACKEND (the value is in
@@ -271,6 +299,8 @@ typedef struct edd_step_info {
     size_t sample_size;             /* floats per image */
     const float *x_in;              /* B * sample_size: the model input of step i */
     const float *eps;               /* B * sample_size: the (guided) model output of step i */
+    size_t group;                   /* what the backend was told: edd_denoise_args.group ... */
+    int cached;                     /* ... and edd_denoise_args.cached */
 } edd_step_info;
 
 /* Called after every model call, before the solver update; return non-zero to cancel. */
@@ -295,6 +325,15 @@ typedef struct edd_params {
     const volatile int *cancel;             /* if not NULL, checked before every model call: non-zero stops
                                                the run with EDD_ERR_CANCELLED; set it from any thread
                                                (default NULL) */
+    /* Per-step tables for the backend (scheduler.json timestep_groups / cache_schedule; set by
+     * edd_bundle_fill_params). Both are made for one plan: table_steps must equal its steps. */
+    size_t table_steps;                     /* entries in step_group / cache_flags (default 0) */
+    const uint32_t *step_group;             /* table_steps group indices, copied at create; each must be
+                                               < num_groups. NULL = group 0 at every step (default NULL) */
+    size_t num_groups;                      /* groups the backend serves; 0 = no groups (default 0) */
+    const uint8_t *cache_flags;             /* table_steps flags, copied at create: non-zero = the step may
+                                               reuse cached features (edd_denoise_args.cached); step 0 must
+                                               be 0. NULL = every step runs the full model (default NULL) */
 } edd_params;
 
 EDD_API edd_params edd_default_params(void);
@@ -323,6 +362,7 @@ EDD_API const char *edd_context_error(const edd_context *ctx);
 
 #define EDD_BUNDLE_FORMAT_VERSION 1  /* manifest.json format_version this runtime reads */
 #define EDD_MAX_TENSORS 4            /* most model inputs / outputs described in a manifest */
+#define EDD_MAX_GROUPS 64            /* most timestep groups (model files) in a bundle */
 
 typedef enum edd_conditioning {
     EDD_COND_NONE = 0,              /* conditioning.kind "none": the model takes (x, t) */
@@ -354,6 +394,16 @@ typedef struct edd_bundle_info {
     const char *solver;             /* the plan's solver */
     const char *spacing;            /* scheduler.json "spacing" ("leading", ...), NULL if absent */
     size_t num_steps;               /* the plan's number of steps */
+    /* scheduler.json "timestep_groups" (since 0.2); num_groups == 0 when it is null: */
+    size_t num_groups;              /* len(files), 0..EDD_MAX_GROUPS */
+    const char *const *group_files; /* num_groups paths relative to the bundle */
+    const char *const *group_paths; /* num_groups: bundle dir + "/" + file (edd_bundle_load only; else NULL) */
+    const char *shared_weights;     /* the shared int8 weights file, relative; NULL if none */
+    const uint32_t *step_group;     /* num_steps group indices, or NULL without groups */
+    /* scheduler.json "cache_schedule" (since 0.2): */
+    const uint8_t *cache_flags;     /* num_steps flags (1 = the step may reuse cached features), or NULL
+                                       when cache_schedule is null */
+    size_t cache_interval;          /* N of {"interval": N}; 0 for a "steps" list or no schedule */
 } edd_bundle_info;
 
 typedef struct edd_bundle edd_bundle;   /* opaque: a parsed bundle (its plan and info) */
@@ -381,7 +431,11 @@ EDD_API const edd_plan *edd_bundle_plan(const edd_bundle *bundle);            /*
 EDD_API const edd_bundle_info *edd_bundle_get_info(const edd_bundle *bundle); /* owned by the bundle */
 
 /* Set params' sample_ndim / sample_shape, guidance (guidance_scale for class models, else
- * 1.0) and null_label from the bundle; the rest (batch, seed, labels, ...) is the caller's. */
+ * 1.0), null_label and the per-step tables (table_steps, step_group, num_groups, cache_flags;
+ * they point into the bundle, which must outlive edd_context_create) from the bundle; the rest
+ * (batch, seed, labels, ...) is the caller's. A caller that runs the bundle's model at another
+ * step count (edd_plan_with_steps) must clear the tables (or build its own): groups and cache
+ * schedules are made for the bundle's own steps. */
 EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *params);
 
 #ifdef __cplusplus

@@ -10,7 +10,10 @@
  *   init_latent(plan, noise) / model_input(plan, i, x) -> float32 like the input
  *   step(plan, i, x, eps, carry, noise)                -> (x_next, carry)     == solver.step
  *   sample(plan, denoise, seed, streams, *, labels=None, guidance=1.0, null_label=None,
- *          sample_shape, callback=None)                -> float32 (B, *shape) == sampling.sample
+ *          sample_shape, callback=None,                -> float32 (B, *shape) == sampling.sample
+ *          step_group=None, num_groups=0, cache_flags=None)
+ *       with a step_group or cache_flags table (steps.StepTable), denoise is called as
+ *       denoise(x, t, labels, step=(i, group, cached)): edd_denoise_args.group / .cached
  *
  * The GIL is released around every C call and taken back only to call the Python denoiser
  * and callback. Errors a user can cause raise edgediff's EdgediffError with the C text.
@@ -615,6 +618,7 @@ typedef struct {
     module_state *st;
     PyObject *denoise;         /* borrowed */
     PyObject *callback;        /* borrowed, or NULL */
+    int tables;                /* pass step=(i, group, cached) to denoise */
     PyThreadState *tstate;     /* saved while C runs */
     const edd_params *params;
     PyObject *exc_type, *exc_value, *exc_tb;  /* the Python error that stopped the run */
@@ -662,7 +666,18 @@ static int py_denoise(void *user, const edd_denoise_args *args) {
     }
     array_close(&tv);
     array_close(&lv);
-    if (!(out = PyObject_CallFunctionObjArgs(run->denoise, x, t, labels, NULL))) goto done;
+    if (run->tables) {
+        PyObject *pos = PyTuple_Pack(3, x, t, labels), *kw = NULL;
+        if (pos)
+            kw = Py_BuildValue("{s:(nnO)}", "step", (Py_ssize_t)args->step, (Py_ssize_t)args->group,
+                               args->cached ? Py_True : Py_False);
+        if (kw) out = PyObject_Call(run->denoise, pos, kw);
+        Py_XDECREF(pos);
+        Py_XDECREF(kw);
+        if (!out) goto done;
+    } else if (!(out = PyObject_CallFunctionObjArgs(run->denoise, x, t, labels, NULL))) {
+        goto done;
+    }
     if (array_from(run->st, out, "float32", "the denoiser's output", &ev)) goto done;
     if ((size_t)ev.view.len != args->batch * args->sample_size * sizeof(float)) {
         PyErr_Format(run->st->error, "the denoiser returned %zd values for %zu inputs of %zu values each",
@@ -702,10 +717,14 @@ static int py_on_step(void *user, const edd_step_info *info) {
 
 static PyObject *py_sample(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"plan", "denoise", "seed", "streams", "labels", "guidance", "null_label",
-                             "sample_shape", "callback", NULL};
+                             "sample_shape", "callback", "step_group", "num_groups", "cache_flags", NULL};
     module_state *st = get_state(module);
     PyObject *oplan, *denoise, *oseed, *ostreams, *olabels = Py_None, *onull = Py_None, *oshape = NULL;
-    PyObject *callback = Py_None, *result = NULL;
+    PyObject *callback = Py_None, *result = NULL, *ogroups = Py_None, *oflags = Py_None;
+    Py_ssize_t num_groups = 0, ngroups = 0, nflags = 0;
+    int64_t *groups64 = NULL, *flags64 = NULL;
+    uint32_t *groups = NULL;
+    uint8_t *flags = NULL;
     double guidance = 1.0;
     edd_plan *owned = NULL;
     const edd_plan *plan;
@@ -721,8 +740,9 @@ static PyObject *py_sample(PyObject *module, PyObject *args, PyObject *kwargs) {
     char err[512];
     edd_status status;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$OdOOO:sample", kwlist, &oplan, &denoise, &oseed, &ostreams,
-                                     &olabels, &guidance, &onull, &oshape, &callback))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$OdOOOOnO:sample", kwlist, &oplan, &denoise, &oseed,
+                                     &ostreams, &olabels, &guidance, &onull, &oshape, &callback, &ogroups, &num_groups,
+                                     &oflags))
         return NULL;
     if (!oshape) {
         PyErr_SetString(PyExc_TypeError, "sample() missing required keyword argument 'sample_shape'");
@@ -779,6 +799,43 @@ static PyObject *py_sample(PyObject *module, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(st->error, "null_label must be above -2^63");
         goto done;
     }
+    /* per-step tables (steps.StepTable): checked against the plan by edd_context_create */
+    if (ogroups != Py_None) {
+        if ((ngroups = seq_convert(st, ogroups, "step_group", 1, (void **)&groups64)) < 0) goto done;
+        if (num_groups < 0) {
+            PyErr_Format(st->error, "num_groups must be >= 0, got %zd", num_groups);
+            goto done;
+        }
+        if (!(groups = (uint32_t *)PyMem_Malloc((size_t)(ngroups ? ngroups : 1) * sizeof *groups))) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (k = 0; k < ngroups; k++) {
+            if (groups64[k] < 0 || groups64[k] >= num_groups) {
+                PyErr_Format(st->error, "step_group[%zd] is %lld; the denoiser serves %zd group(s)", k,
+                             (long long)groups64[k], num_groups);
+                goto done;
+            }
+            groups[k] = (uint32_t)groups64[k];
+        }
+        params.step_group = groups;
+        params.num_groups = (size_t)num_groups;
+        params.table_steps = (size_t)ngroups;
+    }
+    if (oflags != Py_None) {
+        if ((nflags = seq_convert(st, oflags, "cache_flags", 1, (void **)&flags64)) < 0) goto done;
+        if (ogroups != Py_None && nflags != ngroups) {
+            PyErr_Format(st->error, "cache_flags has %zd entries, step_group %zd", nflags, ngroups);
+            goto done;
+        }
+        if (!(flags = (uint8_t *)PyMem_Malloc((size_t)(nflags ? nflags : 1)))) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (k = 0; k < nflags; k++) flags[k] = flags64[k] != 0;
+        params.cache_flags = flags;
+        params.table_steps = (size_t)nflags;
+    }
     params.batch = (size_t)nstreams;
     params.seed = seed;
     params.streams = streams;
@@ -787,6 +844,7 @@ static PyObject *py_sample(PyObject *module, PyObject *args, PyObject *kwargs) {
     run.st = st;
     run.denoise = denoise;
     run.callback = callback == Py_None ? NULL : callback;
+    run.tables = ogroups != Py_None || oflags != Py_None;
     run.params = &params;
     if (run.callback) {
         params.on_step = py_on_step;
@@ -818,6 +876,10 @@ done:
     PyMem_Free(shape);
     PyMem_Free(streams);
     PyMem_Free(streams64);
+    PyMem_Free(groups64);
+    PyMem_Free(groups);
+    PyMem_Free(flags64);
+    PyMem_Free(flags);
     edd_plan_free(owned);
     return result;
 }
@@ -833,10 +895,12 @@ static PyMethodDef methods[] = {
      "step(plan, i, x, eps, carry, noise) -> (x_next, carry): one solver update, as Solver.step"},
     {"sample", (PyCFunction)(void (*)(void))py_sample, METH_VARARGS | METH_KEYWORDS,
      "sample(plan, denoise, seed, streams, *, labels=None, guidance=1.0, null_label=None, sample_shape,\n"
-     "       callback=None) -> float32 (B, *sample_shape)\n\n"
+     "       callback=None, step_group=None, num_groups=0, cache_flags=None) -> float32 (B, *sample_shape)\n\n"
      "sampling.sample in C: image k uses noise stream streams[k] of seed; denoise(x, t, labels) gets\n"
      "float32 (rows, *sample_shape), float32 (rows,), int64 (rows,) or None and returns eps like x;\n"
-     "callback(i, t, x_in, eps) sees each step's model input and (guided) output."},
+     "callback(i, t, x_in, eps) sees each step's model input and (guided) output.\n"
+     "step_group (one group index < num_groups per plan step) and cache_flags (one 0/1 per step,\n"
+     "0 first): denoise is then called as denoise(x, t, labels, step=(i, group, cached))."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,7 +5,8 @@
  *                  and scheduler.json, model{format, file, inputs[], outputs[]},
  *                  conditioning{kind, num_classes, null_label, shape}
  *   scheduler.json plan{solver, timesteps, schedule{alphas_cumprod, prediction_type}, params{}}
- *                  guidance_scale
+ *                  guidance_scale, spacing, timestep_groups{files, step_group, shared_weights},
+ *                  cache_schedule{interval} | {steps}
  *
  * Every refusal names the file and the field ("scheduler.json: plan.timesteps[3] must be an
  * integer"). edd_bundle_verify checks the files' sha256 against manifest.json "files".
@@ -39,10 +40,17 @@ struct edd_bundle {
     char *spacing;
     file_entry *files;
     size_t num_files;
+    char **group_files;          /* timestep_groups.files (num_groups) */
+    char **group_paths;          /* dir + "/" + group_files[g] (edd_bundle_load only) */
+    char *shared_weights;
+    uint32_t *step_group;        /* num_steps */
+    uint8_t *cache_flags;        /* num_steps */
 };
 
 static const char *const PLAN_KEYS[] = {"solver", "timesteps", "schedule", "params", NULL};
 static const char *const SCHEDULE_KEYS[] = {"alphas_cumprod", "prediction_type", NULL};
+static const char *const GROUP_KEYS[] = {"files", "step_group", "shared_weights", NULL};
+static const char *const CACHE_KEYS[] = {"interval", "steps", NULL};
 
 #define BAD(...) edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, __VA_ARGS__)
 
@@ -313,6 +321,119 @@ static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, siz
     return EDD_OK;
 }
 
+static int relative_path(const edd_json *v) {
+    return v->type == EDD_JSON_STRING && v->len > 0 && strlen(v->string) == v->len && v->string[0] != '/' &&
+           !strstr(v->string, "..");
+}
+
+static int listed(const edd_bundle *b, const char *name) {
+    size_t k;
+    for (k = 0; k < b->num_files; k++)
+        if (strcmp(b->files[k].name, name) == 0) return 1;
+    return 0;
+}
+
+/* scheduler.json "timestep_groups": {"files": [...], "step_group": [...], "shared_weights": str|null} */
+static edd_status read_groups(edd_bundle *b, const edd_json *g, size_t n, char *err, size_t err_size) {
+    const edd_json *files, *steps, *shared;
+    edd_bundle_info *info = &b->info;
+    edd_status st;
+    size_t k;
+    if (g->type != EDD_JSON_OBJECT)
+        return BAD(SCHEDULER ": timestep_groups must be an object or null, got %s", edd__json_type_name(g));
+    if ((st = only_keys(SCHEDULER, "timestep_groups", g, GROUP_KEYS, err, err_size)) ||
+        (st = member(SCHEDULER, "timestep_groups", g, "files", M_ARRAY, "a list of file names", &files, err,
+                     err_size)) ||
+        (st = member(SCHEDULER, "timestep_groups", g, "step_group", M_ARRAY, "a list of group indices", &steps, err,
+                     err_size)))
+        return st;
+    if (files->len < 1 || files->len > EDD_MAX_GROUPS)
+        return BAD(SCHEDULER ": timestep_groups.files must list 1..%d files, got %lu", EDD_MAX_GROUPS,
+                   (unsigned long)files->len);
+    if (steps->len != n)
+        return BAD(SCHEDULER ": timestep_groups.step_group has %lu entries but the plan has %lu steps",
+                   (unsigned long)steps->len, (unsigned long)n);
+    b->group_files = (char **)calloc(files->len, sizeof(char *));
+    b->step_group = (uint32_t *)malloc((n ? n : 1) * sizeof(uint32_t));
+    if (!b->group_files || !b->step_group) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    for (k = 0; k < files->len; k++) {
+        const edd_json *f = &files->items[k];
+        if (!relative_path(f))
+            return BAD(SCHEDULER ": timestep_groups.files[%lu] must be a relative path inside the bundle", (unsigned long)k);
+        if (!listed(b, f->string))
+            return BAD(SCHEDULER ": timestep_groups.files[%lu] '%.128s' is not listed under " MANIFEST " files",
+                       (unsigned long)k, f->string);
+        if (!(b->group_files[k] = dup_str(f->string)))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        info->num_groups = k + 1;
+    }
+    for (k = 0; k < n; k++) {
+        const edd_json *e = &steps->items[k];
+        if (e->type != EDD_JSON_NUMBER)
+            return BAD(SCHEDULER ": timestep_groups.step_group[%lu] must be an integer, got %s", (unsigned long)k,
+                       edd__json_type_name(e));
+        if (!is_int64(e) || e->number < 0 || e->number >= (double)files->len)
+            return BAD(SCHEDULER ": timestep_groups.step_group[%lu] is %.17g; it must be a group index in 0..%lu "
+                       "(timestep_groups.files lists %lu)", (unsigned long)k, e->number, (unsigned long)files->len - 1,
+                       (unsigned long)files->len);
+        b->step_group[k] = (uint32_t)e->number;
+    }
+    if ((shared = edd__json_get(g, "shared_weights")) != NULL && shared->type != EDD_JSON_NULL) {
+        if (!relative_path(shared))
+            return BAD(SCHEDULER ": timestep_groups.shared_weights must be a relative path inside the bundle or null");
+        if (!(b->shared_weights = dup_str(shared->string)))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    info->group_files = (const char *const *)b->group_files;
+    info->shared_weights = b->shared_weights;
+    info->step_group = b->step_group;
+    return EDD_OK;
+}
+
+/* scheduler.json "cache_schedule": {"interval": N} or {"steps": ["full" | "cached", ...]} */
+static edd_status read_cache(edd_bundle *b, const edd_json *c, size_t n, char *err, size_t err_size) {
+    const edd_json *interval, *steps;
+    edd_status st;
+    size_t k;
+    if (c->type != EDD_JSON_OBJECT)
+        return BAD(SCHEDULER ": cache_schedule must be an object or null, got %s", edd__json_type_name(c));
+    if ((st = only_keys(SCHEDULER, "cache_schedule", c, CACHE_KEYS, err, err_size))) return st;
+    interval = edd__json_get(c, "interval");
+    steps = edd__json_get(c, "steps");
+    if (!interval == !steps)
+        return BAD(SCHEDULER ": cache_schedule must have exactly one of 'interval' and 'steps'");
+    if (!(b->cache_flags = (uint8_t *)malloc(n ? n : 1)))
+        return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    if (interval) {
+        if (!is_int64(interval) || interval->number < 1 || interval->number > 1e9)
+            return BAD(SCHEDULER ": cache_schedule.interval must be a positive integer, got %s",
+                       interval->type == EDD_JSON_NUMBER ? "a number out of range" : edd__json_type_name(interval));
+        b->info.cache_interval = (size_t)interval->number;
+        for (k = 0; k < n; k++) b->cache_flags[k] = k % b->info.cache_interval != 0;
+    } else {
+        if (steps->type != EDD_JSON_ARRAY)
+            return BAD(SCHEDULER ": cache_schedule.steps must be a list of \"full\" / \"cached\", got %s",
+                       edd__json_type_name(steps));
+        if (steps->len != n)
+            return BAD(SCHEDULER ": cache_schedule.steps has %lu entries but the plan has %lu steps",
+                       (unsigned long)steps->len, (unsigned long)n);
+        for (k = 0; k < n; k++) {
+            const edd_json *e = &steps->items[k];
+            if (e->type == EDD_JSON_STRING && strcmp(e->string, "full") == 0 && e->len == 4) {
+                b->cache_flags[k] = 0;
+            } else if (e->type == EDD_JSON_STRING && strcmp(e->string, "cached") == 0 && e->len == 6) {
+                b->cache_flags[k] = 1;
+            } else {
+                return BAD(SCHEDULER ": cache_schedule.steps[%lu] must be \"full\" or \"cached\"", (unsigned long)k);
+            }
+        }
+        if (n && b->cache_flags[0])
+            return BAD(SCHEDULER ": cache_schedule.steps[0] must be \"full\": the first step has nothing cached to reuse");
+    }
+    b->info.cache_flags = b->cache_flags;
+    return EDD_OK;
+}
+
 static edd_status read_scheduler(edd_bundle *b, const edd_json *s, char *err, size_t err_size) {
     const edd_json *plan, *g, *sp;
     edd_status st;
@@ -330,6 +451,12 @@ static edd_status read_scheduler(edd_bundle *b, const edd_json *s, char *err, si
     if ((st = plan_from_json(SCHEDULER, plan, &b->plan, err, err_size))) return st;
     b->info.solver = edd_plan_solver(b->plan);
     b->info.num_steps = edd_plan_num_steps(b->plan);
+    if ((g = edd__json_get(s, "timestep_groups")) != NULL && g->type != EDD_JSON_NULL &&
+        (st = read_groups(b, g, b->info.num_steps, err, err_size)))
+        return st;
+    if ((g = edd__json_get(s, "cache_schedule")) != NULL && g->type != EDD_JSON_NULL &&
+        (st = read_cache(b, g, b->info.num_steps, err, err_size)))
+        return st;
     return EDD_OK;
 }
 
@@ -446,6 +573,19 @@ edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t 
         goto done;
     }
     (*out)->info.model_path = (*out)->model_path;
+    if ((*out)->info.num_groups) {
+        edd_bundle *b = *out;
+        size_t g;
+        int ok = (b->group_paths = (char **)calloc(b->info.num_groups, sizeof(char *))) != NULL;
+        for (g = 0; ok && g < b->info.num_groups; g++) ok = (b->group_paths[g] = join(dir, b->group_files[g])) != NULL;
+        if (!ok) {
+            edd_bundle_free(b);
+            *out = NULL;
+            st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+            goto done;
+        }
+        b->info.group_paths = (const char *const *)b->group_paths;
+    }
     if (!((*out)->dir = dup_str(dir))) {
         edd_bundle_free(*out);
         *out = NULL;
@@ -494,6 +634,15 @@ void edd_bundle_free(edd_bundle *b) {
         free(b->files[k].sha256);
     }
     free(b->files);
+    for (k = 0; k < b->info.num_groups; k++) {
+        if (b->group_files) free(b->group_files[k]);
+        if (b->group_paths) free(b->group_paths[k]);
+    }
+    free(b->group_files);
+    free(b->group_paths);
+    free(b->shared_weights);
+    free(b->step_group);
+    free(b->cache_flags);
     free(b->dir);
     free(b->spacing);
     edd_plan_free(b->plan);
@@ -515,5 +664,9 @@ edd_status edd_bundle_fill_params(const edd_bundle *b, edd_params *p) {
     /* as runner.generate: guidance only for class-conditional models */
     p->guidance = b->info.conditioning == EDD_COND_CLASS ? b->info.guidance_scale : 1.0;
     p->null_label = b->info.null_label;
+    p->table_steps = b->info.step_group || b->info.cache_flags ? b->info.num_steps : 0;
+    p->step_group = b->info.step_group;
+    p->num_groups = b->info.num_groups;
+    p->cache_flags = b->info.cache_flags;
     return EDD_OK;
 }

@@ -3,7 +3,7 @@
  *     x = init_latent(noise call 0)
  *     for i, t in enumerate(model_timesteps):
  *         x_in = model_input(i, x)
- *         eps  = denoise(x_in, t, labels)                    or, guided (2B rows, conditional first):
+ *         eps  = denoise(x_in, t, labels, group, cached)     or, guided (2B rows, conditional first):
  *                eps_u + g (eps_c - eps_u)                   in float32, g = (float)guidance
  *         on_step(i, t, x_in, eps)
  *         x, carry = step(i, x, eps, carry, noise call i + 1 if the step uses noise)
@@ -32,6 +32,8 @@ struct edd_context {
     float *eps;                  /* B * sample_size: guided eps (== model_eps when not guided) */
     float *noise;                /* B * sample_size */
     float *carry;                /* B * sample_size, or NULL if the solver keeps none */
+    uint32_t *step_group;        /* n, or NULL (group 0 at every step) */
+    uint8_t *cache_flags;        /* n, or NULL (no step reuses cached features) */
     char error[256];
 };
 
@@ -49,6 +51,10 @@ edd_params edd_default_params(void) {
     p.on_step = NULL;
     p.on_step_user = NULL;
     p.cancel = NULL;
+    p.table_steps = 0;
+    p.step_group = NULL;
+    p.num_groups = 0;
+    p.cache_flags = NULL;
     return p;
 }
 
@@ -62,6 +68,8 @@ void edd_context_free(edd_context *ctx) {
     if (ctx->eps != ctx->model_eps) free(ctx->eps);
     free(ctx->noise);
     free(ctx->carry);
+    free(ctx->step_group);
+    free(ctx->cache_flags);
     free(ctx);
 }
 
@@ -74,6 +82,39 @@ static size_t mul_size(size_t a, size_t b) {
 static void *alloc_array(size_t count, size_t item) {
     size_t bytes = mul_size(count, item);
     return bytes ? malloc(bytes) : NULL;
+}
+
+/* params.step_group / cache_flags: checked against the plan and copied */
+static edd_status step_tables(edd_context *ctx, char *err, size_t err_size) {
+    const edd_params *p = &ctx->params;
+    size_t n = ctx->plan->num_steps, i;
+    if (!p->step_group && !p->cache_flags) return EDD_OK;
+    if (p->table_steps != n)
+        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
+                         "params.table_steps is %lu but the plan has %lu steps (timestep groups and cache schedules "
+                         "are made for the bundle's own steps)", (unsigned long)p->table_steps, (unsigned long)n);
+    if (p->step_group) {
+        if (!(ctx->step_group = (uint32_t *)alloc_array(n, sizeof(uint32_t))))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        for (i = 0; i < n; i++) {
+            if ((size_t)p->step_group[i] >= p->num_groups)
+                return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
+                                 "params.step_group[%lu] is %lu; the backend serves %lu group(s)", (unsigned long)i,
+                                 (unsigned long)p->step_group[i], (unsigned long)p->num_groups);
+            ctx->step_group[i] = p->step_group[i];
+        }
+    }
+    if (p->cache_flags) {
+        if (p->cache_flags[0])
+            return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
+                             "params.cache_flags[0] must be 0: the first step has no cached features to reuse");
+        if (!(ctx->cache_flags = (uint8_t *)alloc_array(n, 1)))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        for (i = 0; i < n; i++) ctx->cache_flags[i] = p->cache_flags[i] ? 1 : 0;
+    }
+    ctx->params.step_group = ctx->step_group;
+    ctx->params.cache_flags = ctx->cache_flags;
+    return EDD_OK;
 }
 
 static edd_status create(edd_context *ctx, char *err, size_t err_size) {
@@ -127,7 +168,7 @@ static edd_status create(edd_context *ctx, char *err, size_t err_size) {
     }
     ctx->params.streams = ctx->streams;
     ctx->params.labels = ctx->labels;
-    return EDD_OK;
+    return step_tables(ctx, err, err_size);
 }
 
 edd_status edd_context_create(const edd_plan *plan, const edd_backend *backend, const edd_params *params,
@@ -209,6 +250,8 @@ edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_count) {
         args.t = ctx->t;
         args.labels = ctx->labels;
         args.eps = ctx->model_eps;
+        args.group = ctx->step_group ? ctx->step_group[i] : 0;
+        args.cached = ctx->cache_flags ? ctx->cache_flags[i] : 0;
         rc = ctx->backend.denoise(ctx->backend.user, &args);
         if (rc != 0) {
             FAIL("backend denoise returned %d at step %lu of %lu (t = %g)", rc, (unsigned long)i, (unsigned long)steps,
@@ -233,6 +276,8 @@ edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_count) {
             info.sample_size = n;
             info.x_in = ctx->model_x;
             info.eps = ctx->eps;
+            info.group = args.group;
+            info.cached = args.cached;
             if (ctx->params.on_step(ctx->params.on_step_user, &info) != 0) {
                 FAIL("cancelled by on_step at step %lu of %lu", (unsigned long)i, (unsigned long)steps);
                 return EDD_ERR_CANCELLED;

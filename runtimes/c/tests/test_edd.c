@@ -131,6 +131,8 @@ typedef struct {
     int fail_at;            /* step at which to return an error, or -1 */
     size_t last_rows;
     int64_t last_labels[16];
+    size_t groups[MAX_STEPS];   /* args->group of each call (by step) */
+    int cached[MAX_STEPS];      /* args->cached of each call (by step) */
 } fake_backend;
 
 static int fake_denoise(void *user, const edd_denoise_args *a) {
@@ -139,6 +141,10 @@ static int fake_denoise(void *user, const edd_denoise_args *a) {
     fb->calls++;
     fb->last_rows = a->batch;
     if (fb->fail_at >= 0 && (size_t)fb->fail_at == a->step) return 7;
+    if (a->step < MAX_STEPS) {
+        fb->groups[a->step] = a->group;
+        fb->cached[a->step] = a->cached;
+    }
     for (r = 0; r < a->batch; r++) {
         float shift = a->labels ? 0.1f * (float)a->labels[r] : 0.0f;
         if (a->labels && r < 16) fb->last_labels[r] = a->labels[r];
@@ -250,7 +256,7 @@ static void test_status_and_version(void) {
     int s;
     for (s = 0; s <= 6; s++) CHECK(edd_status_str((edd_status)s) != NULL && edd_status_str((edd_status)s)[0]);
     CHECK(strcmp(edd_status_str((edd_status)99), "unknown status") == 0);
-    CHECK(strcmp(edd_version(), "0.1.0") == 0);
+    CHECK(strcmp(edd_version(), "0.2.0") == 0);
 }
 
 /* plan_spec with one field broken -> the status and a message naming the field */
@@ -391,7 +397,7 @@ static void test_context_equals_primitive_loop(void) {
         for (pred = 0; pred < 2; pred++) {
             edd_plan *plan = make_plan(SOLVERS[k], 7, pred ? "v_prediction" : "epsilon", 0.5);
             edd_params p = base_params(B);
-            fake_backend fb = {0, -1, 0, {0}};
+            fake_backend fb = {0, -1, 0, {0}, {0}, {0}};
             float got[2 * SIZE], again[2 * SIZE], x[2 * SIZE], x_in[2 * SIZE], eps[2 * SIZE], z[2 * SIZE],
                 carry[2 * SIZE];
             size_t i, b;
@@ -447,7 +453,7 @@ static void test_guidance(void) {
     edd_plan *plan = make_plan("ddim", 6, NULL, 0.0);
     int64_t labels[2] = {2, 7};
     edd_params p = base_params(2);
-    fake_backend fb = {0, -1, 0, {0}};
+    fake_backend fb = {0, -1, 0, {0}, {0}, {0}};
     float guided[2 * SIZE], unguided[2 * SIZE], plain[2 * SIZE], x[2 * SIZE], x_in[4 * SIZE], e[4 * SIZE],
         eps[2 * SIZE], z[2 * SIZE];
     int64_t rows_labels[4] = {2, 7, 10, 10};
@@ -509,7 +515,7 @@ static void test_guidance(void) {
 static void test_context_errors_and_cancel(void) {
     edd_plan *plan = make_plan("euler", 5, NULL, 0.0);
     edd_params p = base_params(1);
-    fake_backend fb = {0, -1, 0, {0}};
+    fake_backend fb = {0, -1, 0, {0}, {0}, {0}};
     edd_backend be = {fake_denoise, &fb}, no_fn = {NULL, NULL};
     edd_context *ctx = NULL;
     float out[SIZE];
@@ -570,7 +576,7 @@ static void test_context_errors_and_cancel(void) {
 static void test_streams(void) {
     edd_plan *plan = make_plan("ddpm", 8, NULL, 0.0);
     edd_params p = base_params(3);
-    fake_backend fb = {0, -1, 0, {0}};
+    fake_backend fb = {0, -1, 0, {0}, {0}, {0}};
     uint32_t streams[3] = {3, 4, 5}, one[1] = {4};
     float a[3 * SIZE], b[3 * SIZE], c[SIZE];
     CHECK(run(plan, &p, &fb, a) == EDD_OK);
@@ -618,7 +624,7 @@ typedef struct {
 static void *worker(void *arg) {
     job *j = (job *)arg;
     edd_params p = base_params(2);
-    fake_backend fb = {0, -1, 0, {0}};
+    fake_backend fb = {0, -1, 0, {0}, {0}, {0}};
     int rep;
     p.seed = j->seed;
     for (rep = 0; rep < 20 && j->status == EDD_OK; rep++) {
@@ -739,6 +745,87 @@ static void test_json(void) {
     CHECK(edd__json_parse("12", 1, &v, NULL, 0) == EDD_OK && v->number == 1.0); /* len, not NUL */
     edd__json_free(v);
     edd__json_free(NULL);
+}
+
+/* ---- per-step tables: timestep groups and the cache schedule reach the backend ---- */
+
+typedef struct {
+    size_t groups[MAX_STEPS];
+    int cached[MAX_STEPS];
+} seen_steps;
+
+static int record_step(void *user, const edd_step_info *info) {
+    seen_steps *s = (seen_steps *)user;
+    if (info->step < MAX_STEPS) {
+        s->groups[info->step] = info->group;
+        s->cached[info->step] = info->cached;
+    }
+    return 0;
+}
+
+static void test_step_tables(void) {
+    edd_plan *plan = make_plan("dpmpp-2m", 6, "epsilon", 0.0);
+    edd_params p = base_params(2);
+    fake_backend fb = {0, -1, 0, {0}, {0}, {0}};
+    seen_steps seen;
+    uint32_t groups[6] = {0, 0, 1, 1, 2, 2}, bad_groups[6] = {0, 0, 1, 1, 3, 2};
+    uint8_t flags[6] = {0, 1, 1, 0, 1, 1}, bad_flags[6] = {1, 0, 0, 0, 0, 0};
+    float plain[2 * SIZE], tabled[2 * SIZE];
+    edd_backend be;
+    edd_context *ctx = NULL;
+    char err[256];
+    size_t i;
+    if (!plan) return;
+    be.denoise = fake_denoise;
+    be.user = &fb;
+    /* without tables: group 0, never cached */
+    memset(fb.groups, 0xff, sizeof fb.groups);
+    CHECK(run(plan, &p, &fb, plain) == EDD_OK);
+    for (i = 0; i < 6; i++) CHECK(fb.groups[i] == 0 && fb.cached[i] == 0);
+    /* with tables: exactly the tables, step by step, to the backend and to on_step */
+    p.table_steps = 6;
+    p.step_group = groups;
+    p.num_groups = 3;
+    p.cache_flags = flags;
+    p.on_step = record_step;
+    p.on_step_user = &seen;
+    CHECK(run(plan, &p, &fb, tabled) == EDD_OK);
+    for (i = 0; i < 6; i++) {
+        CHECK(fb.groups[i] == groups[i] && fb.cached[i] == flags[i]);
+        CHECK(seen.groups[i] == groups[i] && seen.cached[i] == flags[i]);
+    }
+    CHECK(memcmp(plain, tabled, sizeof plain) == 0); /* hints only: the loop's arithmetic is unchanged */
+    /* the tables are copied at create */
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_OK);
+    groups[0] = 2;
+    flags[1] = 0;
+    CHECK(edd_context_sample(ctx, tabled, 2 * SIZE) == EDD_OK);
+    CHECK(fb.groups[0] == 0 && fb.cached[1] == 1);
+    edd_context_free(ctx);
+    groups[0] = 0;
+    flags[1] = 1;
+    /* refusals name the field */
+    p.step_group = bad_groups;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT && ctx == NULL);
+    CHECK(strstr(err, "params.step_group[4] is 3; the backend serves 3 group(s)") != NULL);
+    p.step_group = groups;
+    p.num_groups = 0;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(err, "params.step_group[0] is 0; the backend serves 0 group(s)") != NULL);
+    p.num_groups = 3;
+    p.table_steps = 5;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(err, "params.table_steps is 5 but the plan has 6 steps") != NULL);
+    p.table_steps = 6;
+    p.cache_flags = bad_flags;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(err, "params.cache_flags[0] must be 0") != NULL);
+    /* one table without the other */
+    p.cache_flags = flags;
+    p.step_group = NULL;
+    CHECK(run(plan, &p, &fb, tabled) == EDD_OK);
+    for (i = 0; i < 6; i++) CHECK(fb.groups[i] == 0 && fb.cached[i] == flags[i]);
+    edd_plan_free(plan);
 }
 
 /* ---- bundle loader ---- */
@@ -867,6 +954,96 @@ static void test_bundle(void) {
     CHECK(edd_bundle_verify(NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
 }
 
+/* scheduler.json "timestep_groups" and "cache_schedule" */
+static void test_bundle_step_tables(void) {
+    static const char *const G = "\"timestep_groups\": {\"files\": [\"model/g0.onnx\", \"model/g1.onnx\"], "
+                                 "\"step_group\": [0, 1, 1], \"shared_weights\": \"model/weights.bin\"}";
+    static const char *const C = "\"cache_schedule\": {\"interval\": 2}";
+    static const char *const cases[][3] = {
+        /* from (in the grouped scheduler), to, expected text */
+        {"[0, 1, 1]", "[0, 1]", "timestep_groups.step_group has 2 entries but the plan has 3 steps"},
+        {"[0, 1, 1]", "[0, 2, 1]", "timestep_groups.step_group[1] is 2; it must be a group index in 0..1"},
+        {"[0, 1, 1]", "[0, -1, 1]", "timestep_groups.step_group[1] is -1"},
+        {"[0, 1, 1]", "[0, 0.5, 1]", "timestep_groups.step_group[1] is 0.5"},
+        {"[0, 1, 1]", "[0, \"1\", 1]", "timestep_groups.step_group[1] must be an integer, got string"},
+        {"[0, 1, 1]", "{}", "timestep_groups.step_group must be a list of group indices, got object"},
+        {"\"step_group\"", "\"steps\"", "timestep_groups has unknown key 'steps'"},
+        {"[\"model/g0.onnx\", \"model/g1.onnx\"]", "[]", "timestep_groups.files must list 1..64 files, got 0"},
+        {"\"model/g1.onnx\"]", "\"model/g9.onnx\"]", "timestep_groups.files[1] 'model/g9.onnx' is not listed"},
+        {"\"model/g1.onnx\"]", "\"../g1.onnx\"]", "timestep_groups.files[1] must be a relative path"},
+        {"\"model/g1.onnx\"]", "1]", "timestep_groups.files[1] must be a relative path"},
+        {"\"model/weights.bin\"", "\"/w.bin\"", "timestep_groups.shared_weights must be a relative path"},
+        {"\"timestep_groups\": {", "\"timestep_groups\": [{", "invalid JSON"},
+        {"\"timestep_groups\": {\"files\"", "\"timestep_groups\": 3, \"x\": {\"files\"",
+         "timestep_groups must be an object or null, got number"},
+        {"{\"interval\": 2}", "{\"interval\": 0}", "cache_schedule.interval must be a positive integer"},
+        {"{\"interval\": 2}", "{\"interval\": 1.5}", "cache_schedule.interval must be a positive integer"},
+        {"{\"interval\": 2}", "{\"interval\": 2, \"steps\": []}", "exactly one of 'interval' and 'steps'"},
+        {"{\"interval\": 2}", "{}", "exactly one of 'interval' and 'steps'"},
+        {"{\"interval\": 2}", "{\"every\": 2}", "cache_schedule has unknown key 'every'"},
+        {"{\"interval\": 2}", "[2]", "cache_schedule must be an object or null, got array"},
+        {"{\"interval\": 2}", "{\"steps\": [\"full\", \"cached\"]}", "cache_schedule.steps has 2 entries but the plan has 3"},
+        {"{\"interval\": 2}", "{\"steps\": [\"full\", \"cached\", \"half\"]}",
+         "cache_schedule.steps[2] must be \"full\" or \"cached\""},
+        {"{\"interval\": 2}", "{\"steps\": [\"cached\", \"full\", \"full\"]}", "cache_schedule.steps[0] must be \"full\""},
+        {"{\"interval\": 2}", "{\"steps\": \"full\"}", "cache_schedule.steps must be a list"},
+    };
+    char *m = edit(MANIFEST_OK, "\"report.json\": {}",
+                   "\"report.json\": {}, \"model/g0.onnx\": {}, \"model/g1.onnx\": {}, \"model/weights.bin\": {}");
+    char *s1 = edit(SCHEDULER_OK, "\"timestep_groups\": null", G), *s = s1 ? edit(s1, "\"cache_schedule\": null", C) : NULL;
+    char *s_steps = s ? edit(s, C, "\"cache_schedule\": {\"steps\": [\"full\", \"cached\", \"full\"]}") : NULL;
+    edd_bundle *b = NULL;
+    const edd_bundle_info *info;
+    edd_params p = edd_default_params();
+    char err[400];
+    size_t k;
+    if (!m || !s || !s_steps) goto done;
+    CHECK(parse_bundle(m, s, &b, err, sizeof err) == EDD_OK);
+    if (!b) {
+        fprintf(stderr, "  grouped bundle: %s\n", err);
+        goto done;
+    }
+    info = edd_bundle_get_info(b);
+    CHECK(info->num_groups == 2 && strcmp(info->group_files[1], "model/g1.onnx") == 0 && info->group_paths == NULL);
+    CHECK(strcmp(info->shared_weights, "model/weights.bin") == 0);
+    CHECK(info->step_group[0] == 0 && info->step_group[1] == 1 && info->step_group[2] == 1);
+    CHECK(info->cache_interval == 2 && info->cache_flags[0] == 0 && info->cache_flags[1] == 1 && info->cache_flags[2] == 0);
+    CHECK(edd_bundle_fill_params(b, &p) == EDD_OK);
+    CHECK(p.table_steps == 3 && p.step_group == info->step_group && p.num_groups == 2 && p.cache_flags == info->cache_flags);
+    edd_bundle_free(b);
+    CHECK(parse_bundle(m, s_steps, &b, err, sizeof err) == EDD_OK);
+    if (b) {
+        info = edd_bundle_get_info(b);
+        CHECK(info->cache_interval == 0 && info->cache_flags[0] == 0 && info->cache_flags[1] == 1 && info->cache_flags[2] == 0);
+        edd_bundle_free(b);
+    }
+    /* null (today's fp32 bundles): no tables */
+    CHECK(parse_bundle(MANIFEST_OK, SCHEDULER_OK, &b, err, sizeof err) == EDD_OK);
+    if (b) {
+        info = edd_bundle_get_info(b);
+        CHECK(info->num_groups == 0 && info->group_files == NULL && info->step_group == NULL && info->cache_flags == NULL);
+        p = edd_default_params();
+        CHECK(edd_bundle_fill_params(b, &p) == EDD_OK && p.table_steps == 0 && p.step_group == NULL && !p.cache_flags);
+        edd_bundle_free(b);
+    }
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *bad = edit(s, cases[k][0], cases[k][1]);
+        edd_status st;
+        if (!bad) continue;
+        b = (edd_bundle *)&k;
+        st = parse_bundle(m, bad, &b, err, sizeof err);
+        CHECK(st == EDD_ERR_BAD_BUNDLE && b == NULL && strstr(err, "scheduler.json: ") && strstr(err, cases[k][1 + 1]));
+        if (st != EDD_ERR_BAD_BUNDLE || !strstr(err, cases[k][2]))
+            fprintf(stderr, "  step table case %lu: %s\n", (unsigned long)k, err);
+        free(bad);
+    }
+done:
+    free(m);
+    free(s1);
+    free(s);
+    free(s_steps);
+}
+
 /* ---- sha256 (the bundle check): FIPS 180-4 known answers ---- */
 
 static void test_sha256(void) {
@@ -896,11 +1073,13 @@ int main(void) {
     test_dpm_last_step_returns_x0();
     test_context_equals_primitive_loop();
     test_guidance();
+    test_step_tables();
     test_context_errors_and_cancel();
     test_streams();
     test_threads();
     test_json();
     test_bundle();
+    test_bundle_step_tables();
     test_sha256();
     printf("test_edd: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;

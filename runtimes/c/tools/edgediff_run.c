@@ -11,7 +11,9 @@
  *   ─► grid image (as `edgediff generate`), --raw: the float32 samples, --bench: timings,
  *      --trace: every step's model input and (guided) model output, float32, step by step
  *
- * --steps N other than the bundle's replans with edd_plan_with_steps (scheduler.json's spacing).
+ * --steps N other than the bundle's replans with edd_plan_with_steps (scheduler.json's spacing);
+ * refused for a bundle with timestep_groups or a cache_schedule (made for its own steps).
+ * A grouped bundle runs each step on its group's graph (edd_denoise_args.group).
  * It produces what `edgediff generate BUNDLE -n N --seed S [--label L]` produces: image k
  * uses noise stream k, labels default to k % num_classes, guidance applies to class models.
  *
@@ -289,6 +291,16 @@ int main(int argc, char **argv) {
         plan = replanned;
     }
     edd_bundle_fill_params(bundle, &params);
+    if (replanned && params.table_steps) {
+        fprintf(stderr, "edgediff-run: --steps %lld: this bundle's scheduler.json %s made for its own %lu steps; run "
+                "it without --steps\n", o.steps,
+                info->num_groups && info->cache_flags ? "timestep_groups and cache_schedule are"
+                : info->num_groups                  ? "timestep_groups is"
+                                                    : "cache_schedule is",
+                (unsigned long)info->num_steps);
+        rc = 2;
+        goto done;
+    }
     params.batch = o.num;
     params.seed = o.seed;
     params.first_stream = 0;
@@ -414,7 +426,11 @@ int main(int argc, char **argv) {
             for (s = 0; s < n; s++) outside -= tm.end[s] - tm.start[s];
         }
         printf("edgediff-run --bench %s\n", o.bundle);
-        printf("  model      %s (%s) on %s\n", info->model_file, info->model_format, ov_desc);
+        if (info->num_groups)
+            printf("  model      %lu timestep groups (%s ... %s, %s) on %s\n", (unsigned long)info->num_groups,
+                   info->group_files[0], info->group_files[info->num_groups - 1], info->model_format, ov_desc);
+        else
+            printf("  model      %s (%s) on %s\n", info->model_file, info->model_format, ov_desc);
         printf("  sampler    %s, %lu steps, %lu image(s), guidance %g\n", info->solver, (unsigned long)n,
                (unsigned long)o.num, params.guidance);
         printf("  init       %.1f ms (bundle %s%.2f ms, model read + compile %.1f ms)\n", t_init - t0,
