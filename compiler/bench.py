@@ -128,7 +128,8 @@ def bundle_facts(bundle: Bundle) -> dict:
     }
 
 
-def assemble(bundle: Bundle, raw: dict, *, device: str, runner: str, host: dict, warmup_runs: int) -> dict:
+def assemble(bundle: Bundle, raw: dict, *, device: str, runner: str, host: dict, warmup_runs: int,
+             local: bool = True) -> dict:
     """A measured result from a run's raw times: e2e_ms (per run), step_ms and denoise_ms (every step
     of every timed run), init_ms, first_ms, peak_rss_mb, images per run."""
     images = int(raw.get("images", 1))
@@ -143,7 +144,9 @@ def assemble(bundle: Bundle, raw: dict, *, device: str, runner: str, host: dict,
               "images_per_s": 1e3 / summarize(e2e)["avg"],
               "peak_rss_mb": raw["peak_rss_mb"],
               "step_ms_samples": [round(float(t), 6) for t in raw["step_ms"]],
-              "versions": {**versions(), **raw.get("versions", {})}, "host": host,
+              "versions": ({**versions(), **raw.get("versions", {})} if local else
+                           {"edgediff (local)": versions().get("edgediff"), "runner backend": raw.get("backend")}),
+              "host": host,
               "notes": "first_ms and e2e_ms are per image (a run's time / images per run); step_ms is a "
                        "step of a run of images_per_run images; iterations/s = 1000 / step_ms.avg"}
     return result
@@ -247,7 +250,7 @@ def bench(bundle_path: str | Path, *, device: str = "host", warmup_runs: int = 2
 
     raw, host, label = measure_remote(bundle, kind, fields, warmup_runs=warmup_runs, num_runs=num_runs,
                                       runner_binary=runner_binary, threads=threads, **(remote or {}))
-    return assemble(bundle, raw, device=device, runner=label, host=host, warmup_runs=warmup_runs)
+    return assemble(bundle, raw, device=device, runner=label, host=host, warmup_runs=warmup_runs, local=False)
 
 
 # ---------------------------------------------------------------- estimates
@@ -309,7 +312,7 @@ def estimate(bundle: Bundle, profile) -> dict:
             **facts, "images_per_run": 1, "warmup_runs": None, "num_runs": None,
             "init_ms": None, "first_ms": None, "step_ms": step_ms, "denoise_ms": empty_stats(), "e2e_ms": e2e_ms,
             "iterations_per_s": {"estimate": 1e3 / step}, "images_per_s": {"estimate": 1e3 / e2e},
-            "peak_rss_mb": None, "memory_mb": {"estimate": (nbytes + size_bytes(bundle.root / "scheduler.json")) / 1e6,
+            "peak_rss_mb": None, "memory_mb": {"estimate": nbytes / 1e6,
                                                 "basis": "weights only; runtime and activations not counted"},
             "bound": bound, "macs_per_step": macs, "bytes_per_step": nbytes, "unit": unit,
             "assumptions": assumptions, "versions": versions(),
@@ -366,8 +369,8 @@ def format_result(r: dict) -> str:
         roof = r.get("roofline")
         if roof:
             lines.append(f"Roofline (host-cpu profile, estimated): {roof['step_ms_estimate']:.4f} ms/step "
-                         f"({roof['bound']}-bound); measured p50 reaches {100 * roof['fraction_of_roofline']:.1f} % "
-                         "of it")
+                         f"({roof['bound']}-bound); the measured p50 runs at {100 * roof['fraction_of_roofline']:.1f} % "
+                         "of that speed")
     else:
         lines += [
             f"Unit: [{r['unit']}]  {r['bound']}-bound",

@@ -35,6 +35,7 @@ OV_LIBS = ("libopenvino.so", "libopenvino_c.so", "libopenvino_intel_cpu_plugin.s
            "libtbbbind_2_5.so", "libhwloc.so")
 ADB_DIR = "/data/local/tmp/edgediff-bench"
 HOST_PROBE = "uname -m; uname -sr; (nproc || getconf _NPROCESSORS_ONLN) 2>/dev/null; " \
+             "grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || echo 'flags:'; " \
              "grep -m1 -i -E '^(model name|Hardware|cpu model)' /proc/cpuinfo 2>/dev/null || true"
 
 
@@ -128,7 +129,12 @@ def parse_probe(text: str) -> dict:
     if len(lines) > 2 and lines[2].isdigit():
         info["cores"] = int(lines[2])
     if len(lines) > 3:
-        info["cpu_model"] = lines[3].partition(":")[2].strip()
+        from edgediff.targets.host import INTERESTING
+
+        flags = set(lines[3].partition(":")[2].split())
+        info["features"] = [f for f in INTERESTING if f in flags]
+    if len(lines) > 4:
+        info["cpu_model"] = lines[4].partition(":")[2].strip()
     return info
 
 
