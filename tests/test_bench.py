@@ -328,3 +328,13 @@ def test_report_rejects_a_foreign_json(tiny_bundle, tmp_path, capsys):
     bad.write_text(json.dumps({"bundle": "x"}))
     assert cli(["report", str(tiny_bundle.root), "-o", str(tmp_path / "r"), "--bench-json", str(bad)]) == 2
     assert f"{bad}: missing field 'measured'" in capsys.readouterr().err
+
+
+def test_host_bench_with_the_c_runner(runner, tiny_bundle):
+    r = B.bench(tiny_bundle.root, warmup_runs=1, num_runs=2, runner="c", runner_binary=str(runner))
+    steps = len(tiny_bundle.scheduler["plan"]["timesteps"])
+    assert r["measured"] is True and "edgediff-run" in r["runner"] and "OpenVINO" in r["backend"]
+    assert r["step_ms"]["count"] == 2 * steps and r["warmup_runs"] == 1
+    assert 10 < r["peak_rss_mb"] < own_vmhwm_mb()  # VmHWM: fork + exec from pytest does not leak into it
+    # every step's denoiser call lies inside its step
+    assert r["denoise_ms"]["avg"] <= r["step_ms"]["avg"]
