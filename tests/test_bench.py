@@ -320,6 +320,8 @@ def test_report_writes_markdown_and_figures(tiny_bundle, bundle_copy, host_resul
     q = data[0]["quality"]
     assert q["num_samples"] == 6 and q["psnr_db"] > 60  # an FP32 ONNX bundle vs its PyTorch reference
     assert q["fd_digits"] is None  # not the digits model
+    assert data[0]["quality"]["psnr_db_vs_first_reference"] == pytest.approx(q["psnr_db"])  # its own reference
+    assert data[1]["quality"]["psnr_db_vs_first_reference"] is not None
     assert "wrote" in capsys.readouterr().out
 
 
