@@ -91,7 +91,8 @@ def make_report(bundles: list[str], out_dir: str | Path, *, num_samples: int = 6
                 result = bench(b.root, device="host", warmup_runs=warmup_runs, num_runs=num_runs)
             bar.set_postfix_str(f"{name}: eval")
             quality, images, ref_images = evaluate(b, num_samples=num_samples, seed=seed, progress=bar.update)
-            rows.append({"name": name, "bench": result, "quality": quality, "images": images, "ref": ref_images})
+            rows.append({"name": name, "bench": result, "quality": quality, "images": images, "ref": ref_images,
+                         "source": b.manifest["source"]["spec"]})
     _common_reference(rows)
     figures = {"quality_latency": _plot_quality(rows, out / "quality_latency.png"),
                "step_latency": _plot_steps(rows, out / "step_latency.png"),
@@ -173,11 +174,12 @@ def _plot_steps(rows, path: Path) -> Path | None:
     bins = np.linspace(allv.min(), np.percentile(allv, 99.5), 40) if allv.max() > allv.min() else 10
     for r in measured:
         st = r["bench"]["step_ms"]
-        ax.hist(r["bench"]["step_ms_samples"], bins=bins, alpha=0.55,
+        v = r["bench"]["step_ms_samples"]
+        ax.hist(v, bins=bins, alpha=0.55, weights=np.full(len(v), 1 / len(v)),
                 label=f"{r['name']} (p50 {st['p50']:.2f}, p99 {st['p99']:.2f} ms)")
     ax.set_xlabel("step latency (ms)")
-    ax.set_ylabel("steps")
-    ax.set_title("per-step latency (measured on the host; tail beyond p99.5 clipped)")
+    ax.set_ylabel("fraction of steps")
+    ax.set_title("per-step latency, measured (tail beyond p99.5 clipped)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -208,18 +210,22 @@ def _plot_images(rows, path: Path, *, k: int = 10) -> Path:
 
     from edgediff.runtimes.images import grid
 
-    fig, axes = plt.subplots(2 * len(rows), 1, figsize=(min(12, 1.0 * k + 2), 1.3 * 2 * len(rows) + 0.3),
-                             squeeze=False)
-    for j, r in enumerate(rows):
+    panels, shown = [], set()
+    for r in rows:  # a reference row once per model source and recipe (sampler, steps, guidance)
         q = r["quality"]
-        for i, (imgs, label) in enumerate(((r["ref"], f"FP32 reference ({q['sampler']}, {q['steps']} steps)"),
-                                           (r["images"], r["name"]))):
-            ax = axes[2 * j + i][0]
-            g = grid(imgs[:k], ncols=k)
-            ax.imshow(g[..., 0] if g.shape[2] == 1 else g, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(label, fontsize=9, loc="left")
+        key = (r["source"], q["sampler"], q["steps"], q["guidance"], r["images"].shape)
+        if key not in shown:
+            shown.add(key)
+            panels.append((r["ref"], f"FP32 reference ({q['sampler']}, {q['steps']} steps, guidance {q['guidance']})"))
+        panels.append((r["images"], r["name"]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(min(12, 1.0 * k + 2), 1.3 * len(panels) + 0.3), squeeze=False)
+    for (imgs, label), row in zip(panels, axes):
+        ax = row[0]
+        g = grid(imgs[:k], ncols=k)
+        ax.imshow(g[..., 0] if g.shape[2] == 1 else g, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=9, loc="left")
     fig.suptitle(f"same seeds, first {min(k, len(rows[0]['images']))} images", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
