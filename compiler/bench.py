@@ -199,13 +199,18 @@ def runner_args(bundle_dir: str, *, warmup_runs: int, num_runs: int, json_path: 
     return args + (["--threads", str(threads)] if threads else [])
 
 
-def measure_host_c(bundle: Bundle, exe: Path, *, warmup_runs: int, num_runs: int, threads: int = 0) -> dict:
+def check_runner_can_run(bundle: Bundle, *, instead: str) -> None:
+    """edgediff-run's OpenVINO backend reads onnx and openvino bundles with one graph."""
     if bundle.model_format not in ("onnx", "openvino"):
         raise EdgediffError(f"{bundle.root}: edgediff-run runs OpenVINO (onnx or openvino bundles), "
-                            f"not format {bundle.model_format!r}; use --runner python")
+                            f"not format {bundle.model_format!r}; {instead}")
     if bundle.scheduler.get("timestep_groups"):
-        raise EdgediffError(f"{bundle.root}: scheduler.json has timestep_groups, which edgediff-run does not "
-                            "read yet; use --runner python")
+        raise EdgediffError(f"{bundle.root / 'scheduler.json'}: field timestep_groups is set, which edgediff-run "
+                            f"does not read yet; {instead}")
+
+
+def measure_host_c(bundle: Bundle, exe: Path, *, warmup_runs: int, num_runs: int, threads: int = 0) -> dict:
+    check_runner_can_run(bundle, instead="use --runner python")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         r = subprocess.run([str(exe), *runner_args(str(bundle.root), warmup_runs=warmup_runs, num_runs=num_runs,
@@ -369,8 +374,8 @@ def format_result(r: dict) -> str:
         roof = r.get("roofline")
         if roof:
             lines.append(f"Roofline (host-cpu profile, estimated): {roof['step_ms_estimate']:.4f} ms/step "
-                         f"({roof['bound']}-bound); the measured p50 runs at {100 * roof['fraction_of_roofline']:.1f} % "
-                         "of that speed")
+                         f"({roof['bound']}-bound); the measured p50 runs at "
+                         f"{100 * roof['fraction_of_roofline']:.1f} % of that speed")
     else:
         lines += [
             f"Unit: [{r['unit']}]  {r['bound']}-bound",
@@ -383,7 +388,8 @@ def format_result(r: dict) -> str:
     lines.append(f"Size on disk (MB): {r['size_mb']:.3f} (model {r['model_size_mb']:.3f})")
     cov = r.get("coverage")
     if cov:
-        lines.append(f"Operator coverage ({cov['op_types']} op types, target {cov['target']}, * = the unit that runs it):")
+        lines.append(f"Operator coverage ({cov['op_types']} op types, target {cov['target']}, "
+                     "* = the unit that runs it):")
         for name, u in cov["units"].items():
             lines.append(f"  {'*' if name == cov['unit'] else ' '}{name:5} {u['supported']} supported, "
                          f"{u['rewritten']} rewritten, {u['unsupported']} unsupported, "

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edgediff.compiler.bench import find_runner, runner_args
+from edgediff.compiler.bench import check_runner_can_run, find_runner, runner_args
 from edgediff.runtimes.bundle import Bundle
 from edgediff.runtimes.errors import EdgediffError
 
@@ -143,10 +143,8 @@ def measure_remote(bundle: Bundle, kind: str, fields: dict, *, warmup_runs: int,
                    identity: str | None = None, ssh_options: tuple[str, ...] = (), adb: str = "adb",
                    keep: bool = False) -> tuple[dict, dict, str]:
     """(raw runner JSON, device description, runner label)."""
-    if bundle.model_format not in ("onnx", "openvino"):
-        raise EdgediffError(f"{bundle.root}: edgediff-run runs OpenVINO (onnx or openvino bundles), not format "
-                            f"{bundle.model_format!r}; a {bundle.model_format} bundle runs on a device through "
-                            "the app's own runtime (runtimes/c/examples/embed.c shows the backend interface)")
+    check_runner_can_run(bundle, instead="on a device such a bundle runs through the app's own runtime "
+                                         "(runtimes/c/examples/embed.c shows the backend interface)")
     if kind == "ssh":
         if shutil.which("ssh") is None or shutil.which("tar") is None:
             raise EdgediffError("ssh and tar are needed on PATH for --device ssh://...")

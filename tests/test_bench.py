@@ -340,3 +340,12 @@ def test_host_bench_with_the_c_runner(runner, tiny_bundle):
     assert 10 < r["peak_rss_mb"] < own_vmhwm_mb()  # VmHWM: fork + exec from pytest does not leak into it
     # every step's denoiser call lies inside its step
     assert r["denoise_ms"]["avg"] <= r["step_ms"]["avg"]
+
+
+def test_edgediff_run_refuses_grouped_bundles_by_name(tiny_bundle, bundle_copy):
+    from edgediff.runtimes.bundle import load_bundle
+
+    b = load_bundle(bundle_copy)
+    b.scheduler["timestep_groups"] = [{"steps": [0]}]
+    with pytest.raises(EdgediffError, match="scheduler.json: field timestep_groups"):
+        B.check_runner_can_run(b, instead="use --runner python")
