@@ -253,8 +253,14 @@ def bench(bundle_path: str | Path, *, device: str = "host", warmup_runs: int = 2
         return result
     from edgediff.compiler.bench_remote import measure_remote
 
+    def stage_progress(stage):
+        if bar is not None:
+            bar.set_postfix_str(stage)
+            bar.update(1)
+
     raw, host, label = measure_remote(bundle, kind, fields, warmup_runs=warmup_runs, num_runs=num_runs,
-                                      runner_binary=runner_binary, threads=threads, **(remote or {}))
+                                      runner_binary=runner_binary, threads=threads, progress=stage_progress,
+                                      **(remote or {}))
     return assemble(bundle, raw, device=device, runner=label, host=host, warmup_runs=warmup_runs, local=False)
 
 

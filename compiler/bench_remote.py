@@ -34,6 +34,7 @@ OV_LIBS = ("libopenvino.so", "libopenvino_c.so", "libopenvino_intel_cpu_plugin.s
            "libopenvino_ir_frontend.so", "libopenvino_onnx_frontend.so", "libtbb.so", "libtbbmalloc.so",
            "libtbbbind_2_5.so", "libhwloc.so")
 ADB_DIR = "/data/local/tmp/edgediff-bench"
+REMOTE_STAGES = ("probe", "copy", "run", "clean up")
 HOST_PROBE = "uname -m; uname -sr; (nproc || getconf _NPROCESSORS_ONLN) 2>/dev/null; " \
              "grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || echo 'flags:'; " \
              "grep -m1 -i -E '^(model name|Hardware|cpu model)' /proc/cpuinfo 2>/dev/null || true"
@@ -141,8 +142,10 @@ def parse_probe(text: str) -> dict:
 def measure_remote(bundle: Bundle, kind: str, fields: dict, *, warmup_runs: int, num_runs: int,
                    runner_binary: str | None = None, runner_libs: str | None = None, threads: int = 0,
                    identity: str | None = None, ssh_options: tuple[str, ...] = (), adb: str = "adb",
-                   keep: bool = False) -> tuple[dict, dict, str]:
-    """(raw runner JSON, device description, runner label)."""
+                   keep: bool = False, progress=None) -> tuple[dict, dict, str]:
+    """(raw runner JSON, device description, runner label). progress(stage) is called as each of
+    REMOTE_STAGES starts."""
+    progress = progress or (lambda stage: None)
     check_runner_can_run(bundle, instead="on a device such a bundle runs through the app's own runtime "
                                          "(runtimes/c/examples/embed.c shows the backend interface)")
     if kind == "ssh":
@@ -154,6 +157,7 @@ def measure_remote(bundle: Bundle, kind: str, fields: dict, *, warmup_runs: int,
             raise EdgediffError(f"{adb} not found on PATH (Android platform-tools) for --device adb:SERIAL")
         dev = Adb(fields["serial"], adb=adb)
     exe = find_runner(runner_binary)
+    progress("probe")
     host = parse_probe(dev.run(HOST_PROBE))
     machines = elf_machine(exe)
     if machines is None:
@@ -165,15 +169,18 @@ def measure_remote(bundle: Bundle, kind: str, fields: dict, *, warmup_runs: int,
     remote = dev.mkdtemp()
     q = shlex.quote(remote)
     try:
+        progress("copy")
         with tempfile.TemporaryDirectory() as tmp:
             stage(bundle, exe, libs, Path(tmp))
             dev.push_dir(Path(tmp), remote)
         args = runner_args("bundle", warmup_runs=warmup_runs, num_runs=num_runs, json_path="bench.json",
                            threads=threads)
+        progress("run")
         out = dev.run(f"cd {q} && LD_LIBRARY_PATH={q}/lib ./edgediff-run {' '.join(map(shlex.quote, args))} "
                       f">/dev/null && cat bench.json")
     finally:
         if not keep:
+            progress("clean up")
             try:
                 dev.run(f"rm -rf {q}")
             except EdgediffError:

@@ -223,8 +223,12 @@ def cmd_bench(a) -> int:
 
     remote = {"runner_libs": a.runner_libs, "identity": a.identity, "ssh_options": tuple(a.ssh_option or ()),
               "adb": a.adb, "keep": a.keep_remote}
-    bar = _bar(1 + a.warmup_runs + a.num_runs, "bench", "run") if a.device == "host" and a.runner == "python" \
-        else None
+    if a.device == "host" and a.runner == "python":
+        bar = _bar(1 + a.warmup_runs + a.num_runs, "bench", "run")
+    elif a.device.startswith(("ssh://", "adb:")):
+        bar = _bar(3 if a.keep_remote else 4, "bench " + a.device, "stage")
+    else:
+        bar = None
     try:
         result = bench(a.bundle, device=a.device, warmup_runs=a.warmup_runs, num_runs=a.num_runs, runner=a.runner,
                        runner_binary=a.runner_binary, threads=a.threads, remote=remote, bar=bar)
