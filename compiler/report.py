@@ -88,7 +88,12 @@ def make_report(bundles: list[str], out_dir: str | Path, *, num_samples: int = 6
             bar.set_postfix_str(f"{name}: bench")
             result = given.get(b.root.resolve())
             if result is None:
-                result = bench(b.root, device="host", warmup_runs=warmup_runs, num_runs=num_runs)
+                try:
+                    result = bench(b.root, device="host", warmup_runs=warmup_runs, num_runs=num_runs)
+                except EdgediffError as e:
+                    raise EdgediffError(f"{e}; to report a bundle this host cannot run, give its "
+                                        "`edgediff bench BUNDLE --device PROFILE --json` result with --bench-json") \
+                        from None
             bar.set_postfix_str(f"{name}: eval")
             quality, images, ref_images = evaluate(b, num_samples=num_samples, seed=seed, progress=bar.update)
             rows.append({"name": name, "bench": result, "quality": quality, "images": images, "ref": ref_images,
