@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,7 +152,7 @@ def assemble(bundle: Bundle, raw: dict, *, device: str, runner: str, host: dict,
 
 
 # ---------------------------------------------------------------- host
-def _worker_env_progress(proc, bar) -> str:
+def _follow_worker_stderr(proc, bar) -> str:
     """Feed the worker's progress lines to the bar; return the rest of its stderr."""
     rest = []
     for line in proc.stderr:
@@ -170,15 +169,16 @@ def _worker_env_progress(proc, bar) -> str:
 
 def measure_host_python(bundle: Bundle, *, warmup_runs: int, num_runs: int, threads: int = 0, bar=None) -> dict:
     """The bundle's own backend (runtimes/backends.py) in the C loop, in a fresh Python process."""
-    cmd = [sys.executable, "-m", "edgediff.compiler.bench_worker", str(bundle.root), "--warmup-runs",
-           str(warmup_runs), "--num-runs", str(num_runs), "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err = _worker_env_progress(proc, bar)
-    out = proc.stdout.read()
-    if proc.wait() != 0:
-        last = err.strip().splitlines()[-1] if err.strip() else f"exit status {proc.returncode}"
-        raise EdgediffError(f"{bundle.root}: benchmark worker failed: {last}")
-    return json.loads(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"  # a file, not stdout: one pipe only, so no pipe can fill up unread
+        cmd = [sys.executable, "-m", "edgediff.compiler.bench_worker", str(bundle.root), "--warmup-runs",
+               str(warmup_runs), "--num-runs", str(num_runs), "--threads", str(threads), "--json", str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        err = _follow_worker_stderr(proc, bar)
+        if proc.wait() != 0:
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit status {proc.returncode}"
+            raise EdgediffError(f"{bundle.root}: benchmark worker failed: {last}")
+        return json.loads(out.read_text())
 
 
 def default_runner() -> Path:
@@ -404,12 +404,6 @@ def format_result(r: dict) -> str:
         lines.append("Operator coverage: not in report.json (bundle compiled before coverage was recorded)")
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()))
     return "\n".join(lines)
-
-
-def check_tools(*names: str) -> None:
-    missing = [n for n in names if shutil.which(n) is None]
-    if missing:
-        raise EdgediffError(f"{', '.join(missing)} not found on PATH")
 
 
 __all__ = ["STAT_KEYS", "SCHEMA", "bench", "estimate", "format_result", "parse_device", "summarize"]

@@ -1,13 +1,13 @@
 """The process `edgediff bench --device host` measures: it loads one bundle, runs it, prints JSON.
 
-    python -m edgediff.compiler.bench_worker BUNDLE --warmup-runs W --num-runs R [--threads T]
+    python -m edgediff.compiler.bench_worker BUNDLE --warmup-runs W --num-runs R [--threads T] --json OUT
 
 It is a separate process so that its peak RSS (getrusage, RUSAGE_SELF) is the bundle's and the
 backend's, not the caller's (pytest, torch): it imports neither torch nor the compiler.
 Timing follows edgediff-run --bench: init = bundle load with sha256 checks + backend session;
 first = the first full sampling run (cold: graph optimisation, allocation); a step runs from
 the start of its denoiser call to the start of the next one (the last: to the run's end).
-Progress goes to stderr as "@progress DONE TOTAL" lines, the JSON to stdout.
+Progress goes to stderr as "@progress DONE TOTAL" lines, the figures to the --json file.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 
 def peak_rss_kb() -> int:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-runs", type=int, default=2)
     p.add_argument("--num-runs", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", required=True, help="where to write the figures")
     a = p.parse_args(argv)
 
     from edgediff.runtimes.bundle import load_bundle
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for mod in ("onnxruntime", "openvino"):
         if mod in sys.modules:
             versions[mod] = getattr(sys.modules[mod], "__version__", "?")
-    print(json.dumps({"backend": getattr(inner, "label", type(inner).__name__), "images": 1,
+    Path(a.json).write_text(json.dumps({"backend": getattr(inner, "label", type(inner).__name__), "images": 1,
                       "steps": len(setup.plan.timesteps), "init_ms": (t_init - t0) * 1e3,
                       "bundle_ms": (t_bundle - t0) * 1e3, "first_ms": first_ms, "warmup_runs": a.warmup_runs,
                       "e2e_ms": e2e, "step_ms": step_ms, "denoise_ms": denoise_ms,
