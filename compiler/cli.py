@@ -7,6 +7,8 @@
     edgediff eval BUNDLE [--num-samples 500] --json out.json
     edgediff inspect BUNDLE [--json]
     edgediff targets [--json]
+    edgediff bench BUNDLE [--device host|ssh://USER@HOST[:PORT]|adb:SERIAL|PROFILE] [--json out.json]
+    edgediff report BUNDLE... -o DIR
     edgediff zoo train digits|classifier
 
 User errors (EdgediffError) print as one line and exit with status 2; anything else is a
@@ -215,6 +217,73 @@ def cmd_targets(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- bench / report (compiler/bench.py, report.py)
+def cmd_bench(a) -> int:
+    from edgediff.compiler.bench import bench, format_result
+
+    remote = {"runner_libs": a.runner_libs, "identity": a.identity, "ssh_options": tuple(a.ssh_option or ()),
+              "adb": a.adb, "keep": a.keep_remote}
+    if a.device == "host" and a.runner == "python":
+        bar = _bar(1 + a.warmup_runs + a.num_runs, "bench", "run")
+    elif a.device.startswith(("ssh://", "adb:")):
+        bar = _bar(3 if a.keep_remote else 4, "bench " + a.device, "stage")
+    else:
+        bar = None
+    try:
+        result = bench(a.bundle, device=a.device, warmup_runs=a.warmup_runs, num_runs=a.num_runs, runner=a.runner,
+                       runner_binary=a.runner_binary, threads=a.threads, remote=remote, bar=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if a.json:
+        _write_json(result, a.json)
+    if a.json != "-":
+        print(format_result(result))
+    return 0
+
+
+def cmd_report(a) -> int:
+    from edgediff.compiler.report import make_report
+
+    out = make_report(a.bundles, a.output, num_samples=a.num_samples, seed=a.seed, bench_json=a.bench_json or (),
+                      warmup_runs=a.warmup_runs, num_runs=a.num_runs)
+    print(f"wrote {out['markdown']}: {len(a.bundles)} bundle(s), figures " + ", ".join(out["figures"]))
+    return 0
+
+
+def add_bench_parsers(sub) -> None:
+    b = sub.add_parser("bench", help="latency, memory, size and coverage of a bundle on a device (or an estimate)")
+    b.add_argument("bundle")
+    b.add_argument("--device", default="host",
+                   help="host | ssh://USER@HOST[:PORT] | adb:SERIAL | a device profile (estimate, see `edgediff targets`)")
+    b.add_argument("--warmup-runs", type=nonneg_int, default=2)
+    b.add_argument("--num-runs", type=positive_int, default=10)
+    b.add_argument("--threads", type=nonneg_int, default=0, help="backend threads (0: the backend's default)")
+    b.add_argument("--runner", choices=["python", "c"], default="python",
+                   help="host: the bundle's backend in a Python worker (default) or edgediff-run (OpenVINO)")
+    b.add_argument("--runner-binary", metavar="PATH",
+                   help="edgediff-run to use (default runtimes/c/build/edgediff-run); for a remote device, one built for it")
+    b.add_argument("--runner-libs", metavar="DIR", help="remote: the libraries to copy with the runner "
+                   "(default: the local openvino wheel's)")
+    b.add_argument("--identity", metavar="KEY", help="ssh: private key file")
+    b.add_argument("--ssh-option", action="append", metavar="OPT", help="ssh: -o OPT (repeatable)")
+    b.add_argument("--adb", default="adb", help="adb: the adb program")
+    b.add_argument("--keep-remote", action="store_true", help="remote: keep the copied files")
+    b.add_argument("--json", metavar="PATH", help="write the result as JSON ('-' for stdout only)")
+    b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="Markdown + PNG report: quality vs latency, latency, size, images")
+    r.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    r.add_argument("-o", "--output", required=True, help="folder for report.md, report.json and the PNGs")
+    r.add_argument("-n", "--num-samples", type=positive_int, default=64, help="images per bundle for the quality figures")
+    r.add_argument("--seed", type=nonneg_int, default=0)
+    r.add_argument("--bench-json", action="append", metavar="JSON",
+                   help="a result of `edgediff bench --json` to use instead of measuring that bundle (repeatable)")
+    r.add_argument("--warmup-runs", type=nonneg_int, default=1)
+    r.add_argument("--num-runs", type=positive_int, default=5)
+    r.set_defaults(func=cmd_report)
+
+
 # ---------------------------------------------------------------- zoo
 def cmd_zoo_train(a) -> int:
     from edgediff.zoo import train
@@ -293,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
+
+    add_bench_parsers(sub)
 
     t = sub.add_parser("targets", help="list device profiles")
     t.add_argument("--json", action="store_true")

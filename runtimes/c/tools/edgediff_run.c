@@ -1,7 +1,7 @@
 /* edgediff_run.c — the standalone runner: a bundle in, an image grid out, in C.
  *
  *   edgediff-run BUNDLE [-n N] [--seed S] [--label L] [--steps N] [-o grid.png|.pgm|.ppm]
- *                [--bench [--runs R]] [--threads T] [--precision f32|bf16|default]
+ *                [--bench [--runs R] [--warmup W] [--json FILE]] [--threads T] [--precision f32|bf16|default]
  *                [--backend openvino|fake] [--raw samples.f32] [--trace steps.f32] [--no-verify]
  *
  *   BUNDLE/manifest.json + scheduler.json ─edd_bundle_load─► plan, info
@@ -9,6 +9,7 @@
  *   info.model_path ─edd_ov_create─► OpenVINO backend      (or --backend fake: a formula)
  *   edd_context_sample (N images, streams 0..N-1, labels 0,1,2,.. or --label) ─► samples
  *   ─► grid image (as `edgediff generate`), --raw: the float32 samples, --bench: timings,
+ *      --json: the --bench figures as JSON (raw per-run and per-step times; `edgediff bench` reads it),
  *      --trace: every step's model input and (guided) model output, float32, step by step
  *
  * --steps N other than the bundle's replans with edd_plan_with_steps (scheduler.json's spacing);
@@ -42,17 +43,17 @@
 
 #define USAGE                                                                                              \
     "usage: edgediff-run BUNDLE [-n N] [--seed S] [--label L] [--steps N] [-o OUT.png|.pgm|.ppm]\n"         \
-    "                    [--bench [--runs R]] [--threads T] [--precision f32|bf16|default]\n"               \
+    "                    [--bench [--runs R] [--warmup W] [--json FILE]] [--threads T] [--precision f32|bf16|default]\n"               \
     "                    [--backend openvino|fake] [--raw SAMPLES.f32] [--trace STEPS.f32] [--no-verify]\n"
 
 typedef struct options {
-    const char *bundle, *output, *raw, *trace, *backend, *precision;
+    const char *bundle, *output, *raw, *trace, *backend, *precision, *json;
     size_t num;
     uint64_t seed;
     long long label;
     int has_label;
     long long steps;
-    int bench, runs, threads, no_verify;
+    int bench, runs, warmup, threads, no_verify;
 } options;
 
 static double now_ms(void) {
@@ -123,6 +124,11 @@ static int parse_args(int argc, char **argv, options *o) {
         } else if (strcmp(a, "--runs") == 0) {
             if (parse_uint(val, 100000, &v) || v < 1) return usage_error("--runs must be a positive integer, got '%s'", val);
             o->runs = (int)v;
+        } else if (strcmp(a, "--warmup") == 0) {
+            if (parse_uint(val, 100000, &v)) return usage_error("--warmup must be a non-negative integer, got '%s'", val);
+            o->warmup = (int)v;
+        } else if (strcmp(a, "--json") == 0) {
+            o->json = val;
         } else if (strcmp(a, "--threads") == 0) {
             if (parse_uint(val, 4096, &v)) return usage_error("--threads must be a non-negative integer, got '%s'", val);
             o->threads = (int)v;
@@ -154,6 +160,7 @@ static int parse_args(int argc, char **argv, options *o) {
         if (strcmp(ext, ".png") && strcmp(ext, ".pgm") && strcmp(ext, ".ppm") && strcmp(ext, ".PNG"))
             return usage_error("%s: output must end in .png, .pgm or .ppm", o->output);
     }
+    if (o->json && !o->bench) return usage_error("%s", "--json needs --bench");
     if (!o->output && !o->raw && !o->bench) return usage_error("%s", "nothing to do: give -o OUT, --raw FILE or --bench");
     return 0;
 }
@@ -225,8 +232,23 @@ static double mean(const double *v, size_t n) {
     return n ? s / (double)n : 0;
 }
 
+/* Linux: VmHWM of /proc/self/status is this program's own peak. getrusage's ru_maxrss is not: the
+   kernel carries it across fork + exec, so a runner started by a large process (Python with torch
+   loaded) would report its parent's size. getrusage is the fallback elsewhere. */
 static double peak_rss_mb(void) {
     struct rusage ru;
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    if (f) {
+        while (fgets(line, sizeof line, f)) {
+            unsigned long kb;
+            if (sscanf(line, "VmHWM: %lu kB", &kb) == 1) {
+                fclose(f);
+                return (double)kb / 1024.0;
+            }
+        }
+        fclose(f);
+    }
     if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
     return (double)ru.ru_maxrss / 1024.0; /* Linux: kilobytes */
 }
@@ -239,6 +261,54 @@ static int write_raw(const char *path, const float *x, size_t n) {
         return 1;
     }
     ok = fwrite(x, sizeof(float), n, f) == n;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) fprintf(stderr, "edgediff-run: %s: write error\n", path);
+    return !ok;
+}
+
+static void json_array(FILE *f, const char *key, const double *v, size_t n) {
+    size_t i;
+    fprintf(f, "  \"%s\": [", key);
+    for (i = 0; i < n; i++) fprintf(f, "%s%.6f", i ? ", " : "", v[i]);
+    fprintf(f, "],\n");
+}
+
+static void json_str(FILE *f, const char *key, const char *v) {
+    fprintf(f, "  \"%s\": \"", key);
+    for (; *v; v++) {
+        unsigned char c = (unsigned char)*v;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fprintf(f, "\",\n");
+}
+
+/* --json: the raw figures, written before the summary sorts them */
+static int write_bench_json(const char *path, const edd_bundle_info *info, const char *desc, size_t steps,
+                            size_t images, double guidance, double init_ms, double bundle_ms, double first_ms,
+                            int warmup, const double *e2e, size_t runs, const double *step_ms,
+                            const double *den_ms) {
+    FILE *f = fopen(path, "w");
+    int ok;
+    if (!f) {
+        fprintf(stderr, "edgediff-run: %s: cannot open for writing\n", path);
+        return 1;
+    }
+    fprintf(f, "{\n  \"runner\": \"edgediff-run\",\n");
+    json_str(f, "backend", desc);
+    json_str(f, "model_file", info->model_file);
+    json_str(f, "model_format", info->model_format);
+    json_str(f, "solver", info->solver);
+    fprintf(f, "  \"steps\": %lu,\n  \"images\": %lu,\n  \"guidance\": %g,\n", (unsigned long)steps,
+            (unsigned long)images, guidance);
+    fprintf(f, "  \"init_ms\": %.6f,\n  \"bundle_ms\": %.6f,\n  \"first_ms\": %.6f,\n  \"warmup_runs\": %d,\n",
+            init_ms, bundle_ms, first_ms, warmup);
+    json_array(f, "e2e_ms", e2e, runs);
+    json_array(f, "step_ms", step_ms, runs * steps);
+    json_array(f, "denoise_ms", den_ms, runs * steps);
+    fprintf(f, "  \"peak_rss_mb\": %.3f\n}\n", peak_rss_mb());
+    ok = !ferror(f);
     if (fclose(f) != 0) ok = 0;
     if (!ok) fprintf(stderr, "edgediff-run: %s: write error\n", path);
     return !ok;
@@ -407,6 +477,11 @@ int main(int argc, char **argv) {
         step_ms = (double *)malloc(runs * n * sizeof(double));
         den_ms = (double *)malloc(runs * n * sizeof(double));
         if (!e2e || !step_ms || !den_ms) goto oom;
+        for (r = 0; r < o.warmup; r++)
+            if ((st = edd_context_sample(ctx, out, n_out)) != EDD_OK) {
+                fprintf(stderr, "edgediff-run: %s\n", edd_context_error(ctx));
+                goto done;
+            }
         for (r = 0; r < o.runs; r++) {
             double a = now_ms(), b;
             if ((st = edd_context_sample(ctx, out, n_out)) != EDD_OK) {
@@ -425,6 +500,9 @@ int main(int argc, char **argv) {
             outside += e2e[r]; /* the run minus its denoiser calls */
             for (s = 0; s < n; s++) outside -= tm.end[s] - tm.start[s];
         }
+        if (o.json && write_bench_json(o.json, info, ov_desc, n, o.num, params.guidance, t_init - t0, t_bundle - t0,
+                                       t_first, o.warmup, e2e, runs, step_ms, den_ms))
+            goto done;
         printf("edgediff-run --bench %s\n", o.bundle);
         if (info->num_groups)
             printf("  model      %lu timestep groups (%s ... %s, %s) on %s\n", (unsigned long)info->num_groups,
