@@ -200,13 +200,10 @@ def runner_args(bundle_dir: str, *, warmup_runs: int, num_runs: int, json_path: 
 
 
 def check_runner_can_run(bundle: Bundle, *, instead: str) -> None:
-    """edgediff-run's OpenVINO backend reads onnx and openvino bundles with one graph."""
+    """edgediff-run's OpenVINO backend reads onnx and openvino bundles (timestep groups included)."""
     if bundle.model_format not in ("onnx", "openvino"):
         raise EdgediffError(f"{bundle.root}: edgediff-run runs OpenVINO (onnx or openvino bundles), "
                             f"not format {bundle.model_format!r}; {instead}")
-    if bundle.scheduler.get("timestep_groups"):
-        raise EdgediffError(f"{bundle.root / 'scheduler.json'}: field timestep_groups is set, which edgediff-run "
-                            f"does not read yet; {instead}")
 
 
 def measure_host_c(bundle: Bundle, exe: Path, *, warmup_runs: int, num_runs: int, threads: int = 0) -> dict:

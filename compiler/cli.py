@@ -58,7 +58,8 @@ def cmd_compile(a) -> int:
     from edgediff.compiler.quantize import QuantizeOptions
 
     opts = QuantizeOptions(observer=a.observer, keep_float=tuple(a.keep_float or ()), sensitive_float=a.float_layers,
-                           defaults="none" if a.no_float_defaults else "literature", seed=a.calib_seed)
+                           defaults="none" if a.no_float_defaults else "literature", seed=a.calib_seed,
+                           weight_range=a.weight_range)
     recipe = Recipe(sampler=a.sampler, steps=a.steps, guidance=a.guidance, spacing=a.spacing,
                     precision=a.precision, weights=a.weights, quantize=a.quantize, groups=a.groups, calib=a.calib,
                     calib_samples=a.calib_samples, quant_options=opts)
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--float-layers", type=nonneg_int, default=0, metavar="N",
                    help="also keep the N most quantization-sensitive layers in float (mixed precision)")
     q.add_argument("--keep-float", action="append", metavar="GLOB", help="torch layer names to keep float")
+    q.add_argument("--weight-range", default="auto", choices=["auto", "full", "reduced"],
+                   help="int8 weights on the full range, or 7-bit for x86 CPUs without VNNI (auto: from the target)")
     q.add_argument("--no-float-defaults", action="store_true",
                    help="quantize the first/last layer and the timestep-embedding path too")
     c.set_defaults(func=cmd_compile)

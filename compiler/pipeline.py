@@ -186,7 +186,7 @@ def quantize_stage(s: State) -> dict | None:
         calib = record_trajectories(s.model, sampler=r.sampler, steps=r.steps, guidance=r.guidance,
                                     spacing=r.spacing, num_samples=r.calib_samples, seed=r.quant_options.seed)
     s.quantized = quantize(s.model, calib, onnx_path=s.model_file, plan=s.plan, scheme=r.quantize,
-                           groups=r.groups, options=r.quant_options)
+                           groups=r.groups, options=r.quant_options, target_features=s.target.features)
     s.model_file = s.quantized.files[0]
     if s.target.format == "openvino":  # our scales, as FakeQuantize in the IR
         from edgediff.compiler.lower_openvino import lower_openvino_int8
@@ -240,8 +240,8 @@ def _manifest_quantization(record: dict | None) -> dict | None:
     """The manifest's short form; report.json keeps the per-layer scales."""
     if record is None:
         return None
-    keep = ("scheme", "weights", "activations", "groups", "step_group", "files", "shared_weights", "num_int8",
-            "num_float", "float_layers", "calibration")
+    keep = ("scheme", "weights", "weight_bits", "activations", "groups", "step_group", "files", "shared_weights",
+            "num_int8", "num_float", "float_layers", "calibration")
     return {k: record[k] for k in keep}
 
 

@@ -107,11 +107,19 @@ class QuantWeight:
     axis: int
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> QuantWeight:
-    r = observe(w, "minmax", axis=axis, bits=8, symmetric=True)
+def quantize_weight(w: np.ndarray, axis: int, bits: int = 8) -> QuantWeight:
+    """Symmetric per output channel on [-(2^(bits-1)-1), 2^(bits-1)-1], stored as int8.
+
+    bits=7 (|q| <= 63) is for x86 CPUs without VNNI: their u8 x s8 kernels (vpmaddubsw) add
+    two products in a saturating int16, which full-range weights and activations overflow.
+    """
+    if not 2 <= bits <= 8:
+        raise EdgediffError(f"weight bits must be in 2..8, got {bits}")
+    r = observe(w, "minmax", axis=axis, bits=bits, symmetric=True)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / r.scale.reshape(shape)), -127, 127).astype(np.int8)
+    lim = 2 ** (bits - 1) - 1
+    q = np.clip(np.round(w / r.scale.reshape(shape)), -lim, lim).astype(np.int8)
     return QuantWeight(q=q, scale=r.scale.astype(np.float32), axis=axis)
 
 

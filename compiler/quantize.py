@@ -57,6 +57,9 @@ class QuantizeOptions:
     keep_float: tuple[str, ...] = ()  # globs of torch layer names kept float
     sensitive_float: int = 0  # also keep the N layers that the sensitivity ranking finds worst
     sensitivity_rows: int = 128  # calibration rows the sensitivity ranking runs (uniform over steps)
+    # int8 weights on the full 8-bit range, or 7-bit (|q| <= 63) for x86 CPUs without VNNI, whose
+    # u8 x s8 kernels saturate an int16 sum of two products; "auto" decides from the target's features.
+    weight_range: Literal["auto", "full", "reduced"] = "auto"
     selection: str | None = None  # subset the calibration set: uniform | normal | eda (None: all rows)
     selection_budget: int = 0
     seed: int = 0
@@ -68,6 +71,8 @@ class QuantizeOptions:
             raise EdgediffError(f"quantize: defaults must be 'literature' or 'none' (got {self.defaults!r})")
         if not isinstance(self.sensitive_float, int) or self.sensitive_float < 0:
             raise EdgediffError(f"quantize: sensitive_float must be an integer >= 0 (got {self.sensitive_float!r})")
+        if self.weight_range not in ("auto", "full", "reduced"):
+            raise EdgediffError(f"quantize: weight_range must be auto, full or reduced (got {self.weight_range!r})")
         if self.selection is not None and self.selection not in SELECTORS:
             raise EdgediffError(f"quantize: unknown selection {self.selection!r} (known: {', '.join(SELECTORS)})")
         if self.selection is not None and self.selection_budget <= 0:
@@ -156,12 +161,31 @@ def float_plan(model: ModelSpec, proto: onnx.ModelProto, nodes: list[WeightedNod
 
 
 # ---------------------------------------------------------------- the pass
+_X86 = {"sse4_2", "avx", "avx2", "avx512f"}
+_INT8_DOT = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def weight_bits_for(option: str, features) -> tuple[int, str]:
+    """(bits, why) of the int8 weights for a target with ISA `features` (profile.features)."""
+    f = set(features or ())
+    if option == "full":
+        return 8, "full 8-bit range (set by weight_range)"
+    if option == "reduced":
+        return 7, "7-bit range |q| <= 63 (set by weight_range)"
+    if f & _X86 and not f & _INT8_DOT:
+        return 7, ("7-bit range |q| <= 63: an x86 CPU without VNNI multiplies u8 x s8 with vpmaddubsw, which "
+                   "adds two products in a saturating int16; full-range weights would overflow it")
+    return 8, "full 8-bit range: the target's int8 dot products accumulate in int32"
+
+
 def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: Plan, scheme: str = "w8a8",
-             groups: int = 1, options: QuantizeOptions = QuantizeOptions(), progress=None) -> QuantizedModel:
+             groups: int = 1, options: QuantizeOptions = QuantizeOptions(), target_features=(),
+             progress=None) -> QuantizedModel:
     """Quantize the fp32 ONNX graph at `onnx_path` (lowered from `model`) in place of it.
 
     `calib` must be recorded along `plan` (the bundle's sampler trajectory). Writes into
     onnx_path's folder and removes the fp32 file; returns the files and the record.
+    `target_features` (the target profile's ISA features) decides weight_range "auto".
     """
     if scheme not in SCHEMES:
         raise EdgediffError(f"quantize: scheme {scheme!r} is not supported (supported: {', '.join(SCHEMES)})")
@@ -184,10 +208,12 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
     stats = collect_activations(model, calib, kind=options.observer, groups=groups, layers=layers,
                                 progress=progress)
     inits = {i.name: i for i in proto.graph.initializer}
+    bits, bits_why = weight_bits_for(options.weight_range, target_features)
     weights: dict[str, QuantWeight] = {}
     for wn in chosen:
         if wn.weight not in weights:
-            weights[wn.weight] = quantize_weight(numpy_helper.to_array(inits[wn.weight]).astype(np.float32), wn.axis)
+            weights[wn.weight] = quantize_weight(numpy_helper.to_array(inits[wn.weight]).astype(np.float32), wn.axis,
+                                                 bits)
 
     per_group_ranges = []
     protos = []
@@ -216,6 +242,8 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
 
     record = _record(scheme, groups, step_group, plan, options, nodes, chosen, reasons, weights,
                      per_group_ranges, calib, ranking, files, shared)
+    record["weight_bits"] = bits
+    record["weights"] = f"int8 symmetric per output channel (min-max), {bits_why}"
     q = QuantizedModel(files=files, shared=shared, step_group=step_group.tolist(), record=record)
     record["trajectory"] = trajectory_error(model, q, calib, plan)
     return q

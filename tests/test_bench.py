@@ -342,10 +342,10 @@ def test_host_bench_with_the_c_runner(runner, tiny_bundle):
     assert r["denoise_ms"]["avg"] <= r["step_ms"]["avg"]
 
 
-def test_edgediff_run_refuses_grouped_bundles_by_name(tiny_bundle, bundle_copy):
+def test_edgediff_run_refuses_formats_it_cannot_run(tiny_bundle, bundle_copy):
     from edgediff.runtimes.bundle import load_bundle
 
     b = load_bundle(bundle_copy)
-    b.scheduler["timestep_groups"] = [{"steps": [0]}]
-    with pytest.raises(EdgediffError, match="scheduler.json: field timestep_groups"):
+    b.manifest["model"]["format"] = "tflite"
+    with pytest.raises(EdgediffError, match="not format 'tflite'"):
         B.check_runner_can_run(b, instead="use --runner python")

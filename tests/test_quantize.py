@@ -260,3 +260,19 @@ def test_openvino_int8_refuses_groups(tiny_bundle, tmp_path):
         compile_model("tiny_models:tiny_unet", tmp_path / "ovg", target="intel-core-ultra-npu",
                       recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=6))
     assert not (tmp_path / "ovg").exists()
+
+
+def test_weight_range_follows_the_target_isa(q1):
+    from edgediff.compiler.quantize import weight_bits_for
+    from edgediff.targets import load_target
+
+    assert weight_bits_for("auto", ("sse4_2", "avx2", "fma"))[0] == 7  # x86 without VNNI: vpmaddubsw saturates
+    assert weight_bits_for("auto", ("avx2", "avx512f", "avx512_vnni"))[0] == 8
+    assert weight_bits_for("auto", ("asimd", "asimddp"))[0] == 8  # arm64 sdot accumulates in int32
+    assert weight_bits_for("full", ("avx2",))[0] == 8 and weight_bits_for("reduced", ("avx512_vnni",))[0] == 7
+    # the bundle compiled for this host records what its ISA asked for, and its weights obey it
+    bits = weight_bits_for("auto", load_target("host-cpu").features)[0]
+    assert q1.manifest["quantization"]["weight_bits"] == bits
+    proto = onnx.load(str(Path(q1.root) / q1.manifest["model"]["file"]))
+    int8 = [onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8 and max(int(np.abs(w).max()) for w in int8) == 2 ** (bits - 1) - 1
