@@ -17,6 +17,7 @@ from edgediff.compiler.distill import (DistillOptions, GuidanceEmbedding, Guided
                                        distill, save_student)
 from edgediff.compiler.pipeline import Recipe, compile_model
 from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.runtimes.bundle import load_bundle
 from edgediff.runtimes.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
 from tiny_models import tiny_unet
@@ -70,7 +71,7 @@ def test_fresh_guided_student_equals_teacher_and_folds_exactly():
     assert torch.allclose(folded, a, atol=1e-5)
 
 
-def test_progressive_student_compiles_to_one_pass_per_step(progressive_student, tmp_path):
+def test_progressive_student_compiles_to_one_pass_per_step(progressive_student, tmp_path, capsys):
     st = progressive_student
     assert [s["student_steps"] for s in st.record["stages"]] == [4, 2]
     assert all(np.isfinite(s["final_loss"]) for s in st.record["stages"])
@@ -83,8 +84,11 @@ def test_progressive_student_compiles_to_one_pass_per_step(progressive_student, 
     with torch.no_grad():  # the folder reloads to the same function as the trained module
         assert torch.allclose(spec.module(x, t, y), st.spec().module(x, t, y), atol=1e-5)
 
-    b = compile_model(str(folder), tmp_path / "bundle",
-                      recipe=Recipe(sampler="ddim", steps=2, spacing="trailing", guidance=2.0))
+    # `edgediff compile` with no sampler options takes the student's own
+    assert main(["compile", str(folder), "--json", "-o", str(tmp_path / "bundle")]) == 0
+    rec = json.loads(capsys.readouterr().out)["manifest"]["recipe"]
+    assert (rec["sampler"], rec["steps"], rec["spacing"], rec["guidance"]) == ("ddim", 2, "trailing", 2.0)
+    b = load_bundle(tmp_path / "bundle")
     sch = b.scheduler
     assert sch["guidance_scale"] == 1.0 and sch["distilled"]["guidance"] == 2.0
     assert sch["distilled"]["guidance_mode"] == "distilled" and sch["plan"]["timesteps"] == [99, 49]
@@ -94,22 +98,12 @@ def test_progressive_student_compiles_to_one_pass_per_step(progressive_student, 
     setup = SamplingSetup.from_bundle(b)
     labels = default_labels(setup, 4)
     calls = []
-    ref = bind_guidance(spec, 2.0)
-    ref_denoise = torch_denoiser(ref)
+    ref_denoise = torch_denoiser(bind_guidance(spec, 2.0))
     py = generate(ref_denoise, setup, n=4, seed=0, labels=labels, loop="python",
                   on_call=lambda x, t, c, e: calls.append(len(x)))
     assert calls == [4, 4]  # one pass of the batch per step: no unconditional half
     c_loop = generate(bundle_denoiser(b), setup, n=4, seed=0, labels=labels, loop="c")
     assert np.abs(c_loop - py).max() < 1e-4
-
-
-def test_cli_compile_takes_the_students_defaults(progressive_student, tmp_path, capsys):
-    folder = save_student(progressive_student, tmp_path / "student")
-    assert main(["compile", str(folder), "--json", "-o", str(tmp_path / "b")]) == 0
-    out = json.loads(capsys.readouterr().out)
-    rec = out["manifest"]["recipe"]
-    assert (rec["sampler"], rec["steps"], rec["spacing"], rec["guidance"]) == ("ddim", 2, "trailing", 2.0)
-    assert out["report"]["model"]["forward_passes_per_step"] == 1
 
 
 def test_consistency_student_runs_with_lcm(tiny_npz, tmp_path):
@@ -129,13 +123,16 @@ def test_consistency_student_runs_with_lcm(tiny_npz, tmp_path):
 
 
 def test_cfg_mode_student_keeps_two_passes(tiny_npz, tmp_path):
+    from edgediff.compiler.pipeline import _bind_student
+
     st = distill(tiny_unet(), method="progressive", steps=2, guidance=2.0, data=tiny_npz,
                  options=DistillOptions(teacher_steps=4, **FAST))
     assert st.record["guidance"]["mode"] == "cfg"
-    b = compile_model(str(save_student(st, tmp_path / "s")), tmp_path / "b",
-                      recipe=Recipe(sampler="ddim", steps=2, spacing="trailing", guidance=2.0))
-    assert b.scheduler["guidance_scale"] == 2.0 and b.report["model"]["forward_passes_per_step"] == 2
-    assert b.scheduler["distilled"]["guidance"] is None
+    spec = load_source(str(save_student(st, tmp_path / "s")))
+    model, run, distilled = _bind_student(spec, Recipe(sampler="ddim", steps=2, spacing="trailing", guidance=2.0))
+    assert run.guidance == 2.0 and distilled == {"method": "progressive", "steps": 2, "guidance_mode": "cfg",
+                                                 "guidance": None}
+    assert model is spec  # nothing folded: the runtime guides with two passes
 
 
 @pytest.mark.parametrize("kw, match", [
