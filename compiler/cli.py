@@ -93,7 +93,7 @@ def format_report(b) -> str:
         f"source      {m['source']['spec']}  (sha256 {m['source']['sha256'][:12]}…)",
         f"target      {m['target']}  format {m['model']['format']}  precision {m['model']['precision']}",
         f"sampler     {b.scheduler['solver']}  {len(b.scheduler['plan']['timesteps'])} steps  "
-        f"guidance {b.scheduler['guidance_scale']}",
+        f"guidance {b.scheduler['guidance_scale']}" + _distilled_note(b.scheduler.get("distilled")),
         f"model       {r['model']['params'] / 1e6:.2f} M params  {r['model']['macs_per_step'] / 1e9:.3f} GMACs/call  "
         f"{r['model']['forward_passes_per_step']} call(s)/step  {r['model']['size_bytes'] / 1e6:.2f} MB",
         _format_verified(v),
@@ -111,6 +111,13 @@ def format_report(b) -> str:
         lines.append(f"ops         {len(r['coverage']['op_counts'])} op types; unit * runs {m['model']['precision']}")
         lines.append(format_coverage(r["coverage"]))
     return "\n".join(lines)
+
+
+def _distilled_note(d: dict | None) -> str:
+    if not d:
+        return ""
+    g = f", guidance {d['guidance']:g} distilled into the weights" if d.get("guidance") is not None else ""
+    return f"  ({d['method']}-distilled student{g})"
 
 
 def _format_verified(v: dict) -> str:

@@ -102,24 +102,38 @@ def test_progressive_student_compiles_to_one_pass_per_step(progressive_student, 
     py = generate(ref_denoise, setup, n=4, seed=0, labels=labels, loop="python",
                   on_call=lambda x, t, c, e: calls.append(len(x)))
     assert calls == [4, 4]  # one pass of the batch per step: no unconditional half
-    c_loop = generate(bundle_denoiser(b), setup, n=4, seed=0, labels=labels, loop="c")
+    c_calls = []
+    c_loop = generate(bundle_denoiser(b), setup, n=4, seed=0, labels=labels, loop="c",
+                      on_call=lambda x, t, c, e: c_calls.append(len(x)))
+    assert c_calls == [4, 4]  # the C loop too
     assert np.abs(c_loop - py).max() < 1e-4
 
 
 def test_consistency_student_runs_with_lcm(tiny_npz, tmp_path):
+    """The LCM student's plan comes from its record; (compile + C loop are covered by the progressive
+    test above and the LCM solver's C/Python conformance in test_c_runtime.py.)"""
+    from edgediff.compiler.pipeline import _bind_student
+    from edgediff.runtimes.samplers import get_solver
+
     st = distill(tiny_unet(), method="consistency", steps=2, guidance=2.0, guidance_distill=True,
                  data=tiny_npz, options=DistillOptions(**FAST))
     assert st.record["sampler"] == "lcm" and st.record["spacing"] == "lcm"
-    folder = save_student(st, tmp_path / "lcm")
-    b = compile_model(str(folder), tmp_path / "bundle",
-                      recipe=Recipe(sampler="lcm", steps=2, spacing="lcm", guidance=2.0))
-    assert b.scheduler["solver"] == "lcm" and b.scheduler["guidance_scale"] == 1.0
-    setup = SamplingSetup.from_bundle(b)
+    spec = load_source(str(save_student(st, tmp_path / "lcm")))
+    recipe = Recipe(sampler=spec.student["sampler"], steps=spec.student["steps"], spacing=spec.student["spacing"],
+                    guidance=2.0)
+    bound, run, distilled = _bind_student(spec, recipe)
+    assert run.guidance == 1.0 and distilled["method"] == "consistency" and distilled["guidance"] == 2.0
+    plan = get_solver("lcm").plan(spec.schedule, 2, spacing="lcm")
+    setup = SamplingSetup(plan=plan, guidance=run.guidance, conditioning=spec.conditioning.to_dict(),
+                          sample_shape=spec.sample_shape)
     labels = default_labels(setup, 3)
-    ref = torch_denoiser(bind_guidance(load_source(str(folder)), 2.0))
-    py = generate(ref, setup, n=3, seed=1, labels=labels, loop="python")
-    c_loop = generate(bundle_denoiser(b), setup, n=3, seed=1, labels=labels, loop="c")
-    assert np.isfinite(py).all() and np.abs(c_loop - py).max() < 1e-4
+    calls = []
+    images = generate(torch_denoiser(bound), setup, n=3, seed=1, labels=labels, loop="c",
+                      on_call=lambda x, t, c, e: calls.append(len(x)))
+    assert calls == [3, 3] and np.isfinite(images).all()
+    with torch.no_grad():  # folding w = 2 equals running the w-input student at w = 2
+        x, t, y = spec.example_inputs(2)
+        assert torch.allclose(bound.module(x, t, y), st.module(x, t, y, torch.tensor([2.0])), atol=1e-5)
 
 
 def test_cfg_mode_student_keeps_two_passes(tiny_npz, tmp_path):
