@@ -294,7 +294,7 @@ def progressive_loss(spec: ModelSpec, teacher: nn.Module, *, steps: int, mode: s
 
 
 def consistency_loss(spec: ModelSpec, teacher: nn.Module, *, mode: str, w_range: tuple[float, float],
-                     label_dropout: float, huber_c: float | None):
+                     label_dropout: float, huber_c: float | None, guided_teacher: bool = True):
     """loss_fn for consistency distillation on the LCM grid t_n = n T/50 - 1 (n = 1..50)."""
     T = spec.schedule.num_train_timesteps
     k = T // LCM_ORIGINAL_STEPS
@@ -326,7 +326,7 @@ def consistency_loss(spec: ModelSpec, teacher: nn.Module, *, mode: str, w_range:
         z_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
         inner = module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
         with torch.no_grad():
-            z_s, x0_hat = _ddim(z_t, calls.teacher(teacher, z_t, t, label, w, guided_teacher=True), a_t, a_s)
+            z_s, x0_hat = _ddim(z_t, calls.teacher(teacher, z_t, t, label, w, guided_teacher=guided_teacher), a_t, a_s)
             target = f(inner, z_s, s.clamp(min=0), label, w, _at(abar, s.clamp(min=0)))
             target = torch.where((s < 0).view(-1, 1, 1, 1), x0_hat, target)  # boundary: f(x, -1) = x0
         pred = f(module, z_t, t, label, w, a_t)
@@ -413,13 +413,19 @@ def distill(model: ModelSpec, *, method: Method = "progressive", steps: int = 4,
     w_range = options.guidance_range or (max(1.0, guidance - 1.0), guidance + 1.0)
 
     base = DiffusersAdapter(copy.deepcopy(unet), "UNet2DModel", unet.config.out_channels)
+    w_input_teacher = isinstance(model.module, BoundGuidance)  # a guidance-distilled student, distilled further
     if mode == "distilled":
-        student: nn.Module = GuidedStudent(base.model, GuidanceEmbedding(unet.time_embedding.linear_2.out_features))
+        emb = (copy.deepcopy(model.module.student.w_embedding) if w_input_teacher
+               else GuidanceEmbedding(unet.time_embedding.linear_2.out_features))
+        student: nn.Module = GuidedStudent(base.model, emb)
     else:
         student = base
-    teacher: nn.Module = copy.deepcopy(model.module.student if isinstance(model.module, BoundGuidance)
-                                       else model.module)
-    guided_teacher = True  # the original teacher is run with CFG; later stages take w directly
+    if w_input_teacher and mode == "distilled":
+        teacher: nn.Module = copy.deepcopy(model.module.student)
+    else:  # in "cfg" mode a w-input teacher runs at its bound w
+        teacher = copy.deepcopy(model.module)
+    # the original teacher is run with CFG; a w-input teacher (later stages) takes w directly
+    guided_teacher = not (w_input_teacher and mode == "distilled")
     stages: list[Stage] = []
     t0 = time.perf_counter()
     for k, n in enumerate(plan_steps):
@@ -427,7 +433,7 @@ def distill(model: ModelSpec, *, method: Method = "progressive", steps: int = 4,
             loss = progressive_loss(model, teacher, steps=n, mode=mode, guided_teacher=guided_teacher,
                                     w_range=w_range, label_dropout=options.label_dropout)
         else:
-            loss = consistency_loss(model, teacher, mode=mode, w_range=w_range,
+            loss = consistency_loss(model, teacher, mode=mode, w_range=w_range, guided_teacher=guided_teacher,
                                     label_dropout=options.label_dropout, huber_c=options.huber_c)
         ckpt = str(Path(options.checkpoint_dir) / f"stage-{k}-{n}") if options.checkpoint_dir else None
         cfg = TrainConfig(steps=options.train_steps, batch_size=options.batch_size, lr=options.lr,
@@ -500,8 +506,9 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
         if isinstance(module, GuidedStudent):
             emb = module.w_embedding
             save_file({k: v.contiguous() for k, v in emb.state_dict().items()}, str(tmp / GUIDANCE_FILE))
-            record["guidance"] = {**record["guidance"], "embedding": {"file": GUIDANCE_FILE, "dim": emb.linear_2.out_features,
-                                                                    "freq_dim": emb.freq_dim, "scale": emb.scale}}
+            embedding = {"file": GUIDANCE_FILE, "dim": emb.linear_2.out_features, "freq_dim": emb.freq_dim,
+                         "scale": emb.scale}
+            record["guidance"] = {**record["guidance"], "embedding": embedding}
         (tmp / STUDENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         old = None
         if out.exists():

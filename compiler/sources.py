@@ -229,7 +229,8 @@ def _load_diffusers_dir(spec: str) -> ModelSpec:
     if isinstance(size, (list, tuple)):
         size = size[0]
     h = hashlib.sha256()
-    student_files = [root / n for n in ("edgediff_student.json", "guidance_embedding.safetensors") if (root / n).is_file()]
+    student_files = [root / n for n in ("edgediff_student.json", "guidance_embedding.safetensors")
+                     if (root / n).is_file()]  # a distilled student's record and w-embedding
     for f in [model_dir / "config.json", sched_path, *weights, *student_files]:
         h.update(f.name.encode())
         _sha256_file(f, h)

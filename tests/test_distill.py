@@ -194,3 +194,14 @@ def test_cli_distill_two_processes(tiny_npz, tmp_path):
     x, t, y = spec.example_inputs(2)
     with torch.no_grad():
         assert torch.isfinite(spec.module(x, t, y)).all()
+
+
+def test_a_student_distils_further(progressive_student, tiny_npz, tmp_path):
+    """A guidance-distilled student as the teacher: its w-input is used directly (no CFG pass)."""
+    spec = load_source(str(save_student(progressive_student, tmp_path / "s2")))
+    st = distill(spec, method="progressive", steps=1, guidance=2.0, guidance_distill=True, data=tiny_npz,
+                 options=DistillOptions(teacher_steps=2, **FAST))
+    assert st.record["steps"] == 1 and np.isfinite(st.record["stages"][0]["final_loss"])
+    x, t, y = spec.example_inputs(2)
+    with torch.no_grad():
+        assert torch.isfinite(st.spec().module(x, t, y)).all()
