@@ -205,3 +205,15 @@ def test_a_student_distils_further(progressive_student, tiny_npz, tmp_path):
     x, t, y = spec.example_inputs(2)
     with torch.no_grad():
         assert torch.isfinite(st.spec().module(x, t, y)).all()
+
+
+def test_rerun_with_checkpoints_resumes_every_stage(tiny_npz, tmp_path):
+    opts = DistillOptions(teacher_steps=4, checkpoint_dir=str(tmp_path / "ckpt"), **FAST)
+    a = distill(tiny_unet(), method="progressive", steps=1, guidance=2.0, guidance_distill=True, data=tiny_npz,
+                options=opts)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["stage-0-2", "stage-1-1"]
+    b = distill(tiny_unet(), method="progressive", steps=1, guidance=2.0, guidance_distill=True, data=tiny_npz,
+                options=opts)
+    assert [s["resumed_from"] for s in b.record["stages"]] == [FAST["train_steps"]] * 2
+    for k, v in a.module.state_dict().items():
+        assert torch.equal(v, b.module.state_dict()[k]), k
