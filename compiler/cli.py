@@ -6,6 +6,7 @@
     edgediff generate BUNDLE -n 16 --seed 0 [--label 3] -o grid.png
     edgediff eval BUNDLE [--num-samples 500] --json out.json
     edgediff inspect BUNDLE [--json]
+    edgediff distill SOURCE --method progressive|consistency --steps 4 [--guidance-distill] -o STUDENT
     edgediff targets [--json]
     edgediff bench BUNDLE [--device host|ssh://USER@HOST[:PORT]|adb:SERIAL|PROFILE] [--json out.json]
     edgediff report BUNDLE... -o DIR
@@ -57,6 +58,13 @@ def cmd_compile(a) -> int:
 
     from edgediff.compiler.quantize import QuantizeOptions
 
+    from edgediff.compiler.distill import recipe_defaults
+
+    # a distilled student records its sampler, steps, spacing and guidance: those are its defaults
+    defaults = {"sampler": "dpmpp-2m", "steps": 20, "guidance": 3.0, "spacing": "leading"} | recipe_defaults(a.source)
+    for key, value in defaults.items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     opts = QuantizeOptions(observer=a.observer, keep_float=tuple(a.keep_float or ()), sensitive_float=a.float_layers,
                            defaults="none" if a.no_float_defaults else "literature", seed=a.calib_seed,
                            weight_range=a.weight_range)
@@ -88,7 +96,7 @@ def format_report(b) -> str:
         f"source      {m['source']['spec']}  (sha256 {m['source']['sha256'][:12]}…)",
         f"target      {m['target']}  format {m['model']['format']}  precision {m['model']['precision']}",
         f"sampler     {b.scheduler['solver']}  {len(b.scheduler['plan']['timesteps'])} steps  "
-        f"guidance {b.scheduler['guidance_scale']}",
+        f"guidance {b.scheduler['guidance_scale']}" + _distilled_note(b.scheduler.get("distilled")),
         f"model       {r['model']['params'] / 1e6:.2f} M params  {r['model']['macs_per_step'] / 1e9:.3f} GMACs/call  "
         f"{r['model']['forward_passes_per_step']} call(s)/step  {r['model']['size_bytes'] / 1e6:.2f} MB",
         _format_verified(v),
@@ -106,6 +114,13 @@ def format_report(b) -> str:
         lines.append(f"ops         {len(r['coverage']['op_counts'])} op types; unit * runs {m['model']['precision']}")
         lines.append(format_coverage(r["coverage"]))
     return "\n".join(lines)
+
+
+def _distilled_note(d: dict | None) -> str:
+    if not d:
+        return ""
+    g = f", guidance {d['guidance']:g} distilled into the weights" if d.get("guidance") is not None else ""
+    return f"  ({d['method']}-distilled student{g})"
 
 
 def _format_verified(v: dict) -> str:
@@ -187,6 +202,96 @@ def format_eval(r: dict) -> str:
         f"{'trajectory rel error':22}{r['trajectory_rel_error']['mean']:12.2e}{'—':>12}",
     ]
     return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- distill
+def cmd_distill(a) -> int:
+    """Step distillation (compiler/distill.py); `--nproc N` relaunches under torchrun, rank 0 writes."""
+    import os
+
+    from edgediff.compiler.distill import DistillOptions, distill, save_student
+    from edgediff.compiler.sources import load_source
+    from edgediff.training import DistContext, relaunch_under_torchrun
+
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise EdgediffError(f"{out}: exists and is a file; choose another output folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "edgediff_student.json").exists():
+        raise EdgediffError(f"{out}: exists and is not a student folder; refusing to replace it")
+    if a.guidance_range is not None and not a.guidance_distill:
+        raise EdgediffError("--guidance-range needs --guidance-distill")
+    if a.data is not None and not Path(a.data).is_file():
+        raise EdgediffError(f"--data {a.data}: no such file")
+    if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return relaunch_under_torchrun(a.nproc)
+    opts = DistillOptions(train_steps=a.train_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                          teacher_steps=a.teacher_steps, guidance_range=a.guidance_range,
+                          checkpoint_dir=a.checkpoint_dir, threads=a.threads, progress=not a.quiet)
+    dist = DistContext.from_env()
+    try:
+        student = distill(load_source(a.source), method=a.method, steps=a.steps, guidance=a.guidance,
+                          guidance_distill=a.guidance_distill, data=a.data, options=opts, dist=dist)
+        if dist.is_main:
+            save_student(student, out)
+        dist.barrier()
+    finally:
+        dist.close()
+    if dist.is_main:
+        r = student.record
+        for s in r["stages"]:
+            print(f"stage -> {s['student_steps']:>3} steps   final loss {s['final_loss']:.4g}   {s['seconds']:.1f} s")
+        print(f"wrote {out}: {r['method']} student, {r['sampler']} {r['steps']} steps, guidance "
+              f"{r['guidance']['mode']} ({r['guidance']['scale']:g}), {r['world_size']} process(es), "
+              f"{r['train_seconds']:.0f} s")
+    return 0
+
+
+def _guidance_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not 1.0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 1 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return v
+
+
+def add_distill_parser(sub) -> None:
+    d = sub.add_parser("distill", help="distil a model into a 1-8 step student (progressive or consistency)")
+    d.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory (the teacher)")
+    d.add_argument("--method", required=True, choices=["progressive", "consistency"])
+    d.add_argument("--steps", type=positive_int, default=4, help="the student's sampling steps (default 4)")
+    d.add_argument("--guidance-distill", action="store_true",
+                   help="the student takes the guidance scale as an input: one forward pass per step")
+    d.add_argument("--guidance", type=float, default=3.0,
+                   help="the teacher's classifier-free guidance scale (default 3); the student's default")
+    d.add_argument("--guidance-range", type=_guidance_range, default=None, metavar="LO,HI",
+                   help="w drawn from this range in training (default guidance-1,guidance+1)")
+    d.add_argument("--train-steps", type=positive_int, default=500,
+                   help="training steps per progressive stage (consistency: in all)")
+    d.add_argument("--teacher-steps", type=positive_int, default=None,
+                   help="progressive: the teacher's DDIM steps, steps x a power of two (default 4 x steps)")
+    d.add_argument("--batch-size", type=positive_int, default=64, help="global batch (split over processes)")
+    d.add_argument("--lr", type=_positive_float, default=1e-4)
+    d.add_argument("--seed", type=nonneg_int, default=0)
+    d.add_argument("--data", default=None, metavar="NPZ",
+                   help="training images: 'images' (N,C,H,W) in [-1,1] [+ 'labels']; builtin:digits has its own")
+    d.add_argument("--nproc", type=positive_int, default=1, help="processes (DDP under torchrun, gloo on CPU)")
+    d.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
+    d.add_argument("--checkpoint-dir", default=None, help="resumable: checkpoints per stage here")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("-o", "--output", required=True, help="student model folder to write")
+    d.set_defaults(func=cmd_distill)
 
 
 # ---------------------------------------------------------------- inspect / targets
@@ -309,10 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a model source into a verified bundle")
     c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
     c.add_argument("--target", default="host-cpu", help="device profile (see `edgediff targets`)")
-    c.add_argument("--sampler", default="dpmpp-2m", choices=sorted(SOLVERS))
-    c.add_argument("--steps", type=positive_int, default=20)
-    c.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    c.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
+    c.add_argument("--sampler", default=None, choices=sorted(SOLVERS),
+                   help="default dpmpp-2m, or what a distilled student records")
+    c.add_argument("--steps", type=positive_int, default=None, help="default 20, or the student's")
+    c.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (1 = off; default 3, or the student's)")
+    c.add_argument("--spacing", default=None, choices=["leading", "trailing", "linspace", "lcm"],
+                   help="default leading, or the student's")
     c.add_argument("--precision", default=None,
                    help="fp32 | fp16 | int8 (default: the target's first that its format's lowering writes)")
     c.add_argument("--weights", default=None, choices=["int8", "palette4", "palette6"],
@@ -341,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     from edgediff.calibration.cli import add_calibrate_parser
 
     add_calibrate_parser(sub)
+
+    add_distill_parser(sub)
 
     g = sub.add_parser("generate", help="sample images from a bundle")
     g.add_argument("bundle")

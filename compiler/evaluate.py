@@ -63,6 +63,11 @@ def evaluate(bundle: Bundle, *, num_samples: int = 500, seed: int = 0, batch_siz
     if src.get("sha256") and model.source_sha256 != src["sha256"]:
         raise EdgediffError(f"source {src['spec']}: its weights changed since the bundle was compiled "
                             "(sha256 differs from manifest.json source.sha256); the reference would not match")
+    distilled = bundle.scheduler.get("distilled") or {}
+    if distilled.get("guidance") is not None:  # a guidance-distilled student: w as compiled
+        from edgediff.compiler.distill import bind_guidance
+
+        model = bind_guidance(model, distilled["guidance"])
     reference = torch_denoiser(model)
     labels = default_labels(setup, num_samples)
 

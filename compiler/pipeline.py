@@ -256,6 +256,23 @@ def _provenance() -> dict:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def _bind_student(model: ModelSpec, recipe: Recipe) -> tuple[ModelSpec, Recipe, dict | None]:
+    """A step-distilled student (compiler/distill.py): a guidance-distilled one gets the recipe's
+    guidance folded into its weights and is sampled with guidance_scale 1 (one forward pass per
+    step); scheduler.json records it under "distilled"."""
+    if model.student is None:
+        return model, recipe, None
+    from edgediff.compiler.distill import bind_guidance
+
+    st = model.student
+    distilled = {"method": st["method"], "steps": st["steps"], "guidance_mode": st["guidance"]["mode"],
+                 "guidance": None}
+    if st["guidance"]["mode"] == "distilled":
+        distilled["guidance"] = recipe.guidance
+        return bind_guidance(model, recipe.guidance), Recipe(**{**asdict(recipe), "guidance": 1.0}), distilled
+    return model, recipe, distilled
+
+
 def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "host-cpu",
                   recipe: Recipe = Recipe(), progress=None) -> Bundle:
     """Compile `source` for `target` into the bundle folder `out`; returns the loaded bundle.
@@ -271,8 +288,9 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
     c = model.conditioning
     if recipe.guidance != 1.0 and c.kind != "class":
         recipe = Recipe(**{**asdict(recipe), "guidance": 1.0})  # no null condition to guide against
+    model, run_recipe, distilled = _bind_student(model, recipe)
     with bundle_io.staging(out) as work:
-        s = State(model=model, target=profile, recipe=recipe, work=work, records={})
+        s = State(model=model, target=profile, recipe=run_recipe, work=work, records={})
         for name, stage in STAGES:
             if progress:
                 progress(name)
@@ -286,16 +304,18 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             "solver": recipe.sampler,
             "spacing": recipe.spacing,
             "plan": s.plan.to_dict(),
-            "guidance_scale": recipe.guidance,
+            "guidance_scale": run_recipe.guidance,
             "timestep_groups": _groups_entry(s),
             "cache_schedule": None,
         }
+        if distilled is not None:
+            scheduler["distilled"] = distilled
         report = {
             "source": model.source,
             "target": profile.name,
             "model": {"params": s.records["capture"]["params"],
                       "macs_per_step": s.records["capture"]["macs_per_step"],
-                      "forward_passes_per_step": 2 if (recipe.guidance != 1.0 and c.kind == "class") else 1,
+                      "forward_passes_per_step": 2 if (run_recipe.guidance != 1.0 and c.kind == "class") else 1,
                       "size_bytes": model_bytes},
             "lowering": s.records["lower"],
             "coverage": s.records["coverage"],

@@ -73,6 +73,7 @@ class ModelSpec:
     source: str = "python"
     source_sha256: str = ""
     description: str = ""
+    student: dict | None = None  # a step-distilled student's record (compiler/distill.py), else None
 
     def example_inputs(self, batch: int = 2, *, generator: torch.Generator | None = None) -> tuple:
         g = generator or torch.Generator().manual_seed(0)
@@ -128,8 +129,13 @@ def _sha256_state(module: nn.Module) -> str:
 
 
 def _load_builtin(spec: str) -> ModelSpec:
+    from edgediff.compiler.distill import builtin_student_folder
     from edgediff.zoo.builtin import load_builtin
 
+    student = builtin_student_folder(spec.split(":", 1)[1])
+    if student is not None:  # a committed distilled student: a diffusers folder under zoo/weights/students
+        loaded = _load_diffusers_dir(str(student))
+        return ModelSpec(**{**loaded.__dict__, "source": spec})
     b = load_builtin(spec.split(":", 1)[1])
     if b.num_classes:
         cond = Conditioning("class", num_classes=b.num_classes, null_label=b.num_classes)
@@ -223,10 +229,12 @@ def _load_diffusers_dir(spec: str) -> ModelSpec:
     if isinstance(size, (list, tuple)):
         size = size[0]
     h = hashlib.sha256()
-    for f in [model_dir / "config.json", sched_path, *weights]:
+    student_files = [root / n for n in ("edgediff_student.json", "guidance_embedding.safetensors")
+                     if (root / n).is_file()]  # a distilled student's record and w-embedding
+    for f in [model_dir / "config.json", sched_path, *weights, *student_files]:
         h.update(f.name.encode())
         _sha256_file(f, h)
-    return ModelSpec(
+    spec = ModelSpec(
         module=DiffusersAdapter(model, cls_name, out_ch).eval(),
         schedule=schedule,
         sample_shape=(int(in_ch), int(size), int(size)),
@@ -235,6 +243,9 @@ def _load_diffusers_dir(spec: str) -> ModelSpec:
         source_sha256=h.hexdigest(),
         description=f"diffusers {cls_name} from {root}",
     )
+    from edgediff.compiler.distill import attach_student  # a distilled student's record and w-embedding
+
+    return attach_student(spec, root)
 
 
 def _load_factory(spec: str) -> ModelSpec:
