@@ -49,6 +49,19 @@ from edgediff.runtimes.samplers import get_solver
 THREADS = 2
 
 
+def host():
+    from edgediff.targets.host import detect_host
+
+    info = detect_host()
+    feats = tuple(info.get("features", ()))
+    vnni = any(f in feats for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    desc = f"{info.get('cpu_model', 'unknown CPU')}, {'with' if vnni else 'no'} VNNI ({' '.join(feats)})"
+    return feats, desc
+
+
+HOST_FEATURES, HOST_DESC = host()
+
+
 def size_mb(path: Path) -> float:
     files = [p for p in path.iterdir()] if path.is_dir() else [path]
     return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
@@ -187,7 +200,7 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
         vd.mkdir(exist_ok=True)
         path = vd / "denoiser.onnx"
         shutil.copy(fp32, path)
-        q = quantize(spec, calib, onnx_path=path, plan=plan, groups=g, options=opts)
+        q = quantize(spec, calib, onnx_path=path, plan=plan, groups=g, options=opts, target_features=HOST_FEATURES)
         entry = None
         if g > 1:
             entry = {"files": [f.name for f in q.files], "step_group": q.step_group,
@@ -195,23 +208,29 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
         denoise = grouped_denoiser(vd, entry, plan.model_timesteps, model_file=q.files[0], threads=THREADS)
         floats = ", ".join(f["layer"].replace("model.", "") for f in q.record["float_layers"]
                            if f["why"].startswith("sensitivity"))
-        run(name, denoise, size_mb(vd), f"{q.record['num_int8']} int8 / {q.record['num_float']} float layers"
-            + (f"; by sensitivity: {floats}" if floats else ""))
+        run(name, denoise, size_mb(vd), f"{q.record['num_int8']} int8 / {q.record['num_float']} float layers, "
+            f"{q.record['weight_bits']}-bit weights" + (f"; by sensitivity: {floats}" if floats else ""))
+        if g == 1 and not opts.sensitive_float:
+            ov_row(name, q, vd, run)
     return rows
 
 
+def ov_row(name, q, vd, run):
+    """The same G=1 graph run by OpenVINO (QDQ -> FakeQuantize, our scales)."""
+    try:
+        from edgediff.compiler.lower_openvino import lower_openvino_int8
+    except ImportError:
+        return
+    od = vd.with_name(vd.name + "_ov")
+    od.mkdir(exist_ok=True)
+    src = od / "denoiser.onnx"
+    shutil.copy(q.files[0], src)
+    low = lower_openvino_int8(None, src, od)
+    run(name + " on OpenVINO", OpenVinoDenoiser(str(low.file), {"INFERENCE_PRECISION_HINT": "f32"}), size_mb(od),
+        f"{low.record['fake_quantize']} FakeQuantize, f32 hint")
+
+
 # ---------------------------------------------------------------- speed
-def time_calls(denoise, args, reps):
-    for _ in range(3):
-        denoise(*args)
-    best = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        denoise(*args)
-        best.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(best))
-
-
 def speed_rows(a, work: Path) -> list[dict]:
     spec = load_source("builtin:cifar-arch")
     d = work / "cifar"
@@ -225,7 +244,7 @@ def speed_rows(a, work: Path) -> list[dict]:
     path = d / "edgediff" / "denoiser.onnx"
     path.parent.mkdir(exist_ok=True)
     shutil.copy(fp32, path)
-    q = quantize(spec, calib, onnx_path=path, plan=plan)
+    q = quantize(spec, calib, onnx_path=path, plan=plan, target_features=HOST_FEATURES)
     from onnxruntime.quantization import QuantType
 
     ort_path = ort_quantize_static(fp32, d / "ort_int8.onnx", feeds_of(calib.x, calib.t, None, names, batch=4),
@@ -243,11 +262,27 @@ def speed_rows(a, work: Path) -> list[dict]:
                   ("OpenVINO default", OpenVinoDenoiser(str(fp32)))]
         ov_path = nncf_quantize(fp32, feeds_of(calib.x, calib.t, None, names, batch=4), d / "nncf_int8.xml")
         cands.append(("OpenVINO int8 NNCF default", OpenVinoDenoiser(str(ov_path))))
+        from edgediff.compiler.lower_openvino import lower_openvino_int8
+
+        od = d / "edgediff_ov"
+        od.mkdir(exist_ok=True)
+        shutil.copy(q.files[0], od / "denoiser.onnx")
+        ours_ov = lower_openvino_int8(None, od / "denoiser.onnx", od).file
+        cands.append(("OpenVINO int8 edgediff W8A8 (our scales)", OpenVinoDenoiser(str(ours_ov))))
     except ImportError as e:
         print(f"  OpenVINO skipped: {e}", file=sys.stderr)
-    rows = []
-    for name, fn in tqdm(cands, desc="speed", file=sys.stderr, leave=False):
-        rows.append({"runtime": name, "ms_per_call": time_calls(fn, args, a.reps)})
+    # Interleaved rounds, median per runtime: a load change on a shared machine hits every
+    # runtime alike instead of whichever happened to run then.
+    times = {name: [] for name, _ in cands}
+    for _, fn in cands:
+        for _ in range(3):
+            fn(*args)
+    for _ in tqdm(range(a.reps), desc="speed rounds", file=sys.stderr, leave=False):
+        for name, fn in cands:
+            t0 = time.perf_counter()
+            fn(*args)
+            times[name].append(time.perf_counter() - t0)
+    rows = [{"runtime": name, "ms_per_call": 1000 * float(np.median(v))} for name, v in times.items()]
     base = {r["runtime"]: r["ms_per_call"] for r in rows}
     for r in rows:
         r["vs_ort_fp32"] = base["ORT fp32"] / r["ms_per_call"]
@@ -311,7 +346,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"num_samples": a.num_samples, "calib_samples": a.calib_samples, "threads": THREADS,
-              "cpu": "AMD Zen 5, AVX-512 VNNI", "quality": [], "speed": []}
+              "cpu": HOST_DESC, "quality": [], "speed": []}
     with tempfile.TemporaryDirectory(prefix="edgediff-bench-") as tmp:
         work = Path(tmp)
         if not a.skip_quality:
