@@ -69,11 +69,17 @@ def cmd_calibrate(a) -> int:
     if not out.resolve().parent.is_dir():
         raise EdgediffError(f"{out}: folder {out.resolve().parent} does not exist")
     model = load_source(a.source)
+    guidance = a.guidance
+    if model.student is not None and model.student["guidance"]["mode"] == "distilled":
+        # a guidance-distilled student runs with w folded in and one pass per step, as compile does
+        from edgediff.compiler.distill import bind_guidance
+
+        model, guidance = bind_guidance(model, a.guidance), 1.0
     bar = tqdm(total=a.samples * a.steps, desc="calibrate", unit="img·step", file=sys.stderr, leave=False,
                dynamic_ncols=True, disable=None)
     t0 = time.perf_counter()
     try:
-        calib = record_trajectories(model, sampler=a.sampler, steps=a.steps, guidance=a.guidance, spacing=a.spacing,
+        calib = record_trajectories(model, sampler=a.sampler, steps=a.steps, guidance=guidance, spacing=a.spacing,
                                     num_samples=a.samples, seed=a.seed, batch_size=a.batch_size, progress=bar.update)
     finally:
         bar.close()
