@@ -58,6 +58,8 @@ def accumulate_taylor_gradients(model: ModelSpec, data: dict[str, torch.Tensor],
     eps = torch.randn(x0.shape, generator=g)
     abar = alphas_cumprod(model)
     v_pred = model.schedule.prediction_type == "v_prediction"
+    for p in module.parameters():
+        p.requires_grad_(True)
     module.zero_grad(set_to_none=True)
     module.eval()  # no dropout; the UNets here have no batch norm
     used, losses, loss_max, stopped = [], [], 0.0, None

@@ -24,9 +24,7 @@ def recovery_loss(student: ModelSpec, teacher: ModelSpec, *, distill_weight: flo
     abar = alphas_cumprod(student)
     T = len(abar)
     v_pred = student.schedule.prediction_type == "v_prediction"
-    teacher_module = teacher.module.eval()
-    for p in teacher_module.parameters():
-        p.requires_grad_(False)
+    teacher_module = teacher.module.eval()  # run under no_grad below; its flags are left alone
 
     def loss_fn(module, batch, rng):
         x0 = batch["x0"]
