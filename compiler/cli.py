@@ -271,7 +271,7 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--taylor-stride", type=positive_int, default=1, help="visit every k-th timestep")
     p.add_argument("--finetune-steps", type=nonneg_int, default=0, help="recovery fine-tune steps (0: none)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="global batch over all processes")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the teacher-output loss")
     p.add_argument("--data", default=None, metavar="NPZ", help="training images (builtin:digits has its own)")
     p.add_argument("--seed", type=nonneg_int, default=0)

@@ -248,9 +248,9 @@ class FinetuneOptions:
 
     steps: int = 0  # 0: no fine-tune
     batch_size: int = 64
-    lr: float = 2e-4
+    lr: float = 5e-4
     warmup: int = 50
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995  # short runs: a 0.999 average would still remember the first steps
     distill_weight: float = 1.0
     threads: int | None = None
     progress: bool = True

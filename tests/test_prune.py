@@ -76,6 +76,15 @@ def test_protect_pattern_keeps_widths_and_unknown_pattern_is_named():
         prune(spec, ratio=0.4, options=PruneOptions(importance="magnitude", protect=("mid_blok.*",)))
 
 
+def test_global_scope_prunes_unevenly_but_validly():
+    spec = tiny_unet()
+    r = prune(spec, ratio=0.4, options=PruneOptions(importance="magnitude", scope="global"))
+    norms = [m for m in _inner(r.model)[0].modules() if isinstance(m, nn.GroupNorm)]
+    assert all(m.num_channels % m.num_groups == 0 for m in norms)
+    assert r.record["params_after"] < r.record["params_before"] and r.record["scope"] == "global"
+    assert _out(r.model).shape == (3, 1, 8, 8)
+
+
 @pytest.mark.parametrize("ratio", [0, 1, -0.2, 1.5])
 def test_bad_ratio_is_a_clear_error(ratio):
     with pytest.raises(EdgediffError, match="ratio must lie strictly between 0 and 1"):
