@@ -177,3 +177,19 @@ def test_prune_finetune_two_processes(tmp_path):
     assert r.stdout.count("wrote ") == 1  # only rank 0 reports and writes
     spec = load_source(str(out))
     assert torch.isfinite(_out(spec)).all()
+
+
+def test_leftover_checkpoints_resume_or_are_refused(tmp_path):
+    import shutil
+
+    from edgediff.compiler.prune import prune_to_dir
+
+    opts = PruneOptions(importance="magnitude")
+    prune_to_dir("tiny_models:tiny_unet", tmp_path / "a", ratio=0.4, options=opts, log=lambda *_: None)
+    shutil.copytree(tmp_path / "a", tmp_path / "b.checkpoints" / "pruned-init")  # as an interrupted run leaves it
+    with pytest.raises(EdgediffError, match="ratio=0.4"):
+        prune_to_dir("tiny_models:tiny_unet", tmp_path / "b", ratio=0.3, options=opts, log=lambda *_: None)
+    said = []
+    prune_to_dir("tiny_models:tiny_unet", tmp_path / "b", ratio=0.4, options=opts, log=said.append)
+    assert any("resuming" in s for s in said) and not (tmp_path / "b.checkpoints").exists()
+    assert torch.equal(_out(load_source(str(tmp_path / "a"))), _out(load_source(str(tmp_path / "b"))))
