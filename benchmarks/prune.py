@@ -1,7 +1,8 @@
 """Structured pruning: size, MACs, real speed in ONNX Runtime and OpenVINO, and digit quality
 (the README's pruning table).
 
-    python benchmarks/prune.py [--ratio 0.2] [--finetune-steps 600] [--json out/prune.json]
+    python benchmarks/prune.py [--ratio 0.2] [--finetune-steps 500] [--json out/prune.json]
+    python benchmarks/prune.py --speed-only out/digits-pruned --repeats 300 --json out/prune_speed.json
 
 builtin:digits at --ratio, for magnitude and Taylor importance:
   params, MACs per denoiser call (zoo/macs.py, batch 1), ms/step ratio vs the unpruned model
@@ -143,6 +144,15 @@ def cifar(a, work: Path) -> dict:
     return out
 
 
+def speed_only(a, work: Path) -> dict:
+    """builtin:digits vs a pruned folder: MACs and ms/step ratios only, with more repeats."""
+    base, pruned = load_source("builtin:digits"), load_source(a.speed_only)
+    row = {"pruned": a.speed_only, "macs_unpruned": macs(base), "macs_pruned": macs(pruned), "repeats": a.repeats,
+           "speed": speed_rows(base, compile_all(base, work, "base"), pruned, work, "pruned", a.repeats)}
+    print(json.dumps(row, indent=2))
+    return row
+
+
 def table(r: dict) -> str:
     d = r["digits"]
     u = d["unpruned"]
@@ -221,6 +231,8 @@ def main(argv=None) -> None:
     p.add_argument("--cifar-ratios", default="0.2,0.4,0.6")
     p.add_argument("--json", default="out/prune.json")
     p.add_argument("--save-pruned", default=None, help="write the Taylor-pruned fine-tuned digits folder here")
+    p.add_argument("--speed-only", default=None, metavar="DIR",
+                   help="only time builtin:digits against this pruned folder (ORT and OpenVINO, --repeats calls)")
     a = p.parse_args(argv)
     a.importances = [s for s in a.importances.split(",") if s]
     a.cifar_ratios = [float(s) for s in a.cifar_ratios.split(",") if s]
@@ -230,6 +242,12 @@ def main(argv=None) -> None:
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if a.speed_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = speed_only(a, Path(tmp))
+        row["load"] = os.getloadavg()
+        out.write_text(json.dumps(row, indent=2) + "\n")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         r = {"settings": vars(a), "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                                           "load_before": os.getloadavg()}}
