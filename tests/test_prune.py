@@ -193,3 +193,10 @@ def test_leftover_checkpoints_resume_or_are_refused(tmp_path):
     prune_to_dir("tiny_models:tiny_unet", tmp_path / "b", ratio=0.4, options=opts, log=said.append)
     assert any("resuming" in s for s in said) and not (tmp_path / "b.checkpoints").exists()
     assert torch.equal(_out(load_source(str(tmp_path / "a"))), _out(load_source(str(tmp_path / "b"))))
+
+
+def test_builtin_digits_pruned_loads_smaller():
+    spec = load_source("builtin:digits-pruned")
+    rec = json.loads((HERE.parent / "zoo" / "weights" / "digits_pruned" / "pruned_shapes.json").read_text())["record"]
+    assert sum(p.numel() for p in spec.module.parameters()) == rec["params_after"] < rec["params_before"]
+    assert spec.conditioning.null_label == 10 and torch.isfinite(_out(spec)).all()
