@@ -11,6 +11,7 @@
     edgediff bench BUNDLE [--device host|ssh://USER@HOST[:PORT]|adb:SERIAL|PROFILE] [--json out.json]
     edgediff report BUNDLE... -o DIR
     edgediff zoo train digits|classifier
+    edgediff prune SOURCE --ratio 0.4 [--importance taylor|magnitude] [--finetune-steps N] [--nproc N] -o DIR
 
 User errors (EdgediffError) print as one line and exit with status 2; anything else is a
 bug and keeps its traceback.
@@ -405,6 +406,56 @@ def cmd_zoo_train(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- prune
+def cmd_prune(a) -> int:
+    import os
+
+    from edgediff.compiler.prune import FinetuneOptions, PruneOptions, check_ratio, prune_to_dir
+    from edgediff.training import DistContext, relaunch_under_torchrun
+
+    check_ratio(a.ratio)  # before relaunching, so a bad ratio is one clear line
+    if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return relaunch_under_torchrun(a.nproc)
+    options = PruneOptions(importance=a.importance, scope=a.scope, protect=tuple(a.protect or ()), seed=a.seed,
+                           taylor_threshold=a.taylor_threshold, taylor_stride=a.taylor_stride)
+    tune = FinetuneOptions(steps=a.finetune_steps, batch_size=a.batch_size, lr=a.lr, distill_weight=a.distill_weight,
+                           threads=a.threads)
+    dist = DistContext.from_env()
+    try:
+        log = print if dist.is_main else (lambda *_: None)
+        prune_to_dir(a.source, a.output, ratio=a.ratio, options=options, finetune=tune, data=a.data, dist=dist,
+                     log=log)
+        log(f"wrote {a.output} (compile it with: edgediff compile {a.output} -o BUNDLE)")
+    finally:
+        dist.close()
+    return 0
+
+
+def add_prune_parser(sub) -> None:
+    p = sub.add_parser("prune", help="structured pruning (+ recovery fine-tune) into a folder compile reads")
+    p.add_argument("source", help="builtin:NAME or a diffusers folder (UNet2DModel, DiTTransformer2DModel)")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of channels removed, in (0, 1)")
+    p.add_argument("--importance", default="taylor", choices=["taylor", "magnitude"],
+                   help="taylor: Diff-Pruning's gradient importance over timesteps; magnitude: weight norms")
+    p.add_argument("--scope", default="uniform", choices=["uniform", "global"],
+                   help="the same ratio in every layer, or one ranking over the whole network")
+    p.add_argument("--protect", action="append", metavar="PATTERN",
+                   help="keep the output channels of layers whose names match (fnmatch; repeatable)")
+    p.add_argument("--taylor-threshold", type=float, default=0.05,
+                   help="stop summing gradients at the first t with L_t < this x max L")
+    p.add_argument("--taylor-stride", type=positive_int, default=1, help="visit every k-th timestep")
+    p.add_argument("--finetune-steps", type=nonneg_int, default=0, help="recovery fine-tune steps (0: none)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="global batch over all processes")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the teacher-output loss")
+    p.add_argument("--data", default=None, metavar="NPZ", help="training images (builtin:digits has its own)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
+    p.add_argument("--nproc", type=positive_int, default=1, help="processes (relaunches under torchrun, DDP)")
+    p.add_argument("-o", "--output", required=True, help="pruned model folder to write")
+    p.set_defaults(func=cmd_prune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgediff.runtimes.samplers import SOLVERS
 
@@ -490,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--seed", type=nonneg_int, default=None)
     zt.add_argument("-o", "--output", default=None, help="weights file (default: the package's own)")
     zt.set_defaults(func=cmd_zoo_train)
+
+    add_prune_parser(sub)
     return p
 
 

@@ -3,6 +3,7 @@
     "builtin:digits"              -> edgediff.zoo (weights in the package)
     "path/to/diffusers_dir"       -> UNet2DModel | UNet2DConditionModel | DiTTransformer2DModel
                                      + scheduler/scheduler_config.json
+    "path/to/pruned_dir"          -> the same, plus pruned_shapes.json (`edgediff prune`, pruning/store.py)
     "package.module:factory"      -> factory() returns a ModelSpec
          |
          v
@@ -182,7 +183,7 @@ def _find_model_dir(root: Path) -> tuple[Path, Path]:
                         "or transformer/config.json)")
 
 
-def _load_diffusers_dir(spec: str) -> ModelSpec:
+def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
     import diffusers
 
     root = Path(spec)
@@ -197,13 +198,17 @@ def _load_diffusers_dir(spec: str) -> ModelSpec:
     cls = getattr(diffusers, cls_name)
     weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
     try:
-        if weights:
+        if build is not None:  # a pruned folder: every layer its own width (pruning/store.py)
+            model = build(model_dir)
+        elif weights:
             model = cls.from_pretrained(model_dir, local_files_only=True)
         else:  # a config without weights: seeded random init (useful for architecture-only speed work)
             torch_state = torch.random.get_rng_state()
             torch.manual_seed(0)
             model = cls.from_config(config)
             torch.random.set_rng_state(torch_state)
+    except EdgediffError:
+        raise
     except Exception as e:  # diffusers raises many kinds; name the folder and the cause in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgediffError(f"{model_dir}: diffusers could not build {cls_name}: {first}") from None
@@ -231,7 +236,8 @@ def _load_diffusers_dir(spec: str) -> ModelSpec:
     h = hashlib.sha256()
     student_files = [root / n for n in ("edgediff_student.json", "guidance_embedding.safetensors")
                      if (root / n).is_file()]  # a distilled student's record and w-embedding
-    for f in [model_dir / "config.json", sched_path, *weights, *student_files]:
+    extra = [model_dir / "pruned_shapes.json"] if build is not None else []
+    for f in [model_dir / "config.json", sched_path, *weights, *student_files, *extra]:
         h.update(f.name.encode())
         _sha256_file(f, h)
     spec = ModelSpec(
@@ -246,6 +252,12 @@ def _load_diffusers_dir(spec: str) -> ModelSpec:
     from edgediff.compiler.distill import attach_student  # a distilled student's record and w-embedding
 
     return attach_student(spec, root)
+
+
+def _load_pruned_dir(spec: str) -> ModelSpec:
+    from edgediff.pruning.store import load_pruned
+
+    return _load_diffusers_dir(spec, build=lambda model_dir: load_pruned(model_dir)[0])
 
 
 def _load_factory(spec: str) -> ModelSpec:
@@ -275,13 +287,14 @@ def _kind(spec: str) -> str:
         if not Path(spec).is_dir():
             raise EdgediffError(f"source {spec!r}: a file; expected a diffusers folder, builtin:NAME "
                                 "or package.module:factory")
-        return "diffusers"
+        return "pruned" if (Path(spec) / "pruned_shapes.json").is_file() else "diffusers"
     if ":" in spec and "/" not in spec:
         return "factory"
     raise EdgediffError(f"source {spec!r}: no such folder, and not builtin:NAME or package.module:factory")
 
 
-LOADERS = {"builtin": _load_builtin, "diffusers": _load_diffusers_dir, "factory": _load_factory}
+LOADERS = {"builtin": _load_builtin, "diffusers": _load_diffusers_dir, "pruned": _load_pruned_dir,
+           "factory": _load_factory}
 
 
 def load_source(spec: str | ModelSpec) -> ModelSpec:

@@ -2,6 +2,8 @@
 
     load_builtin("digits")     -> BuiltinModel (trained UNet2DModel, weights/digits_unet.safetensors)
     load_builtin("cifar-arch") -> BuiltinModel (DDPM CIFAR-10 architecture, seeded random weights)
+    load_builtin("digits-pruned") -> BuiltinModel (digits pruned + fine-tuned, weights/digits_pruned/,
+                                  a pruned folder of pruning/store.py written by benchmarks/prune.py)
     load_classifier()          -> DigitsClassifier (weights/digits_classifier.safetensors)
 """
 
@@ -73,11 +75,35 @@ def _cifar_arch() -> BuiltinModel:
     )
 
 
+def _digits_pruned() -> BuiltinModel:
+    from edgediff.pruning.store import load_pruned
+
+    root = WEIGHTS_DIR / "digits_pruned"
+    if not (root / "pruned_shapes.json").is_file():
+        raise EdgediffError(f"{root}: pruned weights missing; create them with "
+                            f"`python benchmarks/prune.py --save-pruned {root}`")
+    unet, _, data = load_pruned(root)
+    rec = data["record"]
+    return BuiltinModel(
+        name="digits-pruned",
+        unet=unet,
+        scheduler_config=dict(DIGITS_SCHEDULER_CONFIG),
+        sample_shape=(1, 16, 16),
+        num_classes=NUM_DIGIT_CLASSES,
+        weights_sha256=sha256_file(root / "diffusion_pytorch_model.safetensors"),
+        description=f"builtin:digits with {rec['ratio']:g} of its channels pruned ({rec['importance']} importance, "
+                    f"-{100 * rec['macs_reduction']:.0f} % MACs) and a {rec.get('finetune', {}).get('steps', 0)}-step "
+                    "recovery fine-tune against the unpruned model",
+        trained=True,
+    )
+
+
 # To add a builtin, write a zero-argument factory returning BuiltinModel above and add it
 # here (and, if it has trained weights, a train function in train.py and a line in README.md).
 BUILTINS: dict[str, Callable[[], BuiltinModel]] = {
     "digits": _digits,
     "cifar-arch": _cifar_arch,
+    "digits-pruned": _digits_pruned,
 }
 
 

@@ -1,0 +1,1 @@
+"""Structured pruning of denoisers (see README.md)."""
