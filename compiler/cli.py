@@ -543,7 +543,37 @@ def build_parser() -> argparse.ArgumentParser:
     zt.set_defaults(func=cmd_zoo_train)
 
     add_prune_parser(sub)
+
+    bd = sub.add_parser("build", help="run a recipe's stages in order: prune -> distill -> compile (quantize + lower)")
+    bd.add_argument("recipe", help="recipe TOML (source, [prune], [distill], [compile]; see compiler/build.py)")
+    bd.add_argument("-o", "--output", required=True, help="bundle folder (stage outputs go to OUTPUT.stages/)")
+    bd.set_defaults(func=cmd_build)
     return p
+
+
+def cmd_build(a) -> int:
+    """edgediff build: compiler/build.py."""
+    from edgediff.compiler.build import build
+    from edgediff.compiler.pipeline import STAGES
+
+    bar = None
+
+    def progress(stage):
+        nonlocal bar
+        if bar is None:
+            bar = _bar(len(STAGES) + 1, "compile", "stage")
+        bar.set_postfix_str(stage)
+        bar.update(0 if stage == "capture" else 1)
+
+    try:
+        b = build(a.recipe, a.output, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    m = b.manifest
+    print(f"wrote {b.root}: {m['source']['spec']} for {m['target']}, {m['model']['format']} "
+          f"{m['model']['precision']}, {b.scheduler['solver']} {len(b.scheduler['plan']['timesteps'])} steps")
+    return 0
 
 
 def _quiet_optional_packages() -> None:

@@ -174,10 +174,7 @@ def _unet_of(spec: ModelSpec) -> nn.Module:
 
 def fold_guidance(student: GuidedStudent, w: float) -> nn.Module:
     """A plain UNet2DModel equal to `student` at guidance `w` (embed(w) added to the last time bias)."""
-    from diffusers import UNet2DModel
-
-    unet = UNet2DModel.from_config(student.unet.config)
-    unet.load_state_dict(student.unet.state_dict())
+    unet = copy.deepcopy(student.unet)  # a copy, not from_config: a pruned student keeps its layer widths
     with torch.no_grad():
         unet.time_embedding.linear_2.bias += student.w_embedding(torch.tensor([float(w)]))[0]
     return unet.eval()
@@ -501,6 +498,7 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
     try:
         unet = module.unet if isinstance(module, GuidedStudent) else module.model
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        _save_pruned_shapes(unet, tmp / "unet", student.teacher)
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(_scheduler_config(student.teacher)) + "\n")
         if isinstance(module, GuidedStudent):
@@ -521,6 +519,24 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _save_pruned_shapes(unet: nn.Module, unet_dir: Path, teacher: ModelSpec) -> None:
+    """A student of a pruned teacher keeps its narrower layers: diffusers' config.json cannot say so,
+    so the folder gets the pruned_shapes.json the source loader applies (pruning/store.py)."""
+    from edgediff.pruning.store import FORMAT, SHAPES_FILE, changed_shapes
+
+    state = torch.random.get_rng_state()
+    try:
+        with torch.device("meta"):
+            original = type(unet).from_config(unet.config)
+    finally:
+        torch.random.set_rng_state(state)
+    changed = changed_shapes(original, unet)
+    if changed:
+        record = {"note": f"student of the pruned teacher {teacher.source}"}
+        (unet_dir / SHAPES_FILE).write_text(json.dumps({"format": FORMAT, "modules": changed, "record": record},
+                                                      indent=2) + "\n")
 
 
 def read_student_record(folder: str | Path) -> dict | None:

@@ -245,6 +245,20 @@ def _manifest_quantization(record: dict | None) -> dict | None:
     return {k: record[k] for k in keep}
 
 
+def _pruning_record(source: str) -> dict | None:
+    """What `edgediff prune` recorded for a pruned source (its pruned_shapes.json), else None."""
+    import json
+
+    from edgediff.zoo.builtin import WEIGHTS_DIR
+
+    root = WEIGHTS_DIR / source.split(":", 1)[1].replace("-", "_") if source.startswith("builtin:") else Path(source)
+    for d in (root, root / "unet"):
+        f = d / "pruned_shapes.json"
+        if f.is_file():
+            return json.loads(f.read_text()).get("record")
+    return None
+
+
 def _provenance() -> dict:
     import diffusers
     import onnx
@@ -274,7 +288,7 @@ def _bind_student(model: ModelSpec, recipe: Recipe) -> tuple[ModelSpec, Recipe, 
 
 
 def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "host-cpu",
-                  recipe: Recipe = Recipe(), progress=None) -> Bundle:
+                  recipe: Recipe = Recipe(), progress=None, extra_manifest: dict | None = None) -> Bundle:
     """Compile `source` for `target` into the bundle folder `out`; returns the loaded bundle.
 
     `progress(stage_name)` is called before each stage (the CLI draws a bar with it).
@@ -332,8 +346,9 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
                       "precision": precision, "runtime": s.lowered.runtime, **sig},
             "conditioning": c.to_dict(),
             "quantization": _manifest_quantization(s.records["quantize"]),
-            "pruning": None,
+            "pruning": _pruning_record(model.source),
             "provenance": _provenance(),
+            **(extra_manifest or {}),
         }
         if progress:
             progress("write")

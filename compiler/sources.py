@@ -196,6 +196,10 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
     sched_cfg = _read_json(sched_path, "scheduler config")
     schedule = schedule_from_diffusers_config(sched_cfg)
     cls = getattr(diffusers, cls_name)
+    if build is None and (model_dir / "pruned_shapes.json").is_file():  # e.g. a distilled student of a pruned model
+        from edgediff.pruning.store import load_pruned
+
+        build = lambda d: load_pruned(d)[0]  # noqa: E731
     weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
     try:
         if build is not None:  # a pruned folder: every layer its own width (pruning/store.py)
