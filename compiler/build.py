@@ -86,46 +86,49 @@ def _stamp(folder: Path, settings: dict) -> None:
     (folder / "stage.json").write_text(json.dumps({"settings": settings}, indent=2) + "\n")
 
 
-def _prune_stage(source: str, p: dict, dest: Path, log) -> str:
-    from edgediff.compiler.prune import FinetuneOptions, PruneOptions, prune_to_dir
-
-    settings = {"source": source, **p}
+def _stage(name: str, source: str, section: dict, dest: Path, run, log) -> str:
+    """Run `run(dest)` unless dest holds this stage made with the same settings; returns dest."""
+    settings = {"source": source, **section}
     if _done(dest, settings):
-        log(f"prune: reusing {dest}")
+        log(f"{name}: reusing {dest}")
         return str(dest)
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.rmtree(dest.parent / f"{dest.name}.checkpoints", ignore_errors=True)
-    options = PruneOptions(importance=p.get("importance", "taylor"), scope=p.get("scope", "uniform"),
-                           protect=tuple(p.get("protect", ())), seed=int(p.get("seed", 0)))
-    tune = FinetuneOptions(steps=int(p.get("finetune_steps", 0)), batch_size=int(p.get("batch_size", 64)),
-                           lr=float(p.get("lr", 5e-4)), distill_weight=float(p.get("distill_weight", 1.0)))
-    prune_to_dir(source, dest, ratio=float(p["ratio"]), options=options, finetune=tune, data=p.get("data"), log=log)
+    checkpoints = dest.parent / f"{dest.name}.checkpoints"
+    run(dest, checkpoints)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     _stamp(dest, settings)
     return str(dest)
 
 
-def _distill_stage(source: str, d: dict, dest: Path, log) -> str:
+def _prune(source: str, p: dict, dest: Path, log) -> str:
+    from edgediff.compiler.prune import FinetuneOptions, PruneOptions, prune_to_dir
+
+    def run(dest, checkpoints):
+        options = PruneOptions(importance=p.get("importance", "taylor"), scope=p.get("scope", "uniform"),
+                               protect=tuple(p.get("protect", ())), seed=int(p.get("seed", 0)))
+        tune = FinetuneOptions(steps=int(p.get("finetune_steps", 0)), batch_size=int(p.get("batch_size", 64)),
+                               lr=float(p.get("lr", 5e-4)), distill_weight=float(p.get("distill_weight", 1.0)))
+        prune_to_dir(source, dest, ratio=float(p["ratio"]), options=options, finetune=tune, data=p.get("data"),
+                     log=log)
+
+    return _stage("prune", source, p, dest, run, log)
+
+
+def _distill(source: str, d: dict, dest: Path, log) -> str:
     from edgediff.compiler.distill import DistillOptions, distill, save_student
     from edgediff.compiler.sources import load_source
 
-    settings = {"source": source, **d}
-    if _done(dest, settings):
-        log(f"distill: reusing {dest}")
-        return str(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    opts = DistillOptions(train_steps=int(d.get("train_steps", 500)), batch_size=int(d.get("batch_size", 64)),
-                          lr=float(d.get("lr", 1e-4)), seed=int(d.get("seed", 0)),
-                          teacher_steps=d.get("teacher_steps"),
-                          checkpoint_dir=str(dest.parent / f"{dest.name}.checkpoints"))
-    student = distill(load_source(source), method=d.get("method", "progressive"), steps=int(d.get("steps", 4)),
-                      guidance=float(d.get("guidance", 3.0)), guidance_distill=bool(d.get("guidance_distill", False)),
-                      data=d.get("data"), options=opts)
-    save_student(student, dest)
-    shutil.rmtree(dest.parent / f"{dest.name}.checkpoints", ignore_errors=True)
-    _stamp(dest, settings)
-    return str(dest)
+    def run(dest, checkpoints):
+        opts = DistillOptions(train_steps=int(d.get("train_steps", 500)), batch_size=int(d.get("batch_size", 64)),
+                              lr=float(d.get("lr", 1e-4)), seed=int(d.get("seed", 0)),
+                              teacher_steps=d.get("teacher_steps"), checkpoint_dir=str(checkpoints))
+        student = distill(load_source(source), method=d.get("method", "progressive"), steps=int(d.get("steps", 4)),
+                          guidance=float(d.get("guidance", 3.0)),
+                          guidance_distill=bool(d.get("guidance_distill", False)), data=d.get("data"), options=opts)
+        save_student(student, dest)
+
+    return _stage("distill", source, d, dest, run, log)
 
 
 def build(recipe_path: str | Path, out: str | Path, *, log=print, progress=None):
@@ -142,10 +145,10 @@ def build(recipe_path: str | Path, out: str | Path, *, log=print, progress=None)
     source = data["source"]
     if "prune" in data:
         log(f"[1/3] prune {source} by {data['prune']['ratio']}")
-        source = _prune_stage(source, data["prune"], stages / "pruned", log)
+        source = _prune(source, data["prune"], stages / "pruned", log)
     if "distill" in data:
         log(f"[2/3] distill {source} to {data['distill'].get('steps', 4)} steps")
-        source = _distill_stage(source, data["distill"], stages / "student", log)
+        source = _distill(source, data["distill"], stages / "student", log)
     comp = dict(data.get("compile", {}))
     target = comp.pop("target", "host-cpu")
     recipe = Recipe.from_dict({**recipe_defaults(source), **comp})

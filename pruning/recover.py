@@ -15,25 +15,17 @@ import torch.nn.functional as F
 
 from edgediff.compiler.sources import ModelSpec
 from edgediff.training import DistContext, TrainConfig, Trainer, TrainResult
-from edgediff.training.diffusion import alphas_cumprod, call, drop_labels
+from edgediff.training.diffusion import alphas_cumprod, call, noised_batch
 
 
 def recovery_loss(student: ModelSpec, teacher: ModelSpec, *, distill_weight: float = 1.0,
                   label_dropout: float = 0.1):
     """loss_fn(module, batch, rng) for Trainer: diffusion loss + output distillation (see above)."""
     abar = alphas_cumprod(student)
-    T = len(abar)
-    v_pred = student.schedule.prediction_type == "v_prediction"
     teacher_module = teacher.module.eval()  # run under no_grad below; its flags are left alone
 
     def loss_fn(module, batch, rng):
-        x0 = batch["x0"]
-        t = rng.randint(0, T).to(x0.device)
-        eps = rng.randn(*x0.shape[1:]).to(x0.device)
-        a = abar.to(x0.device)[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        label = drop_labels(batch["label"], student, rng, label_dropout) if "label" in batch else None
-        target = a.sqrt() * eps - (1 - a).sqrt() * x0 if v_pred else eps
+        xt, t, label, target = noised_batch(student, abar, batch, rng, label_dropout)
         out = call(module, student, xt, t, label)
         with torch.no_grad():
             teach = call(teacher_module, teacher, xt, t, label)

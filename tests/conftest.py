@@ -18,3 +18,24 @@ def bundle_copy(tiny_bundle, tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(tiny_bundle.root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def c_runner_build(tmp_path_factory):
+    """runtimes/c built once per session: edgediff-run's core, and the runner itself when the
+    openvino wheel (its C API) is installed."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not (shutil.which("make") and (shutil.which("cc") or shutil.which("gcc"))):
+        pytest.skip("no C compiler / make")
+    out = tmp_path_factory.mktemp("cbuild")
+    targets = ["runner-core"] + (["runner"] if importlib.util.find_spec("openvino") else [])
+    c_dir = Path(__file__).resolve().parents[1] / "runtimes" / "c"
+    r = subprocess.run(["make", "-s", "-C", str(c_dir), *targets, f"BUILD={out}", f"PYTHON={sys.executable}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out

@@ -49,15 +49,8 @@ except ImportError:
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    if not HAVE_CC:
-        pytest.skip("no C compiler / make")
-    out = tmp_path_factory.mktemp("cbuild")
-    targets = ["runner-core"] + (["runner"] if HAVE_OV else [])
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), *targets, f"BUILD={out}", f"PYTHON={sys.executable}"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
+def build(c_runner_build):
+    return c_runner_build  # conftest.py: built once per session
 
 
 def run(exe, *args, check=True):

@@ -17,7 +17,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,6 @@ from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_lab
 from edgediff.runtimes.steps import StepCall, StepTable, cache_flags
 
 C_DIR = Path(__file__).resolve().parents[1] / "runtimes" / "c"
-HAVE_CC = bool(shutil.which("make") and (shutil.which("cc") or shutil.which("gcc")))
 try:
     import openvino  # noqa: F401
     HAVE_OV = True
@@ -41,23 +39,22 @@ needs_ov = pytest.mark.skipif(not HAVE_OV, reason="openvino is not installed")
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    if not HAVE_CC:
-        pytest.skip("no C compiler / make")
-    out = tmp_path_factory.mktemp("cbuild")
-    targets = ["runner-core"] + (["runner"] if HAVE_OV else [])
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), *targets, f"BUILD={out}", f"PYTHON={sys.executable}"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
+def build(c_runner_build):
+    return c_runner_build  # conftest.py: built once per session
 
 
 @pytest.fixture(scope="module")
 def grouped(tiny_bundle, tmp_path_factory):
-    """The tiny UNet quantized W8A8 with two timestep groups (as tests/test_quantize.py compiles it)."""
+    """The tiny UNet quantized W8A8 with two timestep groups (as tests/test_quantize.py compiles it).
+
+    Full-range weights: with the 7-bit range (this host's default) the C runner's static-batch
+    OpenVINO graphs and the Python oracle's dynamic-batch ones were measured 5e-2 apart after 4
+    steps (with full range: 0.0), presumably different int8 kernels rounding before a requantize;
+    that would hide what this module checks, that each step runs its group's graph."""
     out = tmp_path_factory.mktemp("q") / "g2"
-    return compile_model("tiny_models:tiny_unet", out, recipe=Recipe(sampler="ddim", steps=4, guidance=2.0,
-                                                                     quantize="w8a8", groups=2, calib_samples=6))
+    return compile_model("tiny_models:tiny_unet", out, recipe=Recipe(
+        sampler="ddim", steps=4, guidance=2.0, quantize="w8a8", groups=2, calib_samples=6,
+        quant_options={"weight_range": "full"}))
 
 
 def run(exe, *args, check=True):

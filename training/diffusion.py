@@ -75,20 +75,25 @@ def call(module, model: ModelSpec, x: torch.Tensor, t: torch.Tensor, label: torc
     return module(x, t.float(), label)
 
 
+def noised_batch(model: ModelSpec, abar: torch.Tensor, batch: dict, rng: StepRandom, label_dropout: float):
+    """(x_t, t, label, target) for a batch: t ~ U{0..T-1}, x_t = sqrt(abar) x0 + sqrt(1-abar) eps,
+    labels dropped to the null label with probability `label_dropout`; target eps (or v)."""
+    x0 = batch["x0"]
+    t = rng.randint(0, len(abar)).to(x0.device)
+    eps = rng.randn(*x0.shape[1:]).to(x0.device)
+    a = abar.to(x0.device)[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    label = drop_labels(batch["label"], model, rng, label_dropout) if "label" in batch else None
+    target = a.sqrt() * eps - (1 - a).sqrt() * x0 if model.schedule.prediction_type == "v_prediction" else eps
+    return xt, t, label, target
+
+
 def diffusion_loss(model: ModelSpec, *, label_dropout: float = 0.1):
     """loss_fn for Trainer: epsilon- (or v-) prediction MSE at uniformly drawn timesteps."""
     abar = alphas_cumprod(model)
-    T = len(abar)
-    v_pred = model.schedule.prediction_type == "v_prediction"
 
     def loss_fn(module, batch, rng: StepRandom):
-        x0 = batch["x0"]
-        t = rng.randint(0, T).to(x0.device)
-        eps = rng.randn(*x0.shape[1:]).to(x0.device)
-        a = abar.to(x0.device)[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        label = drop_labels(batch["label"], model, rng, label_dropout) if "label" in batch else None
-        target = a.sqrt() * eps - (1 - a).sqrt() * x0 if v_pred else eps
+        xt, t, label, target = noised_batch(model, abar, batch, rng, label_dropout)
         return F.mse_loss(call(module, model, xt, t, label), target)
 
     return loss_fn

@@ -30,6 +30,8 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from edgediff.training.trainer import Ema as _Ema
+
 from .builtin import sha256_file
 from .data import digits_splits
 from .models import (
@@ -272,24 +274,6 @@ def _warmup_cosine(opt, warmup: int, steps: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (k - warmup) / max(1, steps - warmup))))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-class _Ema:
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.k = 0
-        self.shadow = [p.detach().clone() for p in model.parameters()]
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.k += 1
-        d = min(self.decay, (1 + self.k) / (10 + self.k))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in model.parameters()], 1 - d)
-
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        for s, p in zip(self.shadow, model.parameters()):
-            p.copy_(s)
 
 
 class _threads:
