@@ -74,7 +74,12 @@ def publish(tmp: Path, out: Path, *, manifest: dict, scheduler: dict, report: di
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
     _dump(tmp / MANIFEST, manifest)
     load_bundle(tmp, verify=True)  # the runtime's own checks, before anyone can see the bundle
+    swap_into_place(tmp, out)
 
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder `tmp` to `out`; an existing `out` is moved aside first and
+    removed after, so `out` is at every moment either the old folder or the new one."""
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -475,11 +475,12 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
 
     Staged in a hidden sibling folder and renamed into place when complete.
     """
-    import os
     import shutil
     import tempfile
 
     from safetensors.torch import save_file
+
+    from edgediff.compiler.bundle import swap_into_place
 
     out = Path(out)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / STUDENT_FILE).exists())):
@@ -508,13 +509,7 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
                          "scale": emb.scale}
             record["guidance"] = {**record["guidance"], "embedding": embedding}
         (tmp / STUDENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
