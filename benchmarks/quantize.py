@@ -225,7 +225,7 @@ def ov_row(name, q, vd, run):
     od.mkdir(exist_ok=True)
     src = od / "denoiser.onnx"
     shutil.copy(q.files[0], src)
-    low = lower_openvino_int8(None, src, od)
+    low = lower_openvino_int8(src, od)
     run(name + " on OpenVINO", OpenVinoDenoiser(str(low.file), {"INFERENCE_PRECISION_HINT": "f32"}), size_mb(od),
         f"{low.record['fake_quantize']} FakeQuantize, f32 hint")
 
@@ -267,7 +267,7 @@ def speed_rows(a, work: Path) -> list[dict]:
         od = d / "edgediff_ov"
         od.mkdir(exist_ok=True)
         shutil.copy(q.files[0], od / "denoiser.onnx")
-        ours_ov = lower_openvino_int8(None, od / "denoiser.onnx", od).file
+        ours_ov = lower_openvino_int8(od / "denoiser.onnx", od).file
         cands.append(("OpenVINO int8 edgediff W8A8 (our scales)", OpenVinoDenoiser(str(ours_ov))))
     except ImportError as e:
         print(f"  OpenVINO skipped: {e}", file=sys.stderr)

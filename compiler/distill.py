@@ -38,6 +38,7 @@ Choices that deviate from the papers, and why:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -186,10 +187,8 @@ def bind_guidance(spec: ModelSpec, w: float) -> ModelSpec:
     if not isinstance(m, BoundGuidance):
         raise EdgediffError(f"source {spec.source!r}: not a guidance-distilled student")
     unet = fold_guidance(m.student, w)
-    return ModelSpec(module=DiffusersAdapter(unet, "UNet2DModel", unet.config.out_channels).eval(),
-                     schedule=spec.schedule, sample_shape=spec.sample_shape, conditioning=spec.conditioning,
-                     source=spec.source, source_sha256=spec.source_sha256, description=spec.description,
-                     student={**(spec.student or {}), "bound_guidance": float(w)})
+    return dataclasses.replace(spec, module=DiffusersAdapter(unet, "UNet2DModel", unet.config.out_channels).eval(),
+                               student={**(spec.student or {}), "bound_guidance": float(w)})
 
 
 # ---------------------------------------------------------------- schedule helpers (torch, float32)
@@ -365,7 +364,7 @@ class Student:
         t = self.teacher
         return ModelSpec(module=module.eval(), schedule=t.schedule, sample_shape=t.sample_shape,
                          conditioning=t.conditioning, source=f"student of {t.source}",
-                         description=f"{self.record['method']} student", student=self.record)
+                         description=f"{self.record['method']} student", student=self.record, pruning=t.pruning)
 
 
 def _stages(method: str, steps: int, teacher_steps: int | None) -> list[int]:
@@ -529,7 +528,7 @@ def _save_pruned_shapes(unet: nn.Module, unet_dir: Path, teacher: ModelSpec) -> 
         torch.random.set_rng_state(state)
     changed = changed_shapes(original, unet)
     if changed:
-        record = {"note": f"student of the pruned teacher {teacher.source}"}
+        record = {**(teacher.pruning or {}), "note": f"student of the pruned teacher {teacher.source}"}
         (unet_dir / SHAPES_FILE).write_text(json.dumps({"format": FORMAT, "modules": changed, "record": record},
                                                       indent=2) + "\n")
 
@@ -575,11 +574,9 @@ def attach_student(spec: ModelSpec, folder: Path) -> ModelSpec:
             raise EdgediffError(f"{path}: does not match edgediff_student.json guidance.embedding: "
                                 f"{str(err).splitlines()[0]}") from None
         module = BoundGuidance(GuidedStudent(module.model, emb), record["guidance"]["scale"]).eval()
-    return ModelSpec(module=module, schedule=spec.schedule, sample_shape=spec.sample_shape,
-                     conditioning=spec.conditioning, source=spec.source, source_sha256=spec.source_sha256,
-                     description=f"{record['method']} distilled student ({record['steps']} steps) of "
-                                 f"{record.get('teacher', {}).get('source')}",
-                     student=record)
+    return dataclasses.replace(spec, module=module, student=record,
+                               description=f"{record['method']} distilled student ({record['steps']} steps) of "
+                                           f"{record.get('teacher', {}).get('source')}")
 
 
 def recipe_defaults(source: str) -> dict:

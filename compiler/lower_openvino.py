@@ -50,7 +50,7 @@ def lower_openvino(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path,
                    runtime={"static_batch": static_batch, "inference_precision_hint": HINTS[precision]})
 
 
-def lower_openvino_int8(model: ModelSpec, onnx_file: Path, out_dir: Path, *, static_batch: int | None = None) -> Lowered:
+def lower_openvino_int8(onnx_file: Path, out_dir: Path, *, static_batch: int | None = None) -> Lowered:
     """The quantize pass's QDQ ONNX graph as OpenVINO IR: the converter turns each
     QuantizeLinear/DequantizeLinear pair into a FakeQuantize node, which the CPU plugin runs on
     its int8 kernels with our scales (no NNCF re-calibration). Replaces `onnx_file`.

@@ -191,7 +191,7 @@ def quantize_stage(s: State) -> dict | None:
     if s.target.format == "openvino":  # our scales, as FakeQuantize in the IR
         from edgediff.compiler.lower_openvino import lower_openvino_int8
 
-        s.lowered = lower_openvino_int8(s.model, s.model_file, s.model_file.parent,
+        s.lowered = lower_openvino_int8(s.model_file, s.model_file.parent,
                                         static_batch=s.lowered.runtime.get("static_batch"))
         s.model_file = s.lowered.file
         s.quantized.files[0] = s.model_file
@@ -243,20 +243,6 @@ def _manifest_quantization(record: dict | None) -> dict | None:
     keep = ("scheme", "weights", "weight_bits", "activations", "groups", "step_group", "files", "shared_weights",
             "num_int8", "num_float", "float_layers", "calibration")
     return {k: record[k] for k in keep}
-
-
-def _pruning_record(source: str) -> dict | None:
-    """What `edgediff prune` recorded for a pruned source (its pruned_shapes.json), else None."""
-    import json
-
-    from edgediff.zoo.builtin import WEIGHTS_DIR
-
-    root = WEIGHTS_DIR / source.split(":", 1)[1].replace("-", "_") if source.startswith("builtin:") else Path(source)
-    for d in (root, root / "unet"):
-        f = d / "pruned_shapes.json"
-        if f.is_file():
-            return json.loads(f.read_text()).get("record")
-    return None
 
 
 def _provenance() -> dict:
@@ -346,7 +332,7 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
                       "precision": precision, "runtime": s.lowered.runtime, **sig},
             "conditioning": c.to_dict(),
             "quantization": _manifest_quantization(s.records["quantize"]),
-            "pruning": _pruning_record(model.source),
+            "pruning": model.pruning,
             "provenance": _provenance(),
             **(extra_manifest or {}),
         }

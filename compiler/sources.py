@@ -75,6 +75,7 @@ class ModelSpec:
     source_sha256: str = ""
     description: str = ""
     student: dict | None = None  # a step-distilled student's record (compiler/distill.py), else None
+    pruning: dict | None = None  # a pruned model's record (pruned_shapes.json, pruning/store.py), else None
 
     def example_inputs(self, batch: int = 2, *, generator: torch.Generator | None = None) -> tuple:
         g = generator or torch.Generator().manual_seed(0)
@@ -150,6 +151,7 @@ def _load_builtin(spec: str) -> ModelSpec:
         source=spec,
         source_sha256=b.weights_sha256 or _sha256_state(b.unet),
         description=b.description,
+        pruning=b.pruning,
     )
 
 
@@ -196,10 +198,12 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
     sched_cfg = _read_json(sched_path, "scheduler config")
     schedule = schedule_from_diffusers_config(sched_cfg)
     cls = getattr(diffusers, cls_name)
-    if build is None and (model_dir / "pruned_shapes.json").is_file():  # e.g. a distilled student of a pruned model
-        from edgediff.pruning.store import load_pruned
+    pruning = None
+    if (model_dir / "pruned_shapes.json").is_file():  # a pruned folder, or a distilled student of one
+        from edgediff.pruning.store import load_pruned, read_shapes
 
-        build = lambda d: load_pruned(d)[0]  # noqa: E731
+        pruning = read_shapes(model_dir).get("record")
+        build = build or (lambda d: load_pruned(d)[0])
     weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
     try:
         if build is not None:  # a pruned folder: every layer its own width (pruning/store.py)
@@ -252,6 +256,7 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
         source=str(root.resolve()),
         source_sha256=h.hexdigest(),
         description=f"diffusers {cls_name} from {root}",
+        pruning=pruning,
     )
     from edgediff.compiler.distill import attach_student  # a distilled student's record and w-embedding
 

@@ -89,11 +89,7 @@ def parse_groups(g, num_steps: int, *, where: str = "scheduler.json") -> tuple[t
     for k, f in enumerate(files):
         if not isinstance(f, str) or not f or f.startswith("/") or ".." in f:
             raise EdgediffError(f"{where}: timestep_groups.files[{k}] must be a relative path inside the bundle")
-    if not isinstance(steps, list):
-        raise EdgediffError(f"{where}: timestep_groups.step_group must be a list of group indices")
-    if len(steps) != num_steps:
-        raise EdgediffError(f"{where}: timestep_groups.step_group has {len(steps)} entries but the plan has "
-                            f"{num_steps} steps")
+    _per_step_list(steps, "timestep_groups.step_group", "a list of group indices", num_steps, where)
     for k, s in enumerate(steps):
         if not _int(s):
             raise EdgediffError(f"{where}: timestep_groups.step_group[{k}] must be an integer, got {s!r}")
@@ -101,6 +97,14 @@ def parse_groups(g, num_steps: int, *, where: str = "scheduler.json") -> tuple[t
             raise EdgediffError(f"{where}: timestep_groups.step_group[{k}] is {s}; it must be a group index in "
                                 f"0..{len(files) - 1} (timestep_groups.files lists {len(files)})")
     return tuple(steps), len(files)
+
+
+def _per_step_list(value, field: str, what: str, num_steps: int, where: str) -> None:
+    """A list with one entry per plan step, else an error naming `field`."""
+    if not isinstance(value, list):
+        raise EdgediffError(f"{where}: {field} must be {what}")
+    if len(value) != num_steps:
+        raise EdgediffError(f"{where}: {field} has {len(value)} entries but the plan has {num_steps} steps")
 
 
 def parse_cache_schedule(c, num_steps: int, *, where: str = "scheduler.json") -> tuple[bool, ...] | None:
@@ -120,11 +124,7 @@ def parse_cache_schedule(c, num_steps: int, *, where: str = "scheduler.json") ->
             raise EdgediffError(f"{where}: cache_schedule.interval must be a positive integer, got {n!r}")
         return cache_flags(n, num_steps)
     steps = c["steps"]
-    if not isinstance(steps, list):
-        raise EdgediffError(f"{where}: cache_schedule.steps must be a list of \"full\" / \"cached\"")
-    if len(steps) != num_steps:
-        raise EdgediffError(f"{where}: cache_schedule.steps has {len(steps)} entries but the plan has "
-                            f"{num_steps} steps")
+    _per_step_list(steps, "cache_schedule.steps", "a list of \"full\" / \"cached\"", num_steps, where)
     for k, s in enumerate(steps):
         if s not in ("full", "cached"):
             raise EdgediffError(f"{where}: cache_schedule.steps[{k}] must be \"full\" or \"cached\", got {s!r}")

@@ -42,6 +42,7 @@ class BuiltinModel:
     weights_sha256: str | None  # sha256 of the weight file; None for seeded random weights
     description: str
     trained: bool
+    pruning: dict | None = None  # pruned_shapes.json "record" of a pruned builtin
 
 
 def _digits() -> BuiltinModel:
@@ -95,6 +96,7 @@ def _digits_pruned() -> BuiltinModel:
                     f"-{100 * rec['macs_reduction']:.0f} % MACs) and a {rec.get('finetune', {}).get('steps', 0)}-step "
                     "recovery fine-tune against the unpruned model",
         trained=True,
+        pruning=rec,
     )
 
 
