@@ -104,7 +104,13 @@ def format_report(b) -> str:
         "timings     " + "  ".join(f"{k} {t:.2f}s" for k, t in r["timings_s"].items()),
     ]
     q = r.get("quantization")
-    if q:
+    if q and q["scheme"] == "w4":
+        packed = (f"{q['matmulnbits']} linear layers 4-bit (MatMulNBits), {q['conv_int8']} convolutions int8"
+                  if "matmulnbits" in q else
+                  f"{q['int4_constants']} weight constants 4-bit, {q['int8_constants']} int8 (NNCF)")
+        lines.insert(-1, f"quantized   w4 weight-only: {packed}, activations fp32, "
+                         f"{q['bytes_fp32'] / 1e6:.2f} -> {q['bytes'] / 1e6:.2f} MB")
+    elif q:
         lines.insert(-1, f"quantized   {q['scheme']}: {q['num_int8']} layers int8, {q['num_float']} float, "
                          f"{q['groups']} timestep group(s), calibrated on {q['calibration']['rows']} rows")
         for f in q["float_layers"]:
@@ -479,7 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="bundle folder to write")
     c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
     q = c.add_argument_group("quantization (compiler/quantize.py)")
-    q.add_argument("--quantize", default=None, choices=["w8a8"], help="int8 weights and activations")
+    q.add_argument("--quantize", default=None, choices=["w8a8", "w4"],
+                   help="w8a8: int8 weights and activations; w4: weight-only, 4-bit linear layers and int8 "
+                        "convolutions, float activations (no calibration)")
     q.add_argument("--groups", type=positive_int, default=1,
                    help="timestep groups with their own activation scales (one copy of the int8 weights)")
     q.add_argument("--calib", default=None, metavar="NPZ", help="calibration set from `edgediff calibrate` "

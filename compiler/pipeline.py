@@ -42,6 +42,9 @@ from edgediff.targets import TargetProfile, load_target
 
 VERSION = "0.1.0"
 QUANTIZED_FORMATS = ("onnx", "openvino")  # where the quantize pass's int8 graph can go
+# Weight-only 4-bit (compiler/weight_only.py) needs ONNX Runtime's CPU MatMulNBits kernel or OpenVINO.
+W4_RUNTIMES = ("onnxruntime", "openvino")
+SCHEME_PRECISION = {"w8a8": "int8", "w4": "int4"}  # the profile precision each scheme needs
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ class Recipe:
             raise EdgediffError(f"recipe: quantize {self.quantize} starts from fp32, not precision {self.precision!r}")
         if not isinstance(self.groups, int) or not 1 <= self.groups <= self.steps:
             raise EdgediffError(f"recipe: groups must be an integer in 1..steps ({self.steps}), got {self.groups!r}")
-        if self.groups > 1 and self.quantize is None:
-            raise EdgediffError("recipe: groups > 1 needs quantize (groups hold activation scales)")
+        if self.groups > 1 and self.quantize != "w8a8":
+            raise EdgediffError("recipe: groups > 1 needs quantize w8a8 (groups hold activation scales; "
+                                f"{self.quantize or 'no quantize'} has none)")
         if not isinstance(self.calib_samples, int) or self.calib_samples <= 0:
             raise EdgediffError(f"recipe: calib_samples must be a positive integer (got {self.calib_samples!r})")
         if isinstance(self.quant_options, dict):
@@ -121,10 +125,14 @@ def plan(s: State) -> dict:
 def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
     fmt = target.format
     low = get_lowering(fmt, target.name)
-    if recipe.quantize:  # int8 comes from the quantize pass (which lowers fp32 ONNX first)
-        target.check_precision("int8")
+    if recipe.quantize:  # int8 / int4 come from the quantize pass (which lowers fp32 ONNX first)
+        precision = SCHEME_PRECISION[recipe.quantize]
+        target.check_precision(precision)
+        if recipe.quantize == "w4" and target.runtime not in W4_RUNTIMES:
+            raise EdgediffError(f"target {target.name}: --quantize w4 runs on ONNX Runtime's CPU kernels "
+                                f"(MatMulNBits) or OpenVINO; this target's runtime is {target.runtime}")
         check_weights(fmt, recipe.weights, target.name)
-        return "int8"
+        return precision
     if recipe.precision is not None:
         target.check_precision(recipe.precision)  # names the precision and the target
         check_precision(fmt, recipe.precision, target.name)
@@ -161,7 +169,7 @@ def lower(s: State) -> dict:
             raise EdgediffError(f"target {s.target.name}: --quantize {s.recipe.quantize} writes "
                                 f"{' and '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
                                 "the quantize pass yet")
-        if fmt == "openvino" and s.recipe.groups > 1:
+        if fmt == "openvino" and s.recipe.groups > 1 and s.recipe.quantize == "w8a8":
             raise EdgediffError(f"target {s.target.name}: timestep groups (--groups {s.recipe.groups}) share one "
                                 "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
         precision = "fp32"
@@ -180,6 +188,8 @@ def quantize_stage(s: State) -> dict | None:
     r = s.recipe
     if r.quantize is None:
         return None
+    if r.quantize == "w4":
+        return _quantize_w4(s)
     if s.calib is not None:
         calib = s.calib
     else:
@@ -200,6 +210,25 @@ def quantize_stage(s: State) -> dict | None:
     return s.quantized.record
 
 
+def _quantize_w4(s: State) -> dict:
+    """Weight-only 4-bit: no calibration, one graph (compiler/weight_only.py)."""
+    from edgediff.compiler.quantize import QuantizedModel
+    from edgediff.compiler.weight_only import SCHEME_TEXT, quantize_w4_onnx, quantize_w4_openvino
+
+    keep = s.recipe.quant_options.keep_float
+    if s.target.format == "openvino":
+        s.model_file, rec = quantize_w4_openvino(s.model_file, s.model_file.parent, keep_float=keep,
+                                                 static_batch=s.lowered.runtime.get("static_batch"))
+        s.lowered.runtime["inference_precision_hint"] = "f32"
+    else:
+        rec = quantize_w4_onnx(s.model_file, keep_float=keep)
+    record = {"scheme": "w4", "precision": "int4", "weights": SCHEME_TEXT, "weight_bits": 4,
+              "activations": "fp32 (weight-only)", "groups": 1, "step_group": [0] * len(s.plan),
+              "files": [s.model_file.name], "shared_weights": None, "calibration": None, **rec}
+    s.quantized = QuantizedModel(files=[s.model_file], shared=None, step_group=record["step_group"], record=record)
+    return record
+
+
 def check(s: State) -> dict:
     fmt = s.target.format
     if not runnable_here(fmt):  # e.g. Core ML off macOS: the lowering's structural check
@@ -207,7 +236,7 @@ def check(s: State) -> dict:
     if s.quantized is not None:
         denoise = grouped_denoiser(s.work, _groups_entry(s), s.plan.model_timesteps, model_file=s.model_file,
                                    fmt=fmt)
-        record = verify(s.model, denoise, precision="w8a8", label=getattr(denoise, "label", "ONNX Runtime"))
+        record = verify(s.model, denoise, precision=s.recipe.quantize, label=getattr(denoise, "label", "ONNX Runtime"))
     else:
         denoise = open_denoiser(s.model_file, fmt)
         record = verify(s.model, denoise, precision=s.precision, label=getattr(denoise, "label", fmt))
@@ -241,8 +270,9 @@ def _manifest_quantization(record: dict | None) -> dict | None:
     if record is None:
         return None
     keep = ("scheme", "weights", "weight_bits", "activations", "groups", "step_group", "files", "shared_weights",
-            "num_int8", "num_float", "float_layers", "calibration")
-    return {k: record[k] for k in keep}
+            "num_int8", "num_float", "float_layers", "calibration", "matmulnbits", "conv_int8", "int4_constants",
+            "int8_constants")
+    return {k: record[k] for k in keep if k in record}
 
 
 def _provenance() -> dict:
@@ -298,7 +328,7 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             s.records[name] = stage(s)
             timings[name] = time.perf_counter() - t0
         sig = model_signature(s.model_file, profile.format)
-        precision = "int8" if s.quantized is not None else s.records["lower"]["precision"]
+        precision = SCHEME_PRECISION[run_recipe.quantize] if s.quantized is not None else s.records["lower"]["precision"]
         model_bytes = sum(size_bytes(f) for f in (s.work / "model").iterdir())
         scheduler = {
             "solver": recipe.sampler,

@@ -61,6 +61,16 @@ class WeightedNode:
     output: str  # tensor equal to the torch layer's output (after the bias Add for MatMul)
 
 
+def trim_metadata(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's per-node stack traces (on a small model they outweigh the int8
+    weights); keep the torch name scopes, which map nodes back to layers."""
+    for n in graph.node:
+        keep_md = [(p.key, p.value) for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
+        del n.metadata_props[:]
+        for k, v in keep_md:
+            n.metadata_props.add(key=k, value=v)
+
+
 def _layer_name(node) -> str:
     for p in node.metadata_props:
         if p.key == "pkg.torch.onnx.name_scopes":
@@ -205,12 +215,9 @@ def insert_qdq(proto: onnx.ModelProto, nodes: list[WeightedNode], act: dict[str,
                 helper.make_node("DequantizeLinear", [f"{y}_q", sn, zn], [y], name=f"{y}_DequantizeLinear")]
             dq_of[y] = y  # a later quantized consumer of y reads the dequantized value as it is
 
+    trim_metadata(g)
     ordered = []
-    for n in g.node:  # the exporter's stack traces would outweigh the int8 weights; keep the scopes
-        keep_md = [(p.key, p.value) for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
-        del n.metadata_props[:]
-        for k, v in keep_md:
-            n.metadata_props.add(key=k, value=v)
+    for n in g.node:
         ordered += inserted_before.get(n.name, [])
         ordered.append(n)
         ordered += inserted_after.get(n.name, [])

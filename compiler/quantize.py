@@ -44,7 +44,7 @@ from edgediff.compiler.sources import ModelSpec
 from edgediff.runtimes.errors import EdgediffError, check_known_keys
 from edgediff.runtimes.samplers.base import Plan
 
-SCHEMES = ("w8a8",)
+SCHEMES = ("w8a8", "w4")  # w4: weight-only 4-bit, compiler/weight_only.py
 SHARED_WEIGHTS = "weights.bin"
 
 
@@ -187,8 +187,8 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
     onnx_path's folder and removes the fp32 file; returns the files and the record.
     `target_features` (the target profile's ISA features) decides weight_range "auto".
     """
-    if scheme not in SCHEMES:
-        raise EdgediffError(f"quantize: scheme {scheme!r} is not supported (supported: {', '.join(SCHEMES)})")
+    if scheme != "w8a8":
+        raise EdgediffError(f"quantize: this pass writes w8a8 (got {scheme!r}); w4 is compiler/weight_only.py")
     calib.check_model(model)
     calib.check_plan(plan)
     step_group = step_groups(len(plan), groups)

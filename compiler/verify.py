@@ -16,11 +16,12 @@ from edgediff.compiler.sources import ModelSpec, torch_denoiser
 from edgediff.runtimes.errors import EdgediffError
 
 # Normalised max error allowed per precision (max abs error over max abs reference).
-# int8: TFLite dynamic-range int8 weights (lower_tflite.py).
+# int8: TFLite dynamic-range int8 weights (lower_tflite.py). w4: weight-only 4-bit (weight_only.py); the
+# trained digits model reads ~1e-2, a tiny random UNet up to 0.12 (4-bit blocks of random weights).
 # w8a8 (the quantize pass) is loose: its error on these off-trajectory inputs (which its activation
 # scales were not calibrated for) is recorded, the bound only catches a broken graph. The quantize
 # pass records the error along the deployment trajectory (report.json quantization.trajectory).
-BOUNDS = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1, "w8a8": 1.0}
+BOUNDS = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1, "w8a8": 1.0, "w4": 0.25}
 
 
 def verification_inputs(model: ModelSpec, *, num_timesteps: int = 8, batch: int = 4, seed: int = 1234):

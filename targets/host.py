@@ -57,6 +57,7 @@ def _int8_per_cycle(f: set[str]) -> int:
 
 
 _PER_CYCLE = {"fp32": _fp32_per_cycle, "fp16": _fp16_per_cycle, "int8": _int8_per_cycle,
+              "int4": _fp32_per_cycle,  # weight-only: unpacked to float, computed at the fp32 rate
               "bf16": lambda f: 1024 if "amx_bf16" in f else (2 * _fp32_per_cycle(f) if "avx512_bf16" in f
                                                               or "bf16" in f else _fp32_per_cycle(f))}
 

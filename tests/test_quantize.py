@@ -200,7 +200,8 @@ def test_bad_inputs_are_clear_errors(spec, calib, tiny_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(quantize="w4"), "not a scheme"),
+    (dict(quantize="w2"), "not a scheme"),
+    (dict(quantize="w4", groups=2), "needs quantize w8a8"),
     (dict(groups=2), "needs quantize"),
     (dict(quantize="w8a8", groups=9), "groups must be"),
     (dict(quantize="w8a8", precision="fp16"), "starts from fp32"),
