@@ -14,9 +14,15 @@ Every quantizer gets the same calibration budget: 32 trajectories x the sampler'
     trajectory; run with the f32 precision hint so that bf16 does not blur its figure;
   - edgediff W8A8 with G = 1, G > 1 timestep groups, and mixed precision (G > 1 plus the
     sensitivity ranking's worst layers kept float).
+  - edgediff w4 (weight-only: 4-bit linear layers, int8 convolutions, fp32 activations) on
+    ONNX Runtime and on OpenVINO.
 Speed, builtin:cifar-arch (35.7 M params), batch 1, 2 threads: ms per denoiser call of ORT
-fp32, ORT quantize_static int8 (QDQ, per-channel, Conv/MatMul/Gemm), edgediff int8, and where
-openvino is installed OpenVINO f32 hint / default / NNCF int8; ratios from the same run.
+fp32, ORT quantize_static int8 (QDQ, per-channel, Conv/MatMul/Gemm), edgediff int8 and w4, and
+where openvino is installed OpenVINO f32 hint / default / NNCF int8 / edgediff int8 and w4;
+ratios from the same run, sizes on disk.
+Memory, builtin:cifar-arch W8A8: resident memory a fresh process adds by loading the model and
+running every step once: G = 1; G = 4 as the runtime loads it (each group's session reads the
+one weights.bin); G = 4 with weights.bin read once and the same arrays handed to every session.
 Writes <out>.json and <out>.png.
 """
 
@@ -40,6 +46,7 @@ from edgediff.compiler.evaluate import DigitsJudge
 from edgediff.compiler.lower_onnx import lower_onnx
 from edgediff.compiler.quantize import QuantizeOptions, quantize
 from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.compiler.weight_only import quantize_w4_onnx, quantize_w4_openvino
 from edgediff.runtimes import quality
 from edgediff.runtimes.backends import OnnxRuntimeDenoiser
 from edgediff.runtimes.groups import grouped_denoiser
@@ -212,6 +219,23 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
             f"{q.record['weight_bits']}-bit weights" + (f"; by sensitivity: {floats}" if floats else ""))
         if g == 1 and not opts.sensitive_float:
             ov_row(name, q, vd, run)
+
+    # weight-only 4-bit: no calibration, the same graph on both runtimes
+    wd = d / "w4"
+    wd.mkdir(exist_ok=True)
+    shutil.copy(fp32, wd / "denoiser.onnx")
+    rec = quantize_w4_onnx(wd / "denoiser.onnx")
+    run("edgediff w4 (ORT)", OnnxRuntimeDenoiser(wd / "denoiser.onnx", threads=THREADS), size_mb(wd),
+        f"{rec['matmulnbits']} linear layers 4-bit (MatMulNBits), {rec['conv_int8']} convs int8, fp32 activations")
+    try:
+        od = d / "w4_ov"
+        od.mkdir(exist_ok=True)
+        shutil.copy(fp32, od / "denoiser.onnx")
+        xml, rec = quantize_w4_openvino(od / "denoiser.onnx", od)
+        run("edgediff w4 (OpenVINO)", OpenVinoDenoiser(str(xml), {"INFERENCE_PRECISION_HINT": "f32"}), size_mb(od),
+            f"NNCF compress_weights: {rec['int4_constants']} 4-bit / {rec['int8_constants']} 8-bit constants")
+    except ImportError as e:
+        print(f"  OpenVINO w4 skipped: {e}", file=sys.stderr)
     return rows
 
 
@@ -257,6 +281,14 @@ def speed_rows(a, work: Path) -> list[dict]:
              ("ORT fp32", OnnxRuntimeDenoiser(fp32, threads=THREADS)),
              ("ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)", OnnxRuntimeDenoiser(ort_path, threads=THREADS)),
              ("ORT int8 edgediff W8A8", OnnxRuntimeDenoiser(q.files[0], threads=THREADS))]
+    sizes = {"ORT fp32": size_mb(fp32), "ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)":
+             size_mb(ort_path), "ORT int8 edgediff W8A8": size_mb(q.files[0])}
+    w4 = d / "w4" / "denoiser.onnx"
+    w4.parent.mkdir(exist_ok=True)
+    shutil.copy(fp32, w4)
+    quantize_w4_onnx(w4)
+    cands.append(("ORT edgediff w4 (weight-only)", OnnxRuntimeDenoiser(w4, threads=THREADS)))
+    sizes["ORT edgediff w4 (weight-only)"] = size_mb(w4)
     try:
         cands += [("OpenVINO f32 hint", OpenVinoDenoiser(str(fp32), {"INFERENCE_PRECISION_HINT": "f32"})),
                   ("OpenVINO default", OpenVinoDenoiser(str(fp32)))]
@@ -269,6 +301,24 @@ def speed_rows(a, work: Path) -> list[dict]:
         shutil.copy(q.files[0], od / "denoiser.onnx")
         ours_ov = lower_openvino_int8(od / "denoiser.onnx", od).file
         cands.append(("OpenVINO int8 edgediff W8A8 (our scales)", OpenVinoDenoiser(str(ours_ov))))
+        # the same with every layer int8 (--no-float-defaults), as NNCF's default quantizes them
+        pa = d / "edgediff_all" / "denoiser.onnx"
+        pa.parent.mkdir(exist_ok=True)
+        shutil.copy(fp32, pa)
+        qa = quantize(spec, calib, onnx_path=pa, plan=plan, target_features=HOST_FEATURES,
+                      options=QuantizeOptions(defaults="none"))
+        all_ov = lower_openvino_int8(qa.files[0], pa.parent).file
+        cands.append(("OpenVINO int8 edgediff W8A8, no float layers", OpenVinoDenoiser(str(all_ov))))
+        sizes["OpenVINO int8 edgediff W8A8, no float layers"] = size_mb(pa.parent)
+        wo = d / "w4_ov"
+        wo.mkdir(exist_ok=True)
+        shutil.copy(fp32, wo / "denoiser.onnx")
+        w4_xml, _ = quantize_w4_openvino(wo / "denoiser.onnx", wo)
+        cands.append(("OpenVINO edgediff w4 (weight-only)", OpenVinoDenoiser(str(w4_xml))))
+        sizes.update({"OpenVINO f32 hint": size_mb(fp32), "OpenVINO default": size_mb(fp32),
+                      "OpenVINO int8 NNCF default": size_mb(ov_path) + size_mb(ov_path.with_suffix(".bin")),
+                      "OpenVINO int8 edgediff W8A8 (our scales)": size_mb(od), "OpenVINO edgediff w4 (weight-only)":
+                      size_mb(wo)})
     except ImportError as e:
         print(f"  OpenVINO skipped: {e}", file=sys.stderr)
     # Interleaved rounds, median per runtime: a load change on a shared machine hits every
@@ -282,11 +332,78 @@ def speed_rows(a, work: Path) -> list[dict]:
             t0 = time.perf_counter()
             fn(*args)
             times[name].append(time.perf_counter() - t0)
-    rows = [{"runtime": name, "ms_per_call": 1000 * float(np.median(v))} for name, v in times.items()]
+    rows = [{"runtime": name, "ms_per_call": 1000 * float(np.median(v)), "size_mb": sizes.get(name)}
+            for name, v in times.items()]
     base = {r["runtime"]: r["ms_per_call"] for r in rows}
     for r in rows:
         r["vs_ort_fp32"] = base["ORT fp32"] / r["ms_per_call"]
         r["vs_torch_fp32"] = base["PyTorch fp32 eager"] / r["ms_per_call"]
+    return rows, memory_rows(spec, fp32, calib, plan, d)
+
+
+# ---------------------------------------------------------------- memory
+_CHILD = """
+import resource, sys, numpy as np
+from pathlib import Path
+from edgediff.runtimes.backends import OnnxRuntimeDenoiser
+from edgediff.runtimes.groups import grouped_denoiser
+import onnxruntime
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6
+mode, root, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+x = np.zeros((1, 3, 32, 32), np.float32); t = np.array([500.0], np.float32)
+before = rss()
+if mode == "bundle":
+    import json
+    entry = json.loads((root / "groups.json").read_text()) if (root / "groups.json").exists() else None
+    d = grouped_denoiser(root, entry, list(range(n)), model_file=next(root.glob("denoiser*.onnx")), threads=2)
+    for s in range(n):  # every step once, so every group's session has run
+        d(x, t, None, step=(s, entry["step_group"][s], False)) if entry else d(x, t, None)
+else:  # "arrays": weights.bin read once, the same arrays handed to every session (add_initializer)
+    import onnx
+    blob = np.fromfile(root / "weights.bin", np.uint8)
+    files = sorted(root.glob("denoiser.g*.onnx"))
+    types = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64}
+    arrays = {}
+    for init in onnx.load(str(files[0]), load_external_data=False).graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in init.external_data}
+            off, n = int(info.get("offset", 0)), int(info["length"])
+            arrays[init.name] = blob[off:off + n].view(types[init.data_type]).reshape(tuple(init.dims))
+    sessions = [OnnxRuntimeDenoiser(f, threads=2, initializers=arrays) for f in files]
+    for d in sessions:
+        d(x, t, None)
+print(rss() - before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3)
+"""
+
+
+def _child_rss(mode: str, root: Path, n: int) -> tuple[float, float]:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _CHILD, mode, str(root), str(n)], check=True, capture_output=True,
+                         text=True).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
+def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
+    rows = []
+    for g in (1, 4):
+        gd = d / f"mem_g{g}"
+        gd.mkdir(exist_ok=True)
+        shutil.copy(fp32, gd / "denoiser.onnx")
+        q = quantize(spec, calib, onnx_path=gd / "denoiser.onnx", plan=plan, groups=g, target_features=HOST_FEATURES)
+        if g > 1:
+            (gd / "groups.json").write_text(json.dumps({"files": [f.name for f in q.files],
+                                                        "step_group": q.step_group, "shared_weights": q.shared.name}))
+        disk = size_mb(gd) - (size_mb(gd / "groups.json") if g > 1 else 0)
+        modes = [("bundle", f"G={g}" + (", as loaded: each session reads weights.bin" if g > 1 else ""))]
+        if g > 1:
+            modes.append(("arrays", f"G={g}, weights.bin read once, arrays handed to every session"))
+        for mode, label in modes:
+            added, peak = _child_rss(mode, gd, len(plan))
+            rows.append({"model": label, "disk_mb": disk if mode == "bundle" else None, "rss_added_mb": added,
+                         "peak_rss_mb": peak})
+            print(f"  memory {label:55} +{added:7.1f} MB resident (peak {peak:.0f} MB)", file=sys.stderr)
     return rows
 
 
@@ -302,9 +419,17 @@ def print_tables(result):
                   f"{r['size_mb']:6.2f}  {r['note']}")
     if result.get("speed"):
         print(f"\nbuiltin:cifar-arch, batch 1, {THREADS} threads ({result['cpu']})")
-        print(f"{'runtime':62} {'ms/call':>8} {'vs ORT fp32':>12} {'vs torch':>9}")
+        print(f"{'runtime':62} {'ms/call':>8} {'vs ORT fp32':>12} {'vs torch':>9} {'MB':>8}")
         for r in result["speed"]:
-            print(f"{r['runtime']:62} {r['ms_per_call']:8.1f} {r['vs_ort_fp32']:11.2f}x {r['vs_torch_fp32']:8.2f}x")
+            mb = f"{r['size_mb']:8.1f}" if r.get("size_mb") else f"{'':8}"
+            print(f"{r['runtime']:62} {r['ms_per_call']:8.1f} {r['vs_ort_fp32']:11.2f}x {r['vs_torch_fp32']:8.2f}x "
+                  f"{mb}")
+    if result.get("memory"):
+        print("\nbuiltin:cifar-arch W8A8, memory a fresh process adds to load and run every group once")
+        print(f"{'model':60} {'disk MB':>8} {'resident +MB':>13}")
+        for r in result["memory"]:
+            disk = f"{r['disk_mb']:8.1f}" if r["disk_mb"] is not None else f"{'':8}"
+            print(f"{r['model']:60} {disk} {r['rss_added_mb']:13.1f}")
 
 
 def plot(result, path: Path):
@@ -355,7 +480,7 @@ def main(argv=None) -> int:
                 result["quality"] += quality_rows(steps, a, work, judge)
                 Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
         if not a.skip_speed:
-            result["speed"] = speed_rows(a, work)
+            result["speed"], result["memory"] = speed_rows(a, work)
     Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, Path(f"{out}.png"))
     print_tables(result)

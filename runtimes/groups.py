@@ -10,11 +10,15 @@ The sampling loops (Python and C) pass the step's group from scheduler.json (ste
 the same number the C runtime gives its own backends (edd_denoise_args.group); without it
 (a caller outside the loops) the group is that of the nearest plan timestep.
 
-The group graphs reference the int8 weights in weights.bin as ONNX external data. The file is
-read once; its tensors are handed to every group's ONNX Runtime session as the same
-initializer buffers (SessionOptions.add_initializer), so the weights exist once on disk and
-their raw bytes once in memory. (ONNX Runtime may still pre-pack them per session for its
-kernels.)
+The group graphs reference the int8 weights in weights.bin as ONNX external data, so the
+weights exist once on disk. In memory each ONNX Runtime session keeps its own pre-packed copy
+of the weights for its int8 kernels: sharing packed weights between sessions needs ONNX
+Runtime's C API (a prepacked-weights container), which its Python API does not expose. Each
+group's session therefore reads weights.bin itself. Handing every session the same
+initializer arrays instead (SessionOptions.add_initializer) was measured to cost more, not
+less: cifar-arch W8A8 with G = 4 adds 293 MB resident that way and 245 MB this way, against
+118 MB for G = 1 (`python benchmarks/quantize.py`, memory table). The file is still checked
+once at load (every external initializer must fit inside weights.bin).
 """
 
 from __future__ import annotations
@@ -29,25 +33,25 @@ from edgediff.runtimes.errors import EdgediffError
 _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16}
 
 
-def shared_initializers(model_file: Path, shared: Path) -> dict[str, np.ndarray]:
-    """Arrays of the initializers of `model_file` stored in the external file `shared`."""
+def check_shared(model_file: Path, shared: Path) -> None:
+    """Every initializer `model_file` keeps in `shared` lies inside it, with a size that fits its type."""
     import onnx
 
-    blob = np.fromfile(shared, dtype=np.uint8)
+    if not shared.is_file():
+        raise EdgediffError(f"{model_file}: its shared weights file {shared} is missing")
+    size = shared.stat().st_size
     proto = onnx.load(str(model_file), load_external_data=False)
-    out = {}
     for init in proto.graph.initializer:
         if init.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in init.external_data}
         if Path(info.get("location", "")).name != shared.name:
             continue
-        off, length = int(info.get("offset", 0)), int(info["length"])
-        if off + length > blob.size or init.data_type not in _NP:
+        off, length = int(info.get("offset", 0)), int(info.get("length", -1))
+        expect = int(np.prod(init.dims, dtype=np.int64)) * np.dtype(_NP.get(init.data_type, np.uint8)).itemsize
+        if init.data_type not in _NP or length != expect or off < 0 or off + length > size:
             raise EdgediffError(f"{model_file}: initializer {init.name!r} does not fit {shared} "
-                                f"(offset {off}, length {length}, {blob.size} bytes)")
-        out[init.name] = blob[off:off + length].view(_NP[init.data_type]).reshape(tuple(init.dims))
-    return out
+                                f"(offset {off}, length {length}, {size} bytes)")
 
 
 class GroupedDenoiser:
@@ -67,8 +71,10 @@ class GroupedDenoiser:
             raise EdgediffError(f"{root / 'scheduler.json'}: timestep_groups.step_group must give a group in "
                                 f"0..{len(files) - 1} for each of the plan's {self.timesteps.size} steps")
         shared = groups.get("shared_weights")
-        self.initializers = shared_initializers(files[0], Path(root) / shared) if shared else None
-        self.models = [open_denoiser(f, fmt, threads=threads, initializers=self.initializers) for f in files]
+        if shared:  # a damaged or truncated weights.bin is named here, not deep inside a session
+            for f in files:
+                check_shared(f, Path(root) / shared)
+        self.models = [open_denoiser(f, fmt, threads=threads) for f in files]
 
     def group_of(self, t: np.ndarray) -> np.ndarray:
         """Group of each timestep: that of the nearest plan step."""
