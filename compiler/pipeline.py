@@ -28,7 +28,8 @@ from edgediff.compiler.coverage import onnx_op_counts
 from edgediff.compiler.lower_onnx import export_onnx
 from edgediff.compiler.lowering import (LOWERINGS, check_precision, check_weights, get_lowering, runnable_here,
                                         static_batch_for)
-from edgediff.compiler.quantize import SCHEMES, QuantizeOptions, load_calib_for, quantize
+from edgediff.compiler.quantize import SCHEMES, TFLITE_GROUPS, QuantizeOptions, load_calib_for, quantize, \
+    quantize_tflite
 from edgediff.compiler.sources import ModelSpec, load_source
 from edgediff.compiler.stats import count_macs, count_params
 from edgediff.compiler.verify import verify
@@ -41,7 +42,7 @@ from edgediff.runtimes.samplers import get_solver
 from edgediff.targets import TargetProfile, load_target
 
 VERSION = "0.1.0"
-QUANTIZED_FORMATS = ("onnx", "openvino")  # where the quantize pass's int8 graph can go
+QUANTIZED_FORMATS = ("onnx", "openvino", "tflite")  # where the quantize pass's int8 graph can go
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,16 @@ def lower(s: State) -> dict:
         if fmt == "openvino" and s.recipe.groups > 1:
             raise EdgediffError(f"target {s.target.name}: timestep groups (--groups {s.recipe.groups}) share one "
                                 "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
+        if fmt == "tflite" and s.recipe.groups > 1:
+            raise EdgediffError(f"target {s.target.name}: --groups {s.recipe.groups}: {TFLITE_GROUPS}")
         precision = "fp32"
-        low = LOWERINGS["onnx"]
+        if fmt != "tflite":  # TFLite converts from PyTorch; the quantize pass writes into its fp32 model
+            low = LOWERINGS["onnx"]
     static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
     s.lowered = low(s.model, s.work / "model", precision=precision, ir=s.ir, static_batch=static,
                     weights=s.recipe.weights)
-    shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
+    if not (s.recipe.quantize and fmt == "tflite"):  # the TFLite quantize pass still reads the export
+        shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
     s.model_file = s.lowered.file
     return {"format": fmt, "precision": precision, "weights": s.recipe.weights,
             "file": s.model_file.relative_to(s.work).as_posix(), "bytes": size_bytes(s.work / "model"),
@@ -185,6 +190,12 @@ def quantize_stage(s: State) -> dict | None:
     else:
         calib = record_trajectories(s.model, sampler=r.sampler, steps=r.steps, guidance=r.guidance,
                                     spacing=r.spacing, num_samples=r.calib_samples, seed=r.quant_options.seed)
+    if s.target.format == "tflite":  # our plan and ranges, written into the fp32 TFLite model
+        s.quantized = quantize_tflite(s.model, calib, onnx_path=s.ir, tflite_path=s.model_file, plan=s.plan,
+                                      scheme=r.quantize, groups=r.groups, options=r.quant_options)
+        shutil.rmtree(s.ir.parent)
+        s.quantized.record["tflite"]["lowering"] = s.lowered.record
+        return s.quantized.record
     s.quantized = quantize(s.model, calib, onnx_path=s.model_file, plan=s.plan, scheme=r.quantize,
                            groups=r.groups, options=r.quant_options, target_features=s.target.features)
     s.model_file = s.quantized.files[0]
