@@ -123,6 +123,7 @@ def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
     fmt = target.format
     low = get_lowering(fmt, target.name)
     if recipe.quantize:  # int8 comes from the quantize pass (which lowers fp32 ONNX first)
+        _check_quantized_format(target, recipe)
         target.check_precision("int8")
         check_weights(fmt, recipe.weights, target.name)
         return "int8"
@@ -138,6 +139,20 @@ def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
         precision = usable[0]
     check_weights(fmt, recipe.weights, target.name)
     return precision
+
+
+def _check_quantized_format(target: TargetProfile, recipe: Recipe) -> None:
+    """Before any export: can the quantize pass write this target's format with these groups?"""
+    fmt = target.format
+    if fmt not in QUANTIZED_FORMATS:
+        raise EdgediffError(f"target {target.name}: --quantize {recipe.quantize} writes "
+                            f"{', '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
+                            "the quantize pass yet")
+    if fmt == "openvino" and recipe.groups > 1:
+        raise EdgediffError(f"target {target.name}: timestep groups (--groups {recipe.groups}) share one "
+                            "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
+    if fmt == "tflite" and recipe.groups > 1:
+        raise EdgediffError(f"target {target.name}: --groups {recipe.groups}: {TFLITE_GROUPS}")
 
 
 def coverage(s: State) -> dict:
@@ -158,15 +173,6 @@ def lower(s: State) -> dict:
     low = LOWERINGS[fmt]
     precision = s.precision
     if s.recipe.quantize:  # the quantize pass starts from the fp32 ONNX graph
-        if fmt not in QUANTIZED_FORMATS:
-            raise EdgediffError(f"target {s.target.name}: --quantize {s.recipe.quantize} writes "
-                                f"{' and '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
-                                "the quantize pass yet")
-        if fmt == "openvino" and s.recipe.groups > 1:
-            raise EdgediffError(f"target {s.target.name}: timestep groups (--groups {s.recipe.groups}) share one "
-                                "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
-        if fmt == "tflite" and s.recipe.groups > 1:
-            raise EdgediffError(f"target {s.target.name}: --groups {s.recipe.groups}: {TFLITE_GROUPS}")
         precision = "fp32"
         if fmt != "tflite":  # TFLite converts from PyTorch; the quantize pass writes into its fp32 model
             low = LOWERINGS["onnx"]
