@@ -29,7 +29,7 @@ from edgediff.compiler.lower_onnx import export_onnx
 from edgediff.compiler.lowering import (LOWERINGS, check_precision, check_weights, get_lowering, runnable_here,
                                         static_batch_for)
 from edgediff.compiler.quantize import SCHEMES, TFLITE_GROUPS, QuantizeOptions, load_calib_for, quantize, \
-    quantize_tflite
+    quantize_coreml, quantize_tflite
 from edgediff.compiler.sources import ModelSpec, load_source
 from edgediff.compiler.stats import count_macs, count_params
 from edgediff.compiler.verify import verify
@@ -42,7 +42,8 @@ from edgediff.runtimes.samplers import get_solver
 from edgediff.targets import TargetProfile, load_target
 
 VERSION = "0.1.0"
-QUANTIZED_FORMATS = ("onnx", "openvino", "tflite")  # where the quantize pass's int8 graph can go
+# where the quantize pass's int8 graph can go (coreml: int8 weights + the kit that finishes W8A8 on macOS)
+QUANTIZED_FORMATS = ("onnx", "openvino", "tflite", "coreml")
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,10 @@ def _check_quantized_format(target: TargetProfile, recipe: Recipe) -> None:
     if fmt == "openvino" and recipe.groups > 1:
         raise EdgediffError(f"target {target.name}: timestep groups (--groups {recipe.groups}) share one "
                             "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
-    if fmt == "tflite" and recipe.groups > 1:
-        raise EdgediffError(f"target {target.name}: --groups {recipe.groups}: {TFLITE_GROUPS}")
+    if fmt in ("tflite", "coreml") and recipe.groups > 1:
+        why = TFLITE_GROUPS if fmt == "tflite" else TFLITE_GROUPS.replace("a TFLite flatbuffer", "a Core ML package") \
+            .replace("for TFLite", "for Core ML")
+        raise EdgediffError(f"target {target.name}: --groups {recipe.groups}: {why}")
 
 
 def coverage(s: State) -> dict:
@@ -173,13 +176,13 @@ def lower(s: State) -> dict:
     low = LOWERINGS[fmt]
     precision = s.precision
     if s.recipe.quantize:  # the quantize pass starts from the fp32 ONNX graph
-        precision = "fp32"
-        if fmt != "tflite":  # TFLite converts from PyTorch; the quantize pass writes into its fp32 model
+        precision = "int8" if fmt == "coreml" else "fp32"  # Core ML: int8 weights; activations on macOS
+        if fmt not in ("tflite", "coreml"):  # these convert from PyTorch; the pass writes into their model
             low = LOWERINGS["onnx"]
     static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
     s.lowered = low(s.model, s.work / "model", precision=precision, ir=s.ir, static_batch=static,
                     weights=s.recipe.weights)
-    if not (s.recipe.quantize and fmt == "tflite"):  # the TFLite quantize pass still reads the export
+    if not (s.recipe.quantize and fmt in ("tflite", "coreml")):  # their quantize pass still reads the export
         shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
     s.model_file = s.lowered.file
     return {"format": fmt, "precision": precision, "weights": s.recipe.weights,
@@ -201,6 +204,12 @@ def quantize_stage(s: State) -> dict | None:
                                       scheme=r.quantize, groups=r.groups, options=r.quant_options)
         shutil.rmtree(s.ir.parent)
         s.quantized.record["tflite"]["lowering"] = s.lowered.record
+        return s.quantized.record
+    if s.target.format == "coreml":  # int8 weights here, the activation kit for macOS in the bundle
+        s.quantized = quantize_coreml(s.model, calib, onnx_path=s.ir, package=s.model_file, plan=s.plan,
+                                      static_batch=s.lowered.runtime["static_batch"], scheme=r.quantize,
+                                      options=r.quant_options)
+        shutil.rmtree(s.ir.parent)
         return s.quantized.record
     s.quantized = quantize(s.model, calib, onnx_path=s.model_file, plan=s.plan, scheme=r.quantize,
                            groups=r.groups, options=r.quant_options, target_features=s.target.features)

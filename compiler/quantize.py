@@ -330,6 +330,31 @@ def quantize_tflite(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path,
     return q
 
 
+def quantize_coreml(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, package: Path, plan: Plan,
+                    static_batch: int, scheme: str = "w8a8", options: QuantizeOptions = QuantizeOptions(),
+                    progress=None) -> QuantizedModel:
+    """Core ML W8A8 prepared for macOS (compiler/coreml_w8a8.py): the package keeps its int8 weights;
+    the bundle gets the calibration rows, the activation-quantization recipe with the pass's float
+    layers as skipped MIL ops, and the script that finishes it where Core ML predicts."""
+    from edgediff.compiler.coreml_w8a8 import FINISH, write_kit
+    from edgediff.runtimes.backends import model_signature
+
+    qp = plan_quantization(model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=1, options=options,
+                           progress=progress)
+    sig = model_signature(package, "coreml")
+    float_layers = [{"layer": wn.layer, "why": qp.reasons[wn.node]} for wn in qp.nodes if wn.node in qp.reasons]
+    kit = write_kit(package.parents[1], package, qp.calib, input_names=[i["name"] for i in sig["inputs"]],
+                    input_dtypes=[np.dtype(i["dtype"]) for i in sig["inputs"]], static_batch=static_batch,
+                    layers_in_order=[wn.layer for wn in qp.nodes], float_layers=float_layers, module=model.module)
+    record = _record(scheme, 1, qp.step_group, plan, options, qp.nodes, qp.chosen, qp.reasons, qp.int8_weights(8),
+                     [qp.tensor_ranges(0)], qp.calib, qp.ranking, [package], None)
+    record["weight_bits"] = 8
+    record["weights"] = "int8 symmetric per output channel (coremltools linear_quantize_weights)"
+    record["activations"] = f"fp16 in the shipped package; int8 after the macOS step: {FINISH}"
+    record["coreml"] = kit
+    return QuantizedModel(files=[package], shared=None, step_group=qp.step_group.tolist(), record=record)
+
+
 # Why the TFLite writer takes one timestep group (the message of the error for --groups > 1).
 TFLITE_GROUPS = ("a TFLite flatbuffer carries its own weights, so G groups would be G full copies of the int8 "
                  "weights (G times the download and memory) instead of one shared set; use --groups 1 for TFLite")
