@@ -14,6 +14,13 @@ OpenVINO runs the CPU plugin with INFERENCE_PRECISION_HINT f32 (verification set
 as one more row, bf16 (the plugin's own default on CPUs with AVX-512 BF16 / AMX).
 Core ML is converted and sized only: it runs on macOS. Figures are noisy on a shared machine:
 read ratios within one run.
+
+The quantize pass's W8A8 rows ("w8a8") are whole compiles (compile_model, --quantize w8a8,
+dpmpp-2m 20 steps, guidance 3 where the model is class-conditional) for one target per format:
+host-cpu (ONNX, weight range chosen from this CPU's features), intel-core-ultra-npu (OpenVINO
+FakeQuantize IR) and pixel-8 (TFLite static int8); every one is calibrated on the same recorded
+trajectories (--calib-samples trajectories, recorded once per model). A compile the verifier
+refuses (cifar-arch's random weights may miss the int8 bound) is listed as "not built: <reason>".
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from edgediff.runtimes.samplers import get_solver
 
 ROWS = [("onnx", "fp32"), ("onnx", "fp16"), ("openvino", "fp32"), ("openvino", "fp16"),
         ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("coreml", "fp16"), ("coreml", "int8")]
+# The quantize pass's W8A8, compiled for one target per format.
+W8A8_TARGETS = [("onnx", "host-cpu"), ("openvino", "intel-core-ultra-npu"), ("tflite", "pixel-8")]
 
 
 class _BF16(OpenVINODenoiser):
@@ -70,7 +79,43 @@ def images(denoise, model, n: int):
     return generate(denoise, setup, n=n, seed=0, labels=labels)
 
 
-def run(name: str, n_images: int, repeats: int) -> list[dict]:
+def w8a8_rows(name: str, model, n_images: int, repeats: int, ref_images, tmp: Path, calib_samples: int) -> list[dict]:
+    """One row per W8A8_TARGETS entry: the whole compile, then the same measurements."""
+    from edgediff.calibration.record import record_trajectories
+    from edgediff.compiler.pipeline import Recipe, compile_model
+
+    guidance = 3.0 if model.conditioning.kind == "class" else 1.0
+    calib = record_trajectories(model, sampler="dpmpp-2m", steps=20, guidance=guidance, spacing="linspace",
+                                num_samples=calib_samples, seed=0)
+    calib_path = calib.save(tmp / f"{name}-calib.npz")
+    rows = []
+    for fmt, target in W8A8_TARGETS:
+        recipe = Recipe(sampler="dpmpp-2m", steps=20, guidance=guidance, spacing="linspace", quantize="w8a8",
+                        calib=str(calib_path))  # the trajectory images() samples
+        row = {"model": name, "format": fmt, "precision": "w8a8", "target": target}
+        t0 = time.perf_counter()
+        try:
+            b = compile_model(f"builtin:{name}", tmp / f"{fmt}-w8a8", target=target, recipe=recipe)
+        except EdgediffError as e:  # random weights: int8 may miss the verification bound; say so, go on
+            print(f"  {name} {fmt} w8a8: not built: {e}", file=sys.stderr)
+            rows.append(row | {"not_built": str(e), "bytes": None, "ms_per_step": None, "max_rel_error": None,
+                               "psnr_db": None})
+            continue
+        report = json.loads((b.root / "report.json").read_text())
+        denoise = open_denoiser(b.root / b.manifest["model"]["file"], fmt)
+        r = row | {"bytes": size_bytes(b.root / "model"), "lower_s": round(time.perf_counter() - t0, 1),
+                   "runtime": getattr(denoise, "label", fmt),
+                   "max_rel_error": report["verification"]["max_rel_error"],
+                   "trajectory_rel_error": report["quantization"]["trajectory"]["mean_rel_error"],
+                   "ms_per_step": time_step(denoise, model, repeats),
+                   "psnr_db": psnr_db(images(denoise, model, n_images), ref_images) if ref_images is not None
+                   else None}
+        rows.append(r)
+        print(f"  {name} {fmt} w8a8: {r['ms_per_step']:.2f} ms/step", file=sys.stderr)
+    return rows
+
+
+def run(name: str, n_images: int, repeats: int, calib_samples: int = 16) -> list[dict]:
     model = load_source(f"builtin:{name}")
     rows = []
     ref = torch_denoiser(model)
@@ -119,6 +164,7 @@ def run(name: str, n_images: int, repeats: int) -> list[dict]:
                            else None}
                 rows.append(r)
                 print(f"  {name} {r['format']} {r['precision']}: {r['ms_per_step']:.2f} ms/step", file=sys.stderr)
+        rows += w8a8_rows(name, model, n_images, repeats, ref_images, Path(tmp), calib_samples)
     return rows
 
 
@@ -138,6 +184,9 @@ def table(rows: list[dict]) -> str:
     # thread pool suffers most on a shared machine)
     base = {r["model"]: r["ms_per_step"] for r in rows if r["format"] == "onnx" and r["precision"] == "fp32"}
     for r in rows:
+        if r.get("not_built"):
+            lines.append(f"{r['model']:11}{r['format']:10}{r['precision']:24}not built: {r['not_built'][:80]}")
+            continue
         ms = r["ms_per_step"]
         speedup = None if ms is None or r["model"] not in base else base[r["model"]] / ms
         size = None if r["bytes"] is None else r["bytes"] / 1e6
@@ -152,11 +201,12 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="digits,cifar-arch")
     ap.add_argument("--images", type=int, default=16, help="images for PSNR (digits)")
     ap.add_argument("--repeats", type=int, default=20, help="timed denoiser calls per row")
+    ap.add_argument("--calib-samples", type=int, default=16, help="calibration trajectories for the W8A8 rows")
     ap.add_argument("--json", default="out/formats.json")
     a = ap.parse_args(argv)
     rows = []
     for name in a.models.split(","):
-        rows += run(name, a.images, a.repeats)
+        rows += run(name, a.images, a.repeats, a.calib_samples)
     from edgediff.targets.host import detect_host
 
     host = detect_host()

@@ -115,6 +115,10 @@ def format_report(b) -> str:
                          f"{q['groups']} timestep group(s), calibrated on {q['calibration']['rows']} rows")
         for f in q["float_layers"]:
             lines.insert(-1, f"  float     {f['layer'] or f['node']}: {f['why']}")
+        if "tflite" in q:
+            lines.insert(-1, "  xnnpack   " + ", ".join(f"int8 {k} {v}" for k, v in q["tflite"]["xnnpack_int8"].items()))
+        if "coreml" in q:
+            lines.insert(-1, f"  coreml    activation quantization: {q['coreml']['activation_quantization']}")
     if "coverage" in r:
         from edgediff.compiler.coverage import format_coverage
 

@@ -28,7 +28,8 @@ from edgediff.compiler.coverage import onnx_op_counts
 from edgediff.compiler.lower_onnx import export_onnx
 from edgediff.compiler.lowering import (LOWERINGS, check_precision, check_weights, get_lowering, runnable_here,
                                         static_batch_for)
-from edgediff.compiler.quantize import SCHEMES, QuantizeOptions, load_calib_for, quantize
+from edgediff.compiler.quantize import SCHEMES, TFLITE_GROUPS, QuantizeOptions, load_calib_for, quantize, \
+    quantize_coreml, quantize_tflite
 from edgediff.compiler.sources import ModelSpec, load_source
 from edgediff.compiler.stats import count_macs, count_params
 from edgediff.compiler.verify import verify
@@ -41,7 +42,8 @@ from edgediff.runtimes.samplers import get_solver
 from edgediff.targets import TargetProfile, load_target
 
 VERSION = "0.1.0"
-QUANTIZED_FORMATS = ("onnx", "openvino")  # where the quantize pass's int8 graph can go
+# where the quantize pass's int8 graph can go (coreml: int8 weights + the kit that finishes W8A8 on macOS)
+QUANTIZED_FORMATS = ("onnx", "openvino", "tflite", "coreml")
 # Weight-only 4-bit (compiler/weight_only.py) needs ONNX Runtime's CPU MatMulNBits kernel or OpenVINO.
 W4_RUNTIMES = ("onnxruntime", "openvino")
 SCHEME_PRECISION = {"w8a8": "int8", "w4": "int4"}  # the profile precision each scheme needs
@@ -131,6 +133,8 @@ def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
         if recipe.quantize == "w4" and target.runtime not in W4_RUNTIMES:
             raise EdgediffError(f"target {target.name}: --quantize w4 runs on ONNX Runtime's CPU kernels "
                                 f"(MatMulNBits) or OpenVINO; this target's runtime is {target.runtime}")
+        if recipe.quantize == "w8a8":
+            _check_quantized_format(target, recipe)
         check_weights(fmt, recipe.weights, target.name)
         return precision
     if recipe.precision is not None:
@@ -145,6 +149,22 @@ def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
         precision = usable[0]
     check_weights(fmt, recipe.weights, target.name)
     return precision
+
+
+def _check_quantized_format(target: TargetProfile, recipe: Recipe) -> None:
+    """Before any export: can the quantize pass write this target's format with these groups?"""
+    fmt = target.format
+    if fmt not in QUANTIZED_FORMATS:
+        raise EdgediffError(f"target {target.name}: --quantize {recipe.quantize} writes "
+                            f"{', '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
+                            "the quantize pass yet")
+    if fmt == "openvino" and recipe.groups > 1:
+        raise EdgediffError(f"target {target.name}: timestep groups (--groups {recipe.groups}) share one "
+                            "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
+    if fmt in ("tflite", "coreml") and recipe.groups > 1:
+        why = TFLITE_GROUPS if fmt == "tflite" else TFLITE_GROUPS.replace("a TFLite flatbuffer", "a Core ML package") \
+            .replace("for TFLite", "for Core ML")
+        raise EdgediffError(f"target {target.name}: --groups {recipe.groups}: {why}")
 
 
 def coverage(s: State) -> dict:
@@ -165,19 +185,17 @@ def lower(s: State) -> dict:
     low = LOWERINGS[fmt]
     precision = s.precision
     if s.recipe.quantize:  # the quantize pass starts from the fp32 ONNX graph
-        if fmt not in QUANTIZED_FORMATS:
-            raise EdgediffError(f"target {s.target.name}: --quantize {s.recipe.quantize} writes "
-                                f"{' and '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
-                                "the quantize pass yet")
-        if fmt == "openvino" and s.recipe.groups > 1 and s.recipe.quantize == "w8a8":
-            raise EdgediffError(f"target {s.target.name}: timestep groups (--groups {s.recipe.groups}) share one "
-                                "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
-        precision = "fp32"
-        low = LOWERINGS["onnx"]
+        if s.recipe.quantize == "w4":  # weight_only.py rewrites the fp32 ONNX graph
+            precision, low = "fp32", LOWERINGS["onnx"]
+        else:
+            precision = "int8" if fmt == "coreml" else "fp32"  # Core ML: int8 weights; activations on macOS
+            if fmt not in ("tflite", "coreml"):  # these convert from PyTorch; the pass writes into their model
+                low = LOWERINGS["onnx"]
     static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
     s.lowered = low(s.model, s.work / "model", precision=precision, ir=s.ir, static_batch=static,
                     weights=s.recipe.weights)
-    shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
+    if not (s.recipe.quantize and fmt in ("tflite", "coreml")):  # their quantize pass still reads the export
+        shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
     s.model_file = s.lowered.file
     return {"format": fmt, "precision": precision, "weights": s.recipe.weights,
             "file": s.model_file.relative_to(s.work).as_posix(), "bytes": size_bytes(s.work / "model"),
@@ -195,6 +213,18 @@ def quantize_stage(s: State) -> dict | None:
     else:
         calib = record_trajectories(s.model, sampler=r.sampler, steps=r.steps, guidance=r.guidance,
                                     spacing=r.spacing, num_samples=r.calib_samples, seed=r.quant_options.seed)
+    if s.target.format == "tflite":  # our plan and ranges, written into the fp32 TFLite model
+        s.quantized = quantize_tflite(s.model, calib, onnx_path=s.ir, tflite_path=s.model_file, plan=s.plan,
+                                      scheme=r.quantize, groups=r.groups, options=r.quant_options)
+        shutil.rmtree(s.ir.parent)
+        s.quantized.record["tflite"]["lowering"] = s.lowered.record
+        return s.quantized.record
+    if s.target.format == "coreml":  # int8 weights here, the activation kit for macOS in the bundle
+        s.quantized = quantize_coreml(s.model, calib, onnx_path=s.ir, package=s.model_file, plan=s.plan,
+                                      static_batch=s.lowered.runtime["static_batch"], scheme=r.quantize,
+                                      options=r.quant_options)
+        shutil.rmtree(s.ir.parent)
+        return s.quantized.record
     s.quantized = quantize(s.model, calib, onnx_path=s.model_file, plan=s.plan, scheme=r.quantize,
                            groups=r.groups, options=r.quant_options, target_features=s.target.features)
     s.model_file = s.quantized.files[0]

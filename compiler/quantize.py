@@ -35,7 +35,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgediff.calibration.activations import collect_activations, step_groups
-from edgediff.calibration.observers import OBSERVERS
+from edgediff.calibration.observers import OBSERVERS, QuantRange
 from edgediff.calibration.record import CalibrationSet
 from edgediff.calibration.select import SELECTORS, select
 from edgediff.compiler.quant_onnx import QuantWeight, WeightedNode, insert_qdq, quantize_weight, share_weights, \
@@ -178,15 +178,49 @@ def weight_bits_for(option: str, features) -> tuple[int, str]:
     return 8, "full 8-bit range: the target's int8 dot products accumulate in int32"
 
 
-def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: Plan, scheme: str = "w8a8",
-             groups: int = 1, options: QuantizeOptions = QuantizeOptions(), target_features=(),
-             progress=None) -> QuantizedModel:
-    """Quantize the fp32 ONNX graph at `onnx_path` (lowered from `model`) in place of it.
+@dataclass
+class QuantPlan:
+    """What the pass decided, before any graph is written: shared by the ONNX and TFLite writers."""
 
-    `calib` must be recorded along `plan` (the bundle's sampler trajectory). Writes into
-    onnx_path's folder and removes the fp32 file; returns the files and the record.
-    `target_features` (the target profile's ISA features) decides weight_range "auto".
-    """
+    proto: onnx.ModelProto
+    nodes: list[WeightedNode]
+    chosen: list[WeightedNode]
+    reasons: dict[str, str]  # node -> why it stays float
+    ranking: list | None
+    stats: dict  # "<layer>:input|output" -> {group: Observer}
+    step_group: np.ndarray
+    calib: CalibrationSet
+    groups: int
+    options: QuantizeOptions
+
+    def layer_ranges(self, g: int) -> dict[str, tuple[QuantRange, QuantRange]]:
+        """torch layer -> (input range, output range) of timestep group g, for every chosen layer."""
+        return {wn.layer: (self.stats[f"{wn.layer}:input"][g].result(), self.stats[f"{wn.layer}:output"][g].result())
+                for wn in self.chosen}
+
+    def int8_weights(self, bits: int) -> dict[str, QuantWeight]:
+        """ONNX initializer -> its int8 weight (symmetric per output channel), for every chosen node."""
+        inits = {i.name: i for i in self.proto.graph.initializer}
+        weights: dict[str, QuantWeight] = {}
+        for wn in self.chosen:
+            if wn.weight not in weights:
+                w = numpy_helper.to_array(inits[wn.weight]).astype(np.float32)
+                weights[wn.weight] = quantize_weight(w, wn.axis, bits)
+        return weights
+
+    def tensor_ranges(self, g: int) -> dict[str, QuantRange]:
+        """ONNX tensor -> range of timestep group g (each chosen node's input and output)."""
+        act = {}
+        for wn in self.chosen:
+            act.setdefault(wn.input, self.stats[f"{wn.layer}:input"][g].result())
+            act.setdefault(wn.output, self.stats[f"{wn.layer}:output"][g].result())
+        return act
+
+
+def plan_quantization(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: Plan, scheme: str = "w8a8",
+                      groups: int = 1, options: QuantizeOptions = QuantizeOptions(), progress=None) -> QuantPlan:
+    """Which layers of the fp32 ONNX graph at `onnx_path` become int8, and their activation
+    ranges per timestep group (observed on `calib`, recorded along `plan`)."""
     if scheme != "w8a8":
         raise EdgediffError(f"quantize: this pass writes w8a8 (got {scheme!r}); w4 is compiler/weight_only.py")
     calib.check_model(model)
@@ -203,27 +237,30 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
     chosen = [wn for wn in nodes if wn.node not in reasons]
     if not chosen:
         raise EdgediffError("quantize: every quantizable layer is kept float; nothing to quantize")
-
     layers = sorted({wn.layer for wn in chosen})
     stats = collect_activations(model, calib, kind=options.observer, groups=groups, layers=layers,
                                 progress=progress)
-    inits = {i.name: i for i in proto.graph.initializer}
-    bits, bits_why = weight_bits_for(options.weight_range, target_features)
-    weights: dict[str, QuantWeight] = {}
-    for wn in chosen:
-        if wn.weight not in weights:
-            weights[wn.weight] = quantize_weight(numpy_helper.to_array(inits[wn.weight]).astype(np.float32), wn.axis,
-                                                 bits)
+    return QuantPlan(proto=proto, nodes=nodes, chosen=chosen, reasons=reasons, ranking=ranking, stats=stats,
+                     step_group=step_group, calib=calib, groups=groups, options=options)
 
-    per_group_ranges = []
-    protos = []
-    for g in range(groups):
-        act = {}
-        for wn in chosen:
-            act.setdefault(wn.input, stats[f"{wn.layer}:input"][g].result())
-            act.setdefault(wn.output, stats[f"{wn.layer}:output"][g].result())
-        per_group_ranges.append(act)
-        protos.append(insert_qdq(proto, chosen, act, weights))
+
+def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: Plan, scheme: str = "w8a8",
+             groups: int = 1, options: QuantizeOptions = QuantizeOptions(), target_features=(),
+             progress=None) -> QuantizedModel:
+    """Quantize the fp32 ONNX graph at `onnx_path` (lowered from `model`) in place of it.
+
+    `calib` must be recorded along `plan` (the bundle's sampler trajectory). Writes into
+    onnx_path's folder and removes the fp32 file; returns the files and the record.
+    `target_features` (the target profile's ISA features) decides weight_range "auto".
+    """
+    qp = plan_quantization(model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=groups,
+                           options=options, progress=progress)
+    proto, chosen = qp.proto, qp.chosen
+    bits, bits_why = weight_bits_for(options.weight_range, target_features)
+    weights = qp.int8_weights(bits)
+
+    per_group_ranges = [qp.tensor_ranges(g) for g in range(groups)]
+    protos = [insert_qdq(proto, chosen, act, weights) for act in per_group_ranges]
 
     out_dir = onnx_path.parent
     onnx_path.unlink()
@@ -240,13 +277,87 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
         for p, f in zip(protos, files):
             onnx.save(p, str(f))
 
-    record = _record(scheme, groups, step_group, plan, options, nodes, chosen, reasons, weights,
-                     per_group_ranges, calib, ranking, files, shared)
+    record = _record(scheme, groups, qp.step_group, plan, options, qp.nodes, chosen, qp.reasons, weights,
+                     per_group_ranges, qp.calib, qp.ranking, files, shared)
     record["weight_bits"] = bits
     record["weights"] = f"int8 symmetric per output channel (min-max), {bits_why}"
-    q = QuantizedModel(files=files, shared=shared, step_group=step_group.tolist(), record=record)
-    record["trajectory"] = trajectory_error(model, q, calib, plan)
+    q = QuantizedModel(files=files, shared=shared, step_group=qp.step_group.tolist(), record=record)
+    record["trajectory"] = trajectory_error(model, q, qp.calib, plan)
     return q
+
+
+def quantize_tflite(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, tflite_path: Path, plan: Plan,
+                    scheme: str = "w8a8", groups: int = 1, options: QuantizeOptions = QuantizeOptions(),
+                    progress=None) -> QuantizedModel:
+    """The same plan as `quantize` (float layers, ranges from `calib`), written into the fp32
+    TFLite model at `tflite_path` (replaced) through ai-edge-quantizer (compiler/quant_tflite.py).
+
+    `onnx_path`: the fp32 ONNX export of `model`, from which the float layers are found as for
+    ONNX. One timestep group only: see TFLITE_GROUPS.
+    """
+    from edgediff.compiler.lowering import converter_output
+    from edgediff.compiler.quant_tflite import int8_census, match_layers, tflite_ops, write_w8a8
+
+    if groups != 1:
+        raise EdgediffError(f"quantize: --groups {groups} for TFLite: {TFLITE_GROUPS}")
+    qp = plan_quantization(model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=groups,
+                           options=options, progress=progress)
+    layers = sorted({wn.layer for wn in qp.chosen})
+    ops = match_layers(model.module, layers, tflite_ops(tflite_path))
+    fp32 = tflite_path.with_name(tflite_path.stem + ".fp32.tflite")
+    tflite_path.rename(fp32)
+    try:
+        with converter_output("TFLite W8A8 (ai-edge-quantizer)"):
+            written = write_w8a8(fp32, tflite_path, ops, qp.layer_ranges(0))
+    finally:
+        fp32.unlink()
+    census = int8_census(tflite_path)
+    record = _record(scheme, groups, qp.step_group, plan, options, qp.nodes, qp.chosen, qp.reasons, qp.int8_weights(8),
+                     [qp.tensor_ranges(0)], qp.calib, qp.ranking, [tflite_path], None)
+    record["weight_bits"] = 8
+    record["weights"] = ("int8 symmetric per output channel (min-max, ai-edge-quantizer); full 8-bit range: "
+                         "XNNPACK's int8 kernels widen to int16 before multiplying, no saturating pair sums")
+    record["activations"] = f"int8 asymmetric per tensor ({options.observer}, our ranges written as the " \
+                            "calibration result)"
+    record["tflite"] = {"writer": "ai-edge-quantizer static int8 recipe, one entry per chosen op",
+                        "ops_matched": len(ops),
+                        "folded_scales": {k: m.factor for k, m in ops.items() if m.factor != 1.0},
+                        "tensors_with_our_ranges": len(written), **census}
+    q = QuantizedModel(files=[tflite_path], shared=None, step_group=qp.step_group.tolist(), record=record)
+    from edgediff.runtimes.backends import open_denoiser
+
+    record["trajectory"] = trajectory_error(model, q, qp.calib, plan, denoise=open_denoiser(tflite_path, "tflite"))
+    return q
+
+
+def quantize_coreml(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, package: Path, plan: Plan,
+                    static_batch: int, scheme: str = "w8a8", options: QuantizeOptions = QuantizeOptions(),
+                    progress=None) -> QuantizedModel:
+    """Core ML W8A8 prepared for macOS (compiler/coreml_w8a8.py): the package keeps its int8 weights;
+    the bundle gets the calibration rows, the activation-quantization recipe with the pass's float
+    layers as skipped MIL ops, and the script that finishes it where Core ML predicts."""
+    from edgediff.compiler.coreml_w8a8 import FINISH, write_kit
+    from edgediff.runtimes.backends import model_signature
+
+    qp = plan_quantization(model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=1, options=options,
+                           progress=progress)
+    sig = model_signature(package, "coreml")
+    float_layers = [{"layer": wn.layer, "why": qp.reasons[wn.node]} for wn in qp.nodes if wn.node in qp.reasons]
+    kit = write_kit(package.parents[1], package, qp.calib, input_names=[i["name"] for i in sig["inputs"]],
+                    input_dtypes=[np.dtype(i["dtype"]) for i in sig["inputs"]], static_batch=static_batch,
+                    layers_in_order=[wn.layer for wn in qp.nodes], float_layers=float_layers, module=model.module)
+    record = _record(scheme, 1, qp.step_group, plan, options, qp.nodes, qp.chosen, qp.reasons, qp.int8_weights(8),
+                     [qp.tensor_ranges(0)], qp.calib, qp.ranking, [package], None)
+    record["weight_bits"] = 8
+    record["weights"] = "int8 symmetric per output channel (coremltools linear_quantize_weights)"
+    record["activations"] = f"fp16 in the shipped package; int8 after the macOS step: {FINISH}"
+    record["coreml"] = kit
+    return QuantizedModel(files=[package], shared=None, step_group=qp.step_group.tolist(), record=record)
+
+
+# Why the TFLite writer takes one timestep group (the message of the error for --groups > 1).
+TFLITE_GROUPS = ("a TFLite flatbuffer carries its own weights, so G groups would be G full copies of the int8 "
+                 "weights (G times the download and memory) instead of one shared set; use --groups 1 for TFLite")
 
 
 def shareable(protos: list[onnx.ModelProto], min_bytes: int = 256) -> list[str]:
@@ -266,18 +377,19 @@ def shareable(protos: list[onnx.ModelProto], min_bytes: int = 256) -> list[str]:
 
 
 def trajectory_error(model: ModelSpec, q: QuantizedModel, calib: CalibrationSet, plan: Plan,
-                     rows_per_step: int = 16) -> dict:
+                     rows_per_step: int = 16, denoise=None) -> dict:
     """Relative error ||eps_int8 - eps_fp32|| / ||eps_fp32|| of the written graphs on calibration
     rows, per plan step: the error where the bundle actually runs."""
     from edgediff.compiler.sources import torch_denoiser
     from edgediff.runtimes.groups import grouped_denoiser
 
-    root = q.files[0].parent
-    groups = None
-    if len(q.files) > 1:
-        groups = {"files": [f.name for f in q.files], "step_group": q.step_group,
-                  "shared_weights": q.shared.name if q.shared else None}
-    ours = grouped_denoiser(root, groups, plan.model_timesteps, model_file=q.files[0])
+    ours = denoise
+    if ours is None:
+        groups = None
+        if len(q.files) > 1:
+            groups = {"files": [f.name for f in q.files], "step_group": q.step_group,
+                      "shared_weights": q.shared.name if q.shared else None}
+        ours = grouped_denoiser(q.files[0].parent, groups, plan.model_timesteps, model_file=q.files[0])
     ref = torch_denoiser(model)
     per_step = {}
     for s in calib.visited_steps:
