@@ -299,7 +299,8 @@ def prune_to_dir(source: str | ModelSpec, out: str | Path, *, ratio: float, opti
     need_data = options.importance == "taylor" or finetune.steps > 0
     train_data = training_data(teacher, data) if need_data else None
     settings = {"ratio": ratio, "importance": options.importance, "scope": options.scope,
-                "source_sha256": teacher.source_sha256}
+                "source_sha256": teacher.source_sha256,
+                "layer_ratios": [list(x) for x in options.layer_ratios] or None}
     if dist.is_main:
         if init_dir.exists():
             rec = read_shapes(init_dir)["record"]
