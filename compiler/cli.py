@@ -11,7 +11,8 @@
     edgediff bench BUNDLE [--device host|ssh://USER@HOST[:PORT]|adb:SERIAL|PROFILE] [--json out.json]
     edgediff report BUNDLE... -o DIR
     edgediff zoo train digits|classifier
-    edgediff prune SOURCE --ratio 0.4 [--importance taylor|magnitude] [--finetune-steps N] [--nproc N] -o DIR
+    edgediff prune SOURCE --ratio 0.4 [--layer-ratio PATTERN=R] [--importance taylor|magnitude] [--finetune-steps N]
+                   [--nproc N] -o DIR
 
 User errors (EdgediffError) print as one line and exit with status 2; anything else is a
 bug and keeps its traceback.
