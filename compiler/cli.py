@@ -11,7 +11,8 @@
     edgediff bench BUNDLE [--device host|ssh://USER@HOST[:PORT]|adb:SERIAL|PROFILE] [--json out.json]
     edgediff report BUNDLE... -o DIR
     edgediff zoo train digits|classifier
-    edgediff prune SOURCE --ratio 0.4 [--importance taylor|magnitude] [--finetune-steps N] [--nproc N] -o DIR
+    edgediff prune SOURCE --ratio 0.4 [--layer-ratio PATTERN=R] [--importance taylor|magnitude] [--finetune-steps N]
+                   [--nproc N] -o DIR
 
 User errors (EdgediffError) print as one line and exit with status 2; anything else is a
 bug and keeps its traceback.
@@ -427,10 +428,15 @@ def cmd_prune(a) -> int:
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return relaunch_under_torchrun(a.nproc)
     options = PruneOptions(importance=a.importance, scope=a.scope, protect=tuple(a.protect or ()), seed=a.seed,
-                           taylor_threshold=a.taylor_threshold, taylor_stride=a.taylor_stride)
+                           taylor_threshold=a.taylor_threshold, taylor_stride=a.taylor_stride,
+                           layer_ratios=tuple(a.layer_ratio or ()))
     tune = FinetuneOptions(steps=a.finetune_steps, batch_size=a.batch_size, lr=a.lr, distill_weight=a.distill_weight,
                            threads=a.threads)
     dist = DistContext.from_env()
+    if a.threads:  # the Taylor pass too, not only the fine-tune: 2 OpenMP threads crawl on a loaded machine
+        import torch
+
+        torch.set_num_threads(a.threads)
     try:
         log = print if dist.is_main else (lambda *_: None)
         prune_to_dir(a.source, a.output, ratio=a.ratio, options=options, finetune=tune, data=a.data, dist=dist,
@@ -439,6 +445,16 @@ def cmd_prune(a) -> int:
     finally:
         dist.close()
     return 0
+
+
+def layer_ratio(text: str) -> tuple[str, float]:
+    pattern, sep, r = text.rpartition("=")
+    try:
+        if sep and pattern:
+            return pattern, float(r)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r}: expected PATTERN=RATIO, e.g. 'down_blocks.0.*=0.25'")
 
 
 def add_prune_parser(sub) -> None:
@@ -451,6 +467,8 @@ def add_prune_parser(sub) -> None:
                    help="the same ratio in every layer, or one ranking over the whole network")
     p.add_argument("--protect", action="append", metavar="PATTERN",
                    help="keep the output channels of layers whose names match (fnmatch; repeatable)")
+    p.add_argument("--layer-ratio", action="append", type=layer_ratio, metavar="PATTERN=R",
+                   help="layers whose names match lose the fraction R instead of --ratio (repeatable)")
     p.add_argument("--taylor-threshold", type=float, default=0.05,
                    help="stop summing gradients at the first t with L_t < this x max L")
     p.add_argument("--taylor-stride", type=positive_int, default=1, help="visit every k-th timestep")
@@ -460,7 +478,7 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the teacher-output loss")
     p.add_argument("--data", default=None, metavar="NPZ", help="training images (builtin:digits has its own)")
     p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (Taylor pass and fine-tune)")
     p.add_argument("--nproc", type=positive_int, default=1, help="processes (relaunches under torchrun, DDP)")
     p.add_argument("-o", "--output", required=True, help="pruned model folder to write")
     p.set_defaults(func=cmd_prune)

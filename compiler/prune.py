@@ -57,6 +57,8 @@ class PruneOptions:
     taylor_batch: int = 32
     taylor_stride: int = 1
     seed: int = 0
+    # (fnmatch pattern, ratio): the layers a pattern matches lose this fraction instead of `ratio`
+    layer_ratios: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         if self.importance not in ("taylor", "magnitude"):
@@ -68,6 +70,7 @@ class PruneOptions:
         if self.taylor_batch < 1 or self.taylor_stride < 1:
             raise EdgediffError("prune: taylor_batch and taylor_stride must be at least 1")
         object.__setattr__(self, "protect", tuple(self.protect))
+        object.__setattr__(self, "layer_ratios", tuple((str(p), check_ratio(r)) for p, r in self.layer_ratios))
 
 
 @dataclass
@@ -198,11 +201,21 @@ def prune(model: ModelSpec, *, ratio: float, options: PruneOptions = PruneOption
         before[name] = (m.heads, m.to_q.out_features // m.heads)
         for lin in (m.to_q, m.to_k, m.to_v):
             heads[lin] = m.heads
+    layer_ratio = {}
+    for pattern, names in match_protected(net, tuple(p for p, _ in options.layer_ratios)).items():
+        if not names:
+            raise EdgediffError(f"prune: --layer-ratio {pattern!r} matches no layer of {kind} "
+                                f"(layer names look like {', '.join(_sample_names(net))})")
+        r = dict(options.layer_ratios)[pattern]
+        layer_ratio.update({modules[n]: r for n in names if isinstance(modules[n], (nn.Conv2d, nn.Linear))})
+    if layer_ratio:
+        record["layer_ratios"] = [list(x) for x in options.layer_ratios]
     is_dit = kind == "DiTTransformer2DModel"
     example = tuple(pruned.example_inputs(batch=1))
     pruner = tp.pruner.BasePruner(
         pruned.module, example_inputs=example, importance=get_importance(options.importance),
         global_pruning=options.scope == "global", pruning_ratio=ratio, max_pruning_ratio=options.max_ratio,
+        pruning_ratio_dict=layer_ratio or None,
         ignored_layers=ignored, num_heads=heads, prune_num_heads=is_dit, prune_head_dims=not is_dit,
         head_pruning_ratio=ratio if is_dit else 0.0,
         forward_fn=lambda mod, inputs: mod(*inputs))
@@ -286,7 +299,8 @@ def prune_to_dir(source: str | ModelSpec, out: str | Path, *, ratio: float, opti
     need_data = options.importance == "taylor" or finetune.steps > 0
     train_data = training_data(teacher, data) if need_data else None
     settings = {"ratio": ratio, "importance": options.importance, "scope": options.scope,
-                "source_sha256": teacher.source_sha256}
+                "source_sha256": teacher.source_sha256,
+                "layer_ratios": [list(x) for x in options.layer_ratios] or None}
     if dist.is_main:
         if init_dir.exists():
             rec = read_shapes(init_dir)["record"]

@@ -85,6 +85,20 @@ def test_global_scope_prunes_unevenly_but_validly():
     assert _out(r.model).shape == (3, 1, 8, 8)
 
 
+def test_layer_ratio_overrides_the_ratio_where_its_pattern_matches():
+    spec = tiny_unet()
+    r = prune(spec, ratio=0.5, options=PruneOptions(importance="magnitude", layer_ratios=(("down_blocks.1.*", 0.25),)))
+    net = _inner(r.model)[0]
+    assert net.down_blocks[1].resnets[0].conv1.out_channels == 12  # 16 less 0.25, whole GroupNorm groups
+    assert net.down_blocks[0].resnets[0].conv1.out_channels == 4  # 8 less 0.5
+    assert all(m.num_channels % m.num_groups == 0 for m in net.modules() if isinstance(m, nn.GroupNorm))
+    assert r.record["layer_ratios"] == [["down_blocks.1.*", 0.25]] and _out(r.model).shape == (3, 1, 8, 8)
+    with pytest.raises(EdgediffError, match="'nothing.\\*' matches no layer"):
+        prune(spec, ratio=0.5, options=PruneOptions(importance="magnitude", layer_ratios=(("nothing.*", 0.25),)))
+    with pytest.raises(EdgediffError, match="ratio must lie strictly"):
+        PruneOptions(layer_ratios=(("down_blocks.1.*", 1.0),))
+
+
 @pytest.mark.parametrize("ratio", [0, 1, -0.2, 1.5])
 def test_bad_ratio_is_a_clear_error(ratio):
     with pytest.raises(EdgediffError, match="ratio must lie strictly between 0 and 1"):
@@ -145,6 +159,9 @@ def test_cli_errors_name_the_problem(tmp_path):
     r = _cli("prune", "tiny_models:tiny_unet", "--ratio", "0.3", "--importance", "magnitude",
              "--protect", "nonexistent*", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "'nonexistent*' matches no layer" in r.stderr
+    r = _cli("prune", "tiny_models:tiny_unet", "--ratio", "0.3", "--layer-ratio", "down_blocks.1.*", "-o",
+             str(tmp_path / "x"))
+    assert r.returncode == 2 and "expected PATTERN=RATIO" in r.stderr
     assert not (tmp_path / "x").exists()
 
 

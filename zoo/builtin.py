@@ -92,7 +92,9 @@ def _digits_pruned() -> BuiltinModel:
         sample_shape=(1, 16, 16),
         num_classes=NUM_DIGIT_CLASSES,
         weights_sha256=sha256_file(root / "diffusion_pytorch_model.safetensors"),
-        description=f"builtin:digits with {rec['ratio']:g} of its channels pruned ({rec['importance']} importance, "
+        description=f"builtin:digits with {rec['ratio']:g} of its channels pruned"
+                    + "".join(f", {r:g} in {p}" for p, r in rec.get("layer_ratios") or ())
+                    + f" ({rec['importance']} importance, "
                     f"-{100 * rec['macs_reduction']:.0f} % MACs) and a {rec.get('finetune', {}).get('steps', 0)}-step "
                     "recovery fine-tune against the unpruned model",
         trained=True,

@@ -6,7 +6,10 @@
 This uses diffusers' own DDIM scheduler on purpose: it is an independent check of the
 zoo's weights, not a use of the project's samplers (runtimes/samplers).
 
-    python -m edgediff.zoo.evaluate [--per-class 10] [--steps 50] [--guidance 3] [--seed 0]
+    python -m edgediff.zoo.evaluate [--source builtin:digits] [--per-class 10] [--steps 50] [--guidance 3]
+                                    [--seed 0] [--threads 2]
+
+--source takes builtin:digits, builtin:digits-pruned or a pruned folder (`edgediff prune -o DIR`).
 """
 
 from __future__ import annotations
@@ -76,18 +79,25 @@ def evaluate(unet: nn.Module, classifier: nn.Module, *, per_class: int = 10, ste
 
 
 def main(argv=None) -> None:
-    from .builtin import load_builtin, load_classifier
+    from edgediff.compiler.sources import DiffusersAdapter, load_source
+
+    from .builtin import load_classifier
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", default="builtin:digits", help="a digits UNet: builtin:NAME or a pruned folder")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a loaded machine)")
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    torch.set_num_threads(2)
-    r = evaluate(load_builtin("digits").unet, load_classifier(), per_class=a.per_class, steps=a.steps,
+    torch.set_num_threads(a.threads)
+    m = load_source(a.source).module
+    unet = m.model if isinstance(m, DiffusersAdapter) else m
+    r = evaluate(unet, load_classifier(), per_class=a.per_class, steps=a.steps,
                  guidance=a.guidance, seed=a.seed)
     r.pop("images")
+    r["source"] = a.source
     print(json.dumps(r, indent=2))
 
 
