@@ -102,9 +102,15 @@ class State:
 
 
 def capture(s: State) -> dict:
-    return {"params": count_params(s.model.module),
-            "macs_per_step": count_macs(s.model.module, s.model.example_inputs(batch=1)),
-            "sample_shape": list(s.model.sample_shape)}
+    inputs = s.model.example_inputs(batch=1)
+    try:  # the first time the model runs: a model that cannot run its own inputs stops here, named
+        macs = count_macs(s.model.module, inputs)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(s.model.input_names(), inputs))
+        raise EdgediffError(f"{s.model.source}: the PyTorch model fails on its own inputs ({shapes}): "
+                            f"{type(e).__name__}: {first}") from None
+    return {"params": count_params(s.model.module), "macs_per_step": macs, "sample_shape": list(s.model.sample_shape)}
 
 
 def plan(s: State) -> dict:
