@@ -89,6 +89,8 @@ def main(argv=None) -> int:
                     prec = row["precision"] + ("(w8a8)" if label == "w8a8" and row["precision"] else "")
                     print(f"{name:26} {target:22} {fmt:8} {prec:9} {err_s:>9} {row['seconds']:6.1f}  {row['status']}",
                           flush=True)
+                    if args.json:  # after every row: an interrupted run keeps what it measured
+                        _write_json(args.json, rows)
     ok = sum(r["status"] == "ok" for r in rows)
     refused = sum(r["status"].startswith("refused (expected)") for r in rows)
     failed = [r for r in rows if r["status"] != "ok" and not r["status"].startswith("refused (expected)")]
@@ -96,10 +98,16 @@ def main(argv=None) -> int:
     for r in failed:
         print(f"  FAILED {r['variant']} {r['target']} {r['recipe']}: {r['status']}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "ok": ok, "refused_expected": refused,
-                                         "failed": len(failed)}, indent=2))
+        _write_json(args.json, rows)
     return 1 if failed else 0
+
+
+def _write_json(path: Path, rows: list[dict]) -> None:
+    ok = sum(r["status"] == "ok" for r in rows)
+    refused = sum(r["status"].startswith("refused (expected)") for r in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": rows, "ok": ok, "refused_expected": refused,
+                                "failed": len(rows) - ok - refused}, indent=2))
 
 
 if __name__ == "__main__":
