@@ -75,10 +75,10 @@ def main(argv=None) -> int:
                 src = e
             for target in args.targets.split(","):
                 fmt = load_target(target).format
-                recipes = [("default", Recipe(sampler="ddim", steps=2, guidance=2.0))]
+                base = dict(sampler="ddim", steps=2, guidance=2.0, **(v.recipe or {}))
+                recipes = [("default", Recipe(**base))]
                 if not args.no_w8a8 and fmt in QUANTIZED_FORMATS and "int8" in load_target(target).precisions:
-                    recipes.append(("w8a8", Recipe(sampler="ddim", steps=2, guidance=2.0, quantize="w8a8",
-                                                   calib_samples=4)))
+                    recipes.append(("w8a8", Recipe(**base, quantize="w8a8", calib_samples=4)))
                 for label, recipe in recipes:
                     out = Path(tmp) / "bundles" / f"{name}-{target}-{label}"
                     row = {"variant": name, "target": target, "format": fmt, "recipe": label,

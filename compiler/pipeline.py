@@ -119,9 +119,23 @@ def plan(s: State) -> dict:
         raise EdgediffError(f"recipe: steps {r.steps} exceeds the model's {s.model.schedule.num_train_timesteps} "
                             "training timesteps")
     s.plan = get_solver(r.sampler).plan(s.model.schedule, r.steps, spacing=r.spacing)
+    _check_finite_at_last_step(s)
     if r.quantize and r.calib:  # a bad calibration file fails before the export, not after
         s.calib = load_calib_for(r.calib, s.model, s.plan)
     return {"solver": r.sampler, "steps": r.steps, "timesteps": [int(t) for t in s.plan.timesteps]}
+
+
+def _check_finite_at_last_step(s: State) -> None:
+    """A model that is undefined at the plan's smallest timestep would give NaN images at the last
+    step (a UNet2DModel with time_embedding_type "fourier" takes log(t) and divides by t: t = 0)."""
+    t = float(np.min(s.plan.model_timesteps))
+    x, _, *cond = s.model.example_inputs(batch=1)
+    with torch.no_grad():
+        out = s.model.module(x, torch.full((1,), t), *cond)
+    if not torch.isfinite(out).all():
+        raise EdgediffError(f"{s.model.source}: the model outputs inf/nan at timestep {t:g}, which the "
+                            f"{s.recipe.sampler} plan ({s.recipe.spacing} spacing) visits; choose a spacing that "
+                            "avoids it (--spacing trailing)")
 
 
 def choose_precision(target: TargetProfile, recipe: Recipe) -> str:

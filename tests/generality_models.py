@@ -99,7 +99,7 @@ def edit_config(write, sub: str, **fields):
 class Variant:
     write: Callable[[Path], Path]
     expect: str | None = None  # None: compiles everywhere; else: part of the expected EdgediffError
-    fast: bool = False  # also through TFLite and Core ML in tests/test_generality.py (they convert slowly)
+    recipe: dict | None = None  # Recipe fields this variant needs (the benchmark and tests apply them)
 
 
 BLOCKS = {
@@ -112,7 +112,7 @@ BLOCKS = {
 
 VARIANTS: dict[str, Variant] = {
     # ---- UNet2DModel: block types
-    "unet-plain": Variant(unet(), fast=True),
+    "unet-plain": Variant(unet()),
     "unet-resnet-sampling": Variant(unet("bare", ("DDIMScheduler", {"beta_schedule": "scaled_linear"}),
                                          down_block_types=BLOCKS["resnet-sampling"][0],
                                          up_block_types=BLOCKS["resnet-sampling"][1])),
@@ -120,24 +120,25 @@ VARIANTS: dict[str, Variant] = {
                                             downsample_type="resnet", upsample_type="resnet")),
     # Skip*Block2D: the skip path is hard-wired to 3 image channels and AttnSkip*Block2D to 32 norm groups
     "unet-skip": Variant(unet("bare", down_block_types=BLOCKS["skip"][0], up_block_types=BLOCKS["skip"][1],
-                              block_out_channels=(32, 32), in_channels=3, out_channels=3), fast=True),
+                              block_out_channels=(32, 32), in_channels=3, out_channels=3)),
     # ---- time embeddings
+    # fourier embeds log(t) and divides by t: undefined at t = 0, so a plan must not visit it
     "unet-fourier": Variant(unet(sched=("PNDMScheduler", {"steps_offset": 1}), time_embedding_type="fourier",
-                                 flip_sin_to_cos=False)),
-    "unet-learned-time": Variant(unet("bare", time_embedding_type="learned", num_train_timesteps=100), fast=True),
+                                 flip_sin_to_cos=False), recipe={"spacing": "trailing"}),
+    "unet-learned-time": Variant(unet("bare", time_embedding_type="learned", num_train_timesteps=100)),
     "unet-positional-shift": Variant(unet(flip_sin_to_cos=False, freq_shift=1, center_input_sample=True)),
     # ---- class conditioning
     "unet-classes": Variant(unet(num_class_embeds=11)),
-    "unet-class-timestep": Variant(unet(class_embed_type="timestep", num_class_embeds=5), fast=True),
-    "unet-class-identity": Variant(unet("bare", class_embed_type="identity"), fast=True),
+    "unet-class-timestep": Variant(unet(class_embed_type="timestep", num_class_embeds=5)),
+    "unet-class-identity": Variant(unet("bare", class_embed_type="identity")),
     # ---- resnets, activations, mid block
     "unet-scale-shift-mish": Variant(unet(resnet_time_scale_shift="scale_shift", act_fn="mish")),
     "unet-no-attention-gelu": Variant(unet(add_attention=False, act_fn="gelu")),
     "unet-no-mid-relu": Variant(unet("bare", mid_block_type=None, act_fn="relu")),
     # ---- channels, shapes, groups
     "unet-learned-variance": Variant(unet(in_channels=3, out_channels=6,
-                                          sched=("DDPMScheduler", {"variance_type": "learned_range"})), fast=True),
-    "unet-nonsquare": Variant(unet("bare", sample_size=(8, 16)), fast=True),
+                                          sched=("DDPMScheduler", {"variance_type": "learned_range"}))),
+    "unet-nonsquare": Variant(unet("bare", sample_size=(8, 16))),
     "unet-list-size": Variant(unet(sample_size=[8, 8])),
     "unet-groups": Variant(unet(norm_num_groups=2, attn_norm_num_groups=8)),
     # ---- scheduler configs
@@ -147,10 +148,9 @@ VARIANTS: dict[str, Variant] = {
                                                       "prediction_type": "v_prediction"}))),
     "unet-ddpm-sample": Variant(unet(sched=("DDPMScheduler", {"prediction_type": "sample"}))),
     # ---- DiT
-    "dit-classes-sigma": Variant(dit(out_channels=4, sched=("DDIMScheduler", {"beta_schedule": "squaredcos_cap_v2"})),
-                                 fast=True),
+    "dit-classes-sigma": Variant(dit(out_channels=4, sched=("DDIMScheduler", {"beta_schedule": "squaredcos_cap_v2"}))),
     "dit-bare-dpm-v": Variant(dit("bare", sched=("DPMSolverMultistepScheduler", {"prediction_type": "v_prediction"}))),
-    "dit-legacy-transformer2d": Variant(dit(legacy=True, out_channels=4), fast=True),
+    "dit-legacy-transformer2d": Variant(dit(legacy=True, out_channels=4)),
     "dit-legacy-bare": Variant(dit("bare", legacy=True, sched=("EulerDiscreteScheduler", {}))),
     # ---- what cannot be compiled: one line naming the field
     "unet-no-sample-size": Variant(edit_config(unet(), "unet", sample_size=None), expect="sample_size"),

@@ -105,9 +105,14 @@ def test_variant_compiles(folders, name, target, tmp_path):
         assert b.report["lowering"]["rewrites"] == ["diffusers upfirdn2d_native (6-D tensors)"]
 
 
-def test_fourier_model_inf_at_t0_is_matched_not_refused(folders, tmp_path):
-    """time_embedding_type "fourier" divides by the timestep: PyTorch gives inf at t = 0, and so must the bundle."""
-    b = compile_model(spec_of(folders, "unet-fourier"), tmp_path / "b", target="host-cpu", recipe=RECIPE)
+def test_fourier_model_is_undefined_at_t0(folders, tmp_path):
+    """time_embedding_type "fourier" takes log(t) and divides by t: a plan that visits t = 0 is refused in
+    one line; with trailing spacing it compiles, and verification matches PyTorch's inf/nan at t = 0."""
+    spec = spec_of(folders, "unet-fourier")
+    with pytest.raises(EdgediffError, match=r"inf/nan at timestep 0, .*--spacing trailing"):
+        compile_model(spec, tmp_path / "leading", target="host-cpu", recipe=RECIPE)
+    b = compile_model(spec, tmp_path / "b", target="host-cpu",
+                      recipe=Recipe(sampler="ddim", steps=2, spacing="trailing"))
     per_t = b.report["verification"]["per_timestep"]
     assert per_t[0]["timestep"] == 0 and per_t[0]["nonfinite_in_pytorch"] > 0
     assert all(np.isfinite(r["max_rel_error"]) for r in per_t)
