@@ -5,8 +5,9 @@
 
 A timestep whose error exceeds the precision's bound stops the compile with an error
 naming the timestep and the error. Where PyTorch itself outputs inf or nan (a UNet2DModel with
-time_embedding_type "fourier" divides by the timestep, so t = 0 gives inf), the lowered model
-must output the same non-finite values there; the error is measured over the finite rest and
+time_embedding_type "fourier" divides by the timestep, so t = 0 gives inf; the compile refuses
+plans that visit such a timestep), a float lowering must output the same non-finite values there
+(an int8 graph cannot: its activations saturate); the error is measured over the finite rest and
 the count is recorded.
 """
 
@@ -60,7 +61,8 @@ def verify(model: ModelSpec, denoise, *, precision: str, label: str = "ONNX Runt
         if out.shape != ref.shape:
             raise EdgediffError(f"{label}: output shape {out.shape} differs from PyTorch {ref.shape} at t={t}")
         finite = np.isfinite(ref)
-        if not finite.all() and not np.array_equal(out[~finite], ref[~finite], equal_nan=True):
+        if (not finite.all() and precision in ("fp32", "fp16")
+                and not np.array_equal(out[~finite], ref[~finite], equal_nan=True)):
             raise EdgediffError(f"{label}: PyTorch outputs {int((~finite).sum())} inf/nan values at timestep {t} "
                                 "and the lowered model differs there; nothing written")
         r, o = ref[finite], out[finite]
