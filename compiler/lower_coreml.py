@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from edgediff.compiler.lowering import Lowered, converter_output, require
+from edgediff.compiler.rewrites import rewritten
 from edgediff.compiler.sources import ModelSpec
 from edgediff.runtimes.errors import EdgediffError
 
@@ -102,7 +103,7 @@ def lower_coreml(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path | 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "denoiser.mlpackage"
     compute = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
-    with converter_output(f"Core ML conversion of {model.source}"), torch.no_grad():
+    with converter_output(f"Core ML conversion of {model.source}"), torch.no_grad(), rewritten("coreml") as rewrites:
         ep = torch.export.export(model.module, args).run_decompositions()
         _drop_alias_output(ep)
         inputs = [ct.TensorType(name=n, shape=tuple(a.shape), dtype=np.float32 if a.is_floating_point() else np.int32)
@@ -115,7 +116,7 @@ def lower_coreml(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path | 
         mlmodel.save(str(path))
     record = {"converter": f"coremltools {ct.__version__}", "minimum_deployment_target": "iOS17",
               "compute_precision": "fp32" if precision == "fp32" else "fp16", "weights": weights,
-              "static_batch": batch,
+              "static_batch": batch, "rewrites": rewrites,
               "structural": structural_check(path, expect_inputs=names, weights=weights)}
     if precision == "int8":
         record["note"] = ("int8 = int8 weights with fp16 activations; W8A8 needs activation calibration "

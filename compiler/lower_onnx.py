@@ -2,7 +2,10 @@
 
     ModelSpec --torch.export--> ONNX fp32 --(fp16: weights and math in half, fp32 I/O)--> file
 
-The exporter is PyTorch's torch.export-based one (the TorchScript path is deprecated).
+The exporter is PyTorch's torch.export-based one (the TorchScript path is deprecated). It is
+the slow part of a compile for small models (seconds to a minute), so one process exports a
+module once: compiling the same ModelSpec for several targets reuses the export while the
+module's weights, input names and shapes are unchanged (`_EXPORTS`).
 fp16 keeps float32 inputs/outputs so the runtime's arrays do not change with precision.
 """
 
@@ -12,12 +15,13 @@ import contextlib
 import io
 import logging
 import warnings
+import weakref
 from pathlib import Path
 
 import onnx
 import torch
 
-from edgediff.compiler.sources import ModelSpec
+from edgediff.compiler.sources import ModelSpec, _sha256_state
 from edgediff.runtimes.errors import EdgediffError
 
 OPSET = 18
@@ -40,10 +44,25 @@ def _quiet():
             lg.setLevel(lvl)
 
 
+# module -> (what the export depends on besides the code, the ONNX bytes); entries go with the module
+_EXPORTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, bytes]]" = weakref.WeakKeyDictionary()
+
+
 def export_onnx(model: ModelSpec, path: Path) -> onnx.ModelProto:
     """Export fp32 ONNX with the batch axis dynamic; returns the loaded proto."""
     names = model.input_names()
     args = model.example_inputs(batch=2)
+    key = (tuple(names), tuple((tuple(a.shape), a.dtype) for a in args), _sha256_state(model.module))
+    hit = _EXPORTS.get(model.module)
+    if hit is not None and hit[0] == key:
+        Path(path).write_bytes(hit[1])
+        return onnx.load_from_string(hit[1])
+    proto = _export(model, path, names, args)
+    _EXPORTS[model.module] = (key, Path(path).read_bytes())
+    return proto
+
+
+def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     sig_names = _forward_arg_names(model.module, len(args))
     dynamic = {n: {0: batch} for n in sig_names}

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from edgediff.compiler.lowering import Lowered, converter_output, require
+from edgediff.compiler.rewrites import rewritten
 from edgediff.compiler.sources import ModelSpec
 from edgediff.runtimes.errors import EdgediffError
 
@@ -76,7 +77,8 @@ def lower_tflite(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path | 
     kwargs = dict(zip(model.input_names(), model.example_inputs(batch=batch)))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "denoiser.tflite"
-    with converter_output(f"TFLite conversion (litert-torch) of {model.source}"), torch.no_grad():
+    with converter_output(f"TFLite conversion (litert-torch) of {model.source}"), torch.no_grad(), \
+            rewritten("tflite") as rewrites:
         lt.convert(wrapper, sample_kwargs=kwargs).export(str(path))
         if precision != "fp32":
             _quantize(path, precision)
@@ -84,5 +86,5 @@ def lower_tflite(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path | 
 
     return Lowered(file=path,
                    record={"converter": f"litert-torch {version('litert-torch')}", "static_batch": batch,
-                           "scheme": SCHEMES[precision]},
+                           "scheme": SCHEMES[precision], "rewrites": rewrites},
                    runtime={"static_batch": batch})

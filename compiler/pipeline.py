@@ -108,9 +108,15 @@ class State:
 
 
 def capture(s: State) -> dict:
-    return {"params": count_params(s.model.module),
-            "macs_per_step": count_macs(s.model.module, s.model.example_inputs(batch=1)),
-            "sample_shape": list(s.model.sample_shape)}
+    inputs = s.model.example_inputs(batch=1)
+    try:  # the first time the model runs: a model that cannot run its own inputs stops here, named
+        macs = count_macs(s.model.module, inputs)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(s.model.input_names(), inputs))
+        raise EdgediffError(f"{s.model.source}: the PyTorch model fails on its own inputs ({shapes}): "
+                            f"{type(e).__name__}: {first}") from None
+    return {"params": count_params(s.model.module), "macs_per_step": macs, "sample_shape": list(s.model.sample_shape)}
 
 
 def plan(s: State) -> dict:
@@ -119,9 +125,23 @@ def plan(s: State) -> dict:
         raise EdgediffError(f"recipe: steps {r.steps} exceeds the model's {s.model.schedule.num_train_timesteps} "
                             "training timesteps")
     s.plan = get_solver(r.sampler).plan(s.model.schedule, r.steps, spacing=r.spacing)
+    _check_finite_at_last_step(s)
     if r.quantize and r.calib:  # a bad calibration file fails before the export, not after
         s.calib = load_calib_for(r.calib, s.model, s.plan)
     return {"solver": r.sampler, "steps": r.steps, "timesteps": [int(t) for t in s.plan.timesteps]}
+
+
+def _check_finite_at_last_step(s: State) -> None:
+    """A model that is undefined at the plan's smallest timestep would give NaN images at the last
+    step (a UNet2DModel with time_embedding_type "fourier" takes log(t) and divides by t: t = 0)."""
+    t = float(np.min(s.plan.model_timesteps))
+    x, _, *cond = s.model.example_inputs(batch=1)
+    with torch.no_grad():
+        out = s.model.module(x, torch.full((1,), t), *cond)
+    if not torch.isfinite(out).all():
+        raise EdgediffError(f"{s.model.source}: the model outputs inf/nan at timestep {t:g}, which the "
+                            f"{s.recipe.sampler} plan ({s.recipe.spacing} spacing) visits; choose a spacing that "
+                            "avoids it (--spacing trailing)")
 
 
 def choose_precision(target: TargetProfile, recipe: Recipe) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgediff.calibration.activations import collect_activations, step_groups
+from edgediff.calibration.activations import collect_activations, match_layers, step_groups
 from edgediff.calibration.observers import OBSERVERS, QuantRange
 from edgediff.calibration.record import CalibrationSet
 from edgediff.calibration.select import SELECTORS, select
@@ -230,7 +230,10 @@ def plan_quantization(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Pat
         calib = select(calib, options.selection, options.selection_budget, seed=options.seed)
 
     proto = onnx.load(str(onnx_path))
-    nodes = weighted_nodes(proto)
+    # Only the nodes of weight layers (Conv, Linear): a functional conv with a constant filter inside
+    # another module (diffusers' FIR resampling in Skip*Block2D) has no layer to observe and stays float.
+    layer_names = set(match_layers(model.module))
+    nodes = [wn for wn in weighted_nodes(proto) if wn.layer in layer_names]
     if not nodes:
         raise EdgediffError(f"{onnx_path}: no Conv/Gemm/MatMul with a constant weight to quantize")
     reasons, ranking = float_plan(model, proto, nodes, calib, options)

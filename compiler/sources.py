@@ -100,18 +100,25 @@ class ModelSpec:
 class DiffusersAdapter(nn.Module):
     """Adapts a diffusers model to the one calling convention, returning a plain tensor."""
 
-    def __init__(self, model: nn.Module, kind: str, out_channels: int):
+    def __init__(self, model: nn.Module, kind: str, out_channels: int, *, integer_timesteps: bool = False):
         super().__init__()
         self.model, self.kind, self.out_channels = model, kind, out_channels
+        # A learned time embedding (UNet2DModel time_embedding_type "learned") is a table indexed by
+        # the integer timestep; a fractional timestep (Euler's interpolated ones) is rounded first.
+        self.integer_timesteps = integer_timesteps
 
     def forward(self, sample, timestep, cond=None):
+        if self.integer_timesteps:
+            timestep = timestep.round().long()
         if self.kind == "UNet2DModel":
             out = self.model(sample, timestep, class_labels=cond).sample
         elif self.kind == "UNet2DConditionModel":
             out = self.model(sample, timestep, encoder_hidden_states=cond).sample
         else:  # DiT: class-conditional transformer; a learned-sigma head doubles the channels
             out = self.model(sample, timestep=timestep, class_labels=cond).sample
-        return out[:, : self.out_channels]
+        # Sliced only when there is a learned-variance half to drop: a no-op slice exports as an
+        # aten.alias, which litert-torch's decompositions cannot take.
+        return out[:, : self.out_channels] if out.shape[1] != self.out_channels else out
 
 
 def _sha256_file(path: Path, h=None):
@@ -196,8 +203,15 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
         raise EdgediffError(f"{model_dir / 'config.json'}: field _class_name is {cls_name!r}; "
                             f"supported: {', '.join(_DIFFUSERS_CLASSES)}")
     sched_cfg = _read_json(sched_path, "scheduler config")
-    schedule = schedule_from_diffusers_config(sched_cfg)
+    try:
+        schedule = schedule_from_diffusers_config(sched_cfg)
+    except EdgediffError as e:
+        raise EdgediffError(f"{sched_path}: {e}") from None
+    if cls_name == "Transformer2DModel":
+        _check_legacy_dit(config, model_dir / "config.json")
+        cls_name = "DiTTransformer2DModel"  # what diffusers itself remaps such a folder to
     cls = getattr(diffusers, cls_name)
+    io = _model_io(config, cls_name, model_dir / "config.json", schedule)
     pruning = None
     if (model_dir / "pruned_shapes.json").is_file():  # a pruned folder, or a distilled student of one
         from edgediff.pruning.store import load_pruned, read_shapes
@@ -209,7 +223,7 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
         if build is not None:  # a pruned folder: every layer its own width (pruning/store.py)
             model = build(model_dir)
         elif weights:
-            model = cls.from_pretrained(model_dir, local_files_only=True)
+            model = cls.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False)
         else:  # a config without weights: seeded random init (useful for architecture-only speed work)
             torch_state = torch.random.get_rng_state()
             torch.manual_seed(0)
@@ -221,26 +235,6 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgediffError(f"{model_dir}: diffusers could not build {cls_name}: {first}") from None
     model.eval()
-
-    if cls_name == "UNet2DModel":
-        in_ch, size = config.get("in_channels", 3), config.get("sample_size", 32)
-        n = config.get("num_class_embeds")
-        cond = Conditioning("class", num_classes=n - 1, null_label=n - 1) if n else Conditioning()
-        out_ch = config.get("out_channels", in_ch)
-    elif cls_name == "UNet2DConditionModel":
-        in_ch, size = config.get("in_channels", 4), config.get("sample_size", 64)
-        dim = config.get("cross_attention_dim", 1280)
-        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
-        cond = Conditioning("embedding", shape=(77, int(dim)))
-        out_ch = config.get("out_channels", in_ch)
-    else:
-        in_ch, size = config.get("in_channels", 4), config.get("sample_size", 32)
-        n = config.get("num_embeds_ada_norm")
-        cond = Conditioning("class", num_classes=n, null_label=n) if n else Conditioning()
-        out_ch = in_ch
-        cls_name = "DiTTransformer2DModel"
-    if isinstance(size, (list, tuple)):
-        size = size[0]
     h = hashlib.sha256()
     student_files = [root / n for n in ("edgediff_student.json", "guidance_embedding.safetensors")
                      if (root / n).is_file()]  # a distilled student's record and w-embedding
@@ -249,18 +243,93 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
         h.update(f.name.encode())
         _sha256_file(f, h)
     spec = ModelSpec(
-        module=DiffusersAdapter(model, cls_name, out_ch).eval(),
+        module=DiffusersAdapter(model, io.kind, io.out_channels, integer_timesteps=io.integer_timesteps).eval(),
         schedule=schedule,
-        sample_shape=(int(in_ch), int(size), int(size)),
-        conditioning=cond,
+        sample_shape=io.sample_shape,
+        conditioning=io.conditioning,
         source=str(root.resolve()),
         source_sha256=h.hexdigest(),
-        description=f"diffusers {cls_name} from {root}",
+        description=f"diffusers {io.kind} from {root}",
         pruning=pruning,
     )
     from edgediff.compiler.distill import attach_student  # a distilled student's record and w-embedding
 
     return attach_student(spec, root)
+
+
+@dataclass(frozen=True)
+class _ModelIO:
+    """How the compiler calls a diffusers model: what the config says about inputs and outputs."""
+
+    kind: str  # the adapter's calling convention: UNet2DModel | UNet2DConditionModel | DiTTransformer2DModel
+    sample_shape: tuple[int, int, int]
+    out_channels: int  # model output channels that are the prediction (the rest: a learned variance)
+    conditioning: Conditioning
+    integer_timesteps: bool = False
+
+
+def _check_legacy_dit(config: dict, cfg_file: Path) -> None:
+    """Transformer2DModel covers several architectures; the DiT one (patched, ada_norm_zero) is supported."""
+    norm, patch = config.get("norm_type", "layer_norm"), config.get("patch_size")
+    if norm != "ada_norm_zero" or patch is None:
+        raise EdgediffError(f"{cfg_file}: Transformer2DModel with norm_type {norm!r} and patch_size {patch!r} is "
+                            "not a DiT; supported: norm_type 'ada_norm_zero' with a patch_size (class-conditional DiT)")
+
+
+def _sample_hw(config: dict, cfg_file: Path, default: int) -> tuple[int, int]:
+    size = config.get("sample_size", default)
+    if isinstance(size, int) and size > 0:
+        return size, size
+    if (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        return int(size[0]), int(size[1])
+    raise EdgediffError(f"{cfg_file}: field sample_size is {size!r}; the compiler needs the sample's size "
+                        "(an integer, or [height, width])")
+
+
+def _prediction_channels(config: dict, cfg_file: Path, in_ch: int, default) -> int:
+    """The channels of the model output that are the prediction: all of them, or the first half
+    for a learned-variance model (out_channels = 2 x in_channels: prediction, then variance)."""
+    out_ch = config.get("out_channels", default)
+    out_ch = in_ch if out_ch is None else out_ch
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise EdgediffError(f"{cfg_file}: field out_channels is {out_ch}; a denoiser outputs in_channels ({in_ch}) "
+                            f"channels, or {2 * in_ch} with a learned variance")
+    return in_ch
+
+
+def _model_io(config: dict, cls_name: str, cfg_file: Path, schedule: NoiseSchedule) -> _ModelIO:
+    if cls_name == "UNet2DModel":
+        in_ch = config.get("in_channels", 3)
+        hw = _sample_hw(config, cfg_file, 32)
+        out = _prediction_channels(config, cfg_file, in_ch, 3)
+        n, embed_type = config.get("num_class_embeds"), config.get("class_embed_type")
+        if embed_type == "identity":  # the class embedding is given as a vector, added to the time embedding
+            dim = config.get("time_embedding_dim") or config.get("block_out_channels", (224,))[0] * 4
+            cond = Conditioning("embedding", shape=(int(dim),))
+        elif embed_type == "timestep" and not n:
+            raise EdgediffError(f"{cfg_file}: class_embed_type 'timestep' without num_class_embeds: the number of "
+                                "labels (and so the null label for guidance) is unknown; set num_class_embeds")
+        elif n and embed_type in (None, "timestep"):  # labels 0..n-2, the last one the null label
+            cond = Conditioning("class", num_classes=n - 1, null_label=n - 1)
+        else:
+            cond = Conditioning()
+        learned = config.get("time_embedding_type", "positional") == "learned"
+        if learned and (config.get("num_train_timesteps") or 0) < schedule.num_train_timesteps:
+            raise EdgediffError(f"{cfg_file}: time_embedding_type 'learned' with num_train_timesteps "
+                                f"{config.get('num_train_timesteps')}, but the scheduler has "
+                                f"{schedule.num_train_timesteps} training timesteps")
+        return _ModelIO("UNet2DModel", (int(in_ch), *hw), out, cond, integer_timesteps=learned)
+    if cls_name == "UNet2DConditionModel":
+        in_ch = config.get("in_channels", 4)
+        dim = config.get("cross_attention_dim", 1280)
+        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+        return _ModelIO("UNet2DConditionModel", (int(in_ch), *_sample_hw(config, cfg_file, 64)),
+                        _prediction_channels(config, cfg_file, in_ch, 4), Conditioning("embedding", shape=(77, int(dim))))
+    in_ch = config.get("in_channels", 4)  # DiT: class-conditional (diffusers refuses one without classes)
+    n = config.get("num_embeds_ada_norm")
+    cond = Conditioning("class", num_classes=n, null_label=n) if n else Conditioning()
+    return _ModelIO("DiTTransformer2DModel", (int(in_ch), *_sample_hw(config, cfg_file, 32)),
+                    _prediction_channels(config, cfg_file, in_ch, None), cond)
 
 
 def _load_pruned_dir(spec: str) -> ModelSpec:

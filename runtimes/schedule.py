@@ -22,7 +22,7 @@ import numpy as np
 
 from edgediff.runtimes.errors import EdgediffError
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # "sample": the model predicts x0
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
 

@@ -116,6 +116,7 @@ def cases():
             for steps in STEPS:
                 yield pytest.param(name, steps, spacing, {}, "epsilon", id=f"{name}-{spacing}-{steps}")
             yield pytest.param(name, 10, spacing, {}, "v_prediction", id=f"{name}-{spacing}-10-v")
+            yield pytest.param(name, 10, spacing, {}, "sample", id=f"{name}-{spacing}-10-x0")
     yield pytest.param("ddpm", 1000, "leading", {}, "epsilon", id="ddpm-leading-1000")
     for steps in (1, 4, 10, 50):
         yield pytest.param("ddim", steps, "trailing", {"eta": 0.5}, "epsilon", id=f"ddim-eta0.5-{steps}")
@@ -174,7 +175,7 @@ def test_sample_matches_python(name, steps, spacing, opts, prediction_type):
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_one_step_matches_python(name, prediction_type):
     """step / init_latent / model_input on identical inputs, at every step of a 6-step plan."""
     opts = {"eta": 0.7} if name == "ddim" else {}
@@ -230,7 +231,7 @@ def test_bad_plans_name_the_field_like_python():
         ({**good, "params": {k: v for k, v in good["params"].items() if k != "init_sigma"}}, "'init_sigma'"),
         ({**good, "schedule": {"alphas_cumprod": [0.9, 1.5]}}, r"\(0, 1\]"),
         ({**good, "schedule": {**good["schedule"], "betas": [0.1]}}, "'betas'"),
-        ({**good, "schedule": {**good["schedule"], "prediction_type": "sample"}}, "'sample'"),
+        ({**good, "schedule": {**good["schedule"], "prediction_type": "x0"}}, "'x0'"),
         ({**good, "schedule": [0.5]}, "schedule"),
     ]
     for plan, match in broken:

@@ -136,6 +136,7 @@ def conformance_cases():
                     continue
                 yield pytest.param(name, steps, spacing, {}, "epsilon", id=f"{name}-{spacing}-{steps}")
         yield pytest.param(name, 10, spacings[-1], {}, "v_prediction", id=f"{name}-{spacings[-1]}-10-v")
+        yield pytest.param(name, 10, spacings[-1], {}, "sample", id=f"{name}-{spacings[-1]}-10-x0")
     for spacing in REFERENCES["ddim"][3]:
         for steps in (1, 4, 10, 50):
             yield pytest.param("ddim", steps, spacing, {"eta": 0.5}, "epsilon", id=f"ddim-eta0.5-{spacing}-{steps}")
@@ -279,8 +280,8 @@ def test_schedule_dict_round_trip_and_validation():
         NoiseSchedule.from_dict({"alphas_cumprod": [[0.9, 0.5]]})
     with pytest.raises(EdgediffError, match="alphas_cumprod"):
         NoiseSchedule.from_dict({"alphas_cumprod": [0.9, 1.5]})
-    with pytest.raises(EdgediffError, match="'sample'.*epsilon"):
-        NoiseSchedule.from_dict({"alphas_cumprod": [0.9, 0.5], "prediction_type": "sample"})
+    with pytest.raises(EdgediffError, match="'x0'.*epsilon, v_prediction, sample"):
+        NoiseSchedule.from_dict({"alphas_cumprod": [0.9, 0.5], "prediction_type": "x0"})
     with pytest.raises(EdgediffError, match="'cosine'.*linear"):
         make_schedule(beta_schedule="cosine")
 

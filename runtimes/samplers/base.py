@@ -140,6 +140,8 @@ def to_x0_eps(prediction_type: str, x, out, alpha: float, sigma: float):
     x, out = np.asarray(x, np.float64), np.asarray(out, np.float64)
     if prediction_type == "epsilon":
         return (x - sigma * out) / alpha, out
+    if prediction_type == "sample":  # the model predicts x0
+        return out, (x - alpha * out) / sigma
     return alpha * x - sigma * out, alpha * out + sigma * x  # v_prediction
 
 

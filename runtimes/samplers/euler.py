@@ -55,6 +55,8 @@ class Euler(Deterministic):
         x, eps = np.asarray(x, np.float64), np.asarray(eps, np.float64)
         if plan.schedule.prediction_type == "epsilon":
             x0 = x - s * eps
+        elif plan.schedule.prediction_type == "sample":
+            x0 = eps
         else:
             x0 = eps * (-s / np.sqrt(s * s + 1)) + x / (s * s + 1)
         return f32(x + (x - x0) / s * (s_next - s)), carry

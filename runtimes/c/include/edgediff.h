@@ -21,8 +21,8 @@
  *                                                       of each sampling step
  *       "schedule": {
  *         "alphas_cumprod":  [0.9999, ...],          -> desc.alphas_cumprod (T numbers in (0, 1])
- *         "prediction_type": "epsilon"               -> desc.prediction_type ("epsilon" or
- *       },                                              "v_prediction")
+ *         "prediction_type": "epsilon"               -> desc.prediction_type ("epsilon",
+ *       },                                              "v_prediction" or "sample")
  *       "params": { ... }                            -> desc.params (key, value) pairs; the
  *     },                                                keys each solver takes are below
  *     "guidance_scale":  2.0,        -> edd_params.guidance (1.0 = no guidance)
@@ -207,7 +207,7 @@ typedef struct edd_plan_param {
 
 typedef struct edd_plan_desc {
     const char *solver;             /* "ddpm" | "ddim" | "dpmpp-2m" | "euler" | "lcm" */
-    const char *prediction_type;    /* "epsilon" | "v_prediction"; NULL = "epsilon" */
+    const char *prediction_type;    /* "epsilon" | "v_prediction" | "sample" (x0); NULL = "epsilon" */
     const double *alphas_cumprod;   /* the training schedule, num_train_timesteps values in (0, 1] */
     size_t num_train_timesteps;     /* T >= 2 */
     const int64_t *timesteps;       /* num_steps training-grid timesteps, descending, in 0..T-1 */

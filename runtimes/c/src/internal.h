@@ -52,7 +52,7 @@ typedef struct edd_param_value {
     double *values;              /* PER_STEP / PER_STEP_PLUS_ONE, owned by the plan */
 } edd_param_value;
 
-typedef enum edd_prediction { EDD_PREDICT_EPSILON, EDD_PREDICT_V } edd_prediction;
+typedef enum edd_prediction { EDD_PREDICT_EPSILON, EDD_PREDICT_V, EDD_PREDICT_SAMPLE } edd_prediction;
 
 typedef struct edd_solver edd_solver;
 
@@ -106,9 +106,12 @@ static inline void edd__x0_eps(edd_prediction p, double x, double out, double al
     if (p == EDD_PREDICT_EPSILON) {
         *x0 = (x - sigma * out) / alpha;
         *e = out;
-    } else { /* v_prediction */
+    } else if (p == EDD_PREDICT_V) {
         *x0 = alpha * x - sigma * out;
         *e = alpha * out + sigma * x;
+    } else { /* sample: the model predicts x0 */
+        *x0 = out;
+        *e = (x - alpha * out) / sigma;
     }
 }
 

@@ -131,8 +131,11 @@ static edd_status build(edd_plan *plan, const edd_plan_desc *d, char *err, size_
         plan->prediction = EDD_PREDICT_EPSILON;
     } else if (strcmp(pred, "v_prediction") == 0) {
         plan->prediction = EDD_PREDICT_V;
+    } else if (strcmp(pred, "sample") == 0) {
+        plan->prediction = EDD_PREDICT_SAMPLE;
     } else {
-        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "unknown prediction_type '%.64s'; choose one of epsilon, v_prediction",
+        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
+                         "unknown prediction_type '%.64s'; choose one of epsilon, v_prediction, sample",
                          pred);
     }
     if (T < 2 || !d->alphas_cumprod)

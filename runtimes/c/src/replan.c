@@ -210,7 +210,9 @@ edd_status edd_plan_with_steps(const edd_plan *plan, const char *spacing, size_t
     }
     memset(&desc, 0, sizeof desc);
     desc.solver = name;
-    desc.prediction_type = plan->prediction == EDD_PREDICT_V ? "v_prediction" : "epsilon";
+    desc.prediction_type = plan->prediction == EDD_PREDICT_V        ? "v_prediction"
+                           : plan->prediction == EDD_PREDICT_SAMPLE ? "sample"
+                                                                    : "epsilon";
     desc.alphas_cumprod = plan->alphas_cumprod;
     desc.num_train_timesteps = T;
     desc.timesteps = ts;

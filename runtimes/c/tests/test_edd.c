@@ -294,8 +294,8 @@ static void test_plan_validation(void) {
     CHECK(edd_plan_create(&s.desc, &plan, tiny, sizeof tiny) == EDD_ERR_UNKNOWN_SOLVER && strlen(tiny) == 7);
     CHECK(edd_plan_create(&s.desc, &plan, NULL, 0) == EDD_ERR_UNKNOWN_SOLVER);
     expect_bad(&s, EDD_ERR_UNKNOWN_SOLVER, "'heun'; choose one of ddpm, ddim, dpmpp-2m, euler, lcm");
-    spec_init(&s, "ddim", 4, "sample", 0.0);
-    expect_bad(&s, EDD_ERR_BAD_PLAN, "prediction_type 'sample'");
+    spec_init(&s, "ddim", 4, "x0", 0.0);
+    expect_bad(&s, EDD_ERR_BAD_PLAN, "prediction_type 'x0'");
     spec_init(&s, "ddim", 4, NULL, 0.0);
     s.ts[1] = 999;
     expect_bad(&s, EDD_ERR_BAD_PLAN, "'timesteps' must descend");
@@ -874,7 +874,7 @@ static void test_bundle(void) {
         {"[2, 0, -1]", "[2, 0, null]", "plan.params.prev_timesteps[2] must be a number, got null"},
         {"[0.99, 0.9, 0.7, 0.5]", "[0.99, 0.9, 1.7, 0.5]", "alphas_cumprod values must lie in (0, 1]; [2]"},
         {"\"prediction_type\": \"epsilon\"", "\"prediction_type\": 1", "prediction_type must be a string"},
-        {"\"prediction_type\": \"epsilon\"", "\"prediction_type\": \"sample\"", "unknown prediction_type 'sample'"},
+        {"\"prediction_type\": \"epsilon\"", "\"prediction_type\": \"x0\"", "unknown prediction_type 'x0'"},
         {"\"prediction_type\": \"epsilon\"", "\"betas\": []", "plan.schedule has unknown key 'betas'"},
         {"\"plan\": {", "\"plan\": {\"extra\": 1, ", "plan has unknown key 'extra'"},
         {"\"plan\": {", "\"plan\": [{", "invalid JSON at line 4"},

@@ -51,8 +51,10 @@ static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const
         double xj = x[j], ej = eps[j], x0;
         if (plan->prediction == EDD_PREDICT_EPSILON)
             x0 = xj - s * ej;
-        else
+        else if (plan->prediction == EDD_PREDICT_V)
             x0 = ej * c_v + xj / c_vx;
+        else /* sample */
+            x0 = ej;
         x_out[j] = (float)(xj + (xj - x0) / s * ds);
     }
 }
