@@ -140,6 +140,12 @@ def test_pruned_folder_round_trip(tmp_path, make):
     assert sum(p.numel() for p in loaded.module.parameters()) == r.record["params_after"]
     assert torch.allclose(_out(loaded), _out(r.model), atol=1e-6)
     assert np.allclose(loaded.schedule.alphas_cumprod, spec.schedule.alphas_cumprod, rtol=1e-6)
+    # the pruned folder (UNet or DiT) compiles to a verified bundle with its smaller tensors
+    from edgediff.compiler.pipeline import Recipe, compile_model
+
+    b = compile_model(str(tmp_path / "p"), tmp_path / "b", recipe=Recipe(sampler="ddim", steps=2))
+    assert b.report["verification"]["max_rel_error"] <= 1e-4 and b.manifest["pruning"]["ratio"] == 0.4
+    assert b.report["model"]["params"] == r.record["params_after"]
     first = next(iter(shapes["modules"]))
     shapes["modules"][first]["type"] = "Embedding"  # a wrong layer type is named, not loaded
     (tmp_path / "p" / "pruned_shapes.json").write_text(json.dumps(shapes))
