@@ -50,19 +50,27 @@ def lower_openvino(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path,
                    runtime={"static_batch": static_batch, "inference_precision_hint": HINTS[precision]})
 
 
+def convert_onnx(onnx_file: Path, what: str, *, static_batch: int | None = None):
+    """ov.convert_model of an ONNX file (the batch fixed when asked); a converter failure is one
+    line naming `what` and the converter's first line."""
+    ov = require("openvino", "openvino", "openvino")
+    try:
+        m = ov.convert_model(str(onnx_file))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgediffError(f"OpenVINO conversion of {what} failed: {first}") from None
+    if static_batch is not None:
+        m.reshape({p.get_any_name(): [static_batch, *list(p.get_partial_shape())[1:]] for p in m.inputs})
+    return m
+
+
 def lower_openvino_int8(onnx_file: Path, out_dir: Path, *, static_batch: int | None = None) -> Lowered:
     """The quantize pass's QDQ ONNX graph as OpenVINO IR: the converter turns each
     QuantizeLinear/DequantizeLinear pair into a FakeQuantize node, which the CPU plugin runs on
     its int8 kernels with our scales (no NNCF re-calibration). Replaces `onnx_file`.
     """
     ov = require("openvino", "openvino", "openvino")
-    try:
-        m = ov.convert_model(str(onnx_file))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgediffError(f"OpenVINO conversion of the quantized graph {onnx_file.name} failed: {first}") from None
-    if static_batch is not None:
-        m.reshape({p.get_any_name(): [static_batch, *list(p.get_partial_shape())[1:]] for p in m.inputs})
+    m = convert_onnx(onnx_file, f"the quantized graph {onnx_file.name}", static_batch=static_batch)
     path = out_dir / "denoiser.xml"
     ov.save_model(m, str(path), compress_to_fp16=False)
     onnx_file.unlink()

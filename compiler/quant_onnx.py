@@ -21,6 +21,8 @@ To quantize another op type with a constant weight, add it there with its weight
 
 from __future__ import annotations
 
+import fnmatch
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +61,20 @@ class WeightedNode:
     bias: str | None  # bias initializer (Conv input 2, Gemm input 2), or None
     input: str  # activation tensor the node reads
     output: str  # tensor equal to the torch layer's output (after the bias Add for MatMul)
+
+
+def keep_float_reasons(nodes: list[WeightedNode], patterns) -> dict[str, str]:
+    """node name -> why it stays float, for every node whose torch layer matches a glob in `patterns`;
+    a pattern that matches nothing is an error naming it."""
+    reasons: dict[str, str] = {}
+    for pattern in patterns:
+        hits = [wn for wn in nodes if fnmatch.fnmatchcase(wn.layer, pattern)]
+        if not hits:
+            raise EdgediffError(f"quantize: keep_float pattern {pattern!r} matches no quantizable layer "
+                                f"(e.g. {', '.join(wn.layer for wn in nodes[:3])})")
+        for wn in hits:
+            reasons.setdefault(wn.node, f"kept float by pattern {pattern!r}")
+    return reasons
 
 
 def trim_metadata(graph: onnx.GraphProto) -> None:

@@ -25,7 +25,6 @@ with a constant weight are), which is the other literature default.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,8 +37,8 @@ from edgediff.calibration.activations import collect_activations, match_layers, 
 from edgediff.calibration.observers import OBSERVERS, QuantRange
 from edgediff.calibration.record import CalibrationSet
 from edgediff.calibration.select import SELECTORS, select
-from edgediff.compiler.quant_onnx import QuantWeight, WeightedNode, insert_qdq, quantize_weight, share_weights, \
-    weighted_nodes
+from edgediff.compiler.quant_onnx import QuantWeight, WeightedNode, insert_qdq, keep_float_reasons, quantize_weight, \
+    share_weights, weighted_nodes
 from edgediff.compiler.sources import ModelSpec
 from edgediff.runtimes.errors import EdgediffError, check_known_keys
 from edgediff.runtimes.samplers.base import Plan
@@ -132,13 +131,8 @@ def float_plan(model: ModelSpec, proto: onnx.ModelProto, nodes: list[WeightedNod
     if opts.defaults == "literature":
         for k, v in structural_float(proto, nodes).items():
             reasons.setdefault(k, v)
-    for pattern in opts.keep_float:
-        hits = [wn for wn in nodes if fnmatch.fnmatchcase(wn.layer, pattern)]
-        if not hits:
-            raise EdgediffError(f"quantize: keep_float pattern {pattern!r} matches no quantizable layer "
-                                f"(e.g. {', '.join(wn.layer for wn in nodes[:3])})")
-        for wn in hits:
-            reasons.setdefault(wn.node, f"kept float by pattern {pattern!r}")
+    for k, v in keep_float_reasons(nodes, opts.keep_float).items():
+        reasons.setdefault(k, v)
     ranking = None
     if opts.sensitive_float:
         from edgediff.calibration.sensitivity import layer_sensitivity

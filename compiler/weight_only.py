@@ -24,7 +24,6 @@ a DiT is almost all linear layers and gets close to 8x. Layers matching `keep_fl
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from pathlib import Path
 
@@ -32,7 +31,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgediff.compiler.quant_onnx import WeightedNode, quantize_weight, trim_metadata, weighted_nodes
+from edgediff.compiler.quant_onnx import WeightedNode, keep_float_reasons, quantize_weight, trim_metadata, \
+    weighted_nodes
 from edgediff.runtimes.errors import EdgediffError
 
 BLOCK = 32  # weights per 4-bit scale (along the input dimension)
@@ -45,18 +45,6 @@ def _attr(node, name, default):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
-
-
-def _keep(nodes: list[WeightedNode], keep_float) -> dict[str, str]:
-    reasons = {}
-    for pattern in keep_float:
-        hits = [wn for wn in nodes if fnmatch.fnmatchcase(wn.layer, pattern)]
-        if not hits:
-            raise EdgediffError(f"quantize w4: keep_float pattern {pattern!r} matches no layer with weights "
-                                f"(e.g. {', '.join(wn.layer for wn in nodes[:3])})")
-        for wn in hits:
-            reasons.setdefault(wn.node, f"kept float by pattern {pattern!r}")
-    return reasons
 
 
 def _gemm_to_matmul(proto: onnx.ModelProto, skip: set[str]) -> int:
@@ -128,7 +116,7 @@ def quantize_w4_onnx(onnx_path: Path, *, keep_float=()) -> dict:
     nodes = weighted_nodes(proto)
     if not nodes:
         raise EdgediffError(f"{onnx_path}: no Conv/Gemm/MatMul with a constant weight to quantize")
-    reasons = _keep(nodes, keep_float)
+    reasons = keep_float_reasons(nodes, keep_float)
     skip = set(reasons)
     n_gemm = _gemm_to_matmul(proto, skip)
     convs = _conv_int8(proto, nodes, skip)
@@ -168,19 +156,15 @@ def quantize_w4_openvino(onnx_path: Path, out_dir: Path, *, static_batch: int | 
     """The fp32 ONNX graph as OpenVINO IR with NNCF's 4-bit weight compression; removes `onnx_path`."""
     import nncf
     import openvino as ov
+
+    from edgediff.compiler.lower_openvino import convert_onnx
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     before = onnx_path.stat().st_size
     proto = onnx.load(str(onnx_path), load_external_data=False)
     nodes = weighted_nodes(proto)
-    reasons = _keep(nodes, keep_float)
-    try:
-        m = ov.convert_model(str(onnx_path))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgediffError(f"OpenVINO conversion of {onnx_path.name} failed: {first}") from None
-    if static_batch is not None:
-        m.reshape({p.get_any_name(): [static_batch, *list(p.get_partial_shape())[1:]] for p in m.inputs})
+    reasons = keep_float_reasons(nodes, keep_float)
+    m = convert_onnx(onnx_path, onnx_path.name, static_batch=static_batch)
     ignored = None
     if reasons:  # ONNX node names survive conversion as the friendly names of the OpenVINO ops
         names = {op.get_friendly_name() for op in m.get_ops()}

@@ -68,7 +68,7 @@ def test_keep_float_and_refusals(tmp_path):
                       recipe=Recipe(**RECIPE, quantize="w4", quant_options={"keep_float": ["*conv_out"]}))
     kept = [l for l in b.report["quantization"]["layers"] if l["precision"] == "fp32"]
     assert [l["layer"] for l in kept] == ["model.conv_out"] and "pattern" in kept[0]["why"]
-    with pytest.raises(EdgediffError, match="matches no layer"):
+    with pytest.raises(EdgediffError, match="matches no quantizable layer"):
         compile_model("tiny_models:tiny_unet", tmp_path / "k2",
                       recipe=Recipe(**RECIPE, quantize="w4", quant_options={"keep_float": ["nothing*"]}))
     assert not (tmp_path / "k2").exists()
