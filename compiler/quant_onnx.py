@@ -37,12 +37,12 @@ from edgediff.runtimes.errors import EdgediffError
 # with a float output (QGemm, MatMulIntegerToFloat), which saves a requantization.
 QUANT_OPS = {
     "Conv": (lambda node: 0, True),
-    "Gemm": (lambda node: 0 if _attr(node, "transB", 0) else 1, False),
+    "Gemm": (lambda node: 0 if node_attr(node, "transB", 0) else 1, False),
     "MatMul": (lambda node: 1, False),
 }
 
 
-def _attr(node, name, default):
+def node_attr(node, name, default):
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -116,8 +116,8 @@ def weighted_nodes(proto: onnx.ModelProto) -> list[WeightedNode]:
             nxt = consumers.get(output, [])
             if len(nxt) == 1 and nxt[0].op_type == "Add" and any(i in inits for i in nxt[0].input):
                 output = nxt[0].output[0]
-        if n.op_type == "Gemm" and (_attr(n, "transA", 0) or _attr(n, "alpha", 1.0) != 1.0
-                                    or _attr(n, "beta", 1.0) != 1.0):
+        if n.op_type == "Gemm" and (node_attr(n, "transA", 0) or node_attr(n, "alpha", 1.0) != 1.0
+                                    or node_attr(n, "beta", 1.0) != 1.0):
             continue
         out.append(WeightedNode(node=n.name, op=n.op_type, layer=_layer_name(n), weight=n.input[1],
                                 axis=axis_of(n), bias=bias, input=n.input[0], output=output))
@@ -237,13 +237,19 @@ def insert_qdq(proto: onnx.ModelProto, nodes: list[WeightedNode], act: dict[str,
         ordered += inserted_before.get(n.name, [])
         ordered.append(n)
         ordered += inserted_after.get(n.name, [])
-    del g.node[:]
-    g.node.extend(ordered)
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep + new_inits)
+    set_nodes(g, ordered)
+    g.initializer.extend(new_inits)
     return model
+
+
+def set_nodes(graph: onnx.GraphProto, nodes: list) -> None:
+    """Replace the graph's nodes (in order) and drop the initializers no node reads any more."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def share_weights(protos: list[onnx.ModelProto], names: list[str], location: str,

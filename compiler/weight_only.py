@@ -31,20 +31,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgediff.compiler.quant_onnx import WeightedNode, keep_float_reasons, quantize_weight, trim_metadata, \
-    weighted_nodes
+from edgediff.compiler.quant_onnx import WeightedNode, keep_float_reasons, node_attr, quantize_weight, set_nodes, \
+    trim_metadata, weighted_nodes
 from edgediff.runtimes.errors import EdgediffError
 
 BLOCK = 32  # weights per 4-bit scale (along the input dimension)
 SCHEME_TEXT = ("weight-only: linear layers 4-bit symmetric in blocks of 32 input channels, convolutions int8 "
                "per output channel; activations fp32")
-
-
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _gemm_to_matmul(proto: onnx.ModelProto, skip: set[str]) -> int:
@@ -55,11 +48,11 @@ def _gemm_to_matmul(proto: onnx.ModelProto, skip: set[str]) -> int:
     new_nodes, n_done = [], 0
     for n in g.node:
         if (n.op_type != "Gemm" or n.name in skip or len(n.input) < 2 or n.input[1] not in inits
-                or _attr(n, "transA", 0) or _attr(n, "alpha", 1.0) != 1.0 or _attr(n, "beta", 1.0) != 1.0):
+                or node_attr(n, "transA", 0) or node_attr(n, "alpha", 1.0) != 1.0 or node_attr(n, "beta", 1.0) != 1.0):
             new_nodes.append(n)
             continue
         w = numpy_helper.to_array(inits[n.input[1]])
-        if _attr(n, "transB", 0):
+        if node_attr(n, "transB", 0):
             w = w.T
         wname = f"{n.input[1]}_kn"
         g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), wname))
@@ -69,12 +62,7 @@ def _gemm_to_matmul(proto: onnx.ModelProto, skip: set[str]) -> int:
         if has_bias:
             new_nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=f"{n.name}_bias"))
         n_done += 1
-    del g.node[:]
-    g.node.extend(new_nodes)
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    set_nodes(g, new_nodes)
     return n_done
 
 
@@ -97,13 +85,7 @@ def _conv_int8(proto: onnx.ModelProto, nodes: list[WeightedNode], skip: set[str]
     for n in g.node:
         if n.name in done:
             n.input[1] = replaced[n.input[1]]
-    nodes_now = list(g.node)
-    del g.node[:]
-    g.node.extend(dq_nodes + nodes_now)  # constants first keeps the graph topologically sorted
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    set_nodes(g, dq_nodes + list(g.node))  # constants first keeps the graph topologically sorted
     return done
 
 
