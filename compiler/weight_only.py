@@ -18,7 +18,7 @@ disk (and weight memory where the kernel reads the packed weights), not int8 ari
             same split as the ONNX graph
 
 A UNet keeps most of its parameters in convolutions, so it shrinks about 4x (int8), not 8x;
-a DiT is almost all linear layers and gets close to 8x. Layers matching `keep_float` globs
+a DiT's weights are almost all linear, so more of them go to 4 bits. Layers matching `keep_float` globs
 (torch layer names, as for w8a8) keep fp32 weights.
 """
 
