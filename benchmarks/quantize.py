@@ -21,8 +21,8 @@ fp32, ORT quantize_static int8 (QDQ, per-channel, Conv/MatMul/Gemm), edgediff in
 where openvino is installed OpenVINO f32 hint / default / NNCF int8 / edgediff int8 and w4;
 ratios from the same run, sizes on disk.
 Memory, builtin:cifar-arch W8A8: resident memory a fresh process adds by loading the model and
-running every step once: G = 1; G = 4 as the runtime loads it (each group's session reads the
-one weights.bin); G = 4 with weights.bin read once and the same arrays handed to every session.
+running every step once: G = 1; G = 4 as the runtime loads it (ONNX Runtime: one session for all
+groups, runtimes/groups.py); G = 4 with one session per group.
 Writes <out>.json and <out>.png.
 """
 
@@ -343,9 +343,8 @@ def speed_rows(a, work: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- memory
 _CHILD = """
-import resource, sys, numpy as np
+import json, resource, sys, numpy as np
 from pathlib import Path
-from edgediff.runtimes.backends import OnnxRuntimeDenoiser
 from edgediff.runtimes.groups import grouped_denoiser
 import onnxruntime
 def rss():
@@ -353,26 +352,13 @@ def rss():
 mode, root, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 x = np.zeros((1, 3, 32, 32), np.float32); t = np.array([500.0], np.float32)
 before = rss()
-if mode == "bundle":
-    import json
-    entry = json.loads((root / "groups.json").read_text()) if (root / "groups.json").exists() else None
-    d = grouped_denoiser(root, entry, list(range(n)), model_file=next(root.glob("denoiser*.onnx")), threads=2)
-    for s in range(n):  # every step once, so every group's session has run
-        d(x, t, None, step=(s, entry["step_group"][s], False)) if entry else d(x, t, None)
-else:  # "arrays": weights.bin read once, the same arrays handed to every session (add_initializer)
-    import onnx
-    blob = np.fromfile(root / "weights.bin", np.uint8)
-    files = sorted(root.glob("denoiser.g*.onnx"))
-    types = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64}
-    arrays = {}
-    for init in onnx.load(str(files[0]), load_external_data=False).graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in init.external_data}
-            off, n = int(info.get("offset", 0)), int(info["length"])
-            arrays[init.name] = blob[off:off + n].view(types[init.data_type]).reshape(tuple(init.dims))
-    sessions = [OnnxRuntimeDenoiser(f, threads=2, initializers=arrays) for f in files]
-    for d in sessions:
-        d(x, t, None)
+entry = json.loads((root / "groups.json").read_text()) if (root / "groups.json").exists() else None
+# "bundle": as the runtime loads it (ONNX Runtime: one session for all groups);
+# "sessions": one session per group, each with its own packed copy of the int8 weights
+d = grouped_denoiser(root, entry, list(range(n)), model_file=next(root.glob("denoiser*.onnx")), threads=2,
+                     one_session=mode == "bundle")
+for s in range(n):  # every step once, so every group has run
+    d(x, t, None, step=(s, entry["step_group"][s], False)) if entry else d(x, t, None)
 print(rss() - before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3)
 """
 
@@ -396,9 +382,9 @@ def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
             (gd / "groups.json").write_text(json.dumps({"files": [f.name for f in q.files],
                                                         "step_group": q.step_group, "shared_weights": q.shared.name}))
         disk = size_mb(gd) - (size_mb(gd / "groups.json") if g > 1 else 0)
-        modes = [("bundle", f"G={g}" + (", as loaded: each session reads weights.bin" if g > 1 else ""))]
+        modes = [("bundle", f"G={g}" + (", as loaded: one ONNX Runtime session for all groups" if g > 1 else ""))]
         if g > 1:
-            modes.append(("arrays", f"G={g}, weights.bin read once, arrays handed to every session"))
+            modes.append(("sessions", f"G={g}, one session per group (each packs its own weights)"))
         for mode, label in modes:
             added, peak = _child_rss(mode, gd, len(plan))
             rows.append({"model": label, "disk_mb": disk if mode == "bundle" else None, "rss_added_mb": added,

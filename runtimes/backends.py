@@ -167,18 +167,13 @@ def model_signature(path: Path, fmt: str) -> dict:
 class OnnxRuntimeDenoiser:
     """ONNX Runtime on the CPU execution provider."""
 
-    def __init__(self, path: Path, *, threads: int = 0, initializers: dict | None = None):
+    def __init__(self, path: Path, *, threads: int = 0):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        # initializers: name -> numpy array shared with other sessions (timestep groups, groups.py);
-        # the OrtValues wrap the arrays without copying them
-        self._shared = [ort.OrtValue.ortvalue_from_numpy(a) for a in (initializers or {}).values()]
-        for name, value in zip(initializers or {}, self._shared):
-            opts.add_initializer(name, value)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = [(i.name, i.type) for i in self.session.get_inputs()]
         self.label = f"ONNX Runtime {ort.__version__} CPUExecutionProvider"
@@ -277,14 +272,12 @@ BACKENDS = {"onnx": OnnxRuntimeDenoiser, "openvino": OpenVINODenoiser, "tflite":
 NOT_HERE = {"coreml": "Core ML prediction needs macOS (coremltools runs models only there)"}
 
 
-def open_denoiser(path: Path, fmt: str, *, threads: int = 0, initializers: dict | None = None):
-    """`initializers` (ONNX only): name -> array shared with other sessions (timestep groups)."""
+def open_denoiser(path: Path, fmt: str, *, threads: int = 0):
     if fmt in NOT_HERE:
         raise EdgediffError(f"{path}: format {fmt!r} cannot run on this host: {NOT_HERE[fmt]}")
     if fmt not in BACKENDS:
         raise EdgediffError(f"{path}: no backend on this host runs format {fmt!r} "
                             f"(available: {', '.join(BACKENDS)})")
-    kwargs = {"initializers": initializers} if initializers else {}
-    denoise = BACKENDS[fmt](path, threads=threads, **kwargs)
+    denoise = BACKENDS[fmt](path, threads=threads)
     batch = model_signature(path, fmt)["inputs"][0]["shape"][0]
     return FixedBatch(denoise, batch) if isinstance(batch, int) else denoise

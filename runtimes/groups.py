@@ -11,23 +11,30 @@ the same number the C runtime gives its own backends (edd_denoise_args.group); w
 (a caller outside the loops) the group is that of the nearest plan timestep.
 
 The group graphs reference the int8 weights in weights.bin as ONNX external data, so the
-weights exist once on disk. In memory each ONNX Runtime session keeps its own pre-packed copy
-of the weights for its int8 kernels: sharing packed weights between sessions needs ONNX
-Runtime's C API (a prepacked-weights container), which its Python API does not expose. Each
-group's session therefore reads weights.bin itself. Handing every session the same
-initializer arrays instead (SessionOptions.add_initializer) was measured to cost more, not
-less: cifar-arch W8A8 with G = 4 adds 293 MB resident that way and 245 MB this way, against
-118 MB for G = 1 (`python benchmarks/quantize.py`, memory table). The file is still checked
-once at load (every external initializer must fit inside weights.bin).
+weights exist once on disk. In memory, ONNX Runtime runs all the groups in ONE session
+(OneSession): the group graphs differ only in activation scales, zero points and int32 biases;
+ONNX Runtime fuses QDQ into its integer kernels only where those are constants, but the fused
+kernels (QLinearConv, QGemm, MatMulIntegerToFloat, QuantizeLinear) read them as ordinary inputs.
+So ONNX Runtime optimizes the group graphs itself (into a temporary folder; the result is
+specific to this host and version, which is why it is done at load and not at compile), the
+values that differ between groups become inputs of the optimized graph, and each call feeds
+its group's values. One session holds one packed copy of the int8 weights for any G, and its
+outputs equal those of a session per group exactly (tests/test_quantize.py). Where the
+optimized graphs do not line up (ONNX Runtime folded a value that differs between groups),
+each group gets its own session, which keeps its own packed copy of the weights.
+OpenVINO compiles one model per group (its int8 transformations need constant ranges).
+The file is checked once at load (every external initializer must fit inside weights.bin).
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from edgediff.runtimes.backends import open_denoiser
+from edgediff.runtimes.backends import FixedBatch, model_signature, open_denoiser
 from edgediff.runtimes.errors import EdgediffError
 
 _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16}
@@ -54,12 +61,120 @@ def check_shared(model_file: Path, shared: Path) -> None:
                                 f"(offset {off}, length {length}, {size} bytes)")
 
 
+class NotShareable(Exception):
+    """The group graphs cannot share one session (the reason is the message)."""
+
+
+def _inline_values(proto) -> dict:
+    from onnx import TensorProto, numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer
+            if i.data_location != TensorProto.EXTERNAL}
+
+
+def _structure(proto) -> list:
+    return [(n.domain, n.op_type, tuple(n.input), tuple(n.output)) for n in proto.graph.node]
+
+
+def _differing(values: list[dict]) -> set[str]:
+    """Names whose value is not the same in every group (the name sets must be equal)."""
+    names = set(values[0])
+    if any(set(v) != names for v in values[1:]):
+        raise NotShareable("the graphs do not have the same initializers")
+    return {k for k in names if any(v[k].dtype != values[0][k].dtype or v[k].shape != values[0][k].shape
+                                    or not np.array_equal(v[k], values[0][k]) for v in values[1:])}
+
+
+class OneSession:
+    """ONNX Runtime: one session for every group; the values that differ between groups are inputs."""
+
+    def __init__(self, files: list[Path], *, threads: int = 0):
+        import onnx
+        import onnxruntime as ort
+
+        protos = [onnx.load(str(f), load_external_data=False) for f in files]
+        if any(_structure(p) != _structure(protos[0]) for p in protos[1:]):
+            raise NotShareable("the group graphs differ in their nodes")
+        values = [_inline_values(p) for p in protos]
+        varying = _differing(values)
+        with tempfile.TemporaryDirectory(prefix="edgediff-groups-") as tmp:
+            tmp = Path(tmp)
+            optimized = []
+            for g, f in enumerate(files):  # every group optimized: the values that follow the groups show
+                opts = self._options(ort, threads)
+                opts.optimized_model_filepath = str(tmp / f"g{g}.onnx")
+                # ConstantSharing merges equal scalars, and equal in one group need not be equal in another
+                ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"],
+                                     disabled_optimizers=["ConstantSharing"])
+                optimized.append(onnx.load(str(tmp / f"g{g}.onnx"), load_external_data=False))
+            if any(_structure(p) != _structure(optimized[0]) for p in optimized[1:]):
+                raise NotShareable("ONNX Runtime optimizes the groups' graphs into different graphs")
+            opt_values = [_inline_values(p) for p in optimized]
+            self.names = sorted(_differing(opt_values))
+            for k in self.names:  # each must be a value of the bundle's graphs, unchanged by the optimizer
+                # (a bias scale consumed by a fused-away DequantizeLinear is gone from all of them alike)
+                if k not in varying or any(not np.array_equal(o[k], v[k]) for o, v in zip(opt_values, values)):
+                    raise NotShareable(f"ONNX Runtime computed {k!r} from values that differ between groups")
+            single = optimized[0]
+            self.ops = Counter(n.op_type for n in single.graph.node)  # what the one session runs
+            keep = [i for i in single.graph.initializer if i.name not in set(self.names)]
+            del single.graph.initializer[:]
+            single.graph.initializer.extend(keep)
+            for k in self.names:
+                v = opt_values[0][k]
+                single.graph.input.append(onnx.helper.make_tensor_value_info(
+                    k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)))
+            opts = self._options(ort, threads)
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized already
+            # the optimized graph still reads the bundle's weights.bin (external data, relative to the bundle)
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                          str(Path(files[0]).parent.resolve()))
+            self.session = ort.InferenceSession(single.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        # each group's values, as OrtValues made once
+        self.group_values = [{k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v[k])) for k in self.names}
+                             for v in values]
+        self.inputs = [(i.name, i.type) for i in self.session.get_inputs() if i.name not in set(self.names)]
+        self.output = self.session.get_outputs()[0].name
+        self._ort = ort
+        self.label = f"ONNX Runtime {ort.__version__} CPUExecutionProvider, one session for {len(files)} groups"
+
+    @staticmethod
+    def _options(ort, threads: int):
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        return opts
+
+    def run(self, group: int, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        ov = self._ort.OrtValue.ortvalue_from_numpy
+        feeds = dict(self.group_values[group])
+        feeds[self.inputs[0][0]] = ov(np.ascontiguousarray(x, np.float32))
+        feeds[self.inputs[1][0]] = ov(np.ascontiguousarray(t, np.float32))
+        if len(self.inputs) > 2:
+            name, typ = self.inputs[2]
+            feeds[name] = ov(np.ascontiguousarray(cond, np.int64 if "int64" in typ else np.float32))
+        out = self.session.run_with_ort_values([self.output], feeds)[0]
+        return out.numpy().astype(np.float32, copy=False)
+
+
+class _GroupOf:
+    """`denoise(x, t, cond)` of one group of a OneSession."""
+
+    def __init__(self, one: OneSession, group: int):
+        self.one, self.group, self.label = one, group, one.label
+
+    def __call__(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        return self.one.run(self.group, x, t, cond)
+
+
 class GroupedDenoiser:
     """Runs, for each call, the graph of the timestep group that serves the call's step."""
 
     takes_step = True  # the loops pass step=StepCall(i, group, cached) (runner.generate)
 
-    def __init__(self, root: Path, groups: dict, plan_timesteps, *, fmt: str = "onnx", threads: int = 0):
+    def __init__(self, root: Path, groups: dict, plan_timesteps, *, fmt: str = "onnx", threads: int = 0,
+                 one_session: bool = True):
         try:
             files = [Path(root) / f for f in groups["files"]]
             self.step_group = np.asarray(groups["step_group"], np.int64)
@@ -74,7 +189,19 @@ class GroupedDenoiser:
         if shared:  # a damaged or truncated weights.bin is named here, not deep inside a session
             for f in files:
                 check_shared(f, Path(root) / shared)
-        self.models = [open_denoiser(f, fmt, threads=threads) for f in files]
+        self.one_session, self.why_sessions = None, None
+        if fmt == "onnx" and one_session and len(files) > 1:
+            try:
+                self.one_session = OneSession(files, threads=threads)
+            except NotShareable as e:
+                self.why_sessions = str(e)
+        if self.one_session is not None:
+            batch = model_signature(files[0], fmt)["inputs"][0]["shape"][0]
+            self.models = [_GroupOf(self.one_session, g) if not isinstance(batch, int)
+                           else FixedBatch(_GroupOf(self.one_session, g), batch) for g in range(len(files))]
+        else:
+            self.models = [open_denoiser(f, fmt, threads=threads) for f in files]
+        self.sessions = 1 if self.one_session is not None else len(files)
 
     def group_of(self, t: np.ndarray) -> np.ndarray:
         """Group of each timestep: that of the nearest plan step."""
@@ -100,10 +227,10 @@ class GroupedDenoiser:
 
 
 def grouped_denoiser(root: Path, groups: dict | None, plan_timesteps, *, model_file: Path | None = None,
-                     fmt: str = "onnx", threads: int = 0):
+                     fmt: str = "onnx", threads: int = 0, one_session: bool = True):
     """The denoiser of a bundle folder: grouped when `groups` is given, else `model_file` alone."""
     if groups:
-        return GroupedDenoiser(root, groups, plan_timesteps, fmt=fmt, threads=threads)
+        return GroupedDenoiser(root, groups, plan_timesteps, fmt=fmt, threads=threads, one_session=one_session)
     if model_file is None:
         model_file = next(Path(root, "model").glob("*.onnx"))
     return open_denoiser(model_file, fmt, threads=threads)

@@ -125,6 +125,41 @@ def test_groups_share_one_copy_of_the_weights(q1, q2, tmp_path):
     assert _optimized_ops(root / groups["files"][1], tmp_path)["QLinearConv"] > 0
 
 
+def test_one_session_serves_every_group(q2, tmp_path):
+    """ONNX Runtime runs all groups in one session (one packed copy of the int8 weights), on its
+    integer kernels, and each group's output equals that of the group's own session exactly."""
+    groups = q2.scheduler["timestep_groups"]
+    root = q2.root
+    one = GroupedDenoiser(root, groups, [90.0, 70.0, 50.0, 30.0])
+    assert one.sessions == 1 and one.why_sessions is None
+    assert one.one_session.ops["QLinearConv"] > 0 and one.one_session.names  # fused, with per-group inputs
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    cond = np.array([1, 4, 2], np.int64)
+    t = np.array([90.0, 50.0, 30.0], np.float32)
+    for g, f in enumerate(groups["files"]):
+        alone = OnnxRuntimeDenoiser(root / f)
+        np.testing.assert_array_equal(one(x, t, cond, step=(0, g, False)), alone(x, t, cond))
+    # the groups really differ: group 1's values through group 0 give another output
+    assert not np.array_equal(one(x, t, cond, step=(0, 0, False)), one(x, t, cond, step=(0, 1, False)))
+
+
+def test_groups_whose_graphs_differ_get_a_session_each(q2, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(q2.root, root)
+    groups = q2.scheduler["timestep_groups"]
+    f1 = root / groups["files"][1]
+    proto = onnx.load(str(f1), load_external_data=False)
+    out = proto.graph.output[0].name
+    proto.graph.node[-1].output[0] = out + "_pre"  # one more node at the end of group 1's graph
+    proto.graph.node.append(onnx.helper.make_node("Identity", [out + "_pre"], [out]))
+    onnx.save(proto, str(f1))
+    denoise = GroupedDenoiser(root, groups, [90.0, 70.0, 50.0, 30.0])
+    assert denoise.sessions == 2 and "differ in their nodes" in denoise.why_sessions
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    y = denoise(x, np.array([30.0, 30.0], np.float32), np.array([0, 1], np.int64), step=(3, 1, False))
+    assert y.shape == x.shape and np.isfinite(y).all()
+
+
 def test_damaged_shared_weights_are_named(q2, tmp_path):
     root = tmp_path / "b"
     shutil.copytree(q2.root, root)
