@@ -2,7 +2,7 @@
 (the README's pruning table).
 
     python benchmarks/prune.py [--ratio 0.2] [--finetune-steps 500] [--json out/prune.json]
-    python benchmarks/prune.py --speed-only out/digits-pruned --repeats 300 --json out/prune_speed.json
+    python benchmarks/prune.py --speed-only out/digits-pruned --repeats 300 [--threads 1] --json out/prune_speed.json
 
 builtin:digits at --ratio, for magnitude and Taylor importance:
   params, MACs per denoiser call (zoo/macs.py, batch 1), ms/step ratio vs the unpruned model
@@ -148,6 +148,7 @@ def speed_only(a, work: Path) -> dict:
     """builtin:digits vs a pruned folder: MACs and ms/step ratios only, with more repeats."""
     base, pruned = load_source("builtin:digits"), load_source(a.speed_only)
     row = {"pruned": a.speed_only, "macs_unpruned": macs(base), "macs_pruned": macs(pruned), "repeats": a.repeats,
+           "threads": THREADS,
            "speed": speed_rows(base, compile_all(base, work, "base"), pruned, work, "pruned", a.repeats)}
     print(json.dumps(row, indent=2))
     return row
@@ -218,6 +219,7 @@ def plot(r: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
+    global THREADS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratio", type=float, default=0.2)
     p.add_argument("--importances", default="magnitude,taylor")
@@ -228,6 +230,7 @@ def main(argv=None) -> None:
     p.add_argument("--taylor-stride", type=int, default=5)
     p.add_argument("--per-class", type=int, default=30)
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=int, default=THREADS, help="runtime threads (ONNX Runtime and OpenVINO)")
     p.add_argument("--cifar-ratios", default="0.2,0.4,0.6")
     p.add_argument("--json", default="out/prune.json")
     p.add_argument("--save-pruned", default=None, help="write the Taylor-pruned fine-tuned digits folder here")
@@ -239,6 +242,7 @@ def main(argv=None) -> None:
     # torch (sampling for FD-digits, fine-tuning) runs 1 thread: on this shared 2-core machine two
     # OpenMP threads ran a training step up to 20x slower under load; the runtimes get THREADS.
     torch.set_num_threads(a.torch_threads)
+    THREADS = a.threads
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
