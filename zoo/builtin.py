@@ -3,7 +3,7 @@
     load_builtin("digits")     -> BuiltinModel (trained UNet2DModel, weights/digits_unet.safetensors)
     load_builtin("cifar-arch") -> BuiltinModel (DDPM CIFAR-10 architecture, seeded random weights)
     load_builtin("digits-pruned") -> BuiltinModel (digits pruned + fine-tuned, weights/digits_pruned/,
-                                  a pruned folder of pruning/store.py written by benchmarks/prune.py)
+                                  a pruned folder of pruning/store.py written by `edgediff prune`)
     load_classifier()          -> DigitsClassifier (weights/digits_classifier.safetensors)
 """
 
@@ -82,7 +82,8 @@ def _digits_pruned() -> BuiltinModel:
     root = WEIGHTS_DIR / "digits_pruned"
     if not (root / "pruned_shapes.json").is_file():
         raise EdgediffError(f"{root}: pruned weights missing; create them with "
-                            f"`python benchmarks/prune.py --save-pruned {root}`")
+                            "`edgediff prune builtin:digits --ratio 0.5 --layer-ratio 'down_blocks.0.*=0.25' "
+                            f"--layer-ratio 'up_blocks.2.*=0.25' --finetune-steps 700 -o {root}`")
     unet, _, data = load_pruned(root)
     rec = data["record"]
     return BuiltinModel(
