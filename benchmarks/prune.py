@@ -1,7 +1,7 @@
 """Structured pruning: size, MACs, real speed in ONNX Runtime and OpenVINO, and digit quality
 (the README's pruning table).
 
-    python benchmarks/prune.py [--ratio 0.2] [--finetune-steps 500] [--json out/prune.json]
+    python benchmarks/prune.py [--ratio 0.2] [--layer-ratio PAT=R] [--finetune-steps 500] [--json out/prune.json]
     python benchmarks/prune.py --speed-only out/digits-pruned --repeats 300 [--threads 1] --json out/prune_speed.json
 
 builtin:digits at --ratio, for magnitude and Taylor importance:
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgediff.compiler.cli import layer_ratio
 from edgediff.compiler.pipeline import Recipe, compile_model
 from edgediff.compiler.prune import PruneOptions, _inner, prune, scheduler_config
 from edgediff.compiler.sources import load_source
@@ -104,11 +105,12 @@ def digits(a, work: Path) -> dict:
     rows = []
     for imp in a.importances:
         t0 = time.perf_counter()
-        res = prune(teacher, ratio=a.ratio, options=PruneOptions(importance=imp, taylor_stride=a.taylor_stride),
-                    data=data)
+        res = prune(teacher, ratio=a.ratio, options=PruneOptions(importance=imp, taylor_stride=a.taylor_stride,
+                                                                 layer_ratios=tuple(a.layer_ratio or ())), data=data)
         prune_s = time.perf_counter() - t0
         student = res.model
-        row = {"importance": imp, "ratio": a.ratio, "prune_seconds": round(prune_s, 1),
+        row = {"importance": imp, "ratio": a.ratio, "layer_ratios": a.layer_ratio or [],
+               "prune_seconds": round(prune_s, 1),
                "params": res.record["params_after"], "macs": macs(student), "taylor": res.record.get("taylor"),
                "before_finetune": quality(student, classifier, a.per_class)}
         row["speed"] = speed_rows(teacher, base_rt, student, work, f"digits-{imp}", a.repeats)
@@ -157,7 +159,8 @@ def speed_only(a, work: Path) -> dict:
 def table(r: dict) -> str:
     d = r["digits"]
     u = d["unpruned"]
-    lines = [f"builtin:digits, ratio {d['rows'][0]['ratio'] if d['rows'] else '-'} (uniform); quality: "
+    lr = "".join(f", {r:g} in {pat}" for pat, r in (d["rows"][0].get("layer_ratios") or []) if d["rows"])
+    lines = [f"builtin:digits, ratio {d['rows'][0]['ratio'] if d['rows'] else '-'}{lr}; quality: "
              f"{r['settings']['per_class'] * 10} samples, DDIM 25 steps, guidance 3",
              "| model | params | MACs/call | MACs | ORT speedup | OpenVINO speedup | FD-digits | class acc |",
              "|---|---|---|---|---|---|---|---|",
@@ -222,6 +225,8 @@ def main(argv=None) -> None:
     global THREADS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratio", type=float, default=0.2)
+    p.add_argument("--layer-ratio", action="append", type=layer_ratio, metavar="PATTERN=R",
+                   help="layers whose names match lose the fraction R instead of --ratio (repeatable)")
     p.add_argument("--importances", default="magnitude,taylor")
     p.add_argument("--finetune-steps", type=int, default=500)
     p.add_argument("--lr", type=float, default=5e-4)

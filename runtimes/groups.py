@@ -130,12 +130,17 @@ class OneSession:
             opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                           str(Path(files[0]).parent.resolve()))
             self.session = ort.InferenceSession(single.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        # each group's values, as OrtValues made once
-        self.group_values = [{k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v[k])) for k in self.names}
-                             for v in values]
         self.inputs = [(i.name, i.type) for i in self.session.get_inputs() if i.name not in set(self.names)]
         self.output = self.session.get_outputs()[0].name
-        self._ort = ort
+        # one binding per group, its values bound once; a call binds only x, t and cond
+        self._values = [{k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v[k])) for k in self.names}
+                        for v in values]
+        self.bindings = []
+        for vals in self._values:
+            b = self.session.io_binding()
+            for k, v in vals.items():
+                b.bind_ortvalue_input(k, v)
+            self.bindings.append(b)
         self.label = f"ONNX Runtime {ort.__version__} CPUExecutionProvider, one session for {len(files)} groups"
 
     @staticmethod
@@ -147,15 +152,15 @@ class OneSession:
         return opts
 
     def run(self, group: int, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
-        ov = self._ort.OrtValue.ortvalue_from_numpy
-        feeds = dict(self.group_values[group])
-        feeds[self.inputs[0][0]] = ov(np.ascontiguousarray(x, np.float32))
-        feeds[self.inputs[1][0]] = ov(np.ascontiguousarray(t, np.float32))
+        b = self.bindings[group]
+        b.bind_cpu_input(self.inputs[0][0], np.ascontiguousarray(x, np.float32))
+        b.bind_cpu_input(self.inputs[1][0], np.ascontiguousarray(t, np.float32))
         if len(self.inputs) > 2:
             name, typ = self.inputs[2]
-            feeds[name] = ov(np.ascontiguousarray(cond, np.int64 if "int64" in typ else np.float32))
-        out = self.session.run_with_ort_values([self.output], feeds)[0]
-        return out.numpy().astype(np.float32, copy=False)
+            b.bind_cpu_input(name, np.ascontiguousarray(cond, np.int64 if "int64" in typ else np.float32))
+        b.bind_output(self.output)
+        self.session.run_with_iobinding(b)
+        return b.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
 
 class _GroupOf:
