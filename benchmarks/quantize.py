@@ -22,7 +22,8 @@ where openvino is installed OpenVINO f32 hint / default / NNCF int8 / edgediff i
 ratios from the same run, sizes on disk.
 Memory, builtin:cifar-arch W8A8: resident memory a fresh process adds by loading the model and
 running every step once: G = 1; G = 4 as the runtime loads it (ONNX Runtime: one session for all
-groups, runtimes/groups.py); G = 4 with one session per group.
+groups, runtimes/groups.py); G = 4 with one session per group; and where openvino is installed,
+G = 1 and 4 compiled by OpenVINO (one compiled model per group, as the C runtime's backend does).
 Writes <out>.json and <out>.png.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -354,9 +356,10 @@ x = np.zeros((1, 3, 32, 32), np.float32); t = np.array([500.0], np.float32)
 before = rss()
 entry = json.loads((root / "groups.json").read_text()) if (root / "groups.json").exists() else None
 # "bundle": as the runtime loads it (ONNX Runtime: one session for all groups);
-# "sessions": one session per group, each with its own packed copy of the int8 weights
+# "sessions": one session per group, each with its own packed copy of the int8 weights;
+# "openvino": the same ONNX files compiled by OpenVINO, one compiled model per group (as the C runtime does)
 d = grouped_denoiser(root, entry, list(range(n)), model_file=next(root.glob("denoiser*.onnx")), threads=2,
-                     one_session=mode == "bundle")
+                     one_session=mode == "bundle", fmt="openvino" if mode == "openvino" else "onnx")
 for s in range(n):  # every step once, so every group has run
     d(x, t, None, step=(s, entry["step_group"][s], False)) if entry else d(x, t, None)
 print(rss() - before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3)
@@ -385,6 +388,8 @@ def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
         modes = [("bundle", f"G={g}" + (", as loaded: one ONNX Runtime session for all groups" if g > 1 else ""))]
         if g > 1:
             modes.append(("sessions", f"G={g}, one session per group (each packs its own weights)"))
+        if importlib.util.find_spec("openvino"):
+            modes.append(("openvino", f"G={g}, OpenVINO CPU" + (", one compiled model per group" if g > 1 else "")))
         for mode, label in modes:
             added, peak = _child_rss(mode, gd, len(plan))
             rows.append({"model": label, "disk_mb": disk if mode == "bundle" else None, "rss_added_mb": added,

@@ -104,8 +104,7 @@ class OneSession:
                 opts = self._options(ort, threads)
                 opts.optimized_model_filepath = str(tmp / f"g{g}.onnx")
                 # ConstantSharing merges equal scalars, and equal in one group need not be equal in another
-                ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"],
-                                     disabled_optimizers=["ConstantSharing"])
+                self._session(ort, str(f), opts, disabled_optimizers=["ConstantSharing"])
                 optimized.append(onnx.load(str(tmp / f"g{g}.onnx"), load_external_data=False))
             if any(_structure(p) != _structure(optimized[0]) for p in optimized[1:]):
                 raise NotShareable("ONNX Runtime optimizes the groups' graphs into different graphs")
@@ -129,7 +128,7 @@ class OneSession:
             # the optimized graph still reads the bundle's weights.bin (external data, relative to the bundle)
             opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                           str(Path(files[0]).parent.resolve()))
-            self.session = ort.InferenceSession(single.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            self.session = self._session(ort, single.SerializeToString(), opts)
         self.inputs = [(i.name, i.type) for i in self.session.get_inputs() if i.name not in set(self.names)]
         self.output = self.session.get_outputs()[0].name
         # one binding per group, its values bound once; a call binds only x, t and cond
@@ -142,6 +141,14 @@ class OneSession:
                 b.bind_ortvalue_input(k, v)
             self.bindings.append(b)
         self.label = f"ONNX Runtime {ort.__version__} CPUExecutionProvider, one session for {len(files)} groups"
+
+    @staticmethod
+    def _session(ort, model, opts, **kwargs):
+        try:
+            return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"], **kwargs)
+        except Exception as e:  # e.g. an ONNX Runtime without the external-data folder option: a session per group
+            raise NotShareable(f"ONNX Runtime {ort.__version__} could not build the shared session "
+                               f"({str(e).splitlines()[0][:200]})") from None
 
     @staticmethod
     def _options(ort, threads: int):
