@@ -23,7 +23,8 @@ ratios from the same run, sizes on disk.
 Memory, builtin:cifar-arch W8A8: resident memory a fresh process adds by loading the model and
 running every step once: G = 1; G = 4 as the runtime loads it (ONNX Runtime: one session for all
 groups, runtimes/groups.py); G = 4 with one session per group; and where openvino is installed,
-G = 1 and 4 compiled by OpenVINO (one compiled model per group, as the C runtime's backend does).
+G = 1 and 4 compiled by OpenVINO (one compiled model per group, as the C runtime's backend does);
+with each, the seconds to load and the median ms of one call.
 Writes <out>.json and <out>.png.
 """
 
@@ -276,33 +277,35 @@ def speed_rows(a, work: Path) -> list[dict]:
     ort_path = ort_quantize_static(fp32, d / "ort_int8.onnx", feeds_of(calib.x, calib.t, None, names, batch=4),
                                    per_channel=True, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    x = np.random.default_rng(0).standard_normal((1, *spec.sample_shape)).astype(np.float32)
-    args = (x, np.array([500.0], np.float32), None)
+    args = _speed_args()  # cifar-arch: (1, 3, 32, 32), t = 500
     torch.set_num_threads(THREADS)
-    cands = [("PyTorch fp32 eager", torch_denoiser(spec)),
-             ("ORT fp32", OnnxRuntimeDenoiser(fp32, threads=THREADS)),
-             ("ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)", OnnxRuntimeDenoiser(ort_path, threads=THREADS)),
-             ("ORT int8 edgediff W8A8", OnnxRuntimeDenoiser(q.files[0], threads=THREADS))]
+    # (name, kind, file or source, OpenVINO config): made by _make, in this process or in a child
+    cands = [("PyTorch fp32 eager", "torch", "builtin:cifar-arch", None),
+             ("ORT fp32", "ort", fp32, None),
+             ("ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)", "ort", ort_path, None),
+             ("ORT int8 edgediff W8A8", "ort", q.files[0], None)]
     sizes = {"ORT fp32": size_mb(fp32), "ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)":
              size_mb(ort_path), "ORT int8 edgediff W8A8": size_mb(q.files[0])}
     w4 = d / "w4" / "denoiser.onnx"
     w4.parent.mkdir(exist_ok=True)
     shutil.copy(fp32, w4)
     quantize_w4_onnx(w4)
-    cands.append(("ORT edgediff w4 (weight-only)", OnnxRuntimeDenoiser(w4, threads=THREADS)))
+    cands.append(("ORT edgediff w4 (weight-only)", "ort", w4, None))
     sizes["ORT edgediff w4 (weight-only)"] = size_mb(w4)
     try:
-        cands += [("OpenVINO f32 hint", OpenVinoDenoiser(str(fp32), {"INFERENCE_PRECISION_HINT": "f32"})),
-                  ("OpenVINO default", OpenVinoDenoiser(str(fp32)))]
+        import openvino  # noqa: F401  (ImportError: no OpenVINO rows)
+
+        cands += [("OpenVINO f32 hint", "ov", fp32, {"INFERENCE_PRECISION_HINT": "f32"}),
+                  ("OpenVINO default", "ov", fp32, None)]
         ov_path = nncf_quantize(fp32, feeds_of(calib.x, calib.t, None, names, batch=4), d / "nncf_int8.xml")
-        cands.append(("OpenVINO int8 NNCF default", OpenVinoDenoiser(str(ov_path))))
+        cands.append(("OpenVINO int8 NNCF default", "ov", ov_path, None))
         from edgediff.compiler.lower_openvino import lower_openvino_int8
 
         od = d / "edgediff_ov"
         od.mkdir(exist_ok=True)
         shutil.copy(q.files[0], od / "denoiser.onnx")
         ours_ov = lower_openvino_int8(od / "denoiser.onnx", od).file
-        cands.append(("OpenVINO int8 edgediff W8A8 (our scales)", OpenVinoDenoiser(str(ours_ov))))
+        cands.append(("OpenVINO int8 edgediff W8A8 (our scales)", "ov", ours_ov, None))
         # the same with every layer int8 (--no-float-defaults), as NNCF's default quantizes them
         pa = d / "edgediff_all" / "denoiser.onnx"
         pa.parent.mkdir(exist_ok=True)
@@ -310,32 +313,22 @@ def speed_rows(a, work: Path) -> list[dict]:
         qa = quantize(spec, calib, onnx_path=pa, plan=plan, target_features=HOST_FEATURES,
                       options=QuantizeOptions(defaults="none"))
         all_ov = lower_openvino_int8(qa.files[0], pa.parent).file
-        cands.append(("OpenVINO int8 edgediff W8A8, no float layers", OpenVinoDenoiser(str(all_ov))))
+        cands.append(("OpenVINO int8 edgediff W8A8, no float layers", "ov", all_ov, None))
         sizes["OpenVINO int8 edgediff W8A8, no float layers"] = size_mb(pa.parent)
         wo = d / "w4_ov"
         wo.mkdir(exist_ok=True)
         shutil.copy(fp32, wo / "denoiser.onnx")
         w4_xml, _ = quantize_w4_openvino(wo / "denoiser.onnx", wo)
-        cands.append(("OpenVINO edgediff w4 (weight-only)", OpenVinoDenoiser(str(w4_xml))))
+        cands.append(("OpenVINO edgediff w4 (weight-only)", "ov", w4_xml, None))
         sizes.update({"OpenVINO f32 hint": size_mb(fp32), "OpenVINO default": size_mb(fp32),
                       "OpenVINO int8 NNCF default": size_mb(ov_path) + size_mb(ov_path.with_suffix(".bin")),
                       "OpenVINO int8 edgediff W8A8 (our scales)": size_mb(od), "OpenVINO edgediff w4 (weight-only)":
                       size_mb(wo)})
     except ImportError as e:
         print(f"  OpenVINO skipped: {e}", file=sys.stderr)
-    # Interleaved rounds, median per runtime: a load change on a shared machine hits every
-    # runtime alike instead of whichever happened to run then.
-    times = {name: [] for name, _ in cands}
-    for _, fn in cands:
-        for _ in range(3):
-            fn(*args)
-    for _ in tqdm(range(a.reps), desc="speed rounds", file=sys.stderr, leave=False):
-        for name, fn in cands:
-            t0 = time.perf_counter()
-            fn(*args)
-            times[name].append(time.perf_counter() - t0)
-    rows = [{"runtime": name, "ms_per_call": 1000 * float(np.median(v)), "size_mb": sizes.get(name)}
-            for name, v in times.items()]
+    times = time_isolated(cands, a) if a.timing == "isolated" else time_interleaved(cands, a, args)
+    rows = [{"runtime": name, "ms_per_call": 1000 * float(np.median(v)), "size_mb": sizes.get(name),
+             "timing": a.timing} for name, v in times.items()]
     base = {r["runtime"]: r["ms_per_call"] for r in rows}
     for r in rows:
         r["vs_ort_fp32"] = base["ORT fp32"] / r["ms_per_call"]
@@ -343,9 +336,79 @@ def speed_rows(a, work: Path) -> list[dict]:
     return rows, memory_rows(spec, fp32, calib, plan, d)
 
 
+def _make(kind: str, arg, config):
+    """The denoiser a speed candidate names: PyTorch eager, an ONNX Runtime session or an OpenVINO model."""
+    if kind == "torch":
+        return torch_denoiser(load_source(str(arg)))
+    if kind == "ort":
+        return OnnxRuntimeDenoiser(Path(arg), threads=THREADS)
+    return OpenVinoDenoiser(str(arg), config)
+
+
+def _speed_args():
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    return x, np.array([500.0], np.float32), None
+
+
+def time_interleaved(cands, a, args) -> dict:
+    """All candidates in this process, interleaved rounds: a load change on a shared machine hits
+    every runtime alike. Each round runs a runtime once untimed first, because the previous
+    runtime's worker threads keep spinning for a while after its call (ONNX Runtime, OpenMP,
+    TBB) and on 2 cores slow whichever call comes next; some of that remains (see --timing)."""
+    fns = [(name, _make(kind, arg, cfg)) for name, kind, arg, cfg in cands]
+    times = {name: [] for name, _ in fns}
+    for _, fn in fns:
+        for _ in range(3):
+            fn(*args)
+    for _ in tqdm(range(a.reps), desc="speed rounds", file=sys.stderr, leave=False):
+        for name, fn in fns:
+            fn(*args)
+            t0 = time.perf_counter()
+            fn(*args)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+_TIMER = """
+import json, statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+import quantize as B
+import torch
+torch.set_num_threads(B.THREADS)
+kind, arg, config, reps = sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
+fn = B._make(kind, arg, config)
+args = B._speed_args()
+for _ in range(3):
+    fn(*args)
+ts = []
+for _ in range(reps):
+    t0 = time.perf_counter(); fn(*args); ts.append(time.perf_counter() - t0)
+print(statistics.median(ts))
+"""
+
+
+def time_isolated(cands, a) -> dict:
+    """Each candidate alone in a fresh process (no other runtime's threads beside it), `a.reps`
+    calls after 3 warm-up calls; `a.rounds` rounds over all candidates, so a load change still
+    reaches every runtime; a candidate's figure is its median over the rounds' medians."""
+    import subprocess
+
+    times = {name: [] for name, *_ in cands}
+    with tqdm(total=a.rounds * len(cands), desc="speed (a process per runtime and round)", file=sys.stderr,
+              leave=False) as bar:
+        for _ in range(a.rounds):
+            for name, kind, arg, cfg in cands:
+                out = subprocess.run([sys.executable, "-c", _TIMER, str(Path(__file__).resolve().parent), kind,
+                                      str(arg), json.dumps(cfg), str(a.reps)], check=True, capture_output=True,
+                                     text=True).stdout.split()
+                times[name].append(float(out[-1]))
+                bar.update()
+    return times
+
+
 # ---------------------------------------------------------------- memory
 _CHILD = """
-import json, resource, sys, numpy as np
+import json, resource, statistics, sys, time, numpy as np
 from pathlib import Path
 from edgediff.runtimes.groups import grouped_denoiser
 import onnxruntime
@@ -358,20 +421,28 @@ entry = json.loads((root / "groups.json").read_text()) if (root / "groups.json")
 # "bundle": as the runtime loads it (ONNX Runtime: one session for all groups);
 # "sessions": one session per group, each with its own packed copy of the int8 weights;
 # "openvino": the same ONNX files compiled by OpenVINO, one compiled model per group (as the C runtime does)
+t0 = time.perf_counter()
 d = grouped_denoiser(root, entry, list(range(n)), model_file=next(root.glob("denoiser*.onnx")), threads=2,
                      one_session=mode == "bundle", fmt="openvino" if mode == "openvino" else "onnx")
+load_s = time.perf_counter() - t0
+call = lambda s: d(x, t, None, step=(s, entry["step_group"][s], False)) if entry else d(x, t, None)
 for s in range(n):  # every step once, so every group has run
-    d(x, t, None, step=(s, entry["step_group"][s], False)) if entry else d(x, t, None)
-print(rss() - before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3)
+    call(s)
+added = rss() - before
+ms = []
+for s in range(n):
+    t0 = time.perf_counter(); call(s); ms.append((time.perf_counter() - t0) * 1e3)
+print(added, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, load_s, statistics.median(ms))
 """
 
 
-def _child_rss(mode: str, root: Path, n: int) -> tuple[float, float]:
+def _child_rss(mode: str, root: Path, n: int) -> tuple[float, float, float, float]:
+    """Resident MB added, peak MB, load seconds, median ms per call of a fresh process."""
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", _CHILD, mode, str(root), str(n)], check=True, capture_output=True,
                          text=True).stdout.split()
-    return float(out[-2]), float(out[-1])
+    return tuple(float(v) for v in out[-4:])
 
 
 def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
@@ -391,10 +462,11 @@ def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
         if importlib.util.find_spec("openvino"):
             modes.append(("openvino", f"G={g}, OpenVINO CPU" + (", one compiled model per group" if g > 1 else "")))
         for mode, label in modes:
-            added, peak = _child_rss(mode, gd, len(plan))
+            added, peak, load_s, ms = _child_rss(mode, gd, len(plan))
             rows.append({"model": label, "disk_mb": disk if mode == "bundle" else None, "rss_added_mb": added,
-                         "peak_rss_mb": peak})
-            print(f"  memory {label:55} +{added:7.1f} MB resident (peak {peak:.0f} MB)", file=sys.stderr)
+                         "peak_rss_mb": peak, "load_s": load_s, "ms_per_call": ms})
+            print(f"  memory {label:55} +{added:7.1f} MB resident (peak {peak:.0f} MB), load {load_s:.2f} s, "
+                  f"{ms:.1f} ms/call", file=sys.stderr)
     return rows
 
 
@@ -417,10 +489,10 @@ def print_tables(result):
                   f"{mb}")
     if result.get("memory"):
         print("\nbuiltin:cifar-arch W8A8, memory a fresh process adds to load and run every group once")
-        print(f"{'model':60} {'disk MB':>8} {'resident +MB':>13}")
+        print(f"{'model':60} {'disk MB':>8} {'resident +MB':>13} {'load s':>7} {'ms/call':>8}")
         for r in result["memory"]:
             disk = f"{r['disk_mb']:8.1f}" if r["disk_mb"] is not None else f"{'':8}"
-            print(f"{r['model']:60} {disk} {r['rss_added_mb']:13.1f}")
+            print(f"{r['model']:60} {disk} {r['rss_added_mb']:13.1f} {r['load_s']:7.2f} {r['ms_per_call']:8.1f}")
 
 
 def plot(result, path: Path):
@@ -453,7 +525,11 @@ def main(argv=None) -> int:
     ap.add_argument("--num-samples", type=int, default=256)
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--steps", type=int, nargs="+", default=[20, 4])
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=20, help="timed calls per runtime (per round with --timing isolated)")
+    ap.add_argument("--timing", choices=("isolated", "interleaved"), default="isolated",
+                    help="isolated: each runtime alone in a fresh process, --rounds rounds (an idle machine); "
+                         "interleaved: all in this process, alternating call by call (a loaded machine)")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", default="out/bench_quantize")
