@@ -162,7 +162,7 @@ def speed_only(a, work: Path) -> dict:
 def table(r: dict) -> str:
     d = r["digits"]
     u = d["unpruned"]
-    lr = "".join(f", {r:g} in {pat}" for pat, r in (d["rows"][0].get("layer_ratios") or []) if d["rows"])
+    lr = "".join(f", {r:g} in {pat}" for pat, r in (d["rows"][0].get("layer_ratios") or [])) if d["rows"] else ""
     lines = [f"builtin:digits, ratio {d['rows'][0]['ratio'] if d['rows'] else '-'}{lr}; quality: "
              f"{r['settings']['per_class'] * 10} samples, DDIM 25 steps, guidance 3",
              "| model | params | MACs/call | MACs | ORT speedup | OpenVINO speedup | FD-digits | class acc |",
