@@ -65,8 +65,9 @@ def time_pair(ref, pruned, spec, repeats: int, block: int = 20) -> tuple[float, 
     """Median ms of one call at batch 2 for both denoisers, in alternating blocks of `block`
     consecutive calls (as a sampler calls its model), each block after a 20 ms pause and 2
     untimed calls: the other model's worker threads keep spinning for a while after its last
-    call, and alternating call by call on 2 cores measured ONNX Runtime's 2-thread pruned call at
-    7.2 ms against 3.1 ms alone. Blocks alternate, so a load change still reaches both."""
+    call, and alternating call by call on 2 cores put ONNX Runtime's 2-thread unpruned call at
+    7.3-8.0 ms against 4.3-4.9 ms at 1 thread (see the README). Blocks alternate, so a load change
+    still reaches both."""
     args = [a.numpy() for a in spec.example_inputs(batch=2)]
     if len(args) == 2:
         args.append(None)

@@ -132,6 +132,7 @@ class OneSession:
         self.inputs = [(i.name, i.type) for i in self.session.get_inputs() if i.name not in set(self.names)]
         self.output = self.session.get_outputs()[0].name
         # one binding per group, its values bound once; a call binds only x, t and cond
+        # (self._values keeps the bound OrtValues alive as long as the bindings)
         self._values = [{k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v[k])) for k in self.names}
                         for v in values]
         self.bindings = []
