@@ -391,16 +391,12 @@ def time_isolated(cands, a) -> dict:
     """Each candidate alone in a fresh process (no other runtime's threads beside it), `a.reps`
     calls after 3 warm-up calls; `a.rounds` rounds over all candidates, so a load change still
     reaches every runtime; a candidate's figure is its median over the rounds' medians."""
-    import subprocess
-
     times = {name: [] for name, *_ in cands}
     with tqdm(total=a.rounds * len(cands), desc="speed (a process per runtime and round)", file=sys.stderr,
               leave=False) as bar:
         for _ in range(a.rounds):
             for name, kind, arg, cfg in cands:
-                out = subprocess.run([sys.executable, "-c", _TIMER, str(Path(__file__).resolve().parent), kind,
-                                      str(arg), json.dumps(cfg), str(a.reps)], check=True, capture_output=True,
-                                     text=True).stdout.split()
+                out = _run_child(_TIMER, Path(__file__).resolve().parent, kind, arg, json.dumps(cfg), a.reps)
                 times[name].append(float(out[-1]))
                 bar.update()
     return times
@@ -438,11 +434,15 @@ print(added, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, load_s, s
 
 def _child_rss(mode: str, root: Path, n: int) -> tuple[float, float, float, float]:
     """Resident MB added, peak MB, load seconds, median ms per call of a fresh process."""
+    return tuple(float(v) for v in _run_child(_CHILD, mode, root, n)[-4:])
+
+
+def _run_child(code: str, *args) -> list[str]:
+    """Run `code` in a fresh Python process with `args` as argv; its stdout, split into words."""
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", _CHILD, mode, str(root), str(n)], check=True, capture_output=True,
-                         text=True).stdout.split()
-    return tuple(float(v) for v in out[-4:])
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True,
+                          text=True).stdout.split()
 
 
 def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:

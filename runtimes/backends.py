@@ -164,16 +164,24 @@ def model_signature(path: Path, fmt: str) -> dict:
     return SIGNATURES[fmt](path)
 
 
+def ort_options(threads: int = 0):
+    """ONNX Runtime session options of every edgediff session: errors only, `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
 class OnnxRuntimeDenoiser:
     """ONNX Runtime on the CPU execution provider."""
 
     def __init__(self, path: Path, *, threads: int = 0):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = ort_options(threads)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = [(i.name, i.type) for i in self.session.get_inputs()]
         self.label = f"ONNX Runtime {ort.__version__} CPUExecutionProvider"

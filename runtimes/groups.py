@@ -34,20 +34,22 @@ from pathlib import Path
 
 import numpy as np
 
-from edgediff.runtimes.backends import FixedBatch, model_signature, open_denoiser
+from edgediff.runtimes.backends import FixedBatch, model_signature, open_denoiser, ort_options
 from edgediff.runtimes.errors import EdgediffError
 
 _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16}
 
 
-def check_shared(model_file: Path, shared: Path) -> None:
-    """Every initializer `model_file` keeps in `shared` lies inside it, with a size that fits its type."""
+def check_shared(model_file: Path, shared: Path, proto=None) -> None:
+    """Every initializer `model_file` (or its loaded `proto`) keeps in `shared` lies inside it, with
+    a size that fits its type."""
     import onnx
 
     if not shared.is_file():
         raise EdgediffError(f"{model_file}: its shared weights file {shared} is missing")
     size = shared.stat().st_size
-    proto = onnx.load(str(model_file), load_external_data=False)
+    if proto is None:
+        proto = onnx.load(str(model_file), load_external_data=False)
     for init in proto.graph.initializer:
         if init.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -88,11 +90,11 @@ def _differing(values: list[dict]) -> set[str]:
 class OneSession:
     """ONNX Runtime: one session for every group; the values that differ between groups are inputs."""
 
-    def __init__(self, files: list[Path], *, threads: int = 0):
+    def __init__(self, files: list[Path], protos: list, *, threads: int = 0):
+        """`protos`: the group graphs, loaded without their external data."""
         import onnx
         import onnxruntime as ort
 
-        protos = [onnx.load(str(f), load_external_data=False) for f in files]
         if any(_structure(p) != _structure(protos[0]) for p in protos[1:]):
             raise NotShareable("the group graphs differ in their nodes")
         values = [_inline_values(p) for p in protos]
@@ -101,7 +103,7 @@ class OneSession:
             tmp = Path(tmp)
             optimized = []
             for g, f in enumerate(files):  # every group optimized: the values that follow the groups show
-                opts = self._options(ort, threads)
+                opts = ort_options(threads)
                 opts.optimized_model_filepath = str(tmp / f"g{g}.onnx")
                 # ConstantSharing merges equal scalars, and equal in one group need not be equal in another
                 self._session(ort, str(f), opts, disabled_optimizers=["ConstantSharing"])
@@ -123,7 +125,7 @@ class OneSession:
                 v = opt_values[0][k]
                 single.graph.input.append(onnx.helper.make_tensor_value_info(
                     k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)))
-            opts = self._options(ort, threads)
+            opts = ort_options(threads)
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized already
             # the optimized graph still reads the bundle's weights.bin (external data, relative to the bundle)
             opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
@@ -151,13 +153,6 @@ class OneSession:
             raise NotShareable(f"ONNX Runtime {ort.__version__} could not build the shared session "
                                f"({str(e).splitlines()[0][:200]})") from None
 
-    @staticmethod
-    def _options(ort, threads: int):
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        return opts
 
     def run(self, group: int, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         b = self.bindings[group]
@@ -198,14 +193,17 @@ class GroupedDenoiser:
                 or self.step_group.max() >= len(files):
             raise EdgediffError(f"{root / 'scheduler.json'}: timestep_groups.step_group must give a group in "
                                 f"0..{len(files) - 1} for each of the plan's {self.timesteps.size} steps")
+        import onnx
+
+        protos = [onnx.load(str(f), load_external_data=False) for f in files]  # read once: checked, shared
         shared = groups.get("shared_weights")
         if shared:  # a damaged or truncated weights.bin is named here, not deep inside a session
-            for f in files:
-                check_shared(f, Path(root) / shared)
+            for f, proto in zip(files, protos):
+                check_shared(f, Path(root) / shared, proto)
         self.one_session, self.why_sessions = None, None
         if fmt == "onnx" and one_session and len(files) > 1:
             try:
-                self.one_session = OneSession(files, threads=threads)
+                self.one_session = OneSession(files, protos, threads=threads)
             except NotShareable as e:
                 self.why_sessions = str(e)
         if self.one_session is not None:
