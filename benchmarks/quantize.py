@@ -5,7 +5,10 @@
 
 Quality, builtin:digits, DPM-Solver++ at 20 and at 4 steps, guidance 3, labels 0..9 in turn,
 the same seeds for every row; PSNR of the final images against the FP32 PyTorch model,
-FD-digits and class accuracy from the committed classifier, model size on disk.
+FD-digits and class accuracy from the committed classifier, model size on disk. With FD-digits:
+its difference from FP32's with a paired-bootstrap std (the images share seeds), and the Frechet
+distance to FP32's images, because a quantized model can land below FP32's own FD-digits by
+changing its images.
 Every quantizer gets the same calibration budget: 32 trajectories x the sampler's steps
 (x 2 CFG halves) rows.
   - ORT quantize_static, default settings, calibrated on random timesteps (real digits noised
@@ -19,7 +22,9 @@ Every quantizer gets the same calibration budget: 32 trajectories x the sampler'
 Speed, builtin:cifar-arch (35.7 M params), batch 1, 2 threads: ms per denoiser call of ORT
 fp32, ORT quantize_static int8 (QDQ, per-channel, Conv/MatMul/Gemm), edgediff int8 and w4, and
 where openvino is installed OpenVINO f32 hint / default / NNCF int8 / edgediff int8 and w4;
-ratios from the same run, sizes on disk.
+ratios from the same run, sizes on disk. Then ONNX Runtime's profiler on each ORT model: kernel ms
+per call by op class (convolution, matmul, quantize/dequantize, layout, other float ops), the
+convolutions' GMAC/s, and the largest per-class ratio, which caps the whole-model ratio.
 Memory, builtin:cifar-arch W8A8: resident memory a fresh process adds by loading the model and
 running every step once: G = 1; G = 4 as the runtime loads it (ONNX Runtime: one session for all
 groups, runtimes/groups.py); G = 4 with one session per group; and where openvino is installed,
@@ -148,6 +153,23 @@ def nncf_quantize(fp32: Path, feeds, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------- quality
+def fd_spread(judge: DigitsJudge, imgs: np.ndarray, ref_images: np.ndarray | None, resamples: int = 200) -> dict:
+    """A row's FD-digits against FP32's, which saw the same seeds and labels: the difference and its
+    standard deviation over a paired bootstrap (the same resampled seeds for both, so the difference
+    is measured apart from which seeds were drawn), and `fd_to_fp32`, the Frechet distance between this row's features and FP32's (0: the same
+    image distribution; a lower FD-digits than FP32's own is a change, not a gain)."""
+    out = {"fd_minus_fp32": None, "fd_minus_fp32_std": None, "fd_to_fp32": None}
+    if ref_images is None:
+        return out
+    feats, ref = judge.features(imgs), judge.features(ref_images)
+    idx = np.random.default_rng(0).integers(0, len(imgs), (resamples, len(imgs)))
+    fd = lambda f: quality.frechet_distance(quality.gaussian_stats(f), judge.real_stats)  # noqa: E731
+    diff = np.array([fd(feats[i]) - fd(ref[i]) for i in idx])
+    out.update(fd_minus_fp32=float(fd(feats) - fd(ref)), fd_minus_fp32_std=float(diff.std()),
+               fd_to_fp32=quality.frechet_distance(quality.gaussian_stats(feats), quality.gaussian_stats(ref)))
+    return out
+
+
 def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
     spec = load_source("builtin:digits")
     plan = get_solver("dpmpp-2m").plan(spec.schedule, steps, spacing="leading")
@@ -171,7 +193,7 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
         psnr = quality.psnr_db(imgs, ref_images) if ref_images is not None else None
         row = {"steps": steps, "model": name, "psnr_db": None if psnr is None or not np.isfinite(psnr) else psnr,
                "fd_digits": score["fd_digits"], "class_accuracy": score["class_accuracy"], "size_mb": size,
-               "note": note}
+               "note": note, **fd_spread(judge, imgs, ref_images)}
         rows.append(row)
         print(f"  {name:34} PSNR {row['psnr_db'] or float('inf'):6.2f}  FD {row['fd_digits']:7.3f}  "
               f"acc {row['class_accuracy']:.3f}  {size:.2f} MB", file=sys.stderr)
@@ -327,13 +349,14 @@ def speed_rows(a, work: Path) -> list[dict]:
     except ImportError as e:
         print(f"  OpenVINO skipped: {e}", file=sys.stderr)
     times = time_isolated(cands, a) if a.timing == "isolated" else time_interleaved(cands, a, args)
+    kernels = kernel_rows(cands, a)
     rows = [{"runtime": name, "ms_per_call": 1000 * float(np.median(v)), "size_mb": sizes.get(name),
              "timing": a.timing} for name, v in times.items()]
     base = {r["runtime"]: r["ms_per_call"] for r in rows}
     for r in rows:
         r["vs_ort_fp32"] = base["ORT fp32"] / r["ms_per_call"]
         r["vs_torch_fp32"] = base["PyTorch fp32 eager"] / r["ms_per_call"]
-    return rows, memory_rows(spec, fp32, calib, plan, d)
+    return rows, kernels, memory_rows(spec, fp32, calib, plan, d)
 
 
 def _make(kind: str, arg, config):
@@ -400,6 +423,68 @@ def time_isolated(cands, a) -> dict:
                 times[name].append(float(out[-1]))
                 bar.update()
     return times
+
+
+# ---------------------------------------------------------------- where ONNX Runtime's time goes
+# op classes of ONNX Runtime's optimized graphs (fp32 and QDQ-fused int8); anything else is "float other"
+OP_CLASSES = {
+    "convolution": {"Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger"},
+    "matmul / gemm": {"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "QGemm", "QLinearMatMul", "MatMulInteger",
+                      "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"},
+    "quantize / dequantize": {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"},
+    "layout (transpose, reorder, reshape, concat)": {"Transpose", "ReorderInput", "ReorderOutput", "Reshape", "Shape",
+                                                     "Unsqueeze", "Squeeze", "Gather", "Slice", "Concat",
+                                                     "QLinearConcat", "Expand"},
+}
+
+_PROFILER = """
+import collections, json, statistics, sys, time, numpy as np, onnxruntime as ort
+path, reps, threads, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+so.enable_profiling = True; so.profile_file_prefix = prefix; so.log_severity_level = 3
+s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+feeds = {s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32),
+         s.get_inputs()[1].name: np.array([500.0], np.float32)}
+for _ in range(3):
+    s.run(None, feeds)
+wall = []
+for _ in range(reps):
+    t0 = time.perf_counter(); s.run(None, feeds); wall.append(time.perf_counter() - t0)
+ops, macs = collections.Counter(), 0
+events = [e for e in json.load(open(s.end_profiling())) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+for e in events[-len(events) * reps // (reps + 3):]:  # the timed calls only
+    op = e["args"]["op_name"]
+    ops[op] += e["dur"] / 1e3 / reps
+    if op == "Conv":  # fp32 (an int8 kernel's profile does not list its prepacked weight)
+        shapes = [list(d.values())[0] for d in e["args"]["input_type_shape"]]
+        out = list(e["args"]["output_type_shape"][0].values())[0]
+        macs += int(np.prod(out)) * int(np.prod(shapes[1][1:])) / reps
+print(json.dumps({"wall_ms": 1e3 * statistics.median(wall), "ops": ops, "conv_macs": macs}, separators=(",", ":")))
+"""
+
+
+def kernel_rows(cands, a) -> dict:
+    """ONNX Runtime's profiler on each ORT candidate (a fresh process each, `a.reps` calls after 3
+    warm-up calls): kernel ms per call by op class, the convolutions' MACs per second, and what the
+    run costs beyond its kernels. A whole-model ratio is a weighted mean of the per-class ratios,
+    so it cannot exceed the largest of them: these rows show where an int8 speedup is capped."""
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="edgediff-prof-") as tmp:
+        for name, kind, arg, _ in tqdm(cands, desc="ORT profiles", file=sys.stderr, leave=False):
+            if kind != "ort":
+                continue
+            r = json.loads(_run_child(_PROFILER, arg, a.reps, THREADS, Path(tmp) / "p")[-1])
+            classes = {c: 0.0 for c in [*OP_CLASSES, "float other (norms, activations, adds)"]}
+            for op, ms in r["ops"].items():
+                c = next((c for c, ops in OP_CLASSES.items() if op in ops), "float other (norms, activations, adds)")
+                classes[c] += ms
+            kern = sum(classes.values())
+            rows[name] = {"wall_ms": r["wall_ms"], "kernels_ms": kern, "classes_ms": classes,
+                          "outside_kernels_ms": r["wall_ms"] - kern, "conv_macs": r["conv_macs"]}
+    macs = rows["ORT fp32"]["conv_macs"]  # the same convolutions in every candidate
+    for r in rows.values():
+        r["conv_gmacs_per_s"] = macs / r["classes_ms"]["convolution"] / 1e6
+    return rows
 
 
 # ---------------------------------------------------------------- memory
@@ -475,10 +560,16 @@ def print_tables(result):
     if result.get("quality"):
         print("builtin:digits, DPM-Solver++ (2M), guidance 3, "
               f"{result['num_samples']} samples, seed 0; calibration {result['calib_samples']} trajectories x steps")
-        print(f"{'steps':>5}  {'model':40} {'PSNR dB':>8} {'FD-digits':>10} {'accuracy':>9} {'MB':>6}  note")
+        print("FD - FP32: the row's FD-digits minus FP32's, +- its paired-bootstrap std (same seeds); "
+              "FD to FP32: Frechet distance to FP32's images")
+        print(f"{'steps':>5}  {'model':40} {'PSNR dB':>8} {'FD-digits':>9} {'FD - FP32':>16} {'FD to FP32':>10} "
+              f"{'accuracy':>9} {'MB':>6}  note")
         for r in result["quality"]:
             psnr = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"
-            print(f"{r['steps']:>5}  {r['model']:40} {psnr:>8} {r['fd_digits']:10.3f} {r['class_accuracy']:9.3f} "
+            fd = f"{r['fd_digits']:.3f}"
+            diff = "" if r.get("fd_minus_fp32") is None else f"{r['fd_minus_fp32']:+.3f} +-{r['fd_minus_fp32_std']:.3f}"
+            to = "" if r.get("fd_to_fp32") is None else f"{r['fd_to_fp32']:.3f}"
+            print(f"{r['steps']:>5}  {r['model']:40} {psnr:>8} {fd:>9} {diff:>16} {to:>10} {r['class_accuracy']:9.3f} "
                   f"{r['size_mb']:6.2f}  {r['note']}")
     if result.get("speed"):
         print(f"\nbuiltin:cifar-arch, batch 1, {THREADS} threads ({result['cpu']})")
@@ -487,6 +578,28 @@ def print_tables(result):
             mb = f"{r['size_mb']:8.1f}" if r.get("size_mb") else f"{'':8}"
             print(f"{r['runtime']:62} {r['ms_per_call']:8.1f} {r['vs_ort_fp32']:11.2f}x {r['vs_torch_fp32']:8.2f}x "
                   f"{mb}")
+    if result.get("kernels"):
+        names = list(result["kernels"])
+        base = result["kernels"]["ORT fp32"]
+        print("\nONNX Runtime profiler, cifar-arch: kernel ms per call by op class (x: the fp32 class's ms over this one's)")
+        short = {n: n.replace("ORT ", "").split(" (")[0][:26] for n in names}
+        print(f"{'op class':46}" + "".join(f" {short[n]:>26}" for n in names))
+        for c in base["classes_ms"]:
+            cells = []
+            for n in names:
+                ms = result["kernels"][n]["classes_ms"][c]
+                ratio = f" ({base['classes_ms'][c] / ms:.2f}x)" if min(ms, base["classes_ms"][c]) > 0.05 \
+                    and n != "ORT fp32" else ""
+                cells.append(f"{ms:.2f}{ratio}")
+            print(f"{c:46}" + "".join(f" {v:>26}" for v in cells))
+        for key, label in (("outside_kernels_ms", "outside kernels (wall - kernels)"), ("wall_ms", "wall ms/call (profiled)")):
+            print(f"{label:46}" + "".join(f" {result['kernels'][n][key]:26.2f}" for n in names))
+        print(f"{'convolution GMAC/s':46}" + "".join(
+            f" {result['kernels'][n]['conv_gmacs_per_s']:26.1f}" for n in names))
+        ceiling = {n: max(base["classes_ms"][c] / ms for c, ms in result["kernels"][n]["classes_ms"].items() if ms > 0.05)
+                   for n in names if n != "ORT fp32"}
+        print(f"{'ceiling: the largest class ratio':46}" + f" {'':26}" + "".join(f" {v:25.2f}x" for v in ceiling.values()))
+        print("(a whole-model ratio is a weighted mean of the class ratios, so it cannot exceed the largest one)")
     if result.get("memory"):
         print("\nbuiltin:cifar-arch W8A8, memory a fresh process adds to load and run every group once")
         print(f"{'model':60} {'disk MB':>8} {'resident +MB':>13} {'load s':>7} {'ms/call':>8}")
@@ -547,7 +660,7 @@ def main(argv=None) -> int:
                 result["quality"] += quality_rows(steps, a, work, judge)
                 Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
         if not a.skip_speed:
-            result["speed"], result["memory"] = speed_rows(a, work)
+            result["speed"], result["kernels"], result["memory"] = speed_rows(a, work)
     Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, Path(f"{out}.png"))
     print_tables(result)
