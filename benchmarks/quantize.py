@@ -17,6 +17,8 @@ Every quantizer gets the same calibration budget: 32 trajectories x the sampler'
     trajectory; run with the f32 precision hint so that bf16 does not blur its figure;
   - edgediff W8A8 with G = 1, G > 1 timestep groups, and mixed precision (G > 1 plus the
     sensitivity ranking's worst layers kept float).
+  - edgediff W8A8 G = 1 and G > 1 compiled for pixel-8 (TFLite, run by LiteRT with XNNPACK; the
+    groups as signatures of one flatbuffer), where ai-edge-quantizer is installed;
   - edgediff w4 (weight-only: 4-bit linear layers, int8 convolutions, fp32 activations) on
     ONNX Runtime and on OpenVINO.
 Speed, builtin:cifar-arch (35.7 M params), batch 1, 2 threads: ms per denoiser call of ORT
@@ -244,6 +246,22 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
             f"{q.record['weight_bits']}-bit weights" + (f"; by sensitivity: {floats}" if floats else ""))
         if g == 1 and not opts.sensitive_float:
             ov_row(name, q, vd, run)
+
+    # the same pass written into TFLite (pixel-8: LiteRT + XNNPACK), through the compiler, G = 1 and G > 1
+    if importlib.util.find_spec("ai_edge_quantizer"):
+        from edgediff.compiler.pipeline import Recipe, compile_model
+        from edgediff.runtimes.runner import bundle_denoiser
+
+        calib_path = calib.save(d / "calib.npz")
+        for g in sorted({1, groups}):
+            b = compile_model("builtin:digits", d / f"tflite_g{g}", target="pixel-8",
+                              recipe=Recipe(sampler="dpmpp-2m", steps=steps, guidance=3.0, quantize="w8a8", groups=g,
+                                            calib=str(calib_path)))
+            merged = b.report["quantization"]["tflite"].get("groups")
+            run(f"edgediff W8A8 G={g} TFLite", bundle_denoiser(b), size_mb(b.root / "model"),
+                "LiteRT + XNNPACK; " + (f"{g} groups in one flatbuffer, buffers {merged['buffer_bytes'] / 1e6:.2f} MB "
+                                        f"(as {g} files: {merged['buffer_bytes_if_separate'] / 1e6:.2f} MB)"
+                                        if merged else "one group"))
 
     # weight-only 4-bit: no calibration, the same graph on both runtimes
     wd = d / "w4"
@@ -503,8 +521,15 @@ entry = json.loads((root / "groups.json").read_text()) if (root / "groups.json")
 # "sessions": one session per group, each with its own packed copy of the int8 weights;
 # "openvino": the same ONNX files compiled by OpenVINO, one compiled model per group (as the C runtime does)
 t0 = time.perf_counter()
-d = grouped_denoiser(root, entry, list(range(n)), model_file=next(root.glob("denoiser*.onnx")), threads=2,
-                     one_session=mode == "bundle", fmt="openvino" if mode == "openvino" else "onnx")
+if mode == "tflite":  # a compiled pixel-8 bundle: LiteRT, the groups as signatures of one flatbuffer
+    from edgediff.runtimes.bundle import load_bundle
+    from edgediff.runtimes.runner import bundle_denoiser
+    b = load_bundle(root)
+    entry = b.scheduler.get("timestep_groups")
+    d = bundle_denoiser(b, threads=2)
+else:
+    d = grouped_denoiser(root, entry, list(range(n)), model_file=next(root.glob("denoiser*.onnx")), threads=2,
+                         one_session=mode == "bundle", fmt="openvino" if mode == "openvino" else "onnx")
 load_s = time.perf_counter() - t0
 call = lambda s: d(x, t, None, step=(s, entry["step_group"][s], False)) if entry else d(x, t, None)
 for s in range(n):  # every step once, so every group has run
@@ -546,9 +571,17 @@ def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
             modes.append(("sessions", f"G={g}, one session per group (each packs its own weights)"))
         if importlib.util.find_spec("openvino"):
             modes.append(("openvino", f"G={g}, OpenVINO CPU" + (", one compiled model per group" if g > 1 else "")))
+        if importlib.util.find_spec("ai_edge_quantizer"):  # the same recipe compiled for pixel-8 (TFLite)
+            from edgediff.compiler.pipeline import Recipe, compile_model
+
+            compile_model(spec, d / f"tflite_g{g}", target="pixel-8",
+                          recipe=Recipe(sampler="dpmpp-2m", steps=len(plan), guidance=1.0, quantize="w8a8", groups=g,
+                                        calib=str(calib.save(d / "calib_speed.npz"))))
+            modes.append(("tflite", f"G={g}, LiteRT (pixel-8 bundle)" + (", one flatbuffer" if g > 1 else "")))
         for mode, label in modes:
-            added, peak, load_s, ms = _child_rss(mode, gd, len(plan))
-            rows.append({"model": label, "disk_mb": disk if mode == "bundle" else None, "rss_added_mb": added,
+            added, peak, load_s, ms = _child_rss(mode, d / f"tflite_g{g}" if mode == "tflite" else gd, len(plan))
+            disk_mb = disk if mode == "bundle" else size_mb(d / f"tflite_g{g}" / "model") if mode == "tflite" else None
+            rows.append({"model": label, "disk_mb": disk_mb, "rss_added_mb": added,
                          "peak_rss_mb": peak, "load_s": load_s, "ms_per_call": ms})
             print(f"  memory {label:55} +{added:7.1f} MB resident (peak {peak:.0f} MB), load {load_s:.2f} s, "
                   f"{ms:.1f} ms/call", file=sys.stderr)

@@ -28,7 +28,7 @@ from edgediff.compiler.coverage import onnx_op_counts
 from edgediff.compiler.lower_onnx import export_onnx
 from edgediff.compiler.lowering import (LOWERINGS, check_precision, check_weights, get_lowering, runnable_here,
                                         static_batch_for)
-from edgediff.compiler.quantize import SCHEMES, TFLITE_GROUPS, QuantizeOptions, load_calib_for, quantize, \
+from edgediff.compiler.quantize import COREML_GROUPS, SCHEMES, QuantizeOptions, load_calib_for, quantize, \
     quantize_coreml, quantize_tflite
 from edgediff.compiler.sources import ModelSpec, load_source
 from edgediff.compiler.stats import count_macs, count_params
@@ -181,10 +181,8 @@ def _check_quantized_format(target: TargetProfile, recipe: Recipe) -> None:
     if fmt == "openvino" and recipe.groups > 1:
         raise EdgediffError(f"target {target.name}: timestep groups (--groups {recipe.groups}) share one "
                             "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
-    if fmt in ("tflite", "coreml") and recipe.groups > 1:
-        why = TFLITE_GROUPS if fmt == "tflite" else TFLITE_GROUPS.replace("a TFLite flatbuffer", "a Core ML package") \
-            .replace("for TFLite", "for Core ML")
-        raise EdgediffError(f"target {target.name}: --groups {recipe.groups}: {why}")
+    if fmt == "coreml" and recipe.groups > 1:
+        raise EdgediffError(f"target {target.name}: --groups {recipe.groups}: {COREML_GROUPS}")
 
 
 def coverage(s: State) -> dict:

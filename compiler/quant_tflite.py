@@ -177,3 +177,64 @@ def int8_census(path: Path) -> dict:
     return {"ops_reading_int8": dict(sorted(int8.items())), "ops_reading_float": dict(sorted(flt.items())),
             "int8_tensors": sum(1 for d in dtypes.values() if d == "int8"),
             "xnnpack_int8": {k: f"{xnn[k]}/{v} delegated" for k, v in sorted(weighted_int8.items())}}
+
+
+def merge_groups(paths: list[Path], out: Path) -> dict:
+    """One flatbuffer for G timestep groups, written to `out`: subgraph k, under the signature
+    "group{k}", is the main subgraph of `paths[k]` (group k's W8A8 flatbuffer). Every buffer is
+    stored once by content, so the int8 weights, equal in every group, exist once on disk, while
+    each group keeps its own activation quantization (tensor parameters) and its int32 biases
+    (which scale with the input's scale). The groups must have the same ops and tensors."""
+    import flatbuffers
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    models = [fb.read_model(str(p)) for p in paths]
+    base = models[0]
+
+    def shape_of(m):
+        sg = m.subgraphs[0]
+        return ([(op.opcodeIndex, list(op.inputs), list(op.outputs)) for op in sg.operators],
+                [m.operatorCodes[k].builtinCode for k in range(len(m.operatorCodes))], len(sg.tensors))
+
+    for p, m in zip(paths, models):
+        if len(m.subgraphs) != 1 or not m.signatureDefs:
+            raise EdgediffError(f"{p.name}: a group flatbuffer must have one subgraph and a signature")
+        if shape_of(m) != shape_of(base):
+            raise EdgediffError(f"{p.name}: its ops or tensors differ from {paths[0].name}'s; timestep groups "
+                                "must share one graph")
+    buffers, seen = [base.buffers[0]], {}  # buffer 0: the empty buffer every flatbuffer starts with
+
+    def intern(m, k: int) -> int:
+        b = m.buffers[k]
+        if getattr(b, "offset", 0) or getattr(b, "size", 0):
+            raise EdgediffError("TFLite groups: buffers stored outside the flatbuffer (over 2 GB) are not supported")
+        data = b"" if b.data is None else np.asarray(b.data, np.uint8).tobytes()
+        if not data:
+            return 0
+        if data not in seen:
+            seen[data] = len(buffers)
+            buffers.append(b)
+        return seen[data]
+
+    separate = 0
+    for k, m in enumerate(models):
+        remap = {}
+        for t in m.subgraphs[0].tensors:
+            t.buffer = remap.setdefault(t.buffer, intern(m, t.buffer))
+        separate += sum(0 if b.data is None else len(b.data) for b in m.buffers)
+    for md in base.metadata or []:  # the converter's metadata entries point at buffers too
+        md.buffer = intern(base, md.buffer)
+    if base.metadataBuffer is not None:
+        base.metadataBuffer = [intern(base, i) for i in base.metadataBuffer]
+    parts = [(m.subgraphs[0], m.signatureDefs[0]) for m in models]
+    for k, (sg, sig) in enumerate(parts):
+        sg.name = f"group{k}"
+        sig.signatureKey, sig.subgraphIndex = f"group{k}", k
+    base.buffers = buffers
+    base.subgraphs, base.signatureDefs = [sg for sg, _ in parts], [sig for _, sig in parts]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(base.Pack(builder), file_identifier=b"TFL3")
+    out.write_bytes(builder.Output())
+    stored = sum(0 if b.data is None else len(b.data) for b in buffers)
+    return {"groups": len(models), "signatures": [f"group{k}" for k in range(len(models))],
+            "buffer_bytes": stored, "buffer_bytes_if_separate": separate, "file_bytes": out.stat().st_size}

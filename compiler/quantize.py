@@ -290,27 +290,36 @@ def quantize_tflite(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path,
     TFLite model at `tflite_path` (replaced) through ai-edge-quantizer (compiler/quant_tflite.py).
 
     `onnx_path`: the fp32 ONNX export of `model`, from which the float layers are found as for
-    ONNX. One timestep group only: see TFLITE_GROUPS.
+    ONNX. With `groups` > 1 each group is written with its own ranges and the G flatbuffers are
+    merged into one (quant_tflite.merge_groups: a subgraph and signature "group{k}" per group,
+    every buffer stored once, so one copy of the int8 weights).
     """
     from edgediff.compiler.lowering import converter_output
-    from edgediff.compiler.quant_tflite import int8_census, match_layers, tflite_ops, write_w8a8
+    from edgediff.compiler.quant_tflite import int8_census, match_layers, merge_groups, tflite_ops, write_w8a8
 
-    if groups != 1:
-        raise EdgediffError(f"quantize: --groups {groups} for TFLite: {TFLITE_GROUPS}")
     qp = plan_quantization(model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=groups,
                            options=options, progress=progress)
     layers = sorted({wn.layer for wn in qp.chosen})
     ops = match_layers(model.module, layers, tflite_ops(tflite_path))
     fp32 = tflite_path.with_name(tflite_path.stem + ".fp32.tflite")
     tflite_path.rename(fp32)
+    parts = [tflite_path] if groups == 1 else [tflite_path.with_name(f"{tflite_path.stem}.g{g}.tflite")
+                                               for g in range(groups)]
+    merged = None
     try:
         with converter_output("TFLite W8A8 (ai-edge-quantizer)"):
-            written = write_w8a8(fp32, tflite_path, ops, qp.layer_ranges(0))
+            for g, part in enumerate(parts):
+                written = write_w8a8(fp32, part, ops, qp.layer_ranges(g))
+        if groups > 1:
+            merged = merge_groups(parts, tflite_path)
     finally:
         fp32.unlink()
+        for part in parts:
+            if part != tflite_path:
+                part.unlink(missing_ok=True)
     census = int8_census(tflite_path)
     record = _record(scheme, groups, qp.step_group, plan, options, qp.nodes, qp.chosen, qp.reasons, qp.int8_weights(8),
-                     [qp.tensor_ranges(0)], qp.calib, qp.ranking, [tflite_path], None)
+                     [qp.tensor_ranges(g) for g in range(groups)], qp.calib, qp.ranking, [tflite_path], None)
     record["weight_bits"] = 8
     record["weights"] = ("int8 symmetric per output channel (min-max, ai-edge-quantizer); full 8-bit range: "
                          "XNNPACK's int8 kernels widen to int16 before multiplying, no saturating pair sums")
@@ -320,10 +329,15 @@ def quantize_tflite(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path,
                         "ops_matched": len(ops),
                         "folded_scales": {k: m.factor for k, m in ops.items() if m.factor != 1.0},
                         "tensors_with_our_ranges": len(written), **census}
-    q = QuantizedModel(files=[tflite_path], shared=None, step_group=qp.step_group.tolist(), record=record)
-    from edgediff.runtimes.backends import open_denoiser
+    if merged:
+        record["tflite"]["groups"] = merged
+    # one flatbuffer serves every group (its signature "group{k}"): scheduler.json lists it once per group
+    q = QuantizedModel(files=[tflite_path] * groups, shared=None, step_group=qp.step_group.tolist(), record=record)
+    from edgediff.runtimes.groups import grouped_denoiser
 
-    record["trajectory"] = trajectory_error(model, q, qp.calib, plan, denoise=open_denoiser(tflite_path, "tflite"))
+    entry = None if groups == 1 else {"files": [tflite_path.name] * groups, "step_group": q.step_group}
+    record["trajectory"] = trajectory_error(model, q, qp.calib, plan, denoise=grouped_denoiser(
+        tflite_path.parent, entry, plan.model_timesteps, model_file=tflite_path, fmt="tflite"))
     return q
 
 
@@ -352,9 +366,9 @@ def quantize_coreml(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path,
     return QuantizedModel(files=[package], shared=None, step_group=qp.step_group.tolist(), record=record)
 
 
-# Why the TFLite writer takes one timestep group (the message of the error for --groups > 1).
-TFLITE_GROUPS = ("a TFLite flatbuffer carries its own weights, so G groups would be G full copies of the int8 "
-                 "weights (G times the download and memory) instead of one shared set; use --groups 1 for TFLite")
+# Why the Core ML writer takes one timestep group (the message of the error for --groups > 1).
+COREML_GROUPS = ("a Core ML package carries its own weights, so G groups would be G full copies of the int8 "
+                 "weights (G times the download and memory) instead of one shared set; use --groups 1 for Core ML")
 
 
 def shareable(protos: list[onnx.ModelProto], min_bytes: int = 256) -> list[str]:

@@ -109,14 +109,21 @@ def _openvino_signature(path: Path) -> dict:
     return {"inputs": describe(model.inputs), "outputs": describe(model.outputs)}
 
 
-def _tflite_runner(path: Path, threads: int = 0):
+def _tflite_runner(path: Path, threads: int = 0, *, signature: str | None = None, interpreter=None):
+    """(interpreter, signature runner): `signature` None is the model's first; a given
+    `interpreter` (of the same file) is reused, so several signatures share one loaded model."""
     mod = _require("ai_edge_litert.interpreter", "tflite", "tflite")
     try:
         with quiet_output():  # the delegate announces itself on stderr from native code
-            it = mod.Interpreter(model_path=str(path), num_threads=threads or None)
-            runner = it.get_signature_runner()
+            it = interpreter or mod.Interpreter(model_path=str(path), num_threads=threads or None)
     except Exception as e:
         raise EdgediffError(f"{path}: not a loadable TFLite model ({type(e).__name__}: {e})") from None
+    if signature is None and len(it.get_signature_list()) > 1:  # timestep groups: "group0" first
+        signature = next(iter(it.get_signature_list()))
+    if signature is not None and signature not in it.get_signature_list():
+        raise EdgediffError(f"{path}: no signature {signature!r} (it has: {', '.join(it.get_signature_list())})")
+    with quiet_output():
+        runner = it.get_signature_runner(signature)
     return it, runner
 
 
@@ -232,13 +239,12 @@ class OpenVINODenoiser:
 class TFLiteDenoiser:
     """LiteRT's interpreter (ai-edge-litert) with its default XNNPACK delegate on the CPU."""
 
-    def __init__(self, path: Path, *, threads: int = 0):
+    def __init__(self, path: Path, *, threads: int = 0, signature: str | None = None, interpreter=None):
         import ai_edge_litert
 
-        self.interpreter, self.runner = _tflite_runner(path, threads)
-        sig = _tflite_signature(path)
-        self.inputs = [(i["name"], i["dtype"]) for i in sig["inputs"]]
-        self.output = sig["outputs"][0]["name"]
+        self.interpreter, self.runner = _tflite_runner(path, threads, signature=signature, interpreter=interpreter)
+        self.inputs = [(i["name"], i["dtype"]) for i in _tflite_describe(self.runner.get_input_details())]
+        self.output = _tflite_describe(self.runner.get_output_details())[0]["name"]
         self.warm = False
         self.label = f"LiteRT {getattr(ai_edge_litert, '__version__', '')} interpreter (XNNPACK, CPU)".replace("  ", " ")
 

@@ -23,6 +23,9 @@ outputs equal those of a session per group exactly (tests/test_quantize.py). Whe
 optimized graphs do not line up (ONNX Runtime folded a value that differs between groups),
 each group gets its own session, which keeps its own packed copy of the weights.
 OpenVINO compiles one model per group (its int8 transformations need constant ranges).
+TFLite: one flatbuffer holds every group as a subgraph under the signature "group{k}", its
+buffers stored once (compiler/quant_tflite.merge_groups); timestep_groups.files names that
+file once per group, and one interpreter serves every group's signature.
 The file is checked once at load (every external initializer must fit inside weights.bin).
 """
 
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgediff.runtimes.backends import FixedBatch, model_signature, open_denoiser, ort_options
+from edgediff.runtimes.backends import FixedBatch, TFLiteDenoiser, model_signature, open_denoiser, ort_options
 from edgediff.runtimes.errors import EdgediffError
 
 _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16}
@@ -193,6 +196,18 @@ class GroupedDenoiser:
                 or self.step_group.max() >= len(files):
             raise EdgediffError(f"{root / 'scheduler.json'}: timestep_groups.step_group must give a group in "
                                 f"0..{len(files) - 1} for each of the plan's {self.timesteps.size} steps")
+        self.one_session, self.why_sessions = None, None
+        if fmt == "tflite":  # one flatbuffer, group k under the signature "group{k}" (quant_tflite.merge_groups)
+            if len(set(files)) != 1:
+                raise EdgediffError(f"{root / 'scheduler.json'}: a TFLite bundle's timestep_groups.files must name "
+                                    "its one flatbuffer once per group")
+            first = TFLiteDenoiser(files[0], threads=threads, signature="group0")
+            models = [first] + [TFLiteDenoiser(files[0], signature=f"group{k}", interpreter=first.interpreter)
+                                for k in range(1, len(files))]
+            batch = first.runner.get_input_details()[first.inputs[0][0]]["shape_signature"][0]
+            self.models = models if batch < 0 else [FixedBatch(m, int(batch)) for m in models]
+            self.sessions, self.label = 1, f"{first.label}, {len(models)} timestep groups in one flatbuffer"
+            return
         import onnx
 
         protos = [onnx.load(str(f), load_external_data=False) for f in files]  # read once: checked, shared
@@ -200,7 +215,6 @@ class GroupedDenoiser:
         if shared:  # a damaged or truncated weights.bin is named here, not deep inside a session
             for f, proto in zip(files, protos):
                 check_shared(f, Path(root) / shared, proto)
-        self.one_session, self.why_sessions = None, None
         if fmt == "onnx" and one_session and len(files) > 1:
             try:
                 self.one_session = OneSession(files, protos, threads=threads)

@@ -93,7 +93,71 @@ def test_verified_and_generates(tq):
     assert np.abs(ours - ref).mean() < 0.25 * np.abs(other_seed - ref).mean()
 
 
-def test_groups_refused_for_tflite_by_name(tmp_path):
-    with pytest.raises(EdgediffError, match=r"pixel-8.*--groups 2.*TFLite flatbuffer carries its own weights"):
-        compile_model("tiny_models:tiny_unet", tmp_path / "g2", target="pixel-8",
+def _signature_outputs(path, feeds_from):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    out = {}
+    for key in it.get_signature_list():
+        runner = it.get_signature_runner(key)
+        ins = runner.get_input_details()
+        rng = np.random.default_rng(0)
+        feeds = {k: (rng.standard_normal(d["shape"]) * 0.5).astype(d["dtype"]) if d["dtype"] == np.float32
+                 else np.zeros(d["shape"], d["dtype"]) for k, d in ins.items()}
+        feeds.update({k: np.full(d["shape"], feeds_from, d["dtype"]) for k, d in ins.items() if "timestep" in k})
+        out[key] = next(iter(runner(**feeds).values()))
+    return out
+
+
+def test_merge_groups_stores_each_buffer_once(tq, tmp_path):
+    from edgediff.compiler.quant_tflite import merge_groups
+
+    merged = tmp_path / "two.tflite"
+    rec = merge_groups([tq.model_path, tq.model_path], merged)
+    assert rec["signatures"] == ["group0", "group1"]
+    assert rec["buffer_bytes"] * 2 == rec["buffer_bytes_if_separate"]  # the same groups: every buffer shared
+    outs = _signature_outputs(merged, 300.0)
+    single = next(iter(_signature_outputs(tq.model_path, 300.0).values()))
+    assert np.array_equal(outs["group0"], single) and np.array_equal(outs["group1"], single)
+
+
+def test_merge_groups_refuses_different_graphs(tq, tmp_path):
+    import flatbuffers
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    from edgediff.compiler.quant_tflite import merge_groups
+
+    m = fb.read_model(str(tq.model_path))
+    m.subgraphs[0].operators.pop()  # one op fewer: not the same graph
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    other = tmp_path / "other.tflite"
+    other.write_bytes(builder.Output())
+    with pytest.raises(EdgediffError, match="other.tflite: its ops or tensors differ"):
+        merge_groups([tq.model_path, other], tmp_path / "x.tflite")
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_groups_in_one_flatbuffer(tmp_path):
+    b = compile_model("tiny_models:tiny_unet", tmp_path / "g2", target="pixel-8",
+                      recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=6))
+    tg = b.scheduler["timestep_groups"]
+    assert tg["files"] == ["model/denoiser.tflite"] * 2 and tg["step_group"] == [0, 0, 1, 1]
+    assert sorted(p.name for p in (b.root / "model").iterdir()) == ["denoiser.tflite"]
+    q = b.report["quantization"]
+    assert q["groups"] == 2 and q["tflite"]["groups"]["signatures"] == ["group0", "group1"]
+    # the int8 weights once: the merged buffers hold far less than two separate flatbuffers' buffers
+    assert q["tflite"]["groups"]["buffer_bytes"] < 0.65 * q["tflite"]["groups"]["buffer_bytes_if_separate"]
+    outs = _signature_outputs(b.model_path, 300.0)
+    assert not np.array_equal(outs["group0"], outs["group1"])  # each group its own activation scales
+    assert q["trajectory"]["max_rel_error"] < 0.5
+    assert "2 timestep groups" in b.report["verification"]["runtime"]
+    setup = SamplingSetup.from_bundle(b)
+    imgs = generate(bundle_denoiser(b), setup, n=2, seed=0, labels=np.array([0, 1]))
+    assert imgs.shape[0] == 2 and np.isfinite(imgs).all()
+
+
+def test_groups_refused_for_coreml_by_name(tmp_path):
+    with pytest.raises(EdgediffError, match=r"iphone-15-pro.*--groups 2.*Core ML package carries its own weights"):
+        compile_model("tiny_models:tiny_unet", tmp_path / "g2", target="iphone-15-pro",
                       recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=2))
