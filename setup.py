@@ -1,7 +1,6 @@
 """Builds the C sampling runtime's extension module, edgediff.runtimes._cruntime.
 
-Everything else about the package (name, dependencies, the package-dir layout) is in
-pyproject.toml; this file only adds the extension, so `pip install .` and
+Everything else about the package (name, dependencies, src/ layout) is in pyproject.toml; this file only adds the extension, so `pip install .` and
 `pip install -e .` compile it with the platform's C compiler. It uses the stable ABI
 (Py_LIMITED_API 3.11): one binary serves every CPython >= 3.11.
 """
@@ -11,7 +10,7 @@ from glob import glob
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-C = "runtimes/c"
+C = "csrc"  # the C runtime, outside the Python package tree
 SOURCES = [f"{C}/python/_cruntime.c"] + sorted(glob(f"{C}/src/*.c") + glob(f"{C}/src/solvers/*.c"))
 
 
@@ -39,7 +38,5 @@ setup(
         )
     ],
     cmdclass={"build_ext": BuildExt},
-    # the C sources are compiled into the extension, not shipped as package data
-    exclude_package_data={"edgediff.runtimes": ["c/*"]},
     options={"bdist_wheel": {"py_limited_api": "cp311"}},
 )

@@ -6,7 +6,7 @@ Both loops run the same bundle (default: builtin:cifar-arch compiled for host-cp
 DPM-Solver++ 2M, 20 steps, into a temporary folder) on OpenVINO's CPU plugin with the f32
 precision hint, with the model reshaped to the static batch of one call:
 
-- C: runtimes/c's standalone runner `edgediff-run --bench` (the library's loop, the
+- C: csrc's standalone runner `edgediff-run --bench` (the library's loop, the
   OpenVINO backend through OpenVINO's C API). It times every denoiser call; "outside" is
   the run's wall time minus the calls (noise, solver update, guidance, the loop itself).
 - Python: a loop over diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, the
@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-C_DIR = ROOT / "runtimes" / "c"
+C_DIR = ROOT / "csrc"
 
 
 def compile_bundle(dest: Path, steps: int) -> Path:
-    from edgediff.compiler.cli import main as cli
+    from edgediff.cli.main import main as cli
 
     print(f"compiling builtin:cifar-arch (dpmpp-2m, {steps} steps) into {dest} ...", flush=True)
     rc = cli(["compile", "builtin:cifar-arch", "--target", "host-cpu", "--sampler", "dpmpp-2m", "--steps", str(steps),

@@ -33,8 +33,8 @@ STUDENT_STEPS = [1, 2, 4, 8]
 
 
 def train(a) -> int:
-    from edgediff.compiler.distill import DistillOptions, distill, save_student
-    from edgediff.compiler.sources import load_source
+    from edgediff.distill.distill import DistillOptions, distill, save_student
+    from edgediff.compiler.capture import load_source
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,9 +76,10 @@ def _rows(out: Path):
 def evaluate(a) -> int:
     from tqdm import tqdm
 
-    from edgediff.compiler.distill import bind_guidance
-    from edgediff.compiler.evaluate import DigitsJudge
-    from edgediff.compiler.sources import load_source, torch_denoiser
+    from edgediff.distill.distill import bind_guidance
+    from edgediff.tools.evaluate import DigitsJudge
+    from edgediff.compiler.capture import load_source
+    from edgediff.core.spec import torch_denoiser
     from edgediff.runtimes.images import save_grid
     from edgediff.runtimes.runner import SamplingSetup, default_labels, generate
     from edgediff.runtimes.samplers import get_solver

@@ -2,12 +2,12 @@
 
     python benchmarks/formats.py [--models digits,cifar-arch] [--images 16] [--json out/formats.json]
 
-For each builtin model, the lowerings of compiler/lowering.py are called directly (not through a
+For each builtin model, the lowerings of src/edgediff/lower/registry.py are called directly (not through a
 target profile, so that every precision a format writes is measured) and each result is:
   ms/step    median wall time of one denoiser call at batch 2 (one image with classifier-free
              guidance = one sampler step), after warm-up, default threads (this host: 2 cores)
   size       bytes on disk of the model file(s)
-  max err    normalised max error vs PyTorch fp32 over 8 timesteps (compiler/verify.py)
+  max err    normalised max error vs PyTorch fp32 over 8 timesteps (src/edgediff/compiler/verify.py)
   PSNR       of final images (dpmpp-2m, 20 steps, guidance 3, same seeds) vs the PyTorch fp32
              images; digits only (cifar-arch has random weights, its images are noise)
 OpenVINO runs the CPU plugin with INFERENCE_PRECISION_HINT f32 (verification setting) and,
@@ -36,13 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgediff.compiler.lower_onnx import export_onnx
-from edgediff.compiler.lowering import LOWERINGS, static_batch_for
-from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.lower.onnx import export_onnx
+from edgediff.lower.registry import LOWERINGS, static_batch_for
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
 from edgediff.compiler.verify import verify
 from edgediff.runtimes.backends import BACKENDS, FixedBatch, OpenVINODenoiser, open_denoiser
 from edgediff.runtimes.bundle import size_bytes
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.quality import psnr_db
 from edgediff.runtimes.runner import SamplingSetup, generate
 from edgediff.runtimes.samplers import get_solver
@@ -81,7 +82,7 @@ def images(denoise, model, n: int):
 
 def w8a8_rows(name: str, model, n_images: int, repeats: int, ref_images, tmp: Path, calib_samples: int) -> list[dict]:
     """One row per W8A8_TARGETS entry: the whole compile, then the same measurements."""
-    from edgediff.calibration.record import record_trajectories
+    from edgediff.quantize.calibration.record import record_trajectories
     from edgediff.compiler.pipeline import Recipe, compile_model
 
     guidance = 3.0 if model.conditioning.kind == "class" else 1.0

@@ -10,7 +10,7 @@ max relative error against PyTorch (Core ML: "structural", its numerics need mac
 whose `expect` is set must fail with an EdgediffError containing it: status "refused (expected)".
 Anything other than an EdgediffError is a bug and is printed as "CRASH". Each folder is loaded
 once and the ModelSpec compiled for every target, so the ONNX export is made once per variant
-(compiler/lower_onnx.py keeps it per module).
+(src/edgediff/lower/onnx.py keeps it per module).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from generality_models import VARIANTS  # noqa: E402
 
 from edgediff.compiler.pipeline import QUANTIZED_FORMATS, Recipe, compile_model  # noqa: E402
-from edgediff.compiler.sources import load_source  # noqa: E402
-from edgediff.runtimes.errors import EdgediffError  # noqa: E402
+from edgediff.compiler.capture import load_source  # noqa: E402
+from edgediff.core.errors import EdgediffError  # noqa: E402
 from edgediff.targets import available_targets, load_target  # noqa: E402
 
 

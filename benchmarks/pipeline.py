@@ -5,7 +5,7 @@
 
 One run, same machine, same thread count (2), batch 1, one image at a time:
   baseline   PyTorch FP32 eager, DDIM 100 steps, classifier-free guidance 3 (two passes per step,
-             batched), the sampling loop in Python (runtimes/sampling.py).
+             batched), the sampling loop in Python (src/edgediff/runtimes/sampling.py).
   edgediff   bundles compiled here from `--source` (default: the committed 4-step progressive
              student of builtin:digits with guidance distilled into it, one pass per step), in
              FP32 and with --quantize w8a8, run by edgediff-run (the C runtime with its
@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgediff.compiler.bench import bench
-from edgediff.compiler.evaluate import DigitsJudge
+from edgediff.tools.bench import bench
+from edgediff.tools.evaluate import DigitsJudge
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.bundle import size_bytes
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
 from edgediff.runtimes.samplers import get_solver
 
@@ -103,7 +104,7 @@ def digits_rows(a, work: Path) -> list[dict]:
 
 
 def _student_recipe(source: str, quantize: str | None) -> Recipe:
-    from edgediff.compiler.distill import recipe_defaults
+    from edgediff.distill.distill import recipe_defaults
 
     d = recipe_defaults(source) or {}
     return Recipe(**{**d, "quantize": quantize})

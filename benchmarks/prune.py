@@ -5,12 +5,12 @@
     python benchmarks/prune.py --speed-only out/digits-pruned --repeats 300 [--threads 1] --json out/prune_speed.json
 
 builtin:digits at --ratio, for magnitude and Taylor importance:
-  params, MACs per denoiser call (zoo/macs.py, batch 1), ms/step ratio vs the unpruned model
+  params, MACs per denoiser call (src/edgediff/zoo/macs.py, batch 1), ms/step ratio vs the unpruned model
   (median wall time of one call at batch 2 = one guided sampler step; ONNX Runtime through the
   host-cpu target, OpenVINO CPU through the intel-core-ultra-npu target's IR, both compiled with
   compiler.pipeline.compile_model and timed in this run, unpruned and pruned calls interleaved),
-  FD-digits and class accuracy (zoo/evaluate.py: diffusers DDIM, guidance 3, same seeds for every
-  model) before and after the recovery fine-tune (pruning/recover.py, the shared trainer).
+  FD-digits and class accuracy (src/edgediff/tools/digits_eval.py: diffusers DDIM, guidance 3, same seeds for every
+  model) before and after the recovery fine-tune (src/edgediff/prune/recover.py, the shared trainer).
 builtin:cifar-arch (random weights, magnitude importance, no fine-tune) at 0.2/0.4/0.6:
   MACs and ms/step ratios.
 Writes a JSON, a PNG bar chart, and (--save-pruned) the Taylor-pruned fine-tuned digits folder.
@@ -32,17 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgediff.compiler.cli import layer_ratio
+from edgediff.cli.main import layer_ratio
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.prune import PruneOptions, _inner, prune, scheduler_config
-from edgediff.compiler.sources import load_source
-from edgediff.pruning.recover import finetune
-from edgediff.pruning.store import save_pruned
+from edgediff.prune.prune import PruneOptions, _inner, prune, scheduler_config
+from edgediff.compiler.capture import load_source
+from edgediff.prune.recover import finetune
+from edgediff.prune.store import save_pruned
 from edgediff.runtimes.backends import open_denoiser
 from edgediff.training import TrainConfig
 from edgediff.training.diffusion import training_data
 from edgediff.zoo.builtin import load_classifier
-from edgediff.zoo.evaluate import evaluate
+from edgediff.tools.digits_eval import evaluate
 from edgediff.zoo.macs import count_macs
 
 THREADS = 2

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgediff.compiler.evaluate import DigitsJudge
-from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.tools.evaluate import DigitsJudge
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.runner import SamplingSetup, default_labels, generate
 from edgediff.runtimes.samplers import get_solver
-from edgediff.zoo.data import digits_splits
+from edgediff.training.data import digits_splits
 
 ROWS = [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp-2m", 10), ("dpmpp-2m", 20),
         ("ddpm", 1000)]

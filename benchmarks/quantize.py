@@ -29,7 +29,7 @@ per call by op class (convolution, matmul, quantize/dequantize, layout, other fl
 convolutions' GMAC/s, and the largest per-class ratio, which caps the whole-model ratio.
 Memory, builtin:cifar-arch W8A8: resident memory a fresh process adds by loading the model and
 running every step once: G = 1; G = 4 as the runtime loads it (ONNX Runtime: one session for all
-groups, runtimes/groups.py); G = 4 with one session per group; and where openvino is installed,
+groups, src/edgediff/runtimes/groups.py); G = 4 with one session per group; and where openvino is installed,
 G = 1 and 4 compiled by OpenVINO (one compiled model per group, as the C runtime's backend does);
 with each, the seconds to load and the median ms of one call.
 Writes <out>.json and <out>.png.
@@ -51,12 +51,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgediff.calibration import record_trajectories
-from edgediff.compiler.evaluate import DigitsJudge
-from edgediff.compiler.lower_onnx import lower_onnx
-from edgediff.compiler.quantize import QuantizeOptions, quantize
-from edgediff.compiler.sources import load_source, torch_denoiser
-from edgediff.compiler.weight_only import quantize_w4_onnx, quantize_w4_openvino
+from edgediff.quantize.calibration import record_trajectories
+from edgediff.tools.evaluate import DigitsJudge
+from edgediff.lower.onnx import lower_onnx
+from edgediff.quantize.w8a8 import QuantizeOptions, quantize
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
+from edgediff.quantize.weight_only import quantize_w4_onnx, quantize_w4_openvino
 from edgediff.runtimes import quality
 from edgediff.runtimes.backends import OnnxRuntimeDenoiser
 from edgediff.runtimes.groups import grouped_denoiser
@@ -96,7 +97,7 @@ def feeds_of(rows_x, rows_t, rows_c, names, batch=16):
 
 def random_timestep_rows(spec, n, seed):
     """The peer's calibration: real digits noised at uniform random timesteps, random labels."""
-    from edgediff.zoo.data import digits_splits
+    from edgediff.training.data import digits_splits
 
     real, _ = digits_splits()["diffusion"]
     rng = np.random.default_rng(seed)
@@ -285,7 +286,7 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
 def ov_row(name, q, vd, run):
     """The same G=1 graph run by OpenVINO (QDQ -> FakeQuantize, our scales)."""
     try:
-        from edgediff.compiler.lower_openvino import lower_openvino_int8
+        from edgediff.lower.openvino import lower_openvino_int8
     except ImportError:
         return
     od = vd.with_name(vd.name + "_ov")
@@ -339,7 +340,7 @@ def speed_rows(a, work: Path) -> list[dict]:
                   ("OpenVINO default", "ov", fp32, None)]
         ov_path = nncf_quantize(fp32, feeds_of(calib.x, calib.t, None, names, batch=4), d / "nncf_int8.xml")
         cands.append(("OpenVINO int8 NNCF default", "ov", ov_path, None))
-        from edgediff.compiler.lower_openvino import lower_openvino_int8
+        from edgediff.lower.openvino import lower_openvino_int8
 
         od = d / "edgediff_ov"
         od.mkdir(exist_ok=True)

@@ -22,7 +22,7 @@ def bundle_copy(tiny_bundle, tmp_path):
 
 @pytest.fixture(scope="session")
 def c_runner_build(tmp_path_factory):
-    """runtimes/c built once per session: edgediff-run's core, and the runner itself when the
+    """csrc built once per session: edgediff-run's core, and the runner itself when the
     openvino wheel (its C API) is installed."""
     import importlib.util
     import shutil
@@ -34,7 +34,7 @@ def c_runner_build(tmp_path_factory):
         pytest.skip("no C compiler / make")
     out = tmp_path_factory.mktemp("cbuild")
     targets = ["runner-core"] + (["runner"] if importlib.util.find_spec("openvino") else [])
-    c_dir = Path(__file__).resolve().parents[1] / "runtimes" / "c"
+    c_dir = Path(__file__).resolve().parents[1] / "csrc"
     r = subprocess.run(["make", "-s", "-C", str(c_dir), *targets, f"BUILD={out}", f"PYTHON={sys.executable}"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,4 +1,4 @@
-"""edgediff bench and edgediff report (compiler/bench.py, bench_remote.py, report.py).
+"""edgediff bench and edgediff report (src/edgediff/tools/bench.py, bench_remote.py, report.py).
 
 - the statistics against their definitions; device strings; the Pareto front;
 - a host run's JSON schema, its peak RSS being the worker's own (not pytest's);
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgediff.compiler import bench as B
-from edgediff.compiler.cli import main as cli
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.tools import bench as B
+from edgediff.cli.main import main as cli
+from edgediff.core.errors import EdgediffError
 
-C_DIR = Path(__file__).resolve().parents[1] / "runtimes" / "c"
+C_DIR = Path(__file__).resolve().parents[1] / "csrc"
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 
 try:
@@ -67,7 +67,7 @@ def test_parse_device():
 
 
 def test_pareto_front():
-    from edgediff.compiler.report import pareto_front
+    from edgediff.tools.report import pareto_front
 
     lat = [10.0, 5.0, 7.0, 20.0, 5.0]
     psnr = [40.0, 30.0, 35.0, 50.0, 20.0]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from edgediff.compiler.build import build, read_recipe
-from edgediff.compiler.cli import main
-from edgediff.compiler.sources import load_source
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.cli.main import main
+from edgediff.compiler.capture import load_source
+from edgediff.core.errors import EdgediffError
 from ddp_train_worker import tiny_data
 
 

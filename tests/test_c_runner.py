@@ -1,4 +1,4 @@
-"""The standalone C runner (runtimes/c/tools/edgediff_run.c) against the Python path.
+"""The standalone C runner (csrc/tools/edgediff_run.c) against the Python path.
 
 - with OpenVINO (f32) on the tiny bundle: the samples equal `runner.generate` with ONNX
   Runtime within 1e-4 absolute, and the PNG grid equals `edgediff generate`'s to one grey
@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 
 from edgediff.runtimes import rng
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.bundle import load_bundle
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
 from edgediff.runtimes.samplers import SOLVERS, get_solver
 from edgediff.runtimes.sampling import sample
 
-C_DIR = Path(__file__).resolve().parents[1] / "runtimes" / "c"
+C_DIR = Path(__file__).resolve().parents[1] / "csrc"
 HAVE_CC = bool(shutil.which("make") and (shutil.which("cc") or shutil.which("gcc")))
 HAVE_CROSS = bool(shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64"))
 
@@ -66,7 +66,7 @@ def run(exe, *args, check=True):
 def test_runner_matches_python_generate(build, tiny_bundle, tmp_path):
     from PIL import Image
 
-    from edgediff.compiler.cli import main as cli
+    from edgediff.cli.main import main as cli
 
     n, seed = 6, 3
     run(build / "edgediff-run", tiny_bundle.root, "-n", n, "--seed", seed, "-o", tmp_path / "c.png",
@@ -108,7 +108,7 @@ def test_runner_bench_prints_every_figure(build, tiny_bundle, tmp_path):
 # ---- fake backend: conformance of the loader + loop + noise, here and on aarch64 -----------------
 
 def fake_model(x, t, labels):
-    """runtimes/c/tools/edgediff_run.c's fake backend, in numpy float32."""
+    """csrc/tools/edgediff_run.c's fake backend, in numpy float32."""
     t = np.asarray(t, np.float32).reshape(-1, 1, 1, 1)
     shift = 0 if labels is None else labels.astype(np.float32).reshape(-1, 1, 1, 1) * np.float32(0.1)
     tt = np.float32(0.01) * t / np.float32(1000)
@@ -272,7 +272,7 @@ def test_generate_uses_the_c_loop_and_matches_python(tiny_bundle, monkeypatch):
 def test_generate_cli_loop_option(tiny_bundle, tmp_path):
     from PIL import Image
 
-    from edgediff.compiler.cli import main as cli
+    from edgediff.cli.main import main as cli
 
     for loop in ("c", "python"):
         assert cli(["generate", str(tiny_bundle.root), "-n", "3", "--seed", "1", "--loop", loop,

@@ -1,4 +1,4 @@
-"""The C sampling runtime (runtimes/c) against the Python reference it mirrors.
+"""The C sampling runtime (csrc) against the Python reference it mirrors.
 
 - noise: edgediff.runtimes._cruntime.normal equals rng.normal bit for bit (10^6 draws each);
 - every solver in SOLVERS: the same fake model (the one of test_samplers.py) through both
@@ -7,7 +7,7 @@
 - classifier-free guidance, plan validation with the Python messages' field names, bad
   arguments raising EdgediffError / TypeError instead of crashing, independent contexts in
   threads;
-- the C-level suite (runtimes/c/tests/test_edd.c) built with -Wall -Wextra -Werror -std=c99
+- the C-level suite (csrc/tests/test_edd.c) built with -Wall -Wextra -Werror -std=c99
   and run under AddressSanitizer + UndefinedBehaviorSanitizer, and the embedding example.
 """
 
@@ -25,18 +25,18 @@ import numpy as np
 import pytest
 
 from edgediff.runtimes import rng
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.samplers import SOLVERS, Plan, get_solver
 from edgediff.runtimes.sampling import sample
-from edgediff.runtimes.schedule import make_schedule
+from edgediff.core.schedule import make_schedule
 
 try:
     from edgediff.runtimes import _cruntime as C
 except ImportError as e:  # a clear message instead of a collection error deep in a traceback
     raise ImportError(f"the C runtime extension is not built ({e}); run `pip install -e .`") from e
 
-C_DIR = Path(__file__).resolve().parents[1] / "runtimes" / "c"
+C_DIR = Path(__file__).resolve().parents[1] / "csrc"
 SHAPE = (3, 5, 5)  # 75 values per image: not a multiple of 4, so the rng's truncation is exercised
 NOISE = NoiseSource(seed=20240611, streams=(3, 11))
 SPACINGS = {"lcm": ("lcm",)}  # solvers not listed here run on the three diffusers spacings
@@ -371,7 +371,7 @@ needs_cc = pytest.mark.skipif(not (shutil.which("make") and (shutil.which("cc") 
 
 @needs_cc
 def test_c_suite_under_sanitizers(tmp_path):
-    """`make -C runtimes/c check`: -Wall -Wextra -Werror -std=c99, ASan + UBSan, in a scratch dir."""
+    """`make -C csrc check`: -Wall -Wextra -Werror -std=c99, ASan + UBSan, in a scratch dir."""
     r = subprocess.run(["make", "-s", "-C", str(C_DIR), "check", f"BUILD={tmp_path}"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -411,7 +411,7 @@ def _libfuzzer_works() -> bool:
 @pytest.mark.skipif(not (shutil.which("make") and _libfuzzer_works()),
                     reason="no clang with libFuzzer (apt-get install clang libclang-rt-dev)")
 def test_json_fuzz_short_run(tmp_path):
-    """runtimes/c/fuzz: a few seconds of libFuzzer (with ASan + UBSan) on the JSON reader and
+    """csrc/fuzz: a few seconds of libFuzzer (with ASan + UBSan) on the JSON reader and
     the bundle loader find nothing; the exec count is what libFuzzer reports."""
     r = subprocess.run(["make", "-s", "-C", str(C_DIR), "fuzz", f"BUILD={tmp_path}", "FUZZ_SECONDS=4"],
                        capture_output=True, text=True, timeout=300)

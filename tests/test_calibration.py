@@ -10,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from edgediff.calibration import (OBSERVERS, SELECTORS, CalibrationSet, Observer, collect_activations,
+from edgediff.quantize.calibration import (OBSERVERS, SELECTORS, CalibrationSet, Observer, collect_activations,
                                   deployment_plan, layer_sensitivity, load_calibration, match_layers, observe,
                                   record_trajectories, select, select_indices, step_groups)
-from edgediff.calibration.cli import add_calibrate_parser
-from edgediff.calibration.select import density_diversity, step_probabilities
-from edgediff.compiler.sources import load_source
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.cli.calibrate import add_calibrate_parser
+from edgediff.quantize.calibration.select import density_diversity, step_probabilities
+from edgediff.compiler.capture import load_source
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.runner import SamplingSetup, default_labels, generate
-from edgediff.compiler.sources import torch_denoiser
+from edgediff.core.spec import torch_denoiser
 
 N, STEPS, GUIDANCE, SEED = 6, 5, 2.0, 0
 

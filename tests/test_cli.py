@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edgediff.compiler.cli import main
+from edgediff.cli.main import main
 
 TESTS = Path(__file__).parent
 

@@ -8,12 +8,13 @@ import onnx
 import pytest
 import torch
 
-from edgediff.compiler.lower_onnx import OPSET
+from edgediff.lower.onnx import OPSET
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
 from edgediff.compiler.verify import verify
 from edgediff.runtimes.bundle import FORMAT_VERSION, load_bundle
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 
 
@@ -191,7 +192,7 @@ def test_dit_folder_source(tmp_path):
 
 
 def test_factory_must_return_model_spec():
-    with pytest.raises(EdgediffError, match="must return edgediff.compiler.sources.ModelSpec"):
+    with pytest.raises(EdgediffError, match="must return edgediff.compiler.capture.ModelSpec"):
         load_source("tiny_models:not_a_spec")
     with pytest.raises(EdgediffError, match="cannot import module"):
         load_source("no_such_module_xyz:f")

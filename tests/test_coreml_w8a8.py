@@ -1,4 +1,4 @@
-"""Core ML W8A8 prepared here, finished on macOS (compiler/coreml_w8a8.py): the kit's files are in
+"""Core ML W8A8 prepared here, finished on macOS (src/edgediff/quantize/coreml_w8a8.py): the kit's files are in
 the bundle, the script compiles, the recipe parses as a coremltools config, the calibration rows
 fit the package's inputs. The finishing step itself needs Core ML prediction (macOS): not run."""
 

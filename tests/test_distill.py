@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from edgediff.compiler.cli import main
-from edgediff.compiler.distill import (DistillOptions, GuidanceEmbedding, GuidedStudent, _ddim, bind_guidance,
+from edgediff.cli.main import main
+from edgediff.distill.distill import (DistillOptions, GuidanceEmbedding, GuidedStudent, _ddim, bind_guidance,
                                        distill, save_student)
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.bundle import load_bundle
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
 from tiny_models import tiny_unet
 
@@ -65,7 +66,7 @@ def test_fresh_guided_student_equals_teacher_and_folds_exactly():
         torch.nn.init.normal_(student.w_embedding.linear_2.weight, std=0.1)  # a trained embedding
         a, b = student(x, t, y, torch.tensor([2.5])), student(x, t, y, torch.tensor([1.0]))
         assert (a - b).abs().max() > 1e-3  # w changes the output
-        from edgediff.compiler.distill import fold_guidance
+        from edgediff.distill.distill import fold_guidance
 
         folded = fold_guidance(student, 2.5)(x, t, class_labels=y).sample
     assert torch.allclose(folded, a, atol=1e-5)

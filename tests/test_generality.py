@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.sources import load_source
+from edgediff.compiler.capture import load_source
 from edgediff.runtimes.backends import BACKENDS
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.targets import load_target
 from generality_models import VARIANTS
 from test_lowering import needs
@@ -122,7 +122,7 @@ def test_fir_rewrite_equals_diffusers_upfirdn2d():
     """The 4-D FIR resampling that TFLite and Core ML convert computes diffusers' numbers exactly."""
     from diffusers.models.upsampling import upfirdn2d_native
 
-    from edgediff.compiler.rewrites import upfirdn2d_4d
+    from edgediff.lower.rewrites import upfirdn2d_4d
 
     k = torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1]))
     x = torch.randn(2, 3, 8, 6, generator=torch.Generator().manual_seed(0))

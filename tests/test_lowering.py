@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from edgediff.compiler.coverage import coverage, unit_coverage
-from edgediff.compiler.lowering import LOWERINGS
+from edgediff.lower.registry import LOWERINGS
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.backends import BACKENDS, model_signature, open_denoiser
 from edgediff.runtimes.bundle import load_bundle
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 from edgediff.targets import load_target
 
@@ -282,7 +283,7 @@ def test_tflite_fp16_and_int8_shrink_the_file_and_stay_close(tmp_path_factory, t
     """The quantizer step of lower_tflite, on a copy of the battery's fp32 conversion."""
     import shutil
 
-    from edgediff.compiler.lower_tflite import _quantize
+    from edgediff.lower.tflite import _quantize
     from edgediff.compiler.verify import BOUNDS, verify
 
     b = battery_bundle("tflite", tmp_path_factory)
@@ -330,7 +331,7 @@ class _TinyNet:
 def test_coreml_weight_compression_present(weights, op, tmp_path):
     import coremltools as ct
 
-    from edgediff.compiler.lower_coreml import _compress, structural_check
+    from edgediff.lower.coreml import _compress, structural_check
     from edgediff.runtimes.backends import quiet_output
 
     out = tmp_path / "c.mlpackage"

@@ -13,12 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from edgediff.compiler.prune import PruneOptions, _inner, prune, scheduler_config
-from edgediff.compiler.sources import Conditioning, DiffusersAdapter, ModelSpec, load_source
-from edgediff.pruning.importance import accumulate_taylor_gradients
-from edgediff.pruning.store import save_pruned
-from edgediff.runtimes.errors import EdgediffError
-from edgediff.runtimes.schedule import make_schedule
+from edgediff.prune.prune import PruneOptions, _inner, prune, scheduler_config
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec
+from edgediff.prune.importance import accumulate_taylor_gradients
+from edgediff.prune.store import save_pruned
+from edgediff.core.errors import EdgediffError
+from edgediff.core.schedule import make_schedule
 from ddp_train_worker import tiny_data
 from tiny_models import tiny_unet
 
@@ -155,7 +156,7 @@ def test_pruned_folder_round_trip(tmp_path, make):
 
 def _cli(*args, nproc_env=None, timeout=900):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    return subprocess.run([sys.executable, "-m", "edgediff.compiler.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edgediff.cli.main", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -205,7 +206,7 @@ def test_prune_finetune_two_processes(tmp_path):
 def test_leftover_checkpoints_resume_or_are_refused(tmp_path):
     import shutil
 
-    from edgediff.compiler.prune import prune_to_dir
+    from edgediff.compiler.jobs import prune_to_dir
 
     opts = PruneOptions(importance="magnitude")
     prune_to_dir("tiny_models:tiny_unet", tmp_path / "a", ratio=0.4, options=opts, log=lambda *_: None)
@@ -220,6 +221,6 @@ def test_leftover_checkpoints_resume_or_are_refused(tmp_path):
 
 def test_builtin_digits_pruned_loads_smaller():
     spec = load_source("builtin:digits-pruned")
-    rec = json.loads((HERE.parent / "zoo" / "weights" / "digits_pruned" / "pruned_shapes.json").read_text())["record"]
+    rec = json.loads((HERE.parent / "src" / "edgediff" / "zoo" / "weights" / "digits_pruned" / "pruned_shapes.json").read_text())["record"]
     assert sum(p.numel() for p in spec.module.parameters()) == rec["params_after"] < rec["params_before"]
     assert spec.conditioning.null_label == 10 and torch.isfinite(_out(spec)).all()

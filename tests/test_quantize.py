@@ -1,4 +1,4 @@
-"""The quantize pass (compiler/quantize.py, quant_onnx.py) and timestep groups (runtimes/groups.py).
+"""The quantize pass (src/edgediff/quantize/w8a8.py, quant_onnx.py) and timestep groups (src/edgediff/runtimes/groups.py).
 
 The fp32 graph is the tiny UNet's from the shared `tiny_bundle` fixture, so nothing here
 exports again; compile_model is run with its lowering stage returning that graph.
@@ -14,14 +14,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgediff.calibration import record_trajectories
+from edgediff.quantize.calibration import record_trajectories
 from edgediff.compiler import pipeline
-from edgediff.compiler.cli import build_parser
+from edgediff.cli.main import build_parser
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.quantize import QuantizeOptions, quantize
-from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.quantize.w8a8 import QuantizeOptions, quantize
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.backends import OnnxRuntimeDenoiser
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.groups import GroupedDenoiser
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 from edgediff.runtimes.samplers import get_solver
@@ -308,7 +309,7 @@ def test_openvino_int8_refuses_groups(tiny_bundle, tmp_path):
 
 
 def test_weight_range_follows_the_target_isa(q1):
-    from edgediff.compiler.quantize import weight_bits_for
+    from edgediff.quantize.w8a8 import weight_bits_for
     from edgediff.targets import load_target
 
     assert weight_bits_for("auto", ("sse4_2", "avx2", "fma"))[0] == 7  # x86 without VNNI: vpmaddubsw saturates

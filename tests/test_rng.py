@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgediff.runtimes import rng
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.rng import NoiseSource, normal, philox4x32_10
 
 # Random123's kat_vectors for philox4x32_10: counter, key, expected output.
@@ -21,7 +21,7 @@ PHILOX_KAT = [
 ]
 
 # Pinned outputs (float32 bit patterns).  A C implementation must print these too; change
-# them only together with the specification in edgediff/runtimes/rng.py.
+# them only together with the specification in src/edgediff/runtimes/rng.py.
 GOLDEN = [
     ((0, 0, 0, 8), [0x3F7DBB33, 0xBF6CB6B0, 0xBF1E1B9F, 0xBEF6D1B2, 0xBE1D5357, 0x3E392A6D, 0x3F54EC98, 0x3E4A2DA3]),
     ((2**64 - 1, 2**32 - 1, 7, 6), [0x3FBC435D, 0xBE785F40, 0xBE1A4346, 0xBF3FDA64, 0x3F317EAD, 0xBF937BB9]),

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.samplers import SOLVERS, Plan, get_solver
 from edgediff.runtimes.sampling import sample
-from edgediff.runtimes.schedule import (NoiseSchedule, make_schedule, schedule_from_diffusers_config,
+from edgediff.core.schedule import (NoiseSchedule, make_schedule, schedule_from_diffusers_config,
                                         timesteps)
 
 # diffusers' own np.array(torch tensor) call under numpy 2; not ours to fix

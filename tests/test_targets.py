@@ -5,7 +5,7 @@ import json
 import onnx
 import pytest
 
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.targets import (PRECISIONS, available_targets, format_targets_table, load_profile_file, load_target,
                               targets_json)
 from edgediff.targets.host import INTERESTING, detect_host, merge_host

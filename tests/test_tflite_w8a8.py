@@ -1,4 +1,4 @@
-"""TFLite W8A8 from the quantize pass (compiler/quant_tflite.py): int8 kernels in LiteRT, our
+"""TFLite W8A8 from the quantize pass (src/edgediff/quantize/tflite_int8.py): int8 kernels in LiteRT, our
 float layers and our activation scales in the flatbuffer, the bundle runs and is verified."""
 
 import importlib.util
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.quant_tflite import int8_census, match_layers, tflite_ops
-from edgediff.compiler.sources import torch_denoiser
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.quantize.tflite_int8 import int8_census, match_layers, tflite_ops
+from edgediff.core.spec import torch_denoiser
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ai_edge_quantizer") is None,
@@ -110,7 +110,7 @@ def _signature_outputs(path, feeds_from):
 
 
 def test_merge_groups_stores_each_buffer_once(tq, tmp_path):
-    from edgediff.compiler.quant_tflite import merge_groups
+    from edgediff.quantize.tflite_int8 import merge_groups
 
     merged = tmp_path / "two.tflite"
     rec = merge_groups([tq.model_path, tq.model_path], merged)
@@ -125,7 +125,7 @@ def test_merge_groups_refuses_different_graphs(tq, tmp_path):
     import flatbuffers
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
 
-    from edgediff.compiler.quant_tflite import merge_groups
+    from edgediff.quantize.tflite_int8 import merge_groups
 
     m = fb.read_model(str(tq.model_path))
     m.subgraphs[0].operators.pop()  # one op fewer: not the same graph

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.training import TrainConfig, Trainer
 from edgediff.training.diffusion import diffusion_loss, training_data
 from edgediff.training.trainer import batch_indices

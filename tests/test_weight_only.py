@@ -1,4 +1,4 @@
-"""Weight-only 4-bit (`--quantize w4`, compiler/weight_only.py) for ONNX Runtime and OpenVINO."""
+"""Weight-only 4-bit (`--quantize w4`, src/edgediff/quantize/weight_only.py) for ONNX Runtime and OpenVINO."""
 
 from collections import Counter
 from pathlib import Path
@@ -9,9 +9,10 @@ import onnxruntime as ort
 import pytest
 
 from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.sources import load_source, torch_denoiser
+from edgediff.compiler.capture import load_source
+from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.backends import open_denoiser
-from edgediff.runtimes.errors import EdgediffError
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 
 RECIPE = dict(sampler="ddim", steps=5, guidance=2.0)  # tiny_bundle's recipe

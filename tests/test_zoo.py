@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from edgediff.runtimes.errors import EdgediffError
-from edgediff.zoo import builtin, data, models, train
+from edgediff.core.errors import EdgediffError
+from edgediff.training import data
+from edgediff.zoo import builtin, models, train
 from edgediff.zoo.macs import count_macs, unet_macs
 
 

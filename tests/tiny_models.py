@@ -4,8 +4,8 @@
 import torch
 from diffusers import UNet2DModel
 
-from edgediff.compiler.sources import Conditioning, ModelSpec, DiffusersAdapter
-from edgediff.runtimes.schedule import make_schedule
+from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec
+from edgediff.core.schedule import make_schedule
 
 TINY_UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),

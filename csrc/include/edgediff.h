@@ -1,0 +1,445 @@
+/*
+ * edgediff.h — the edgediff sampling runtime: one public header, portable C99, libm only.
+ *
+ * The runtime runs a diffusion sampler (DDPM, DDIM, DPM-Solver++ 2M, Euler, LCM multistep)
+ * over a denoiser that the application supplies through a backend callback. It mirrors the
+ * Python reference in edgediff/runtimes (samplers/<solver>.py, sampling.py) formula for formula,
+ * and reproduces its noise (rng.py) bit for bit.
+ *
+ * ---------------------------------------------------------------------------------------
+ * WHAT IT READS: the sampler section of a bundle's scheduler.json
+ * ---------------------------------------------------------------------------------------
+ * The compiler writes scheduler.json as
+ *
+ *   {
+ *     "solver":   "ddim",            informational (the plan's "solver" is the one used)
+ *     "spacing":  "leading",         informational (the timesteps are already in the plan)
+ *     "plan": {                      -> edd_plan_desc, see edd_plan_create()
+ *       "solver":    "ddim",                         -> desc.solver
+ *       "timesteps": [981, 961, ...],                -> desc.timesteps (n ints, descending,
+ *                                                       in 0..T-1): the training-grid step
+ *                                                       of each sampling step
+ *       "schedule": {
+ *         "alphas_cumprod":  [0.9999, ...],          -> desc.alphas_cumprod (T numbers in (0, 1])
+ *         "prediction_type": "epsilon"               -> desc.prediction_type ("epsilon",
+ *       },                                              "v_prediction" or "sample")
+ *       "params": { ... }                            -> desc.params (key, value) pairs; the
+ *     },                                                keys each solver takes are below
+ *     "guidance_scale":  2.0,        -> edd_params.guidance (1.0 = no guidance)
+ *     "timestep_groups": null or {   quantized bundles: one graph per group of steps
+ *         "files": ["model/denoiser.g0.onnx", ...],  -> info.group_files (1..EDD_MAX_GROUPS
+ *                                                       relative paths, each listed under
+ *                                                       manifest.json "files")
+ *         "step_group": [0, 0, 1, 1],                -> info.step_group -> edd_params.step_group
+ *                                                       (one group index per plan step, each
+ *                                                       < len(files)) -> edd_denoise_args.group
+ *         "shared_weights": "model/weights.bin"      -> info.shared_weights (the int8 weights
+ *     },                                                the group graphs share; may be null)
+ *     "cache_schedule": null or      feature caching (DeepCache-style), exactly one of:
+ *         {"interval": N}            N >= 1: step i runs the full model when i % N == 0 and may
+ *                                    reuse the cached deep features otherwise (N = 1: never)
+ *         {"steps": ["full", "cached", ...]}   one entry per plan step; steps[0] is "full"
+ *                                    -> info.cache_flags -> edd_params.cache_flags
+ *                                    -> edd_denoise_args.cached (1 = "cached"). The backend
+ *                                    decides what to do with it: the bundled backends and the
+ *                                    Python reference run the full model at every step.
+ *   }
+ *
+ * plan.params, per solver (n = number of steps; every key is required, no others allowed):
+ *
+ *   solver      key                       kind            meaning
+ *   ddpm        clip_sample               number or null  clip the x0 prediction to +-value
+ *   ddim        eta                       number >= 0     noise scale (0 = deterministic)
+ *               prev_timesteps            n integers      step i goes from timesteps[i] to
+ *                                                         prev_timesteps[i]; < 0 means "before
+ *                                                         0", where abar = final_alpha_cumprod
+ *               final_alpha_cumprod       number          see above
+ *               clip_sample               number or null  as for ddpm
+ *   dpmpp-2m    sigmas                    n + 1 numbers   sqrt((1 - abar) / abar) per step,
+ *                                                         then a final 0
+ *   euler       sigmas                    n + 1 numbers   as for dpmpp-2m (interpolated at
+ *                                                         possibly fractional timesteps)
+ *               model_timesteps           n numbers       the t fed to the model (fractional
+ *                                                         for "linspace" spacing)
+ *               init_sigma                number          x_T = init_sigma * unit noise
+ *   lcm         original_inference_steps  number          the distillation grid (informational)
+ *               timestep_scaling          number          c_skip / c_out scaling (10 in LCM)
+ *
+ * The runtime computes no schedule of its own (except edd_plan_with_steps, on request):
+ * every per-step number comes from the plan.
+ * The timestep fed to the model at step i is model_timesteps[i] when the solver has that
+ * parameter, and (float)timesteps[i] otherwise.
+ *
+ * scheduler.json's "spacing" goes to edd_bundle_info.spacing (what edd_plan_with_steps
+ * replans with); "solver" is not read. timestep_groups and cache_schedule are made for the
+ * plan's own steps: edd_context_create refuses their tables for a plan of another length.
+ * edd_bundle_load reads both files (edd_plan_create stays for plans built in code) and takes
+ * from manifest.json (-> edd_bundle_info):
+ *
+ *   {
+ *     "format": "edgediff-bundle",   must be exactly this
+ *     "format_version": 1,           must equal EDD_BUNDLE_FORMAT_VERSION
+ *     "files": {"model/denoiser.onnx": {"sha256": "6cb9..."}, "scheduler.json": {...}, ...}
+ *                                    must list model.file and scheduler.json; every entry's
+ *                                    sha256 is checked by edd_bundle_verify
+ *     "model": {
+ *       "format":  "onnx",           -> info.model_format (the backend picks by it)
+ *       "file":    "model/denoiser.onnx"   -> info.model_file / model_path (relative, no "..")
+ *       "inputs":  [{"name": "sample", "dtype": "float32", "shape": ["batch", 1, 16, 16]},
+ *                   {"name": "timestep", ...}, {"name": "class_labels", "dtype": "int64", ...}]
+ *                                    -> info.inputs; inputs[0].shape[1:] is the sample shape
+ *                                       (-> edd_params.sample_shape, fixed sizes required)
+ *       "outputs": [{"name": "eps", ...}]  -> info.outputs
+ *     },
+ *     "conditioning": {"kind": "class", "num_classes": 10, "null_label": 10, "shape": null}
+ *                                    kind "none" | "class" | "embedding"; for "class",
+ *                                    null_label -> edd_params.null_label
+ *   }
+ *
+ * Any other manifest key is ignored. The model's own signature (input / output names, element
+ * types, shapes) is the backend's to check against info.inputs / info.outputs: the OpenVINO
+ * backend does, and refuses a mismatch by name before the first step. Unknown keys inside
+ * "plan", "plan.schedule", "timestep_groups" and "cache_schedule" are refused (as the Python
+ * Plan does). The JSON reader is strict RFC 8259 (no NaN, no
+ * comments, no trailing commas; nesting depth <= 64) and fuzzed (csrc/fuzz/).
+ *
+ * ---------------------------------------------------------------------------------------
+ * HOW IT IS USED
+ * ---------------------------------------------------------------------------------------
+ *
+ *   edd_plan_desc ──edd_plan_create──► edd_plan (immutable; share it between threads)
+ *                                          │
+ *   edd_params (edd_default_params) ───────┤
+ *   edd_backend {denoise, user} ───────────┴─edd_context_create──► edd_context (one generation)
+ *                                                                       │
+ *   float out[B * sample_size] (yours) ◄────────edd_context_sample──────┘
+ *
+ *   edd_context_sample:  x = init_latent(noise call 0)
+ *                        for i in 0..n-1:  x_in = model_input(i, x)
+ *                                          eps  = backend.denoise(x_in, t_i, labels,   (2B rows
+ *                                                   group = step_group[i],             with guidance:
+ *                                                   cached = cache_flags[i])           eps = eu + g (ec - eu))
+ *                                          on_step(i, t_i, x_in, eps)
+ *                                          x    = step(i, x, eps, carry, noise call i+1)
+ *
+ * Rules: every fallible call returns an edd_status and never aborts; edd_status_str()
+ * explains a status, and the create functions and edd_context_error() give the detail
+ * (which field, which step). There are no globals: callbacks and their user pointers live
+ * in the params. The caller owns every output buffer. A context is used by one thread at
+ * a time; different contexts are independent (one per generation, any number in parallel).
+ * All arrays are float32 in C order; the arithmetic inside is double.
+ */
+#ifndef EDGEDIFF_H
+#define EDGEDIFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(EDD_SHARED)
+#  ifdef EDD_BUILD
+#    define EDD_API __declspec(dllexport)
+#  else
+#    define EDD_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__) && defined(EDD_SHARED)
+#  define EDD_API __attribute__((visibility("default")))
+#else
+#  define EDD_API
+#endif
+
+#define EDD_VERSION_MAJOR 0
+#define EDD_VERSION_MINOR 2
+#define EDD_VERSION_PATCH 0
+
+#define EDD_MAX_NDIM 8               /* most dimensions of one sample (e.g. 3 for C, H, W) */
+#define EDD_NO_LABEL INT64_MIN       /* edd_params.null_label: "there is no null label" */
+
+/* ---- status ------------------------------------------------------------------------ */
+
+typedef enum edd_status {
+    EDD_OK = 0,
+    EDD_ERR_INVALID_ARGUMENT = 1,   /* a NULL pointer, a size that does not match, a value out of range */
+    EDD_ERR_OUT_OF_MEMORY = 2,      /* an allocation failed (only the create functions allocate) */
+    EDD_ERR_UNKNOWN_SOLVER = 3,     /* plan solver name not in the registry */
+    EDD_ERR_BAD_PLAN = 4,           /* schedule, timesteps or solver params invalid */
+    EDD_ERR_BACKEND = 5,            /* the backend's denoise returned non-zero */
+    EDD_ERR_CANCELLED = 6,          /* the cancel flag was set or on_step returned non-zero */
+    EDD_ERR_BAD_BUNDLE = 7,         /* manifest.json / scheduler.json malformed or a field missing or invalid */
+    EDD_ERR_IO = 8                  /* a bundle file could not be read */
+} edd_status;
+
+/* A constant English sentence for a status; never NULL (unknown values get a generic text). */
+EDD_API const char *edd_status_str(edd_status status);
+
+/* "MAJOR.MINOR.PATCH" of the library that is linked (may differ from this header's). */
+EDD_API const char *edd_version(void);
+
+/* ---- noise: counter-based, bit-identical to edgediff.runtimes.rng ------------------------ */
+
+/* Philox-4x32-10: one block. out may alias counter. */
+EDD_API void edd_philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
+
+/* n standard normals for (seed, stream, call): rng.normal(seed, stream, call, n), bit for bit.
+ * Image k of a batch uses stream streams[k]; call 0 is x_T, call i + 1 the noise of step i. */
+EDD_API edd_status edd_normal(uint64_t seed, uint32_t stream, uint32_t call, float *out, size_t n);
+
+/* ---- plan: solver + schedule + timesteps + params (scheduler.json's "plan") ------------- */
+
+typedef struct edd_plan edd_plan;   /* opaque, immutable once created */
+
+typedef enum edd_value_kind {
+    EDD_VALUE_NULL = 0,             /* JSON null */
+    EDD_VALUE_NUMBER = 1,           /* one number */
+    EDD_VALUE_ARRAY = 2             /* a list of numbers */
+} edd_value_kind;
+
+typedef struct edd_plan_param {
+    const char *key;                /* the plan.params key, e.g. "eta", "sigmas" */
+    edd_value_kind kind;            /* which of the fields below holds the value */
+    double number;                  /* EDD_VALUE_NUMBER: the value */
+    const double *values;           /* EDD_VALUE_ARRAY: `count` values (integers stored exactly) */
+    size_t count;                   /* EDD_VALUE_ARRAY: how many */
+} edd_plan_param;
+
+typedef struct edd_plan_desc {
+    const char *solver;             /* "ddpm" | "ddim" | "dpmpp-2m" | "euler" | "lcm" */
+    const char *prediction_type;    /* "epsilon" | "v_prediction" | "sample" (x0); NULL = "epsilon" */
+    const double *alphas_cumprod;   /* the training schedule, num_train_timesteps values in (0, 1] */
+    size_t num_train_timesteps;     /* T >= 2 */
+    const int64_t *timesteps;       /* num_steps training-grid timesteps, descending, in 0..T-1 */
+    size_t num_steps;               /* n >= 1 */
+    const edd_plan_param *params;   /* the solver's params (table at the top of this file) */
+    size_t num_params;              /* how many entries in params */
+} edd_plan_desc;
+
+/* Validate desc and copy everything it points to into a new plan (desc may be freed after).
+ * On failure *out is NULL and, if err is not NULL, err receives a NUL-terminated message that
+ * names the field (e.g. "ddim plan param 'prev_timesteps' must be per step (n=4), got 3 values"). */
+EDD_API edd_status edd_plan_create(const edd_plan_desc *desc, edd_plan **out, char *err, size_t err_size);
+EDD_API void edd_plan_free(edd_plan *plan);  /* NULL is a no-op */
+
+EDD_API const char *edd_plan_solver(const edd_plan *plan);              /* e.g. "dpmpp-2m" */
+EDD_API size_t edd_plan_num_steps(const edd_plan *plan);                /* n */
+EDD_API int64_t edd_plan_timestep(const edd_plan *plan, size_t i);      /* timesteps[i]; -1 if i >= n */
+EDD_API float edd_plan_model_timestep(const edd_plan *plan, size_t i);  /* t fed to the model; NaN if i >= n */
+EDD_API int edd_plan_uses_noise(const edd_plan *plan, size_t i);        /* 1 if step i draws noise */
+EDD_API int edd_plan_has_carry(const edd_plan *plan);                   /* 1 if step passes x0 on (dpmpp-2m) */
+
+/* The same solver, schedule and options (eta, clip_sample, final_alpha_cumprod, LCM's
+ * original_inference_steps and timestep_scaling) planned for num_steps steps: the timesteps
+ * and per-step params are recomputed as runtimes/samplers/<solver>.py's plan() does for
+ * `spacing` ("leading" | "trailing" | "linspace", scheduler.json's "spacing"; NULL =
+ * "leading"; LCM has its own grid) with steps_offset 0. This is the one place the runtime
+ * computes a schedule; a bundle whose model was distilled or quantized for its own steps
+ * should be run at those. */
+EDD_API edd_status edd_plan_with_steps(const edd_plan *plan, const char *spacing, size_t num_steps, edd_plan **out,
+                                       char *err, size_t err_size);
+
+/* ---- solver primitives: pure functions, what edd_context_sample is made of ------------- */
+/* n is the number of floats (any batch size times the sample size). Each mirrors the Python
+ * solver method of the same name. Outputs may alias the matching input (x_out == x,
+ * carry_out == carry, x_in == x); nothing else may overlap. */
+
+/* x_T from unit noise (Euler scales it by init_sigma; the others copy it). */
+EDD_API edd_status edd_init_latent(const edd_plan *plan, const float *noise, size_t n, float *x);
+
+/* The model input at step i (Euler divides by sqrt(sigma_i^2 + 1); the others copy). */
+EDD_API edd_status edd_model_input(const edd_plan *plan, size_t i, const float *x, size_t n, float *x_in);
+
+/* One solver update: x_out = step(plan, i, x, eps, carry, noise).
+ * carry: what step i - 1 wrote to carry_out, or NULL at step 0 (only dpmpp-2m keeps one).
+ * carry_out: n floats; written only when edd_plan_has_carry(), may be NULL otherwise.
+ * noise: n unit normals when edd_plan_uses_noise(plan, i), else ignored (may be NULL). */
+EDD_API edd_status edd_step(const edd_plan *plan, size_t i, size_t n, const float *x, const float *eps,
+                            const float *carry, const float *noise, float *x_out, float *carry_out);
+
+/* ---- backend: the denoiser, supplied by the application ---------------------------------- */
+
+typedef struct edd_denoise_args {
+    size_t step;                    /* sampling step i, 0-based (a backend may pick per-step scales by it) */
+    size_t num_steps;               /* n */
+    size_t batch;                   /* rows in this call: B, or 2B with guidance (conditional rows first) */
+    size_t sample_ndim;             /* dimensions of one row */
+    const int64_t *sample_shape;    /* sample_ndim sizes, e.g. {C, H, W} */
+    size_t sample_size;             /* floats per row (the product of sample_shape) */
+    const float *x;                 /* batch * sample_size model inputs */
+    const float *t;                 /* batch model timesteps (all equal) */
+    const int64_t *labels;          /* batch class labels, or NULL for an unconditional model */
+    float *eps;                     /* OUT: batch * sample_size model outputs (the prediction type's) */
+    /* Per-step hints (since 0.2; appended, so a backend built against 0.1 still works): */
+    size_t group;                   /* the timestep group that serves this step: params.step_group[step]
+                                       (scheduler.json timestep_groups.step_group); 0 without groups.
+                                       A grouped backend runs that group's graph. */
+    int cached;                     /* 1: the cache schedule lets this step reuse the deep features
+                                       cached at an earlier full step (params.cache_flags[step]);
+                                       0: run the full model (and refresh any cache). A backend that
+                                       caches nothing ignores it and runs the full model. */
+} edd_denoise_args;
+
+/* Return 0 on success; any other value stops the run with EDD_ERR_BACKEND (the value is in
+ * edd_context_error's text). Called from the thread that runs edd_context_sample. */
+typedef int (*edd_denoise_fn)(void *user, const edd_denoise_args *args);
+
+typedef struct edd_backend {
+    edd_denoise_fn denoise;         /* required */
+    void *user;                     /* passed back to denoise unchanged */
+} edd_backend;
+
+/* ---- generation ----------------------------------------------------------------------- */
+
+typedef struct edd_step_info {
+    size_t step;                    /* i */
+    size_t num_steps;               /* n */
+    float t;                        /* the model timestep of step i */
+    size_t batch;                   /* B (images, not model rows) */
+    size_t sample_size;             /* floats per image */
+    const float *x_in;              /* B * sample_size: the model input of step i */
+    const float *eps;               /* B * sample_size: the (guided) model output of step i */
+    size_t group;                   /* what the backend was told: edd_denoise_args.group ... */
+    int cached;                     /* ... and edd_denoise_args.cached */
+} edd_step_info;
+
+/* Called after every model call, before the solver update; return non-zero to cancel. */
+typedef int (*edd_step_callback)(void *user, const edd_step_info *info);
+
+typedef struct edd_params {
+    size_t batch;                           /* images per generation, B >= 1 (default 1) */
+    size_t sample_ndim;                     /* dimensions of one image, 1..EDD_MAX_NDIM (default 0: must be set) */
+    int64_t sample_shape[EDD_MAX_NDIM];     /* the first sample_ndim are used, each >= 1, e.g. {C, H, W} */
+    uint64_t seed;                          /* noise seed (default 0) */
+    const uint32_t *streams;                /* B noise streams, image k uses streams[k]; copied at create;
+                                               NULL = first_stream + k (default NULL) */
+    uint32_t first_stream;                  /* used when streams is NULL (default 0) */
+    const int64_t *labels;                  /* B class labels for the backend, copied at create; NULL = an
+                                               unconditional model (default NULL) */
+    double guidance;                        /* classifier-free guidance scale; exactly 1.0 = off, anything
+                                               else needs labels and null_label (default 1.0) */
+    int64_t null_label;                     /* the label of the unconditional rows under guidance
+                                               (default EDD_NO_LABEL) */
+    edd_step_callback on_step;              /* progress / inspection, see edd_step_callback (default NULL) */
+    void *on_step_user;                     /* passed to on_step (default NULL) */
+    const volatile int *cancel;             /* if not NULL, checked before every model call: non-zero stops
+                                               the run with EDD_ERR_CANCELLED; set it from any thread
+                                               (default NULL) */
+    /* Per-step tables for the backend (scheduler.json timestep_groups / cache_schedule; set by
+     * edd_bundle_fill_params). Both are made for one plan: table_steps must equal its steps. */
+    size_t table_steps;                     /* entries in step_group / cache_flags (default 0) */
+    const uint32_t *step_group;             /* table_steps group indices, copied at create; each must be
+                                               < num_groups. NULL = group 0 at every step (default NULL) */
+    size_t num_groups;                      /* groups the backend serves; 0 = no groups (default 0) */
+    const uint8_t *cache_flags;             /* table_steps flags, copied at create: non-zero = the step may
+                                               reuse cached features (edd_denoise_args.cached); step 0 must
+                                               be 0. NULL = every step runs the full model (default NULL) */
+} edd_params;
+
+EDD_API edd_params edd_default_params(void);
+
+typedef struct edd_context edd_context;   /* opaque: one generation's settings and scratch memory */
+
+/* Check params against plan and allocate every buffer the run needs (edd_context_sample
+ * allocates nothing). The plan must outlive the context; params' arrays are copied. On
+ * failure *out is NULL and err (if not NULL) says which field is wrong. */
+EDD_API edd_status edd_context_create(const edd_plan *plan, const edd_backend *backend, const edd_params *params,
+                                      edd_context **out, char *err, size_t err_size);
+EDD_API void edd_context_free(edd_context *ctx);  /* NULL is a no-op */
+
+/* Floats edd_context_sample writes: B * sample_size. */
+EDD_API size_t edd_context_output_count(const edd_context *ctx);
+
+/* Run the whole sampler and write B samples to out (out_count must equal
+ * edd_context_output_count). Deterministic: running a context again gives the same bits.
+ * On failure out holds no useful data and edd_context_error() says what happened. */
+EDD_API edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_count);
+
+/* The detail of the last failure of ctx ("backend returned 3 at step 2 of 10"); "" if none. */
+EDD_API const char *edd_context_error(const edd_context *ctx);
+
+/* ---- bundle: manifest.json + scheduler.json (the fields at the top of this file) ------------ */
+
+#define EDD_BUNDLE_FORMAT_VERSION 1  /* manifest.json format_version this runtime reads */
+#define EDD_MAX_TENSORS 4            /* most model inputs / outputs described in a manifest */
+#define EDD_MAX_GROUPS 64            /* most timestep groups (model files) in a bundle */
+
+typedef enum edd_conditioning {
+    EDD_COND_NONE = 0,              /* conditioning.kind "none": the model takes (x, t) */
+    EDD_COND_CLASS = 1,             /* "class": a third int64 input, one label per row */
+    EDD_COND_EMBEDDING = 2          /* "embedding": a third float input (the runner feeds zeros: no encoder) */
+} edd_conditioning;
+
+typedef struct edd_tensor_info {
+    char name[64];                  /* the model's input / output name, e.g. "sample" */
+    char dtype[16];                 /* "float32", "int64", ... */
+    size_t ndim;                    /* dimensions */
+    int64_t shape[EDD_MAX_NDIM];    /* sizes; -1 for a named (dynamic) dimension such as "batch" */
+} edd_tensor_info;
+
+typedef struct edd_bundle_info {
+    const char *model_format;       /* manifest model.format, e.g. "onnx" */
+    const char *model_file;         /* manifest model.file, relative to the bundle, e.g. "model/denoiser.onnx" */
+    const char *model_path;         /* bundle dir + "/" + model_file (edd_bundle_load only; NULL after parse) */
+    size_t num_inputs;              /* model.inputs: sample, timestep[, condition] */
+    edd_tensor_info inputs[EDD_MAX_TENSORS];
+    size_t num_outputs;             /* model.outputs */
+    edd_tensor_info outputs[EDD_MAX_TENSORS];
+    size_t sample_ndim;             /* model.inputs[0].shape without the batch dimension ... */
+    int64_t sample_shape[EDD_MAX_NDIM]; /* ... e.g. {1, 16, 16} */
+    edd_conditioning conditioning;  /* conditioning.kind */
+    int64_t num_classes;            /* conditioning.num_classes (class models; else 0) */
+    int64_t null_label;             /* conditioning.null_label (class models; else EDD_NO_LABEL) */
+    double guidance_scale;          /* scheduler.json guidance_scale */
+    const char *solver;             /* the plan's solver */
+    const char *spacing;            /* scheduler.json "spacing" ("leading", ...), NULL if absent */
+    size_t num_steps;               /* the plan's number of steps */
+    /* scheduler.json "timestep_groups" (since 0.2); num_groups == 0 when it is null: */
+    size_t num_groups;              /* len(files), 0..EDD_MAX_GROUPS */
+    const char *const *group_files; /* num_groups paths relative to the bundle */
+    const char *const *group_paths; /* num_groups: bundle dir + "/" + file (edd_bundle_load only; else NULL) */
+    const char *shared_weights;     /* the shared int8 weights file, relative; NULL if none */
+    const uint32_t *step_group;     /* num_steps group indices, or NULL without groups */
+    /* scheduler.json "cache_schedule" (since 0.2): */
+    const uint8_t *cache_flags;     /* num_steps flags (1 = the step may reuse cached features), or NULL
+                                       when cache_schedule is null */
+    size_t cache_interval;          /* N of {"interval": N}; 0 for a "steps" list or no schedule */
+} edd_bundle_info;
+
+typedef struct edd_bundle edd_bundle;   /* opaque: a parsed bundle (its plan and info) */
+
+/* Read DIR/manifest.json and DIR/scheduler.json. The model file itself is not opened (that
+ * is the backend's job) and file hashes are not verified. On failure *out is NULL and err
+ * names the file and the field ("digits/scheduler.json: plan.timesteps[3] must be an
+ * integer, got a fraction"); status EDD_ERR_IO (unreadable file), EDD_ERR_BAD_BUNDLE
+ * (malformed JSON or a field missing or wrong) or the plan's own status (EDD_ERR_BAD_PLAN,
+ * EDD_ERR_UNKNOWN_SOLVER). */
+EDD_API edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t err_size);
+
+/* The same from the two files' texts (need not be NUL-terminated). */
+EDD_API edd_status edd_bundle_parse(const char *manifest_json, size_t manifest_len, const char *scheduler_json,
+                                    size_t scheduler_len, edd_bundle **out, char *err, size_t err_size);
+EDD_API void edd_bundle_free(edd_bundle *bundle);  /* NULL is a no-op; frees the plan too */
+
+/* Check every file listed under manifest.json "files" against its recorded sha256 (a bundle
+ * from edd_bundle_load). EDD_ERR_IO: a listed file is missing or unreadable (directories,
+ * such as a .mlpackage, are not hashed by this runtime); EDD_ERR_BAD_BUNDLE: a digest differs
+ * ("DIR/model/denoiser.onnx: sha256 3f2a... does not match manifest.json files[...]"). */
+EDD_API edd_status edd_bundle_verify(const edd_bundle *bundle, char *err, size_t err_size);
+
+EDD_API const edd_plan *edd_bundle_plan(const edd_bundle *bundle);            /* owned by the bundle */
+EDD_API const edd_bundle_info *edd_bundle_get_info(const edd_bundle *bundle); /* owned by the bundle */
+
+/* Set params' sample_ndim / sample_shape, guidance (guidance_scale for class models, else
+ * 1.0), null_label and the per-step tables (table_steps, step_group, num_groups, cache_flags;
+ * they point into the bundle, which must outlive edd_context_create) from the bundle; the rest
+ * (batch, seed, labels, ...) is the caller's. A caller that runs the bundle's model at another
+ * step count (edd_plan_with_steps) must clear the tables (or build its own): groups and cache
+ * schedules are made for the bundle's own steps. */
+EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *params);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGEDIFF_H */

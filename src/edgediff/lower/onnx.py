@@ -1,0 +1,163 @@
+"""Lower a ModelSpec to ONNX (opset 18), fp32 or fp16, with a dynamic batch axis.
+
+    ModelSpec --torch.export--> ONNX fp32 --(fp16: weights and math in half, fp32 I/O)--> file
+
+The exporter is PyTorch's torch.export-based one (the TorchScript path is deprecated). It is
+the slow part of a compile for small models (seconds to a minute), so one process exports a
+module once: compiling the same ModelSpec for several targets reuses the export while the
+module's weights, input names and shapes are unchanged (`_EXPORTS`).
+fp16 keeps float32 inputs/outputs so the runtime's arrays do not change with precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+import weakref
+from pathlib import Path
+
+import onnx
+import torch
+
+from edgediff.core.spec import ModelSpec, sha256_state
+from edgediff.core.errors import EdgediffError
+
+OPSET = 18
+PRECISIONS = ("fp32", "fp16")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress and warnings meant for its own developers."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+# module -> (what the export depends on besides the code, the ONNX bytes); entries go with the module
+_EXPORTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, bytes]]" = weakref.WeakKeyDictionary()
+
+
+def export_onnx(model: ModelSpec, path: Path) -> onnx.ModelProto:
+    """Export fp32 ONNX with the batch axis dynamic; returns the loaded proto."""
+    names = model.input_names()
+    args = model.example_inputs(batch=2)
+    key = (tuple(names), tuple((tuple(a.shape), a.dtype) for a in args), sha256_state(model.module))
+    hit = _EXPORTS.get(model.module)
+    if hit is not None and hit[0] == key:
+        Path(path).write_bytes(hit[1])
+        return onnx.load_from_string(hit[1])
+    proto = _export(model, path, names, args)
+    _EXPORTS[model.module] = (key, Path(path).read_bytes())
+    return proto
+
+
+def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sig_names = _forward_arg_names(model.module, len(args))
+    dynamic = {n: {0: batch} for n in sig_names}
+    with _quiet(), torch.inference_mode(False), torch.no_grad():
+        try:
+            torch.onnx.export(model.module, args, str(path), input_names=names, output_names=["eps"],
+                              dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True,
+                              external_data=False, verbose=False)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise EdgediffError(f"ONNX export of {model.source} failed: {first}") from e
+    return onnx.load(str(path))
+
+
+def _forward_arg_names(module: torch.nn.Module, n: int) -> list[str]:
+    import inspect
+
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) < n:
+        raise EdgediffError(f"{model_name(module)}.forward takes {len(params)} positional inputs; "
+                            f"the source's conditioning needs {n}")
+    return [p.name for p in params[:n]]
+
+
+def model_name(module: torch.nn.Module) -> str:
+    return type(module).__name__
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Half-precision weights and compute; float32 graph inputs and outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        half = convert_float_to_float16(proto, keep_io_types=True)
+    # The converter inserts one Cast per (value, consumer) and can emit the same Cast twice
+    # when a value feeds several ops kept in float32; identical duplicates are dropped.
+    seen: dict[tuple, bytes] = {}
+    nodes = []
+    for node in half.graph.node:
+        key = tuple(node.output)
+        blob = node.SerializeToString()
+        if key in seen:
+            if seen[key] != blob:
+                raise EdgediffError(f"fp16 conversion produced two different nodes writing {key}")
+            continue
+        seen[key] = blob
+        nodes.append(node)
+    del half.graph.node[:]
+    half.graph.node.extend(nodes)
+    return half
+
+
+def lower_onnx(model: ModelSpec, out_dir: Path, *, precision: str = "fp32") -> Path:
+    """Write `out_dir/denoiser.onnx` at the given precision and return its path."""
+    if precision not in PRECISIONS:
+        raise EdgediffError(f"ONNX lowering: precision {precision!r} is not supported "
+                            f"(supported: {', '.join(PRECISIONS)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "denoiser.onnx"
+    proto = export_onnx(model, path)
+    if precision == "fp16":
+        proto = to_fp16(proto)
+    proto.producer_name = "edgediff"
+    onnx.save(proto, str(path))
+    return path
+
+
+def fix_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """Fix the batch axis of every graph input and output to `batch` (what NPUs such as QNN's HTP need)."""
+    for v in [*proto.graph.input, *proto.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param:
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = batch
+    del proto.graph.value_info[:]  # shapes inferred for the dynamic graph; re-inferred below
+    return onnx.shape_inference.infer_shapes(proto)
+
+
+def lower_onnx_bundle(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path,
+                      static_batch: int | None = None, weights: str | None = None):
+    """The registry's entry (src/edgediff/lower/registry.py): reuse the fp32 export `ir`, convert, fix shapes."""
+    from edgediff.lower.registry import Lowered
+
+    if precision not in PRECISIONS:
+        raise EdgediffError(f"ONNX lowering: precision {precision!r} is not supported "
+                            f"(supported: {', '.join(PRECISIONS)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "denoiser.onnx"
+    proto = onnx.load(str(ir))
+    if static_batch is not None:
+        proto = fix_batch(proto, static_batch)
+    if precision == "fp16":
+        proto = to_fp16(proto)
+    proto.producer_name = "edgediff"
+    onnx.save(proto, str(path))
+    return Lowered(file=path, record={"opset": OPSET, "static_batch": static_batch},
+                   runtime={"static_batch": static_batch})

@@ -1,0 +1,151 @@
+"""Run a bundle (or the FP32 reference): the C runtime's loop by default, the Python one on request.
+
+    scheduler.json --Plan.from_dict--> plan ─┐
+    manifest.json  --backend-----------> denoise(x, t, cond) ─┼─> loop -> images [-1, 1]
+    seed, labels   --noise streams-----> noise ─┘
+
+loop="c" runs edgediff.runtimes._cruntime.sample (the C library's loop, the denoiser called
+back in Python); loop="python" runs sampling.sample, the reference the C code mirrors and
+the oracle of the tests. Both draw the same noise bit for bit and agree to 1e-5.
+Image k of a run always uses noise stream k, so the same seed gives the same images in
+any batch size, and the bundle and the reference see identical noise.
+
+Per-step hints (scheduler.json timestep_groups / cache_schedule, src/edgediff/runtimes/steps.py) go to a
+denoiser that declares `takes_step = True` (GroupedDenoiser) as denoise(x, t, cond,
+step=StepCall(i, group, cached)), from either loop; other denoisers (the PyTorch reference)
+are called as before and run the full model at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from edgediff.runtimes.backends import open_denoiser
+from edgediff.runtimes.bundle import Bundle
+from edgediff.core.errors import EdgediffError
+from edgediff.runtimes.rng import NoiseSource
+from edgediff.runtimes.samplers.base import Plan
+from edgediff.runtimes.sampling import sample
+from edgediff.runtimes.steps import StepCall, StepTable
+
+
+@dataclass(frozen=True)
+class SamplingSetup:
+    """Everything a run needs besides the denoiser; read from a bundle's scheduler.json."""
+
+    plan: Plan
+    guidance: float
+    conditioning: dict  # {"kind", "num_classes", "null_label", "shape"}
+    sample_shape: tuple[int, ...]
+    steps: StepTable | None = None  # timestep groups / cache schedule of the plan's steps
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "SamplingSetup":
+        sched = bundle.scheduler
+        try:
+            plan = Plan.from_dict(sched["plan"])
+            guidance = float(sched["guidance_scale"])
+        except KeyError as e:
+            raise EdgediffError(f"{bundle.root / 'scheduler.json'}: missing field {e.args[0]!r}") from None
+        steps = StepTable.from_scheduler(sched, len(plan.model_timesteps), where=str(bundle.root / "scheduler.json"))
+        return cls(plan=plan, guidance=guidance, conditioning=bundle.conditioning,
+                   sample_shape=bundle.sample_shape, steps=steps)
+
+
+def default_labels(setup: SamplingSetup, n: int, label: int | None = None) -> np.ndarray | None:
+    c = setup.conditioning
+    if c["kind"] != "class":
+        if label is not None:
+            raise EdgediffError("--label given, but this model takes no class label")
+        return None
+    k = c["num_classes"]
+    if label is not None:
+        if not 0 <= label < k:
+            raise EdgediffError(f"label {label} out of range: this model has classes 0..{k - 1}")
+        return np.full((n,), label, np.int64)
+    return (np.arange(n) % k).astype(np.int64)
+
+
+Loop = Literal["c", "python"]
+LOOPS = ("c", "python")
+
+
+def _c_sample(denoise, plan, noise, *, labels, guidance, null_label, sample_shape, callback, steps=None):
+    """sampling.sample's signature over the C loop."""
+    try:
+        from edgediff.runtimes import _cruntime
+    except ImportError as e:  # built by `pip install` (setup.py); never a silent fallback
+        raise EdgediffError(f"the C runtime extension is not built ({e}); reinstall edgediff or use loop='python'") \
+            from None
+    tables = {}
+    if steps is not None:
+        if steps.num_steps != len(plan.model_timesteps):
+            raise EdgediffError(f"the step table has {steps.num_steps} entries but the plan has "
+                                f"{len(plan.model_timesteps)} steps")
+        inner = denoise
+
+        def denoise(x, t, cond, step):  # noqa: F811 - the C loop passes a plain tuple
+            return inner(x, t, cond, step=StepCall(*step))
+
+        tables = dict(step_group=steps.groups, num_groups=steps.num_groups,
+                      cache_flags=None if steps.cached is None else [int(c) for c in steps.cached])
+    return _cruntime.sample(plan, denoise, noise.seed, noise.streams, labels=labels, guidance=guidance,
+                            null_label=null_label, sample_shape=sample_shape, callback=callback, **tables)
+
+
+def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.ndarray | None = None,
+             batch_size: int = 256, progress=None, on_call=None, loop: Loop = "c") -> np.ndarray:
+    """Sample `n` images with `denoise`; returns float32 (n, C, H, W), clipped to [-1, 1].
+
+    progress(k) is called once per denoiser step with the number of images it advanced.
+    on_call(x, t, cond, eps) sees every denoiser call (used to measure trajectory error).
+    """
+    if n <= 0:
+        raise EdgediffError(f"number of images must be positive (got {n})")
+    if loop not in LOOPS:
+        raise EdgediffError(f"unknown sampling loop {loop!r}; choose one of {', '.join(LOOPS)}")
+    run = _c_sample if loop == "c" else sample
+    steps = setup.steps if getattr(denoise, "takes_step", False) else None
+    c = setup.conditioning
+    if c["kind"] == "embedding":  # no text encoder here: the null (all-zero) condition
+        shape = tuple(c["shape"])
+        inner = denoise
+
+        def denoise(x, t, cond, **step):  # noqa: F811 - wraps the outer denoiser
+            return inner(x, t, np.zeros((x.shape[0], *shape), np.float32), **step)
+
+    if on_call is not None:
+        inner_call = denoise
+
+        def denoise(x, t, cond, **step):  # noqa: F811
+            eps = inner_call(x, t, cond, **step)
+            on_call(x, t, cond, eps)
+            return eps
+
+    guidance = setup.guidance if c["kind"] == "class" else 1.0
+    out = []
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        noise = NoiseSource(seed=seed, streams=tuple(range(start, stop)))
+        batch_labels = None if labels is None else labels[start:stop]
+        cb = (lambda i, t, x, eps, _k=stop - start: progress(_k)) if progress else None
+        x = run(denoise, setup.plan, noise, labels=batch_labels, guidance=guidance,
+                null_label=c.get("null_label"), sample_shape=setup.sample_shape, callback=cb, steps=steps)
+        out.append(x)
+    images = np.concatenate(out).astype(np.float32)
+    if not np.isfinite(images).all():
+        raise EdgediffError("the denoiser produced non-finite values (NaN or inf)")
+    return np.clip(images, -1.0, 1.0)
+
+
+def bundle_denoiser(bundle: Bundle, *, threads: int = 0):
+    groups = bundle.scheduler.get("timestep_groups")
+    if groups:  # one graph per group of steps (quantized bundles; src/edgediff/runtimes/groups.py)
+        from edgediff.runtimes.groups import GroupedDenoiser
+
+        plan = Plan.from_dict(bundle.scheduler["plan"])
+        return GroupedDenoiser(bundle.root, groups, plan.model_timesteps, fmt=bundle.model_format, threads=threads)
+    return open_denoiser(bundle.model_path, bundle.model_format, threads=threads)

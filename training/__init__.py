@@ -1,6 +1,0 @@
-"""Training shared by pruning recovery and step distillation (see trainer.py)."""
-
-from .dist import DistContext, relaunch_under_torchrun
-from .trainer import StepRandom, TrainConfig, Trainer, TrainResult, train
-
-__all__ = ["DistContext", "relaunch_under_torchrun", "StepRandom", "TrainConfig", "Trainer", "TrainResult", "train"]
