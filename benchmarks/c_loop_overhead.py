@@ -39,24 +39,42 @@ def compile_bundle(dest: Path, steps: int) -> Path:
     from edgediff.cli.main import main as cli
 
     print(f"compiling builtin:cifar-arch (dpmpp-2m, {steps} steps) into {dest} ...", flush=True)
-    rc = cli(["compile", "builtin:cifar-arch", "--target", "host-cpu", "--sampler", "dpmpp-2m", "--steps", str(steps),
-              "-o", str(dest)])
+    rc = cli(
+        [
+            "compile",
+            "builtin:cifar-arch",
+            "--target",
+            "host-cpu",
+            "--sampler",
+            "dpmpp-2m",
+            "--steps",
+            str(steps),
+            "-o",
+            str(dest),
+        ]
+    )
     if rc != 0:
         sys.exit(f"compile failed ({rc})")
     return dest
 
 
 def build_runner(build: Path) -> Path:
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "runner", f"BUILD={build}", f"PYTHON={sys.executable}"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["make", "-s", "-C", str(C_DIR), "runner", f"BUILD={build}", f"PYTHON={sys.executable}"],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         sys.exit("building edgediff-run failed:\n" + r.stdout + r.stderr)
     return build / "edgediff-run"
 
 
 def c_loop(runner: Path, bundle: Path, runs: int, threads: int) -> dict:
-    r = subprocess.run([str(runner), str(bundle), "--bench", "--runs", str(runs), "--threads", str(threads)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [str(runner), str(bundle), "--bench", "--runs", str(runs), "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         sys.exit("edgediff-run failed:\n" + r.stderr)
     text = r.stdout
@@ -82,10 +100,16 @@ def python_loop(bundle_dir: Path, runs: int, threads: int) -> dict:
 
     abar = np.asarray(plan.schedule.alphas_cumprod, np.float64)
     betas = 1.0 - abar / np.concatenate([[1.0], abar[:-1]])
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=len(abar), trained_betas=betas.tolist(),
-                                        algorithm_type="dpmsolver++", solver_order=2,
-                                        timestep_spacing=bundle.scheduler.get("spacing", "leading"),
-                                        steps_offset=0, prediction_type="epsilon", lower_order_final=True)
+    sched = DPMSolverMultistepScheduler(
+        num_train_timesteps=len(abar),
+        trained_betas=betas.tolist(),
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        timestep_spacing=bundle.scheduler.get("spacing", "leading"),
+        steps_offset=0,
+        prediction_type="epsilon",
+        lower_order_final=True,
+    )
 
     core = ov.Core()
     model = core.read_model(str(bundle.model_path))
@@ -139,8 +163,10 @@ def main(argv=None) -> int:
     print(f"per-step time outside the denoiser ({bundle.name}, OpenVINO CPU f32, {a.runs} runs each):")
     for name, r in (("C loop (libedgediff)", c), ("Python loop (diffusers)", py)):
         pct = 100 * r["outside_ms"] / r["denoise_ms"]
-        print(f"  {name:26s} {r['outside_ms'] * 1e3:9.1f} us/step  = {pct:6.3f} % of the denoiser "
-              f"({r['denoise_ms']:.2f} ms/step)")
+        print(
+            f"  {name:26s} {r['outside_ms'] * 1e3:9.1f} us/step  = {pct:6.3f} % of the denoiser "
+            f"({r['denoise_ms']:.2f} ms/step)"
+        )
     ratio = py["outside_ms"] / max(c["outside_ms"], 1e-9)
     print(f"  the Python loop spends {ratio:.0f}x the C loop's time outside the denoiser")
     return 0

@@ -27,36 +27,64 @@ import numpy as np
 import torch
 
 GUIDANCE = 3.0
-TEACHER_ROWS = [("ddim", 4, "leading"), ("ddim", 8, "leading"), ("ddim", 20, "leading"), ("ddim", 50, "leading"),
-                ("dpmpp-2m", 2, "leading"), ("dpmpp-2m", 4, "leading"), ("dpmpp-2m", 8, "leading")]
+TEACHER_ROWS = [
+    ("ddim", 4, "leading"),
+    ("ddim", 8, "leading"),
+    ("ddim", 20, "leading"),
+    ("ddim", 50, "leading"),
+    ("dpmpp-2m", 2, "leading"),
+    ("dpmpp-2m", 4, "leading"),
+    ("dpmpp-2m", 8, "leading"),
+]
 STUDENT_STEPS = [1, 2, 4, 8]
 
 
 def train(a) -> int:
-    from edgediff.distill.distill import DistillOptions, distill, save_student
     from edgediff.compiler.capture import load_source
+    from edgediff.distill.distill import DistillOptions, distill, save_student
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(a.threads)
     teacher = load_source("builtin:digits")
     load = os.getloadavg()
-    opts = DistillOptions(train_steps=a.train_steps, batch_size=a.batch_size, lr=a.lr, warmup=20,
-                          ema_decay=a.ema_decay, seed=0, threads=a.threads,
-                          teacher_steps=16 if a.method == "progressive" else None,
-                          checkpoint_dir=str(out / f"ckpt-{a.method}"))
+    opts = DistillOptions(
+        train_steps=a.train_steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        warmup=20,
+        ema_decay=a.ema_decay,
+        seed=0,
+        threads=a.threads,
+        teacher_steps=16 if a.method == "progressive" else None,
+        checkpoint_dir=str(out / f"ckpt-{a.method}"),
+    )
     t0 = time.perf_counter()
-    student = distill(teacher, method=a.method, steps=1 if a.method == "progressive" else 4, guidance=GUIDANCE,
-                      guidance_distill=True, options=opts)
+    student = distill(
+        teacher,
+        method=a.method,
+        steps=1 if a.method == "progressive" else 4,
+        guidance=GUIDANCE,
+        guidance_distill=True,
+        options=opts,
+    )
     seconds = time.perf_counter() - t0
     steps = [s.steps for s in student.stages] if a.method == "progressive" else [4]
     for n in steps:
         save_student(student, out / f"{a.method}-{n}", steps=n)
-    record = {"method": a.method, "train_seconds": round(seconds, 1), "load_before": load,
-              "load_after": os.getloadavg(), "stages": student.record["stages"], "options": student.record["options"]}
+    record = {
+        "method": a.method,
+        "train_seconds": round(seconds, 1),
+        "load_before": load,
+        "load_after": os.getloadavg(),
+        "stages": student.record["stages"],
+        "options": student.record["options"],
+    }
     (out / f"train-{a.method}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{a.method}: {seconds:.0f} s, load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}; wrote "
-          + ", ".join(str(out / f"{a.method}-{n}") for n in steps))
+    print(
+        f"{a.method}: {seconds:.0f} s, load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}; wrote "
+        + ", ".join(str(out / f"{a.method}-{n}") for n in steps)
+    )
     return 0
 
 
@@ -76,21 +104,24 @@ def _rows(out: Path):
 def evaluate(a) -> int:
     from tqdm import tqdm
 
-    from edgediff.distill.distill import bind_guidance
-    from edgediff.tools.evaluate import DigitsJudge
     from edgediff.compiler.capture import load_source
     from edgediff.core.spec import torch_denoiser
+    from edgediff.distill.distill import bind_guidance
     from edgediff.runtimes.images import save_grid
     from edgediff.runtimes.runner import SamplingSetup, default_labels, generate
     from edgediff.runtimes.samplers import get_solver
+    from edgediff.tools.evaluate import DigitsJudge
 
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     judge = DigitsJudge()
     teacher = load_source("builtin:digits")
     cond = teacher.conditioning.to_dict()
-    train_records = {m: json.loads((out / f"train-{m}.json").read_text())
-                     for m in ("progressive", "consistency") if (out / f"train-{m}.json").exists()}
+    train_records = {
+        m: json.loads((out / f"train-{m}.json").read_text())
+        for m in ("progressive", "consistency")
+        if (out / f"train-{m}.json").exists()
+    }
     results, grids = [], []
     for name, kind, folder, solver, n, spacing, passes in _rows(out):
         if kind == "teacher":
@@ -102,8 +133,16 @@ def evaluate(a) -> int:
         labels = default_labels(setup, a.num_samples)
         bar = tqdm(total=a.num_samples * n, desc=name, unit="img·step", file=sys.stderr, leave=False)
         t0 = time.perf_counter()
-        images = generate(torch_denoiser(model), setup, n=a.num_samples, seed=0, labels=labels,
-                          batch_size=a.num_samples, progress=bar.update, loop="python")
+        images = generate(
+            torch_denoiser(model),
+            setup,
+            n=a.num_samples,
+            seed=0,
+            labels=labels,
+            batch_size=a.num_samples,
+            progress=bar.update,
+            loop="python",
+        )
         seconds = time.perf_counter() - t0
         bar.close()
         train_s = None
@@ -112,31 +151,55 @@ def evaluate(a) -> int:
             train_s = sum(s["seconds"] for s in rec.get("stages", []) if s["student_steps"] >= n) or None
         elif kind == "consistency":
             train_s = train_records.get("consistency", {}).get("train_seconds")
-        row = {"name": name, "kind": kind, "sampler": solver, "steps": n, "spacing": spacing,
-               "forward_passes": passes * n, "num_samples": a.num_samples, **judge.score(images, labels),
-               "ms_per_image": round(1000 * seconds / a.num_samples, 2), "train_seconds": train_s}
+        row = {
+            "name": name,
+            "kind": kind,
+            "sampler": solver,
+            "steps": n,
+            "spacing": spacing,
+            "forward_passes": passes * n,
+            "num_samples": a.num_samples,
+            **judge.score(images, labels),
+            "ms_per_image": round(1000 * seconds / a.num_samples, 2),
+            "train_seconds": train_s,
+        }
         results.append(row)
         grids.append(images[:20])
-        print(f"{name:28} FD-digits {row['fd_digits']:6.3f}  acc {row['class_accuracy']:.3f}  "
-              f"passes {row['forward_passes']:3d}  {row['ms_per_image']:.1f} ms/img", file=sys.stderr, flush=True)
+        print(
+            f"{name:28} FD-digits {row['fd_digits']:6.3f}  acc {row['class_accuracy']:.3f}  "
+            f"passes {row['forward_passes']:3d}  {row['ms_per_image']:.1f} ms/img",
+            file=sys.stderr,
+            flush=True,
+        )
     save_grid(np.concatenate(grids), out / "distill.png", ncols=20)
-    summary = {"guidance": GUIDANCE, "seed": 0, "num_samples": a.num_samples, "load": os.getloadavg(),
-               "train": train_records, "rows": results}
+    summary = {
+        "guidance": GUIDANCE,
+        "seed": 0,
+        "num_samples": a.num_samples,
+        "load": os.getloadavg(),
+        "train": train_records,
+        "rows": results,
+    }
     (out / "distill.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table(results))
-    print(f"\nwrote {out / 'distill.json'} and {out / 'distill.png'} (rows top to bottom as in the table, "
-          "20 images each)")
+    print(
+        f"\nwrote {out / 'distill.json'} and {out / 'distill.png'} (rows top to bottom as in the table, 20 images each)"
+    )
     return 0
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | sampler | steps | forward passes / image | FD-digits | class accuracy | ms / image | "
-             "training (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | sampler | steps | forward passes / image | FD-digits | class accuracy | ms / image | training (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         train_s = "—" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         model = "teacher (CFG 3)" if r["kind"] == "teacher" else f"{r['kind']} student (w = 3)"
-        lines.append(f"| {model} | {r['sampler']} | {r['steps']} | {r['forward_passes']} | {r['fd_digits']:.3f} | "
-                     f"{r['class_accuracy']:.3f} | {r['ms_per_image']:.1f} | {train_s} |")
+        lines.append(
+            f"| {model} | {r['sampler']} | {r['steps']} | {r['forward_passes']} | {r['fd_digits']:.3f} | "
+            f"{r['class_accuracy']:.3f} | {r['ms_per_image']:.1f} | {train_s} |"
+        )
     return "\n".join(lines)
 
 
@@ -145,8 +208,7 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="phase", required=True)
     t = sub.add_parser("train")
     t.add_argument("--method", required=True, choices=["progressive", "consistency"])
-    t.add_argument("--train-steps", type=int, default=None, help="per stage (default progressive 100, "
-                   "consistency 300)")
+    t.add_argument("--train-steps", type=int, default=None, help="per stage (default progressive 100, consistency 300)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--ema-decay", type=float, default=0.995)

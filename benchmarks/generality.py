@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from generality_models import VARIANTS  # noqa: E402
 
-from edgediff.compiler.pipeline import QUANTIZED_FORMATS, Recipe, compile_model  # noqa: E402
 from edgediff.compiler.capture import load_source  # noqa: E402
+from edgediff.compiler.pipeline import QUANTIZED_FORMATS, compile_model  # noqa: E402
+from edgediff.compiler.recipe import Recipe  # noqa: E402
 from edgediff.core.errors import EdgediffError  # noqa: E402
 from edgediff.targets import available_targets, load_target  # noqa: E402
 
@@ -81,14 +82,21 @@ def main(argv=None) -> int:
                     recipes.append(("w8a8", Recipe(**base, quantize="w8a8", calib_samples=4)))
                 for label, recipe in recipes:
                     out = Path(tmp) / "bundles" / f"{name}-{target}-{label}"
-                    row = {"variant": name, "target": target, "format": fmt, "recipe": label,
-                           **run_one(src, out, target, recipe, v.expect)}
+                    row = {
+                        "variant": name,
+                        "target": target,
+                        "format": fmt,
+                        "recipe": label,
+                        **run_one(src, out, target, recipe, v.expect),
+                    }
                     rows.append(row)
                     err = row["max_rel_error"]
                     err_s = "" if err is None else (err if isinstance(err, str) else f"{err:.2e}")
                     prec = row["precision"] + ("(w8a8)" if label == "w8a8" and row["precision"] else "")
-                    print(f"{name:26} {target:22} {fmt:8} {prec:9} {err_s:>9} {row['seconds']:6.1f}  {row['status']}",
-                          flush=True)
+                    print(
+                        f"{name:26} {target:22} {fmt:8} {prec:9} {err_s:>9} {row['seconds']:6.1f}  {row['status']}",
+                        flush=True,
+                    )
                     if args.json:  # after every row: an interrupted run keeps what it measured
                         _write_json(args.json, rows)
     ok = sum(r["status"] == "ok" for r in rows)
@@ -106,8 +114,9 @@ def _write_json(path: Path, rows: list[dict]) -> None:
     ok = sum(r["status"] == "ok" for r in rows)
     refused = sum(r["status"].startswith("refused (expected)") for r in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"rows": rows, "ok": ok, "refused_expected": refused,
-                                "failed": len(rows) - ok - refused}, indent=2))
+    path.write_text(
+        json.dumps({"rows": rows, "ok": ok, "refused_expected": refused, "failed": len(rows) - ok - refused}, indent=2)
+    )
 
 
 if __name__ == "__main__":

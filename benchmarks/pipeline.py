@@ -30,15 +30,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgediff.tools.bench import bench
-from edgediff.tools.evaluate import DigitsJudge
-from edgediff.compiler.pipeline import Recipe, compile_model
 from edgediff.compiler.capture import load_source
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
+from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.bundle import size_bytes
-from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
 from edgediff.runtimes.samplers import get_solver
+from edgediff.tools.bench import bench
+from edgediff.tools.evaluate import DigitsJudge
 
 THREADS = 2
 
@@ -46,8 +47,9 @@ THREADS = 2
 def baseline_setup(spec, steps=100, guidance=3.0):
     plan = get_solver("ddim").plan(spec.schedule, steps, spacing="leading")
     g = guidance if spec.conditioning.kind == "class" else 1.0
-    return SamplingSetup(plan=plan, guidance=g, conditioning=spec.conditioning.to_dict(),
-                         sample_shape=tuple(spec.sample_shape))
+    return SamplingSetup(
+        plan=plan, guidance=g, conditioning=spec.conditioning.to_dict(), sample_shape=tuple(spec.sample_shape)
+    )
 
 
 def time_torch(spec, setup, images: int) -> list[float]:
@@ -56,7 +58,7 @@ def time_torch(spec, setup, images: int) -> list[float]:
     labels = default_labels(setup, images + 1)
     out = []
     for k in tqdm(range(images + 1), desc="PyTorch DDIM-100", file=sys.stderr, leave=False):
-        lab = None if labels is None else labels[k:k + 1]
+        lab = None if labels is None else labels[k : k + 1]
         t0 = time.perf_counter()
         generate(den, setup, n=1, seed=k, labels=lab, loop="python")
         if k:
@@ -73,11 +75,17 @@ def quality_of(denoise, setup, n, judge):
 def bundle_row(name, source, out: Path, recipe: Recipe, runs: int, judge, n):
     b = compile_model(source, out, recipe=recipe)
     r = bench(out, warmup_runs=1, num_runs=runs, runner="c", threads=THREADS)
-    row = {"model": name, "source": source, "sampler": b.scheduler["solver"],
-           "steps": len(b.scheduler["plan"]["timesteps"]),
-           "passes_per_image": b.report["model"]["forward_passes_per_step"] * len(b.scheduler["plan"]["timesteps"]),
-           "precision": b.manifest["model"]["precision"], "ms_per_image": r["e2e_ms"]["p50"],
-           "size_mb": size_bytes(out / "model") / 1e6, "runtime": "edgediff-run (C loop, OpenVINO backend)"}
+    row = {
+        "model": name,
+        "source": source,
+        "sampler": b.scheduler["solver"],
+        "steps": len(b.scheduler["plan"]["timesteps"]),
+        "passes_per_image": b.report["model"]["forward_passes_per_step"] * len(b.scheduler["plan"]["timesteps"]),
+        "precision": b.manifest["model"]["precision"],
+        "ms_per_image": r["e2e_ms"]["p50"],
+        "size_mb": size_bytes(out / "model") / 1e6,
+        "runtime": "edgediff-run (C loop, OpenVINO backend)",
+    }
     if judge is not None:
         setup = SamplingSetup.from_bundle(b)
         row |= quality_of(bundle_denoiser(b), setup, n, judge)
@@ -90,16 +98,25 @@ def digits_rows(a, work: Path) -> list[dict]:
     judge = DigitsJudge()
     print("[digits] PyTorch FP32 DDIM-100 baseline", file=sys.stderr)
     ms = time_torch(spec, setup, a.baseline_images)
-    base = {"model": "PyTorch FP32, DDIM-100, CFG 3", "source": "builtin:digits", "sampler": "ddim", "steps": 100,
-            "passes_per_image": 200, "precision": "fp32", "ms_per_image": float(np.median(ms)),
-            "size_mb": sum(p.numel() * 4 for p in spec.module.parameters()) / 1e6, "runtime": "PyTorch eager, Python loop",
-            **quality_of(torch_denoiser(spec), setup, a.num_samples, judge)}
+    base = {
+        "model": "PyTorch FP32, DDIM-100, CFG 3",
+        "source": "builtin:digits",
+        "sampler": "ddim",
+        "steps": 100,
+        "passes_per_image": 200,
+        "precision": "fp32",
+        "ms_per_image": float(np.median(ms)),
+        "size_mb": sum(p.numel() * 4 for p in spec.module.parameters()) / 1e6,
+        "runtime": "PyTorch eager, Python loop",
+        **quality_of(torch_denoiser(spec), setup, a.num_samples, judge),
+    }
     rows = [base]
     student = a.source
     for name, q in [(f"edgediff FP32 ({student})", None), (f"edgediff W8A8 ({student})", "w8a8")]:
         print(f"[digits] {name}", file=sys.stderr)
-        rows.append(bundle_row(name, student, work / name.split()[1], _student_recipe(student, q), a.runs, judge,
-                               a.num_samples))
+        rows.append(
+            bundle_row(name, student, work / name.split()[1], _student_recipe(student, q), a.runs, judge, a.num_samples)
+        )
     return rows
 
 
@@ -115,17 +132,37 @@ def cifar_rows(a, work: Path) -> list[dict]:
     setup = baseline_setup(spec)
     print("[cifar-arch] PyTorch FP32 DDIM-100 baseline", file=sys.stderr)
     ms = time_torch(spec, setup, 1)
-    rows = [{"model": "PyTorch FP32, DDIM-100", "source": "builtin:cifar-arch", "sampler": "ddim", "steps": 100,
-             "passes_per_image": 100, "precision": "fp32", "ms_per_image": float(np.median(ms)),
-             "size_mb": sum(p.numel() * 4 for p in spec.module.parameters()) / 1e6,
-             "runtime": "PyTorch eager, Python loop"}]
-    for name, q in [(f"edgediff FP32, 4 steps ({a.cifar_source})", None),
-                    (f"edgediff W8A8, 4 steps ({a.cifar_source})", "w8a8")]:
+    rows = [
+        {
+            "model": "PyTorch FP32, DDIM-100",
+            "source": "builtin:cifar-arch",
+            "sampler": "ddim",
+            "steps": 100,
+            "passes_per_image": 100,
+            "precision": "fp32",
+            "ms_per_image": float(np.median(ms)),
+            "size_mb": sum(p.numel() * 4 for p in spec.module.parameters()) / 1e6,
+            "runtime": "PyTorch eager, Python loop",
+        }
+    ]
+    for name, q in [
+        (f"edgediff FP32, 4 steps ({a.cifar_source})", None),
+        (f"edgediff W8A8, 4 steps ({a.cifar_source})", "w8a8"),
+    ]:
         print(f"[cifar-arch] {name}", file=sys.stderr)
         recipe = Recipe(sampler="ddim", steps=4, guidance=1.0, spacing="trailing", quantize=q, calib_samples=4)
         try:
-            rows.append(bundle_row(name, a.cifar_source, work / ("cifar_" + name.split()[1].rstrip(",")), recipe,
-                                   max(2, a.runs // 2), None, 0))
+            rows.append(
+                bundle_row(
+                    name,
+                    a.cifar_source,
+                    work / ("cifar_" + name.split()[1].rstrip(",")),
+                    recipe,
+                    max(2, a.runs // 2),
+                    None,
+                    0,
+                )
+            )
         except EdgediffError as e:  # random weights: int8 may miss the verification bound; say so, keep going
             print(f"  {name}: not built: {e}", file=sys.stderr)
             rows.append({"model": name, "source": a.cifar_source, "not_built": str(e)})
@@ -146,8 +183,10 @@ def print_table(result):
                 continue
             fd = f"{r['fd_digits']:.3f}" if r.get("fd_digits") is not None else "-"
             acc = f"{r['class_accuracy']:.3f}" if r.get("class_accuracy") is not None else "-"
-            print(f"{r['model'][:52]:52} {r['passes_per_image']:6d} {r['ms_per_image']:10.1f} "
-                  f"{base['ms_per_image'] / r['ms_per_image']:7.1f}x {fd:>10} {acc:>6} {r['size_mb']:6.2f}")
+            print(
+                f"{r['model'][:52]:52} {r['passes_per_image']:6d} {r['ms_per_image']:10.1f} "
+                f"{base['ms_per_image'] / r['ms_per_image']:7.1f}x {fd:>10} {acc:>6} {r['size_mb']:6.2f}"
+            )
 
 
 def main(argv=None) -> int:
@@ -164,8 +203,11 @@ def main(argv=None) -> int:
     from edgediff.targets.host import detect_host
 
     info = detect_host()
-    result = {"cpu": f"{info.get('cpu_model', 'CPU')} ({' '.join(info.get('features', []))})", "threads": THREADS,
-              "num_samples": a.num_samples}
+    result = {
+        "cpu": f"{info.get('cpu_model', 'CPU')} ({' '.join(info.get('features', []))})",
+        "threads": THREADS,
+        "num_samples": a.num_samples,
+    }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgediff-pipeline-") as tmp:

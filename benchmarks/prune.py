@@ -29,20 +29,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edgediff.cli.main import layer_ratio
-from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.prune.prune import PruneOptions, _inner, prune, scheduler_config
 from edgediff.compiler.capture import load_source
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
+from edgediff.prune.prune import PruneOptions, _inner, prune, scheduler_config
 from edgediff.prune.recover import finetune
 from edgediff.prune.store import save_pruned
 from edgediff.runtimes.backends import open_denoiser
+from edgediff.tools.digits_eval import evaluate
 from edgediff.training import TrainConfig
 from edgediff.training.diffusion import training_data
 from edgediff.zoo.builtin import load_classifier
-from edgediff.tools.digits_eval import evaluate
 from edgediff.zoo.macs import count_macs
 
 THREADS = 2
@@ -103,33 +103,65 @@ def digits(a, work: Path) -> dict:
     data = training_data(teacher)
     classifier = load_classifier()
     base_rt = compile_all(teacher, work, "digits-base")
-    base = {"params": sum(p.numel() for p in teacher.module.parameters()), "macs": macs(teacher),
-            **quality(teacher, classifier, a.per_class)}
+    base = {
+        "params": sum(p.numel() for p in teacher.module.parameters()),
+        "macs": macs(teacher),
+        **quality(teacher, classifier, a.per_class),
+    }
     print(f"digits unpruned: {base}", flush=True)
     rows = []
     for imp in a.importances:
         t0 = time.perf_counter()
-        res = prune(teacher, ratio=a.ratio, options=PruneOptions(importance=imp, taylor_stride=a.taylor_stride,
-                                                                 layer_ratios=tuple(a.layer_ratio or ())), data=data)
+        res = prune(
+            teacher,
+            ratio=a.ratio,
+            options=PruneOptions(
+                importance=imp, taylor_stride=a.taylor_stride, layer_ratios=tuple(a.layer_ratio or ())
+            ),
+            data=data,
+        )
         prune_s = time.perf_counter() - t0
         student = res.model
-        row = {"importance": imp, "ratio": a.ratio, "layer_ratios": a.layer_ratio or [],
-               "prune_seconds": round(prune_s, 1),
-               "params": res.record["params_after"], "macs": macs(student), "taylor": res.record.get("taylor"),
-               "before_finetune": quality(student, classifier, a.per_class)}
+        row = {
+            "importance": imp,
+            "ratio": a.ratio,
+            "layer_ratios": a.layer_ratio or [],
+            "prune_seconds": round(prune_s, 1),
+            "params": res.record["params_after"],
+            "macs": macs(student),
+            "taylor": res.record.get("taylor"),
+            "before_finetune": quality(student, classifier, a.per_class),
+        }
         row["speed"] = speed_rows(teacher, base_rt, student, work, f"digits-{imp}", a.repeats)
         print(f"digits {imp} pruned: {row}", flush=True)
         if a.finetune_steps:
-            cfg = TrainConfig(steps=a.finetune_steps, batch_size=64, lr=a.lr, warmup=min(50, a.finetune_steps - 1),
-                              ema_decay=0.995, seed=0, threads=a.train_threads, desc=f"finetune {imp}")
+            cfg = TrainConfig(
+                steps=a.finetune_steps,
+                batch_size=64,
+                lr=a.lr,
+                warmup=min(50, a.finetune_steps - 1),
+                ema_decay=0.995,
+                seed=0,
+                threads=a.train_threads,
+                desc=f"finetune {imp}",
+            )
             tr = finetune(student, teacher, data, cfg)
-            row["finetune"] = {**tr.to_dict(), "lr": a.lr, "batch_size": 64, "ema_decay": 0.995,
-                               "threads": a.train_threads}
+            row["finetune"] = {
+                **tr.to_dict(),
+                "lr": a.lr,
+                "batch_size": 64,
+                "ema_decay": 0.995,
+                "threads": a.train_threads,
+            }
             row["after_finetune"] = quality(student, classifier, a.per_class)
             print(f"digits {imp} fine-tuned: {row['finetune']} {row['after_finetune']}", flush=True)
             if imp == "taylor" and a.save_pruned:
-                record = {**res.record, "finetune": row["finetune"], "quality": row["after_finetune"],
-                          "teacher_quality": {k: base[k] for k in ("fd_digits", "class_accuracy")}}
+                record = {
+                    **res.record,
+                    "finetune": row["finetune"],
+                    "quality": row["after_finetune"],
+                    "teacher_quality": {k: base[k] for k in ("fd_digits", "class_accuracy")},
+                }
                 dest = Path(a.save_pruned)
                 if not dest.exists():
                     save_pruned(_inner(student)[0], _inner(teacher)[0], scheduler_config(teacher), dest, record=record)
@@ -143,8 +175,12 @@ def cifar(a, work: Path) -> dict:
     out = {"unpruned": {"params": sum(p.numel() for p in base.module.parameters()), "macs": macs(base)}, "rows": []}
     for ratio in a.cifar_ratios:
         res = prune(base, ratio=ratio, options=PruneOptions(importance="magnitude"))
-        row = {"ratio": ratio, "params": res.record["params_after"], "macs": macs(res.model),
-               "speed": speed_rows(base, base_rt, res.model, work, f"cifar-{ratio}", max(5, a.repeats // 4))}
+        row = {
+            "ratio": ratio,
+            "params": res.record["params_after"],
+            "macs": macs(res.model),
+            "speed": speed_rows(base, base_rt, res.model, work, f"cifar-{ratio}", max(5, a.repeats // 4)),
+        }
         print(f"cifar-arch {ratio}: {row}", flush=True)
         out["rows"].append(row)
     return out
@@ -153,9 +189,14 @@ def cifar(a, work: Path) -> dict:
 def speed_only(a, work: Path) -> dict:
     """builtin:digits vs a pruned folder: MACs and ms/step ratios only, with more repeats."""
     base, pruned = load_source("builtin:digits"), load_source(a.speed_only)
-    row = {"pruned": a.speed_only, "macs_unpruned": macs(base), "macs_pruned": macs(pruned), "repeats": a.repeats,
-           "threads": THREADS,
-           "speed": speed_rows(base, compile_all(base, work, "base"), pruned, work, "pruned", a.repeats)}
+    row = {
+        "pruned": a.speed_only,
+        "macs_unpruned": macs(base),
+        "macs_pruned": macs(pruned),
+        "repeats": a.repeats,
+        "threads": THREADS,
+        "speed": speed_rows(base, compile_all(base, work, "base"), pruned, work, "pruned", a.repeats),
+    }
     print(json.dumps(row, indent=2))
     return row
 
@@ -164,12 +205,14 @@ def table(r: dict) -> str:
     d = r["digits"]
     u = d["unpruned"]
     lr = "".join(f", {r:g} in {pat}" for pat, r in (d["rows"][0].get("layer_ratios") or [])) if d["rows"] else ""
-    lines = [f"builtin:digits, ratio {d['rows'][0]['ratio'] if d['rows'] else '-'}{lr}; quality: "
-             f"{r['settings']['per_class'] * 10} samples, DDIM 25 steps, guidance 3",
-             "| model | params | MACs/call | MACs | ORT speedup | OpenVINO speedup | FD-digits | class acc |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| unpruned | {u['params'] / 1e6:.3f} M | {u['macs'] / 1e6:.1f} M | — | 1.00× | 1.00× | "
-             f"{u['fd_digits']:.2f} | {u['class_accuracy']:.3f} |"]
+    lines = [
+        f"builtin:digits, ratio {d['rows'][0]['ratio'] if d['rows'] else '-'}{lr}; quality: "
+        f"{r['settings']['per_class'] * 10} samples, DDIM 25 steps, guidance 3",
+        "| model | params | MACs/call | MACs | ORT speedup | OpenVINO speedup | FD-digits | class acc |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| unpruned | {u['params'] / 1e6:.3f} M | {u['macs'] / 1e6:.1f} M | — | 1.00× | 1.00× | "
+        f"{u['fd_digits']:.2f} | {u['class_accuracy']:.3f} |",
+    ]
     for row in d["rows"]:
         s = row["speed"]
         for stage in ("before_finetune", "after_finetune"):
@@ -177,21 +220,28 @@ def table(r: dict) -> str:
                 continue
             q = row[stage]
             label = f"{row['importance']}, {'no fine-tune' if stage == 'before_finetune' else str(row['finetune']['steps']) + ' steps fine-tune'}"
-            lines.append(f"| {label} | {row['params'] / 1e6:.3f} M | {row['macs'] / 1e6:.1f} M | "
-                         f"{100 * (row['macs'] / u['macs'] - 1):+.0f} % | {s['onnx']['speedup']:.2f}× | "
-                         f"{s['openvino']['speedup']:.2f}× | {q['fd_digits']:.2f} ({100 * (q['fd_digits'] / u['fd_digits'] - 1):+.0f} %) | "
-                         f"{q['class_accuracy']:.3f} |")
+            lines.append(
+                f"| {label} | {row['params'] / 1e6:.3f} M | {row['macs'] / 1e6:.1f} M | "
+                f"{100 * (row['macs'] / u['macs'] - 1):+.0f} % | {s['onnx']['speedup']:.2f}× | "
+                f"{s['openvino']['speedup']:.2f}× | {q['fd_digits']:.2f} ({100 * (q['fd_digits'] / u['fd_digits'] - 1):+.0f} %) | "
+                f"{q['class_accuracy']:.3f} |"
+            )
     c = r.get("cifar")
     if c:
-        lines += ["", "builtin:cifar-arch (random weights, magnitude, no fine-tune)",
-                  "| ratio | params | MACs/call | MACs | ORT ms unpruned → pruned | ORT speedup | OpenVINO ms | OpenVINO speedup |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "builtin:cifar-arch (random weights, magnitude, no fine-tune)",
+            "| ratio | params | MACs/call | MACs | ORT ms unpruned → pruned | ORT speedup | OpenVINO ms | OpenVINO speedup |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         cu = c["unpruned"]
         for row in c["rows"]:
             o, v = row["speed"]["onnx"], row["speed"]["openvino"]
-            lines.append(f"| {row['ratio']} | {row['params'] / 1e6:.1f} M | {row['macs'] / 1e9:.2f} G | "
-                         f"{100 * (row['macs'] / cu['macs'] - 1):+.0f} % | {o['ms_unpruned']:.1f} → {o['ms_pruned']:.1f} | "
-                         f"{o['speedup']:.2f}× | {v['ms_unpruned']:.1f} → {v['ms_pruned']:.1f} | {v['speedup']:.2f}× |")
+            lines.append(
+                f"| {row['ratio']} | {row['params'] / 1e6:.1f} M | {row['macs'] / 1e9:.2f} G | "
+                f"{100 * (row['macs'] / cu['macs'] - 1):+.0f} % | {o['ms_unpruned']:.1f} → {o['ms_pruned']:.1f} | "
+                f"{o['speedup']:.2f}× | {v['ms_unpruned']:.1f} → {v['ms_pruned']:.1f} | {v['speedup']:.2f}× |"
+            )
     return "\n".join(lines)
 
 
@@ -229,8 +279,13 @@ def main(argv=None) -> None:
     global THREADS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratio", type=float, default=0.2)
-    p.add_argument("--layer-ratio", action="append", type=layer_ratio, metavar="PATTERN=R",
-                   help="layers whose names match lose the fraction R instead of --ratio (repeatable)")
+    p.add_argument(
+        "--layer-ratio",
+        action="append",
+        type=layer_ratio,
+        metavar="PATTERN=R",
+        help="layers whose names match lose the fraction R instead of --ratio (repeatable)",
+    )
     p.add_argument("--importances", default="magnitude,taylor")
     p.add_argument("--finetune-steps", type=int, default=500)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -243,8 +298,12 @@ def main(argv=None) -> None:
     p.add_argument("--cifar-ratios", default="0.2,0.4,0.6")
     p.add_argument("--json", default="out/prune.json")
     p.add_argument("--save-pruned", default=None, help="write the Taylor-pruned fine-tuned digits folder here")
-    p.add_argument("--speed-only", default=None, metavar="DIR",
-                   help="only time builtin:digits against this pruned folder (ORT and OpenVINO, --repeats calls)")
+    p.add_argument(
+        "--speed-only",
+        default=None,
+        metavar="DIR",
+        help="only time builtin:digits against this pruned folder (ORT and OpenVINO, --repeats calls)",
+    )
     a = p.parse_args(argv)
     a.importances = [s for s in a.importances.split(",") if s]
     a.cifar_ratios = [float(s) for s in a.cifar_ratios.split(",") if s]
@@ -262,8 +321,10 @@ def main(argv=None) -> None:
         out.write_text(json.dumps(row, indent=2) + "\n")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        r = {"settings": vars(a), "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                                          "load_before": os.getloadavg()}}
+        r = {
+            "settings": vars(a),
+            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "load_before": os.getloadavg()},
+        }
         r["cifar"] = cifar(a, Path(tmp)) if a.cifar_ratios else None
         r["digits"] = digits(a, Path(tmp))
     r["host"]["load_after"] = os.getloadavg()
@@ -271,8 +332,11 @@ def main(argv=None) -> None:
     out.write_text(json.dumps(r, indent=2, default=float) + "\n")
     plot(r, out.with_suffix(".png"))
     print(table(r))
-    print(f"load average before/after: {r['host']['load_before']} / {r['host']['load_after']}; {r['seconds']} s; "
-          f"wrote {out} and {out.with_suffix('.png')}", file=sys.stderr)
+    print(
+        f"load average before/after: {r['host']['load_before']} / {r['host']['load_after']}; {r['seconds']} s; "
+        f"wrote {out} and {out.with_suffix('.png')}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -17,19 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgediff.tools.evaluate import DigitsJudge
 from edgediff.compiler.capture import load_source
 from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.runner import SamplingSetup, default_labels, generate
 from edgediff.runtimes.samplers import get_solver
+from edgediff.tools.evaluate import DigitsJudge
 from edgediff.training.data import digits_splits
 
-ROWS = [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp-2m", 10), ("dpmpp-2m", 20),
-        ("ddpm", 1000)]
+ROWS = [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp-2m", 10), ("dpmpp-2m", 20), ("ddpm", 1000)]
 
 
 def main(argv=None) -> int:
@@ -48,8 +46,15 @@ def main(argv=None) -> int:
     rows = []
     real, real_labels = digits_splits()["classifier"]
     floor = judge.score(real[: a.num_samples], real_labels[: a.num_samples])
-    rows.append({"sampler": "real digits (unseen split)", "steps": 0, "num_samples": min(a.num_samples, len(real)),
-                 **floor, "seconds": 0.0})
+    rows.append(
+        {
+            "sampler": "real digits (unseen split)",
+            "steps": 0,
+            "num_samples": min(a.num_samples, len(real)),
+            **floor,
+            "seconds": 0.0,
+        }
+    )
     for solver, steps in ROWS:
         n = a.ddpm_samples if solver == "ddpm" else a.num_samples
         plan = get_solver(solver).plan(model.schedule, steps)
@@ -59,13 +64,23 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         images = generate(denoise, setup, n=n, seed=0, labels=labels, batch_size=500, progress=bar.update)
         bar.close()
-        rows.append({"sampler": solver, "steps": steps, "num_samples": n, **judge.score(images, labels),
-                     "seconds": round(time.perf_counter() - t0, 1)})
+        rows.append(
+            {
+                "sampler": solver,
+                "steps": steps,
+                "num_samples": n,
+                **judge.score(images, labels),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         r = rows[-1]
-        print(f"{solver:>10} {steps:5d}  n={n:4d}  FD-digits {r['fd_digits']:7.2f}  "
-              f"accuracy {r['class_accuracy']:.3f}  ({r['seconds']:.0f} s)", file=sys.stderr)
+        print(
+            f"{solver:>10} {steps:5d}  n={n:4d}  FD-digits {r['fd_digits']:7.2f}  "
+            f"accuracy {r['class_accuracy']:.3f}  ({r['seconds']:.0f} s)",
+            file=sys.stderr,
+        )
 
-    print(f"| sampler | steps | samples | FD-digits | class accuracy |\n|---|---:|---:|---:|---:|")
+    print("| sampler | steps | samples | FD-digits | class accuracy |\n|---|---:|---:|---:|---:|")
     for r in rows:
         steps = "—" if r["steps"] == 0 else r["steps"]
         print(f"| {r['sampler']} | {steps} | {r['num_samples']} | {r['fd_digits']:.2f} | {r['class_accuracy']:.3f} |")

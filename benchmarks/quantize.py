@@ -51,18 +51,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgediff.quantize.calibration import record_trajectories
-from edgediff.tools.evaluate import DigitsJudge
-from edgediff.lower.onnx import lower_onnx
-from edgediff.quantize.w8a8 import QuantizeOptions, quantize
 from edgediff.compiler.capture import load_source
 from edgediff.core.spec import torch_denoiser
+from edgediff.lower.onnx import lower_onnx
+from edgediff.quantize.calibration import record_trajectories
+from edgediff.quantize.w8a8 import QuantizeOptions, quantize
 from edgediff.quantize.weight_only import quantize_w4_onnx, quantize_w4_openvino
 from edgediff.runtimes import quality
 from edgediff.runtimes.backends import OnnxRuntimeDenoiser
 from edgediff.runtimes.groups import grouped_denoiser
 from edgediff.runtimes.runner import SamplingSetup, default_labels, generate
 from edgediff.runtimes.samplers import get_solver
+from edgediff.tools.evaluate import DigitsJudge
 
 THREADS = 2
 
@@ -88,9 +88,9 @@ def size_mb(path: Path) -> float:
 def feeds_of(rows_x, rows_t, rows_c, names, batch=16):
     out = []
     for s in range(0, len(rows_x), batch):
-        f = {names[0]: rows_x[s:s + batch], names[1]: rows_t[s:s + batch]}
+        f = {names[0]: rows_x[s : s + batch], names[1]: rows_t[s : s + batch]}
         if rows_c is not None:
-            f[names[2]] = rows_c[s:s + batch]
+            f[names[2]] = rows_c[s : s + batch]
         out.append(f)
     return out
 
@@ -168,23 +168,28 @@ def fd_spread(judge: DigitsJudge, imgs: np.ndarray, ref_images: np.ndarray | Non
     idx = np.random.default_rng(0).integers(0, len(imgs), (resamples, len(imgs)))
     fd = lambda f: quality.frechet_distance(quality.gaussian_stats(f), judge.real_stats)  # noqa: E731
     diff = np.array([fd(feats[i]) - fd(ref[i]) for i in idx])
-    out.update(fd_minus_fp32=float(fd(feats) - fd(ref)), fd_minus_fp32_std=float(diff.std()),
-               fd_to_fp32=quality.frechet_distance(quality.gaussian_stats(feats), quality.gaussian_stats(ref)))
+    out.update(
+        fd_minus_fp32=float(fd(feats) - fd(ref)),
+        fd_minus_fp32_std=float(diff.std()),
+        fd_to_fp32=quality.frechet_distance(quality.gaussian_stats(feats), quality.gaussian_stats(ref)),
+    )
     return out
 
 
 def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
     spec = load_source("builtin:digits")
     plan = get_solver("dpmpp-2m").plan(spec.schedule, steps, spacing="leading")
-    setup = SamplingSetup(plan=plan, guidance=3.0, conditioning=spec.conditioning.to_dict(),
-                          sample_shape=tuple(spec.sample_shape))
+    setup = SamplingSetup(
+        plan=plan, guidance=3.0, conditioning=spec.conditioning.to_dict(), sample_shape=tuple(spec.sample_shape)
+    )
     labels = default_labels(setup, a.num_samples)
     d = work / f"digits{steps}"
     d.mkdir(parents=True, exist_ok=True)
     fp32 = lower_onnx(spec, d / "fp32")
     print(f"[{steps} steps] recording {a.calib_samples} calibration trajectories", file=sys.stderr)
-    calib = record_trajectories(spec, sampler="dpmpp-2m", steps=steps, guidance=3.0, num_samples=a.calib_samples,
-                                seed=1)
+    calib = record_trajectories(
+        spec, sampler="dpmpp-2m", steps=steps, guidance=3.0, num_samples=a.calib_samples, seed=1
+    )
     names = spec.input_names()
     rows = []
 
@@ -194,12 +199,22 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
         bar.close()
         score = judge.score(imgs, labels)
         psnr = quality.psnr_db(imgs, ref_images) if ref_images is not None else None
-        row = {"steps": steps, "model": name, "psnr_db": None if psnr is None or not np.isfinite(psnr) else psnr,
-               "fd_digits": score["fd_digits"], "class_accuracy": score["class_accuracy"], "size_mb": size,
-               "note": note, **fd_spread(judge, imgs, ref_images)}
+        row = {
+            "steps": steps,
+            "model": name,
+            "psnr_db": None if psnr is None or not np.isfinite(psnr) else psnr,
+            "fd_digits": score["fd_digits"],
+            "class_accuracy": score["class_accuracy"],
+            "size_mb": size,
+            "note": note,
+            **fd_spread(judge, imgs, ref_images),
+        }
         rows.append(row)
-        print(f"  {name:34} PSNR {row['psnr_db'] or float('inf'):6.2f}  FD {row['fd_digits']:7.3f}  "
-              f"acc {row['class_accuracy']:.3f}  {size:.2f} MB", file=sys.stderr)
+        print(
+            f"  {name:34} PSNR {row['psnr_db'] or float('inf'):6.2f}  FD {row['fd_digits']:7.3f}  "
+            f"acc {row['class_accuracy']:.3f}  {size:.2f} MB",
+            file=sys.stderr,
+        )
         return imgs
 
     ref_images = None
@@ -212,24 +227,34 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
         label, note = "ORT quantize_static (default)", "random timesteps"
     except ValueError as e:  # the all-ops default refuses this graph; the Conv/MatMul/Gemm setting is its next
         print(f"  ORT default settings failed ({e}); Conv/MatMul/Gemm instead", file=sys.stderr)
-        ort_path = ort_quantize_static(fp32, d / "ort_int8.onnx", feeds_of(xr, tr, cr, names),
-                                       op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+        ort_path = ort_quantize_static(
+            fp32, d / "ort_int8.onnx", feeds_of(xr, tr, cr, names), op_types_to_quantize=["Conv", "MatMul", "Gemm"]
+        )
         label, note = "ORT quantize_static (Conv/MatMul/Gemm)", f"random timesteps; default failed: {e}"
     run(label, OnnxRuntimeDenoiser(ort_path, threads=THREADS), size_mb(ort_path), note)
 
     # peer 2: NNCF default on OpenVINO, fed the trajectory
     try:
         ov_path = nncf_quantize(fp32, feeds_of(calib.x, calib.t, calib.cond, names), d / "nncf_int8.xml")
-        run("NNCF quantize (default)", OpenVinoDenoiser(str(ov_path), {"INFERENCE_PRECISION_HINT": "f32"}),
-            size_mb(ov_path) + size_mb(ov_path.with_suffix(".bin")), "sampler trajectory, OpenVINO f32 hint")
+        run(
+            "NNCF quantize (default)",
+            OpenVinoDenoiser(str(ov_path), {"INFERENCE_PRECISION_HINT": "f32"}),
+            size_mb(ov_path) + size_mb(ov_path.with_suffix(".bin")),
+            "sampler trajectory, OpenVINO f32 hint",
+        )
     except ImportError as e:
         print(f"  NNCF skipped: {e}", file=sys.stderr)
 
     groups = min(4, steps)
-    variants = [("edgediff W8A8 G=1", 1, QuantizeOptions()),
-                (f"edgediff W8A8 G={groups}", groups, QuantizeOptions()),
-                (f"edgediff W8A8 G={groups} mixed (+4 float)", groups,
-                 QuantizeOptions(sensitive_float=4, sensitivity_rows=128))]
+    variants = [
+        ("edgediff W8A8 G=1", 1, QuantizeOptions()),
+        (f"edgediff W8A8 G={groups}", groups, QuantizeOptions()),
+        (
+            f"edgediff W8A8 G={groups} mixed (+4 float)",
+            groups,
+            QuantizeOptions(sensitive_float=4, sensitivity_rows=128),
+        ),
+    ]
     for name, g, opts in variants:
         vd = d / name.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "").replace("+", "")
         vd.mkdir(exist_ok=True)
@@ -238,46 +263,73 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
         q = quantize(spec, calib, onnx_path=path, plan=plan, groups=g, options=opts, target_features=HOST_FEATURES)
         entry = None
         if g > 1:
-            entry = {"files": [f.name for f in q.files], "step_group": q.step_group,
-                     "shared_weights": q.shared.name}
+            entry = {"files": [f.name for f in q.files], "step_group": q.step_group, "shared_weights": q.shared.name}
         denoise = grouped_denoiser(vd, entry, plan.model_timesteps, model_file=q.files[0], threads=THREADS)
-        floats = ", ".join(f["layer"].replace("model.", "") for f in q.record["float_layers"]
-                           if f["why"].startswith("sensitivity"))
-        run(name, denoise, size_mb(vd), f"{q.record['num_int8']} int8 / {q.record['num_float']} float layers, "
-            f"{q.record['weight_bits']}-bit weights" + (f"; by sensitivity: {floats}" if floats else ""))
+        floats = ", ".join(
+            f["layer"].replace("model.", "") for f in q.record["float_layers"] if f["why"].startswith("sensitivity")
+        )
+        run(
+            name,
+            denoise,
+            size_mb(vd),
+            f"{q.record['num_int8']} int8 / {q.record['num_float']} float layers, "
+            f"{q.record['weight_bits']}-bit weights" + (f"; by sensitivity: {floats}" if floats else ""),
+        )
         if g == 1 and not opts.sensitive_float:
             ov_row(name, q, vd, run)
 
     # the same pass written into TFLite (pixel-8: LiteRT + XNNPACK), through the compiler, G = 1 and G > 1
     if importlib.util.find_spec("ai_edge_quantizer"):
-        from edgediff.compiler.pipeline import Recipe, compile_model
+        from edgediff.compiler.pipeline import compile_model
+        from edgediff.compiler.recipe import Recipe
         from edgediff.runtimes.runner import bundle_denoiser
 
         calib_path = calib.save(d / "calib.npz")
         for g in sorted({1, groups}):
-            b = compile_model("builtin:digits", d / f"tflite_g{g}", target="pixel-8",
-                              recipe=Recipe(sampler="dpmpp-2m", steps=steps, guidance=3.0, quantize="w8a8", groups=g,
-                                            calib=str(calib_path)))
+            b = compile_model(
+                "builtin:digits",
+                d / f"tflite_g{g}",
+                target="pixel-8",
+                recipe=Recipe(
+                    sampler="dpmpp-2m", steps=steps, guidance=3.0, quantize="w8a8", groups=g, calib=str(calib_path)
+                ),
+            )
             merged = b.report["quantization"]["tflite"].get("groups")
-            run(f"edgediff W8A8 G={g} TFLite", bundle_denoiser(b), size_mb(b.root / "model"),
-                "LiteRT + XNNPACK; " + (f"{g} groups in one flatbuffer, buffers {merged['buffer_bytes'] / 1e6:.2f} MB "
-                                        f"(as {g} files: {merged['buffer_bytes_if_separate'] / 1e6:.2f} MB)"
-                                        if merged else "one group"))
+            run(
+                f"edgediff W8A8 G={g} TFLite",
+                bundle_denoiser(b),
+                size_mb(b.root / "model"),
+                "LiteRT + XNNPACK; "
+                + (
+                    f"{g} groups in one flatbuffer, buffers {merged['buffer_bytes'] / 1e6:.2f} MB "
+                    f"(as {g} files: {merged['buffer_bytes_if_separate'] / 1e6:.2f} MB)"
+                    if merged
+                    else "one group"
+                ),
+            )
 
     # weight-only 4-bit: no calibration, the same graph on both runtimes
     wd = d / "w4"
     wd.mkdir(exist_ok=True)
     shutil.copy(fp32, wd / "denoiser.onnx")
     rec = quantize_w4_onnx(wd / "denoiser.onnx")
-    run("edgediff w4 (ORT)", OnnxRuntimeDenoiser(wd / "denoiser.onnx", threads=THREADS), size_mb(wd),
-        f"{rec['matmulnbits']} linear layers 4-bit (MatMulNBits), {rec['conv_int8']} convs int8, fp32 activations")
+    run(
+        "edgediff w4 (ORT)",
+        OnnxRuntimeDenoiser(wd / "denoiser.onnx", threads=THREADS),
+        size_mb(wd),
+        f"{rec['matmulnbits']} linear layers 4-bit (MatMulNBits), {rec['conv_int8']} convs int8, fp32 activations",
+    )
     try:
         od = d / "w4_ov"
         od.mkdir(exist_ok=True)
         shutil.copy(fp32, od / "denoiser.onnx")
         xml, rec = quantize_w4_openvino(od / "denoiser.onnx", od)
-        run("edgediff w4 (OpenVINO)", OpenVinoDenoiser(str(xml), {"INFERENCE_PRECISION_HINT": "f32"}), size_mb(od),
-            f"NNCF compress_weights: {rec['int4_constants']} 4-bit / {rec['int8_constants']} 8-bit constants")
+        run(
+            "edgediff w4 (OpenVINO)",
+            OpenVinoDenoiser(str(xml), {"INFERENCE_PRECISION_HINT": "f32"}),
+            size_mb(od),
+            f"NNCF compress_weights: {rec['int4_constants']} 4-bit / {rec['int8_constants']} 8-bit constants",
+        )
     except ImportError as e:
         print(f"  OpenVINO w4 skipped: {e}", file=sys.stderr)
     return rows
@@ -294,8 +346,12 @@ def ov_row(name, q, vd, run):
     src = od / "denoiser.onnx"
     shutil.copy(q.files[0], src)
     low = lower_openvino_int8(src, od)
-    run(name + " on OpenVINO", OpenVinoDenoiser(str(low.file), {"INFERENCE_PRECISION_HINT": "f32"}), size_mb(od),
-        f"{low.record['fake_quantize']} FakeQuantize, f32 hint")
+    run(
+        name + " on OpenVINO",
+        OpenVinoDenoiser(str(low.file), {"INFERENCE_PRECISION_HINT": "f32"}),
+        size_mb(od),
+        f"{low.record['fake_quantize']} FakeQuantize, f32 hint",
+    )
 
 
 # ---------------------------------------------------------------- speed
@@ -315,18 +371,29 @@ def speed_rows(a, work: Path) -> list[dict]:
     q = quantize(spec, calib, onnx_path=path, plan=plan, target_features=HOST_FEATURES)
     from onnxruntime.quantization import QuantType
 
-    ort_path = ort_quantize_static(fp32, d / "ort_int8.onnx", feeds_of(calib.x, calib.t, None, names, batch=4),
-                                   per_channel=True, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                                   activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    ort_path = ort_quantize_static(
+        fp32,
+        d / "ort_int8.onnx",
+        feeds_of(calib.x, calib.t, None, names, batch=4),
+        per_channel=True,
+        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     args = _speed_args()  # cifar-arch: (1, 3, 32, 32), t = 500
     torch.set_num_threads(THREADS)
     # (name, kind, file or source, OpenVINO config): made by _make, in this process or in a child
-    cands = [("PyTorch fp32 eager", "torch", "builtin:cifar-arch", None),
-             ("ORT fp32", "ort", fp32, None),
-             ("ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)", "ort", ort_path, None),
-             ("ORT int8 edgediff W8A8", "ort", q.files[0], None)]
-    sizes = {"ORT fp32": size_mb(fp32), "ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)":
-             size_mb(ort_path), "ORT int8 edgediff W8A8": size_mb(q.files[0])}
+    cands = [
+        ("PyTorch fp32 eager", "torch", "builtin:cifar-arch", None),
+        ("ORT fp32", "ort", fp32, None),
+        ("ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)", "ort", ort_path, None),
+        ("ORT int8 edgediff W8A8", "ort", q.files[0], None),
+    ]
+    sizes = {
+        "ORT fp32": size_mb(fp32),
+        "ORT int8 quantize_static (QDQ, per-channel, Conv/MatMul/Gemm)": size_mb(ort_path),
+        "ORT int8 edgediff W8A8": size_mb(q.files[0]),
+    }
     w4 = d / "w4" / "denoiser.onnx"
     w4.parent.mkdir(exist_ok=True)
     shutil.copy(fp32, w4)
@@ -336,8 +403,10 @@ def speed_rows(a, work: Path) -> list[dict]:
     try:
         import openvino  # noqa: F401  (ImportError: no OpenVINO rows)
 
-        cands += [("OpenVINO f32 hint", "ov", fp32, {"INFERENCE_PRECISION_HINT": "f32"}),
-                  ("OpenVINO default", "ov", fp32, None)]
+        cands += [
+            ("OpenVINO f32 hint", "ov", fp32, {"INFERENCE_PRECISION_HINT": "f32"}),
+            ("OpenVINO default", "ov", fp32, None),
+        ]
         ov_path = nncf_quantize(fp32, feeds_of(calib.x, calib.t, None, names, batch=4), d / "nncf_int8.xml")
         cands.append(("OpenVINO int8 NNCF default", "ov", ov_path, None))
         from edgediff.lower.openvino import lower_openvino_int8
@@ -351,8 +420,14 @@ def speed_rows(a, work: Path) -> list[dict]:
         pa = d / "edgediff_all" / "denoiser.onnx"
         pa.parent.mkdir(exist_ok=True)
         shutil.copy(fp32, pa)
-        qa = quantize(spec, calib, onnx_path=pa, plan=plan, target_features=HOST_FEATURES,
-                      options=QuantizeOptions(defaults="none"))
+        qa = quantize(
+            spec,
+            calib,
+            onnx_path=pa,
+            plan=plan,
+            target_features=HOST_FEATURES,
+            options=QuantizeOptions(defaults="none"),
+        )
         all_ov = lower_openvino_int8(qa.files[0], pa.parent).file
         cands.append(("OpenVINO int8 edgediff W8A8, no float layers", "ov", all_ov, None))
         sizes["OpenVINO int8 edgediff W8A8, no float layers"] = size_mb(pa.parent)
@@ -361,16 +436,23 @@ def speed_rows(a, work: Path) -> list[dict]:
         shutil.copy(fp32, wo / "denoiser.onnx")
         w4_xml, _ = quantize_w4_openvino(wo / "denoiser.onnx", wo)
         cands.append(("OpenVINO edgediff w4 (weight-only)", "ov", w4_xml, None))
-        sizes.update({"OpenVINO f32 hint": size_mb(fp32), "OpenVINO default": size_mb(fp32),
-                      "OpenVINO int8 NNCF default": size_mb(ov_path) + size_mb(ov_path.with_suffix(".bin")),
-                      "OpenVINO int8 edgediff W8A8 (our scales)": size_mb(od), "OpenVINO edgediff w4 (weight-only)":
-                      size_mb(wo)})
+        sizes.update(
+            {
+                "OpenVINO f32 hint": size_mb(fp32),
+                "OpenVINO default": size_mb(fp32),
+                "OpenVINO int8 NNCF default": size_mb(ov_path) + size_mb(ov_path.with_suffix(".bin")),
+                "OpenVINO int8 edgediff W8A8 (our scales)": size_mb(od),
+                "OpenVINO edgediff w4 (weight-only)": size_mb(wo),
+            }
+        )
     except ImportError as e:
         print(f"  OpenVINO skipped: {e}", file=sys.stderr)
     times = time_isolated(cands, a) if a.timing == "isolated" else time_interleaved(cands, a, args)
     kernels = kernel_rows(cands, a)
-    rows = [{"runtime": name, "ms_per_call": 1000 * float(np.median(v)), "size_mb": sizes.get(name),
-             "timing": a.timing} for name, v in times.items()]
+    rows = [
+        {"runtime": name, "ms_per_call": 1000 * float(np.median(v)), "size_mb": sizes.get(name), "timing": a.timing}
+        for name, v in times.items()
+    ]
     base = {r["runtime"]: r["ms_per_call"] for r in rows}
     for r in rows:
         r["vs_ort_fp32"] = base["ORT fp32"] / r["ms_per_call"]
@@ -434,8 +516,9 @@ def time_isolated(cands, a) -> dict:
     calls after 3 warm-up calls; `a.rounds` rounds over all candidates, so a load change still
     reaches every runtime; a candidate's figure is its median over the rounds' medians."""
     times = {name: [] for name, *_ in cands}
-    with tqdm(total=a.rounds * len(cands), desc="speed (a process per runtime and round)", file=sys.stderr,
-              leave=False) as bar:
+    with tqdm(
+        total=a.rounds * len(cands), desc="speed (a process per runtime and round)", file=sys.stderr, leave=False
+    ) as bar:
         for _ in range(a.rounds):
             for name, kind, arg, cfg in cands:
                 out = _run_child(_TIMER, Path(__file__).resolve().parent, kind, arg, json.dumps(cfg), a.reps)
@@ -448,12 +531,33 @@ def time_isolated(cands, a) -> dict:
 # op classes of ONNX Runtime's optimized graphs (fp32 and QDQ-fused int8); anything else is "float other"
 OP_CLASSES = {
     "convolution": {"Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger"},
-    "matmul / gemm": {"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "QGemm", "QLinearMatMul", "MatMulInteger",
-                      "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"},
+    "matmul / gemm": {
+        "MatMul",
+        "FusedMatMul",
+        "Gemm",
+        "FusedGemm",
+        "QGemm",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "MatMulNBits",
+    },
     "quantize / dequantize": {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"},
-    "layout (transpose, reorder, reshape, concat)": {"Transpose", "ReorderInput", "ReorderOutput", "Reshape", "Shape",
-                                                     "Unsqueeze", "Squeeze", "Gather", "Slice", "Concat",
-                                                     "QLinearConcat", "Expand"},
+    "layout (transpose, reorder, reshape, concat)": {
+        "Transpose",
+        "ReorderInput",
+        "ReorderOutput",
+        "Reshape",
+        "Shape",
+        "Unsqueeze",
+        "Squeeze",
+        "Gather",
+        "Slice",
+        "Concat",
+        "QLinearConcat",
+        "Expand",
+    },
 }
 
 _PROFILER = """
@@ -493,8 +597,10 @@ def kernel_rows(cands, a) -> dict:
     other = "float other (norms, activations, adds)"
     runs: dict[str, list[dict]] = {}
     ort_cands = [c for c in cands if c[1] == "ort"]
-    with tempfile.TemporaryDirectory(prefix="edgediff-prof-") as tmp, \
-            tqdm(total=a.rounds * len(ort_cands), desc="ORT profiles", file=sys.stderr, leave=False) as bar:
+    with (
+        tempfile.TemporaryDirectory(prefix="edgediff-prof-") as tmp,
+        tqdm(total=a.rounds * len(ort_cands), desc="ORT profiles", file=sys.stderr, leave=False) as bar,
+    ):
         for _ in range(a.rounds):
             for name, _, arg, _ in ort_cands:
                 r = json.loads(_run_child(_PROFILER, arg, a.reps, THREADS, Path(tmp) / "p")[-1])
@@ -508,11 +614,17 @@ def kernel_rows(cands, a) -> dict:
         classes = {c: min(r["classes"][c] for r in rs) for c in rs[0]["classes"]}
         wall = min(r["wall_ms"] for r in rs)
         kern = min(sum(r["classes"].values()) for r in rs)
-        rows[name] = {"wall_ms": wall, "kernels_ms": kern, "classes_ms": classes, "rounds": len(rs),
-                      # beside its kernels, the fastest round spent:
-                      "outside_kernels_ms": (lambda r: r["wall_ms"] - sum(r["classes"].values()))(
-                          min(rs, key=lambda r: r["wall_ms"])),
-                      "conv_macs": rs[0]["conv_macs"]}
+        rows[name] = {
+            "wall_ms": wall,
+            "kernels_ms": kern,
+            "classes_ms": classes,
+            "rounds": len(rs),
+            # beside its kernels, the fastest round spent:
+            "outside_kernels_ms": (lambda r: r["wall_ms"] - sum(r["classes"].values()))(
+                min(rs, key=lambda r: r["wall_ms"])
+            ),
+            "conv_macs": rs[0]["conv_macs"],
+        }
     macs = rows["ORT fp32"]["conv_macs"]  # the same convolutions in every candidate
     for r in rows.values():
         r["conv_gmacs_per_s"] = macs / r["classes_ms"]["convolution"] / 1e6
@@ -565,8 +677,9 @@ def _run_child(code: str, *args) -> list[str]:
     """Run `code` in a fresh Python process with `args` as argv; its stdout, split into words."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True,
-                          text=True).stdout.split()
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True, text=True
+    ).stdout.split()
 
 
 def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
@@ -577,8 +690,11 @@ def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
         shutil.copy(fp32, gd / "denoiser.onnx")
         q = quantize(spec, calib, onnx_path=gd / "denoiser.onnx", plan=plan, groups=g, target_features=HOST_FEATURES)
         if g > 1:
-            (gd / "groups.json").write_text(json.dumps({"files": [f.name for f in q.files],
-                                                        "step_group": q.step_group, "shared_weights": q.shared.name}))
+            (gd / "groups.json").write_text(
+                json.dumps(
+                    {"files": [f.name for f in q.files], "step_group": q.step_group, "shared_weights": q.shared.name}
+                )
+            )
         disk = size_mb(gd) - (size_mb(gd / "groups.json") if g > 1 else 0)
         modes = [("bundle", f"G={g}" + (", as loaded: one ONNX Runtime session for all groups" if g > 1 else ""))]
         if g > 1:
@@ -586,67 +702,112 @@ def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
         if importlib.util.find_spec("openvino"):
             modes.append(("openvino", f"G={g}, OpenVINO CPU" + (", one compiled model per group" if g > 1 else "")))
         if importlib.util.find_spec("ai_edge_quantizer"):  # the same recipe compiled for pixel-8 (TFLite)
-            from edgediff.compiler.pipeline import Recipe, compile_model
+            from edgediff.compiler.pipeline import compile_model
+            from edgediff.compiler.recipe import Recipe
 
-            compile_model(spec, d / f"tflite_g{g}", target="pixel-8",
-                          recipe=Recipe(sampler="dpmpp-2m", steps=len(plan), guidance=1.0, quantize="w8a8", groups=g,
-                                        calib=str(calib.save(d / "calib_speed.npz"))))
+            compile_model(
+                spec,
+                d / f"tflite_g{g}",
+                target="pixel-8",
+                recipe=Recipe(
+                    sampler="dpmpp-2m",
+                    steps=len(plan),
+                    guidance=1.0,
+                    quantize="w8a8",
+                    groups=g,
+                    calib=str(calib.save(d / "calib_speed.npz")),
+                ),
+            )
             modes.append(("tflite", f"G={g}, LiteRT (pixel-8 bundle)" + (", one flatbuffer" if g > 1 else "")))
         for mode, label in modes:
             added, peak, load_s, ms = _child_rss(mode, d / f"tflite_g{g}" if mode == "tflite" else gd, len(plan))
             disk_mb = disk if mode == "bundle" else size_mb(d / f"tflite_g{g}" / "model") if mode == "tflite" else None
-            rows.append({"model": label, "disk_mb": disk_mb, "rss_added_mb": added,
-                         "peak_rss_mb": peak, "load_s": load_s, "ms_per_call": ms})
-            print(f"  memory {label:55} +{added:7.1f} MB resident (peak {peak:.0f} MB), load {load_s:.2f} s, "
-                  f"{ms:.1f} ms/call", file=sys.stderr)
+            rows.append(
+                {
+                    "model": label,
+                    "disk_mb": disk_mb,
+                    "rss_added_mb": added,
+                    "peak_rss_mb": peak,
+                    "load_s": load_s,
+                    "ms_per_call": ms,
+                }
+            )
+            print(
+                f"  memory {label:55} +{added:7.1f} MB resident (peak {peak:.0f} MB), load {load_s:.2f} s, "
+                f"{ms:.1f} ms/call",
+                file=sys.stderr,
+            )
     return rows
 
 
 # ---------------------------------------------------------------- output
 def print_tables(result):
     if result.get("quality"):
-        print("builtin:digits, DPM-Solver++ (2M), guidance 3, "
-              f"{result['num_samples']} samples, seed 0; calibration {result['calib_samples']} trajectories x steps")
-        print("FD - FP32: the row's FD-digits minus FP32's, +- its paired-bootstrap std (same seeds); "
-              "FD to FP32: Frechet distance to FP32's images")
-        print(f"{'steps':>5}  {'model':40} {'PSNR dB':>8} {'FD-digits':>9} {'FD - FP32':>16} {'FD to FP32':>10} "
-              f"{'accuracy':>9} {'MB':>6}  note")
+        print(
+            "builtin:digits, DPM-Solver++ (2M), guidance 3, "
+            f"{result['num_samples']} samples, seed 0; calibration {result['calib_samples']} trajectories x steps"
+        )
+        print(
+            "FD - FP32: the row's FD-digits minus FP32's, +- its paired-bootstrap std (same seeds); "
+            "FD to FP32: Frechet distance to FP32's images"
+        )
+        print(
+            f"{'steps':>5}  {'model':40} {'PSNR dB':>8} {'FD-digits':>9} {'FD - FP32':>16} {'FD to FP32':>10} "
+            f"{'accuracy':>9} {'MB':>6}  note"
+        )
         for r in result["quality"]:
             psnr = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"
             fd = f"{r['fd_digits']:.3f}"
             diff = "" if r.get("fd_minus_fp32") is None else f"{r['fd_minus_fp32']:+.3f} +-{r['fd_minus_fp32_std']:.3f}"
             to = "" if r.get("fd_to_fp32") is None else f"{r['fd_to_fp32']:.3f}"
-            print(f"{r['steps']:>5}  {r['model']:40} {psnr:>8} {fd:>9} {diff:>16} {to:>10} {r['class_accuracy']:9.3f} "
-                  f"{r['size_mb']:6.2f}  {r['note']}")
+            print(
+                f"{r['steps']:>5}  {r['model']:40} {psnr:>8} {fd:>9} {diff:>16} {to:>10} {r['class_accuracy']:9.3f} "
+                f"{r['size_mb']:6.2f}  {r['note']}"
+            )
     if result.get("speed"):
         print(f"\nbuiltin:cifar-arch, batch 1, {THREADS} threads ({result['cpu']})")
         print(f"{'runtime':62} {'ms/call':>8} {'vs ORT fp32':>12} {'vs torch':>9} {'MB':>8}")
         for r in result["speed"]:
             mb = f"{r['size_mb']:8.1f}" if r.get("size_mb") else f"{'':8}"
-            print(f"{r['runtime']:62} {r['ms_per_call']:8.1f} {r['vs_ort_fp32']:11.2f}x {r['vs_torch_fp32']:8.2f}x "
-                  f"{mb}")
+            print(
+                f"{r['runtime']:62} {r['ms_per_call']:8.1f} {r['vs_ort_fp32']:11.2f}x {r['vs_torch_fp32']:8.2f}x {mb}"
+            )
     if result.get("kernels"):
         names = list(result["kernels"])
         base = result["kernels"]["ORT fp32"]
-        print("\nONNX Runtime profiler, cifar-arch: kernel ms per call by op class, the least over the rounds "
-              "(x: the fp32 class's ms over this one's)")
+        print(
+            "\nONNX Runtime profiler, cifar-arch: kernel ms per call by op class, the least over the rounds "
+            "(x: the fp32 class's ms over this one's)"
+        )
         short = {n: n.replace("ORT ", "").split(" (")[0][:26] for n in names}
         print(f"{'op class':46}" + "".join(f" {short[n]:>26}" for n in names))
         for c in base["classes_ms"]:
             cells = []
             for n in names:
                 ms = result["kernels"][n]["classes_ms"][c]
-                ratio = f" ({base['classes_ms'][c] / ms:.2f}x)" if min(ms, base["classes_ms"][c]) > 0.05 \
-                    and n != "ORT fp32" else ""
+                ratio = (
+                    f" ({base['classes_ms'][c] / ms:.2f}x)"
+                    if min(ms, base["classes_ms"][c]) > 0.05 and n != "ORT fp32"
+                    else ""
+                )
                 cells.append(f"{ms:.2f}{ratio}")
             print(f"{c:46}" + "".join(f" {v:>26}" for v in cells))
-        for key, label in (("outside_kernels_ms", "outside kernels (wall - kernels)"), ("wall_ms", "wall ms/call (profiled)")):
+        for key, label in (
+            ("outside_kernels_ms", "outside kernels (wall - kernels)"),
+            ("wall_ms", "wall ms/call (profiled)"),
+        ):
             print(f"{label:46}" + "".join(f" {result['kernels'][n][key]:26.2f}" for n in names))
-        print(f"{'convolution GMAC/s':46}" + "".join(
-            f" {result['kernels'][n]['conv_gmacs_per_s']:26.1f}" for n in names))
-        ceiling = {n: max(base["classes_ms"][c] / ms for c, ms in result["kernels"][n]["classes_ms"].items() if ms > 0.05)
-                   for n in names if n != "ORT fp32"}
-        print(f"{'ceiling: the largest class ratio':46}" + f" {'':26}" + "".join(f" {v:25.2f}x" for v in ceiling.values()))
+        print(
+            f"{'convolution GMAC/s':46}" + "".join(f" {result['kernels'][n]['conv_gmacs_per_s']:26.1f}" for n in names)
+        )
+        ceiling = {
+            n: max(base["classes_ms"][c] / ms for c, ms in result["kernels"][n]["classes_ms"].items() if ms > 0.05)
+            for n in names
+            if n != "ORT fp32"
+        }
+        print(
+            f"{'ceiling: the largest class ratio':46}" + f" {'':26}" + "".join(f" {v:25.2f}x" for v in ceiling.values())
+        )
         print("(a whole-model ratio is a weighted mean of the class ratios, so it cannot exceed the largest one)")
     if result.get("memory"):
         print("\nbuiltin:cifar-arch W8A8, memory a fresh process adds to load and run every group once")
@@ -687,9 +848,13 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--steps", type=int, nargs="+", default=[20, 4])
     ap.add_argument("--reps", type=int, default=20, help="timed calls per runtime (per round with --timing isolated)")
-    ap.add_argument("--timing", choices=("isolated", "interleaved"), default="isolated",
-                    help="isolated: each runtime alone in a fresh process, --rounds rounds (an idle machine); "
-                         "interleaved: all in this process, alternating call by call (a loaded machine)")
+    ap.add_argument(
+        "--timing",
+        choices=("isolated", "interleaved"),
+        default="isolated",
+        help="isolated: each runtime alone in a fresh process, --rounds rounds (an idle machine); "
+        "interleaved: all in this process, alternating call by call (a loaded machine)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
@@ -698,8 +863,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(THREADS)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"num_samples": a.num_samples, "calib_samples": a.calib_samples, "threads": THREADS,
-              "cpu": HOST_DESC, "quality": [], "speed": []}
+    result = {
+        "num_samples": a.num_samples,
+        "calib_samples": a.calib_samples,
+        "threads": THREADS,
+        "cpu": HOST_DESC,
+        "quality": [],
+        "speed": [],
+    }
     with tempfile.TemporaryDirectory(prefix="edgediff-bench-") as tmp:
         work = Path(tmp)
         if not a.skip_quality:

@@ -1,6 +1,7 @@
 import pytest
 
-from edgediff.compiler.pipeline import Recipe, compile_model
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,11 @@ def c_runner_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("cbuild")
     targets = ["runner-core"] + (["runner"] if importlib.util.find_spec("openvino") else [])
     c_dir = Path(__file__).resolve().parents[1] / "csrc"
-    r = subprocess.run(["make", "-s", "-C", str(c_dir), *targets, f"BUILD={out}", f"PYTHON={sys.executable}"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["make", "-s", "-C", str(c_dir), *targets, f"BUILD={out}", f"PYTHON={sys.executable}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return out

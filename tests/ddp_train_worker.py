@@ -4,10 +4,10 @@ every rank's final weights (not a test module itself)."""
 import sys
 
 import torch
+from tiny_models import tiny_unet
 
 from edgediff.training import DistContext, TrainConfig, Trainer
 from edgediff.training.diffusion import diffusion_loss
-from tiny_models import tiny_unet
 
 
 def tiny_data(n: int = 32) -> dict:

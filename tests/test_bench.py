@@ -22,21 +22,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgediff.tools import bench as B
 from edgediff.cli.main import main as cli
 from edgediff.core.errors import EdgediffError
+from edgediff.tools import bench as B
 
 C_DIR = Path(__file__).resolve().parents[1] / "csrc"
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 
 try:
     import openvino  # noqa: F401
+
     HAVE_OV = True
 except ImportError:
     HAVE_OV = False
 
 
 # ---- statistics and parsing ---------------------------------------------------------------------
+
 
 def test_summarize_against_definitions():
     v = [4.0, 1.0, 3.0, 2.0, 10.0]
@@ -60,8 +62,13 @@ def test_parse_device():
     assert B.parse_device("ssh://me@[::1]:2200") == ("ssh", {"user": "me", "host": "::1", "port": 2200})
     assert B.parse_device("adb:R5CT1234") == ("adb", {"serial": "R5CT1234"})
     assert B.parse_device("pixel-8") == ("profile", {"name": "pixel-8"})
-    for bad, msg in (("ssh://box", "USER@HOST"), ("ssh://me@box:x", "port 'x'"), ("ssh://me@box:70000", "1..65535"),
-                     ("adb:", "adb:SERIAL"), ("pixel-9", "device profile")):
+    for bad, msg in (
+        ("ssh://box", "USER@HOST"),
+        ("ssh://me@box:x", "port 'x'"),
+        ("ssh://me@box:70000", "1..65535"),
+        ("adb:", "adb:SERIAL"),
+        ("pixel-9", "device profile"),
+    ):
         with pytest.raises(EdgediffError, match=msg):
             B.parse_device(bad)
 
@@ -77,6 +84,7 @@ def test_pareto_front():
 
 
 # ---- host ----------------------------------------------------------------------------------------
+
 
 def own_vmhwm_mb() -> float:
     for line in open("/proc/self/status"):
@@ -94,8 +102,24 @@ def host_result(tiny_bundle, tmp_path_factory):
 
 def test_host_bench_json_schema(host_result, tiny_bundle):
     r = host_result
-    for key in ("step_ms", "e2e_ms", "init_ms", "first_ms", "peak_rss_mb", "size_mb", "measured", "device",
-                "denoise_ms", "iterations_per_s", "images_per_s", "coverage", "versions", "host", "model", "sampler"):
+    for key in (
+        "step_ms",
+        "e2e_ms",
+        "init_ms",
+        "first_ms",
+        "peak_rss_mb",
+        "size_mb",
+        "measured",
+        "device",
+        "denoise_ms",
+        "iterations_per_s",
+        "images_per_s",
+        "coverage",
+        "versions",
+        "host",
+        "model",
+        "sampler",
+    ):
         assert key in r, key
     assert r["measured"] is True and r["device"] == "host" and r["schema"] == B.SCHEMA
     steps = len(tiny_bundle.scheduler["plan"]["timesteps"])
@@ -107,8 +131,9 @@ def test_host_bench_json_schema(host_result, tiny_bundle):
     # a run is its steps: the mean run is the mean step x steps (the loop itself adds microseconds)
     assert r["e2e_ms"]["avg"] == pytest.approx(st["avg"] * steps, rel=0.05)
     assert r["init_ms"] > 0 and r["first_ms"] > 0
-    assert r["size_mb"] * 1e6 == pytest.approx(sum(p.stat().st_size for p in tiny_bundle.root.rglob("*")
-                                                     if p.is_file()))
+    assert r["size_mb"] * 1e6 == pytest.approx(
+        sum(p.stat().st_size for p in tiny_bundle.root.rglob("*") if p.is_file())
+    )
     assert r["coverage"]["unit"] == "cpu" and r["coverage"]["units"]["cpu"]["unsupported"] == 0
     assert "ONNX Runtime" in r["backend"] and r["versions"]["onnxruntime"]
     # the worker's own peak, not this pytest process's (torch alone is larger than the worker)
@@ -118,8 +143,18 @@ def test_host_bench_json_schema(host_result, tiny_bundle):
 def test_bench_prints_a_summary(tiny_bundle, capsys):
     assert cli(["bench", str(tiny_bundle.root), "--warmup-runs", "0", "--num-runs", "1"]) == 0
     text = capsys.readouterr().out
-    for label in ("MEASURED", "Initialized session in", "First inference (cold", "Step latency (ms): count=",
-                  "p95=", "p99=", "Peak memory footprint (MB)", "Size on disk", "Operator coverage", "Versions:"):
+    for label in (
+        "MEASURED",
+        "Initialized session in",
+        "First inference (cold",
+        "Step latency (ms): count=",
+        "p95=",
+        "p99=",
+        "Peak memory footprint (MB)",
+        "Size on disk",
+        "Operator coverage",
+        "Versions:",
+    ):
         assert label in text, label
 
 
@@ -131,6 +166,7 @@ def test_bench_errors_name_the_input(tmp_path, capsys):
 
 
 # ---- estimates -----------------------------------------------------------------------------------
+
 
 def test_estimate_is_labelled_and_follows_the_roofline(tiny_bundle, tmp_path, capsys):
     from edgediff.targets import load_target
@@ -167,6 +203,7 @@ def test_estimate_for_a_precision_the_device_lacks(tiny_bundle):
 
 # ---- ssh, for real -------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,18 +223,40 @@ def sshd(tmp_path_factory):
     if os.getuid() == 0:  # sshd running as root insists on its privilege separation directory
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     port = free_port()
-    (d / "sshd_config").write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {d / 'host_key'}", f"PidFile {d / 'sshd.pid'}",
-        f"AuthorizedKeysFile {d / 'authorized_keys'}", "StrictModes no", "UsePAM no", "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "PermitRootLogin prohibit-password",
-        "LogLevel ERROR", ""]))
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=subprocess.DEVNULL,
-                            stderr=open(d / "sshd.log", "w"))
+    (d / "sshd_config").write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {d / 'host_key'}",
+                f"PidFile {d / 'sshd.pid'}",
+                f"AuthorizedKeysFile {d / 'authorized_keys'}",
+                "StrictModes no",
+                "UsePAM no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin prohibit-password",
+                "LogLevel ERROR",
+                "",
+            ]
+        )
+    )
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "w")
+    )
     user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
-    opts = ["StrictHostKeyChecking=no", f"UserKnownHostsFile={d / 'known_hosts'}", "LogLevel=ERROR",
-            "ConnectTimeout=10"]
-    ssh = ["ssh", "-p", str(port), "-i", str(d / "user_key"), "-o", "BatchMode=yes"] + \
-          [x for o in opts for x in ("-o", o)] + [f"{user}@127.0.0.1"]
+    opts = [
+        "StrictHostKeyChecking=no",
+        f"UserKnownHostsFile={d / 'known_hosts'}",
+        "LogLevel=ERROR",
+        "ConnectTimeout=10",
+    ]
+    ssh = (
+        ["ssh", "-p", str(port), "-i", str(d / "user_key"), "-o", "BatchMode=yes"]
+        + [x for o in opts for x in ("-o", o)]
+        + [f"{user}@127.0.0.1"]
+    )
     try:
         for _ in range(50):  # until it accepts connections
             if proc.poll() is not None:
@@ -207,8 +266,7 @@ def sshd(tmp_path_factory):
             time.sleep(0.2)
         else:
             pytest.fail(f"sshd on port {port} never accepted the key: {(d / 'sshd.log').read_text()}")
-        yield {"device": f"ssh://{user}@127.0.0.1:{port}", "identity": str(d / "user_key"), "options": opts,
-               "ssh": ssh}
+        yield {"device": f"ssh://{user}@127.0.0.1:{port}", "identity": str(d / "user_key"), "options": opts, "ssh": ssh}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -219,16 +277,35 @@ def runner(tmp_path_factory):
     if not (HAVE_OV and shutil.which("make") and shutil.which("cc")):
         pytest.skip("edgediff-run needs make, a C compiler and openvino")
     out = tmp_path_factory.mktemp("cbuild")
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "runner", f"BUILD={out}", f"PYTHON={sys.executable}"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["make", "-s", "-C", str(C_DIR), "runner", f"BUILD={out}", f"PYTHON={sys.executable}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return out / "edgediff-run"
 
 
 def test_bench_over_ssh(sshd, runner, tiny_bundle, tmp_path):
     out = tmp_path / "ssh.json"
-    args = ["bench", str(tiny_bundle.root), "--device", sshd["device"], "--runner-binary", str(runner),
-            "--identity", sshd["identity"], "--warmup-runs", "1", "--num-runs", "3", "--keep-remote", "--json", str(out)]
+    args = [
+        "bench",
+        str(tiny_bundle.root),
+        "--device",
+        sshd["device"],
+        "--runner-binary",
+        str(runner),
+        "--identity",
+        sshd["identity"],
+        "--warmup-runs",
+        "1",
+        "--num-runs",
+        "3",
+        "--keep-remote",
+        "--json",
+        str(out),
+    ]
     for o in sshd["options"]:
         args += ["--ssh-option", o]
     assert cli(args) == 0
@@ -240,10 +317,15 @@ def test_bench_over_ssh(sshd, runner, tiny_bundle, tmp_path):
     assert r["host"]["machine"] == "x86_64" and r["host"]["cores"] >= 1
     assert 10 < r["peak_rss_mb"] < own_vmhwm_mb()  # the runner's own, measured there
     # the copy is self-contained: the runner there resolves OpenVINO from the copied lib/ folder
-    remote = subprocess.run([*sshd["ssh"], "ls -dt /tmp/edgediff-bench.* | head -1"], capture_output=True,
-                            text=True, check=True).stdout.strip()
-    ldd = subprocess.run([*sshd["ssh"], f"cd {remote} && LD_LIBRARY_PATH={remote}/lib ldd ./edgediff-run"],
-                         capture_output=True, text=True, check=True).stdout
+    remote = subprocess.run(
+        [*sshd["ssh"], "ls -dt /tmp/edgediff-bench.* | head -1"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    ldd = subprocess.run(
+        [*sshd["ssh"], f"cd {remote} && LD_LIBRARY_PATH={remote}/lib ldd ./edgediff-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"{remote}/lib/libopenvino_c.so" in ldd, ldd
     subprocess.run([*sshd["ssh"], f"rm -rf {remote}"], check=True)
 
@@ -252,8 +334,12 @@ def test_remote_refuses_a_runner_for_another_machine(sshd, tiny_bundle, tmp_path
     fake = tmp_path / "edgediff-run-arm64"
     fake.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(11) + (0xB7).to_bytes(2, "little") + bytes(44))
     with pytest.raises(EdgediffError, match="built for aarch64 but ssh://.* is x86_64"):
-        B.bench(tiny_bundle.root, device=sshd["device"], runner_binary=str(fake),
-                remote={"identity": sshd["identity"], "ssh_options": tuple(sshd["options"])})
+        B.bench(
+            tiny_bundle.root,
+            device=sshd["device"],
+            runner_binary=str(fake),
+            remote={"identity": sshd["identity"], "ssh_options": tuple(sshd["options"])},
+        )
 
 
 # ---- adb: the command lines, through a fake adb ------------------------------------------------------
@@ -275,25 +361,46 @@ def test_adb_command_lines(tiny_bundle, tmp_path):
     (d / "adb").write_text(FAKE_ADB)
     (d / "adb").chmod((d / "adb").stat().st_mode | stat.S_IEXEC)
     steps = len(tiny_bundle.scheduler["plan"]["timesteps"])
-    (d / "canned.json").write_text(json.dumps({
-        "runner": "edgediff-run", "backend": "OpenVINO 2026 CPU", "images": 1, "steps": steps, "init_ms": 10.0,
-        "first_ms": 5.0, "warmup_runs": 1, "e2e_ms": [4.0, 4.0], "step_ms": [1.0] * (2 * steps),
-        "denoise_ms": [0.9] * (2 * steps), "peak_rss_mb": 50.0}))
+    (d / "canned.json").write_text(
+        json.dumps(
+            {
+                "runner": "edgediff-run",
+                "backend": "OpenVINO 2026 CPU",
+                "images": 1,
+                "steps": steps,
+                "init_ms": 10.0,
+                "first_ms": 5.0,
+                "warmup_runs": 1,
+                "e2e_ms": [4.0, 4.0],
+                "step_ms": [1.0] * (2 * steps),
+                "denoise_ms": [0.9] * (2 * steps),
+                "peak_rss_mb": 50.0,
+            }
+        )
+    )
     arm = tmp_path / "edgediff-run-arm64"
     arm.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(11) + (0xB7).to_bytes(2, "little") + bytes(44))
     libs = tmp_path / "libs"
     libs.mkdir()
     (libs / "libopenvino_c.so.2641").write_bytes(b"x")
-    r = B.bench(tiny_bundle.root, device="adb:R5CT1234", warmup_runs=1, num_runs=2, runner_binary=str(arm),
-                remote={"adb": str(d / "adb"), "runner_libs": str(libs)})
+    r = B.bench(
+        tiny_bundle.root,
+        device="adb:R5CT1234",
+        warmup_runs=1,
+        num_runs=2,
+        runner_binary=str(arm),
+        remote={"adb": str(d / "adb"), "runner_libs": str(libs)},
+    )
     log = (d / "adb.log").read_text().splitlines()
     assert all(line.startswith("-s R5CT1234 ") for line in log), log
     pushes = [ln for ln in log if " push " in ln]
     assert len(pushes) == 1 and pushes[0].endswith("/. /data/local/tmp/edgediff-bench")
     run = [ln for ln in log if "./edgediff-run" in ln]
-    assert run == ["-s R5CT1234 shell cd /data/local/tmp/edgediff-bench && "
-                   "LD_LIBRARY_PATH=/data/local/tmp/edgediff-bench/lib ./edgediff-run bundle -n 1 --bench "
-                   "--runs 2 --warmup 1 --json bench.json >/dev/null && cat bench.json"]
+    assert run == [
+        "-s R5CT1234 shell cd /data/local/tmp/edgediff-bench && "
+        "LD_LIBRARY_PATH=/data/local/tmp/edgediff-bench/lib ./edgediff-run bundle -n 1 --bench "
+        "--runs 2 --warmup 1 --json bench.json >/dev/null && cat bench.json"
+    ]
     assert log[-1] == "-s R5CT1234 shell rm -rf /data/local/tmp/edgediff-bench"  # cleaned up
     assert r["measured"] is True and r["device"] == "adb:R5CT1234" and r["step_ms"]["p50"] == 1.0
     assert r["host"]["machine"] == "aarch64" and r["host"]["cores"] == 9 and "i8mm" in r["host"]["features"]
@@ -302,14 +409,31 @@ def test_adb_command_lines(tiny_bundle, tmp_path):
 
 # ---- report --------------------------------------------------------------------------------------
 
+
 def test_report_writes_markdown_and_figures(tiny_bundle, bundle_copy, host_result, tmp_path, capsys):
     est = tmp_path / "est.json"
     assert cli(["bench", str(bundle_copy), "--device", "pixel-8", "--json", str(est)]) == 0
     measured = tmp_path / "host.json"
     measured.write_text(json.dumps(host_result))
     out = tmp_path / "report"
-    assert cli(["report", str(tiny_bundle.root), str(bundle_copy), "-o", str(out), "-n", "6",
-                "--bench-json", str(measured), "--bench-json", str(est)]) == 0
+    assert (
+        cli(
+            [
+                "report",
+                str(tiny_bundle.root),
+                str(bundle_copy),
+                "-o",
+                str(out),
+                "-n",
+                "6",
+                "--bench-json",
+                str(measured),
+                "--bench-json",
+                str(est),
+            ]
+        )
+        == 0
+    )
     md = (out / "report.md").read_text()
     for png in ("quality_latency.png", "step_latency.png", "size.png", "images.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

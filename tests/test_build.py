@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from ddp_train_worker import tiny_data
 
-from edgediff.compiler.build import build, read_recipe
 from edgediff.cli.main import main
+from edgediff.compiler.build import build, read_recipe
 from edgediff.compiler.capture import load_source
 from edgediff.core.errors import EdgediffError
-from ddp_train_worker import tiny_data
 
 
 @pytest.fixture

@@ -17,15 +17,13 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgediff.runtimes import rng
 from edgediff.core.errors import EdgediffError
-from edgediff.runtimes.bundle import load_bundle
+from edgediff.runtimes import rng
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
 from edgediff.runtimes.samplers import SOLVERS, get_solver
@@ -43,6 +41,7 @@ BACKEND_TOL = 1e-4
 
 try:
     import openvino  # noqa: F401
+
     HAVE_OV = True
 except ImportError:
     HAVE_OV = False
@@ -62,6 +61,7 @@ def run(exe, *args, check=True):
 
 # ---- OpenVINO: the same images as the Python path ----------------------------------------------
 
+
 @pytest.mark.skipif(not HAVE_OV, reason="openvino is not installed")
 def test_runner_matches_python_generate(build, tiny_bundle, tmp_path):
     from PIL import Image
@@ -69,8 +69,18 @@ def test_runner_matches_python_generate(build, tiny_bundle, tmp_path):
     from edgediff.cli.main import main as cli
 
     n, seed = 6, 3
-    run(build / "edgediff-run", tiny_bundle.root, "-n", n, "--seed", seed, "-o", tmp_path / "c.png",
-        "--raw", tmp_path / "c.f32")
+    run(
+        build / "edgediff-run",
+        tiny_bundle.root,
+        "-n",
+        n,
+        "--seed",
+        seed,
+        "-o",
+        tmp_path / "c.png",
+        "--raw",
+        tmp_path / "c.f32",
+    )
     setup = SamplingSetup.from_bundle(tiny_bundle)
     want = generate(bundle_denoiser(tiny_bundle), setup, n=n, seed=seed, labels=default_labels(setup, n))
     got = np.clip(np.fromfile(tmp_path / "c.f32", np.float32).reshape(want.shape), -1, 1)
@@ -78,7 +88,9 @@ def test_runner_matches_python_generate(build, tiny_bundle, tmp_path):
     assert err <= BACKEND_TOL, f"C runner (OpenVINO) vs Python (ONNX Runtime): max abs {err:.2e}"
     assert np.abs(want).max() > 0.1 and np.abs(got[0] - got[1]).max() > 1e-3  # real, distinct images
 
-    assert cli(["generate", str(tiny_bundle.root), "-n", str(n), "--seed", str(seed), "-o", str(tmp_path / "py.png")]) == 0
+    assert (
+        cli(["generate", str(tiny_bundle.root), "-n", str(n), "--seed", str(seed), "-o", str(tmp_path / "py.png")]) == 0
+    )
     a = np.asarray(Image.open(tmp_path / "c.png")).astype(int)
     b = np.asarray(Image.open(tmp_path / "py.png")).astype(int)
     assert a.shape == b.shape and a.ndim == 2
@@ -97,8 +109,14 @@ def test_runner_bench_prints_every_figure(build, tiny_bundle, tmp_path):
     text = r.stdout
     for label in ("init", "first run", "warm runs", "per step", "outside", "peak RSS"):
         assert re.search(rf"^\s+{label}\s", text, re.M), text
-    figures = dict(init=r"init\s+([\d.]+) ms", first=r"first run\s+([\d.]+) ms", p50=r"warm runs\s+3: avg [\d.]+ ms, "
-                   r"p50 ([\d.]+) ms", p90=r"p90 ([\d.]+) ms", rss=r"peak RSS\s+([\d.]+) MB")
+    figures = dict(
+        init=r"init\s+([\d.]+) ms",
+        first=r"first run\s+([\d.]+) ms",
+        p50=r"warm runs\s+3: avg [\d.]+ ms, "
+        r"p50 ([\d.]+) ms",
+        p90=r"p90 ([\d.]+) ms",
+        rss=r"peak RSS\s+([\d.]+) MB",
+    )
     values = {k: float(re.search(p, text).group(1)) for k, p in figures.items()}
     assert all(v > 0 for v in values.values()), values
     assert "OpenVINO" in text and "precision f32" in text and "4 rows per call" in text  # guidance: 2 x 2 rows
@@ -106,6 +124,7 @@ def test_runner_bench_prints_every_figure(build, tiny_bundle, tmp_path):
 
 
 # ---- fake backend: conformance of the loader + loop + noise, here and on aarch64 -----------------
+
 
 def fake_model(x, t, labels):
     """csrc/tools/edgediff_run.c's fake backend, in numpy float32."""
@@ -129,8 +148,12 @@ def solver_bundle(tiny_bundle, dest: Path, name: str, spacing: str = "trailing",
     manifest = json.loads((dest / "manifest.json").read_text())  # keep the bundle valid: new digest
     manifest["files"]["scheduler.json"]["sha256"] = hashlib.sha256((dest / "scheduler.json").read_bytes()).hexdigest()
     (dest / "manifest.json").write_text(json.dumps(manifest))
-    return SamplingSetup(plan=plan, guidance=sched["guidance_scale"], conditioning=tiny_bundle.conditioning,
-                         sample_shape=tiny_bundle.sample_shape)
+    return SamplingSetup(
+        plan=plan,
+        guidance=sched["guidance_scale"],
+        conditioning=tiny_bundle.conditioning,
+        sample_shape=tiny_bundle.sample_shape,
+    )
 
 
 def tiny_bundle_schedule(tiny_bundle):
@@ -142,9 +165,16 @@ def tiny_bundle_schedule(tiny_bundle):
 def python_trajectory(setup: SamplingSetup, n: int, seed: int):
     steps = []
     labels = default_labels(setup, n)
-    out = sample(fake_model, setup.plan, NoiseSource(seed=seed, streams=tuple(range(n))), labels=labels,
-                 guidance=setup.guidance, null_label=setup.conditioning["null_label"], sample_shape=setup.sample_shape,
-                 callback=lambda i, t, x_in, eps: steps.append((np.array(x_in), np.array(eps))))
+    out = sample(
+        fake_model,
+        setup.plan,
+        NoiseSource(seed=seed, streams=tuple(range(n))),
+        labels=labels,
+        guidance=setup.guidance,
+        null_label=setup.conditioning["null_label"],
+        sample_shape=setup.sample_shape,
+        callback=lambda i, t, x_in, eps: steps.append((np.array(x_in), np.array(eps))),
+    )
     return steps, out
 
 
@@ -158,12 +188,33 @@ def check_conformance(exe_cmd, tiny_bundle, tmp_path, names, spacing="trailing",
         extra = []
         if replan is not None:
             opts = {} if name == "lcm" else {"spacing": spacing}
-            setup = SamplingSetup(plan=get_solver(name).plan(setup.plan.schedule, replan, **opts), guidance=setup.guidance,
-                                  conditioning=setup.conditioning, sample_shape=setup.sample_shape)
+            setup = SamplingSetup(
+                plan=get_solver(name).plan(setup.plan.schedule, replan, **opts),
+                guidance=setup.guidance,
+                conditioning=setup.conditioning,
+                sample_shape=setup.sample_shape,
+            )
             extra = ["--steps", str(replan)]
-        r = subprocess.run([*exe_cmd, str(tmp_path / f"{name}-{spacing}"), "-n", str(n), "--seed", str(seed), "--backend",
-                            "fake", "--raw", str(tmp_path / f"{name}.f32"), "--trace", str(tmp_path / f"{name}.trace"),
-                            *extra], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                *exe_cmd,
+                str(tmp_path / f"{name}-{spacing}"),
+                "-n",
+                str(n),
+                "--seed",
+                str(seed),
+                "--backend",
+                "fake",
+                "--raw",
+                str(tmp_path / f"{name}.f32"),
+                "--trace",
+                str(tmp_path / f"{name}.trace"),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         steps, want = python_trajectory(setup, n, seed)
         got = np.fromfile(tmp_path / f"{name}.f32", np.float32).reshape(want.shape)
@@ -191,16 +242,32 @@ def test_runner_steps_replans_like_python(build, tiny_bundle, tmp_path, spacing)
     trajectories agree to 1e-6, which a single different timestep or sigma would break)."""
     names = [s for s in SOLVERS if s != "lcm"] + (["lcm"] if spacing == "leading" else [])
     for steps in (1, 3, 7, 16):
-        check_conformance([str(build / "edgediff-run-core")], tiny_bundle, tmp_path / str(steps), names, spacing,
-                          replan=steps)
+        check_conformance(
+            [str(build / "edgediff-run-core")], tiny_bundle, tmp_path / str(steps), names, spacing, replan=steps
+        )
 
 
-@pytest.mark.skipif(not (HAVE_CC and HAVE_CROSS), reason="no aarch64-linux-gnu-gcc / qemu-aarch64 (.ci/run installs them)")
+@pytest.mark.skipif(
+    not (HAVE_CC and HAVE_CROSS), reason="no aarch64-linux-gnu-gcc / qemu-aarch64 (.ci/run installs them)"
+)
 def test_runner_core_conformance_on_aarch64_under_qemu(tiny_bundle, tmp_path):
     """The runner core (bundle loader, JSON reader, planner, loop, noise) cross-compiled for aarch64."""
     out = tmp_path / "arm"
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "runner-core", f"BUILD={out}", "CC=aarch64-linux-gnu-gcc",
-                        "AR=aarch64-linux-gnu-ar"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(C_DIR),
+            "runner-core",
+            f"BUILD={out}",
+            "CC=aarch64-linux-gnu-gcc",
+            "AR=aarch64-linux-gnu-ar",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert b"\xb7\x00" == (out / "edgediff-run-core").read_bytes()[18:20]  # ELF e_machine = EM_AARCH64
     qemu = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(out / "edgediff-run-core")]
@@ -210,14 +277,19 @@ def test_runner_core_conformance_on_aarch64_under_qemu(tiny_bundle, tmp_path):
 
 # ---- errors: one line naming the file and field ---------------------------------------------------
 
+
 def test_runner_errors_name_the_field(build, tiny_bundle, bundle_copy, tmp_path):
     exe = build / "edgediff-run-core"
     sched = json.loads((bundle_copy / "scheduler.json").read_text())
     cases = []
     broken = dict(sched, plan=dict(sched["plan"], timesteps=[99, 50.5, 3, 2, 1]))
     cases.append((json.dumps(broken), "scheduler.json: plan.timesteps[1] must be an integer"))
-    cases.append((json.dumps({k: v for k, v in sched.items() if k != "guidance_scale"}),
-                  "scheduler.json: missing the field 'guidance_scale'"))
+    cases.append(
+        (
+            json.dumps({k: v for k, v in sched.items() if k != "guidance_scale"}),
+            "scheduler.json: missing the field 'guidance_scale'",
+        )
+    )
     cases.append((json.dumps(sched)[:-7], "scheduler.json: invalid JSON at line 1"))
     for text, message in cases:
         (bundle_copy / "scheduler.json").write_text(text)
@@ -235,9 +307,15 @@ def test_runner_errors_name_the_field(build, tiny_bundle, bundle_copy, tmp_path)
     r = run(exe, bundle_copy, "--raw", tmp_path / "ok.f32", check=False)
     assert r.returncode == 1 and "report.json: listed in manifest.json files but missing" in r.stderr
     shutil.copy(tiny_bundle.root / "report.json", bundle_copy)
-    usage = [(["--seed", "-1"], "--seed"), (["--label", "9"], "label 9 out of range"), (["--steps", "0"], "--steps"),
-             (["--steps", "101"], "--steps 101: steps must be an integer in 1..100"),
-             (["-o", "x.jpg"], ".png, .pgm or .ppm"), (["--frobnicate", "1"], "unknown option --frobnicate"), ([], "nothing to do")]
+    usage = [
+        (["--seed", "-1"], "--seed"),
+        (["--label", "9"], "label 9 out of range"),
+        (["--steps", "0"], "--steps"),
+        (["--steps", "101"], "--steps 101: steps must be an integer in 1..100"),
+        (["-o", "x.jpg"], ".png, .pgm or .ppm"),
+        (["--frobnicate", "1"], "unknown option --frobnicate"),
+        ([], "nothing to do"),
+    ]
     for args, message in usage:
         r = run(exe, bundle_copy, *args, *(["--raw", tmp_path / "u.f32"] if args else []), check=False)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
@@ -246,6 +324,7 @@ def test_runner_errors_name_the_field(build, tiny_bundle, bundle_copy, tmp_path)
 
 
 # ---- `edgediff generate`: the C loop by default, the Python loop as the oracle -------------------
+
 
 def test_generate_uses_the_c_loop_and_matches_python(tiny_bundle, monkeypatch):
     from edgediff.runtimes import runner
@@ -275,7 +354,22 @@ def test_generate_cli_loop_option(tiny_bundle, tmp_path):
     from edgediff.cli.main import main as cli
 
     for loop in ("c", "python"):
-        assert cli(["generate", str(tiny_bundle.root), "-n", "3", "--seed", "1", "--loop", loop,
-                    "-o", str(tmp_path / f"{loop}.png")]) == 0
+        assert (
+            cli(
+                [
+                    "generate",
+                    str(tiny_bundle.root),
+                    "-n",
+                    "3",
+                    "--seed",
+                    "1",
+                    "--loop",
+                    loop,
+                    "-o",
+                    str(tmp_path / f"{loop}.png"),
+                ]
+            )
+            == 0
+        )
     a, b = (np.asarray(Image.open(tmp_path / f"{loop}.png")) for loop in ("c", "python"))
     assert a.shape == b.shape and np.abs(a.astype(int) - b).max() <= 1

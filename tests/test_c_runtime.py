@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgediff.runtimes import rng
 from edgediff.core.errors import EdgediffError
-from edgediff.runtimes.rng import NoiseSource
-from edgediff.runtimes.samplers import SOLVERS, Plan, get_solver
-from edgediff.runtimes.sampling import sample
 from edgediff.core.schedule import make_schedule
+from edgediff.runtimes import rng
+from edgediff.runtimes.rng import NoiseSource
+from edgediff.runtimes.samplers import SOLVERS, get_solver
+from edgediff.runtimes.sampling import sample
 
 try:
     from edgediff.runtimes import _cruntime as C
@@ -54,6 +54,7 @@ def labelled_model(calls):
         calls.append((x.shape[0], None if labels is None else labels.copy()))
         shift = 0.0 if labels is None else labels.astype(np.float32).reshape(-1, 1, 1, 1) * np.float32(0.1)
         return (fake_model(x, t) + shift).astype(np.float32)
+
     return denoise
 
 
@@ -70,8 +71,11 @@ def report_errors(request):
     yield
     if not ERRORS:
         return
-    lines = ["", "C runtime vs Python reference, worst case per solver:",
-             "  solver    per-step rel | final abs | one step rel"]
+    lines = [
+        "",
+        "C runtime vs Python reference, worst case per solver:",
+        "  solver    per-step rel | final abs | one step rel",
+    ]
     lines += [f"  {name:9s} {a:.2e}     | {b:.2e}  | {c:.2e}" for name, (a, b, c) in sorted(ERRORS.items())]
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
@@ -85,6 +89,7 @@ def record(name, index, value):
 
 # ---- noise ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed,stream,call", [(2024, 0, 0), (2**64 - 1, 2**32 - 1, 2**32 - 1), (12345678901234, 9, 7)])
 def test_normal_is_bit_identical_for_a_million_draws(seed, stream, call):
     got = C.normal(seed, stream, call, 10**6)
@@ -96,12 +101,31 @@ def test_normal_small_sizes_and_golden_bits():
     for n in range(10):  # truncation inside a block
         np.testing.assert_array_equal(C.normal(5, 6, 7, n).view(np.uint32), rng.normal(5, 6, 7, n).view(np.uint32))
     assert [int(v) for v in C.normal(0, 0, 0, 8).view(np.uint32)] == [
-        0x3F7DBB33, 0xBF6CB6B0, 0xBF1E1B9F, 0xBEF6D1B2, 0xBE1D5357, 0x3E392A6D, 0x3F54EC98, 0x3E4A2DA3]
+        0x3F7DBB33,
+        0xBF6CB6B0,
+        0xBF1E1B9F,
+        0xBEF6D1B2,
+        0xBE1D5357,
+        0x3E392A6D,
+        0x3F54EC98,
+        0x3E4A2DA3,
+    ]
     np.testing.assert_array_equal(C.normal(np.uint64(7), np.int32(1), np.int64(2), 3), rng.normal(7, 1, 2, 3))
 
 
-@pytest.mark.parametrize("bad", [dict(seed=-1), dict(seed=2**64), dict(stream=2**32), dict(call=-1), dict(seed=1.5),
-                                 dict(n=-1), dict(n=2**34), dict(stream="0")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(seed=-1),
+        dict(seed=2**64),
+        dict(stream=2**32),
+        dict(call=-1),
+        dict(seed=1.5),
+        dict(n=-1),
+        dict(n=2**34),
+        dict(stream="0"),
+    ],
+)
 def test_normal_bad_arguments_raise(bad):
     args = dict(seed=0, stream=0, call=0, n=4) | bad
     with pytest.raises(EdgediffError, match=next(iter(bad))):
@@ -109,6 +133,7 @@ def test_normal_bad_arguments_raise(bad):
 
 
 # ---- every solver: the whole loop, and one update ----------------------------------------------
+
 
 def cases():
     for name in SOLVERS:
@@ -141,11 +166,19 @@ def trajectory(run, plan, **kwargs):
         steps.append((float(t), np.array(x_in), np.array(eps)))
 
     if run is sample:
-        out = sample(lambda x, t, labels: fake_model(x, t), plan, NOISE, sample_shape=SHAPE, callback=callback,
-                     **kwargs)
+        out = sample(
+            lambda x, t, labels: fake_model(x, t), plan, NOISE, sample_shape=SHAPE, callback=callback, **kwargs
+        )
     else:
-        out = C.sample(plan, lambda x, t, labels: fake_model(x, t), NOISE.seed, NOISE.streams, sample_shape=SHAPE,
-                       callback=callback, **kwargs)
+        out = C.sample(
+            plan,
+            lambda x, t, labels: fake_model(x, t),
+            NOISE.seed,
+            NOISE.streams,
+            sample_shape=SHAPE,
+            callback=callback,
+            **kwargs,
+        )
     return steps, out
 
 
@@ -203,6 +236,7 @@ def test_one_step_matches_python(name, prediction_type):
 
 # ---- plans --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_plan_from_dict_json_or_plan(name):
     plan = make_plan(name, 7, "linspace" if name != "lcm" else "lcm", {})
@@ -246,15 +280,25 @@ def test_bad_plans_name_the_field_like_python():
 
 # ---- guidance -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["ddim", "dpmpp-2m", "euler"])
 def test_guidance_matches_python(name):
     plan = make_plan(name, 6, "leading", {})
     labels, null, guidance = np.array([2, 7]), 10, 3.5
     py_calls, c_calls = [], []
-    want = sample(labelled_model(py_calls), plan, NOISE, labels=labels, guidance=guidance, null_label=null,
-                  sample_shape=SHAPE)
-    got = C.sample(plan, labelled_model(c_calls), NOISE.seed, NOISE.streams, labels=labels, guidance=guidance,
-                   null_label=null, sample_shape=SHAPE)
+    want = sample(
+        labelled_model(py_calls), plan, NOISE, labels=labels, guidance=guidance, null_label=null, sample_shape=SHAPE
+    )
+    got = C.sample(
+        plan,
+        labelled_model(c_calls),
+        NOISE.seed,
+        NOISE.streams,
+        labels=labels,
+        guidance=guidance,
+        null_label=null,
+        sample_shape=SHAPE,
+    )
     assert len(c_calls) == len(plan)
     assert all(b == 4 and list(lab) == [2, 7, 10, 10] for b, lab in c_calls)
     assert float(np.abs(got.astype(np.float64) - want).max()) <= 1e-5
@@ -265,9 +309,13 @@ def test_guidance_matches_python(name):
 
 # ---- threads ------------------------------------------------------------------------------------
 
+
 def test_contexts_in_threads_equal_sequential_runs():
-    jobs = [(make_plan(name, 8, "leading" if name != "lcm" else "lcm", {}), seed)
-            for seed in (1, 2) for name in ("ddpm", "dpmpp-2m", "euler", "lcm")]
+    jobs = [
+        (make_plan(name, 8, "leading" if name != "lcm" else "lcm", {}), seed)
+        for seed in (1, 2)
+        for name in ("ddpm", "dpmpp-2m", "euler", "lcm")
+    ]
     barrier = threading.Barrier(2)
 
     def run(job, wait=False):
@@ -285,6 +333,7 @@ def test_contexts_in_threads_equal_sequential_runs():
 
 
 # ---- bad arguments: a Python error, never a crash -------------------------------------------------
+
 
 def test_sample_argument_errors():
     plan = make_plan("ddim", 3, "leading", {})
@@ -313,8 +362,11 @@ def test_sample_argument_errors():
         (lambda: C.sample(plan, model, 0, (0,), sample_shape=()), EdgediffError, "sample_shape"),
         (lambda: C.sample(plan, model, 0, (0,), sample_shape=3), EdgediffError, "sample_shape"),
         (lambda: C.sample(plan, model, 0, (0,), labels=["a"], **ok), EdgediffError, "labels"),
-        (lambda: C.sample(plan, model, 0, (0,), null_label="x", guidance=2.0, labels=[1], **ok), EdgediffError,
-         "null_label"),
+        (
+            lambda: C.sample(plan, model, 0, (0,), null_label="x", guidance=2.0, labels=[1], **ok),
+            EdgediffError,
+            "null_label",
+        ),
         (lambda: C.sample(plan, model, 0, (0,)), TypeError, "sample_shape"),
         (lambda: C.sample(plan, "not callable", 0, (0,), **ok), TypeError, "denoise"),
         (lambda: C.sample(plan, model, 0, (0,), callback=3, **ok), TypeError, "callback"),
@@ -350,6 +402,7 @@ def test_step_argument_errors():
 
 # ---- the C-level suite and the embedding example -------------------------------------------------
 
+
 def fnv1a(z: np.ndarray) -> int:
     h = 0xCBF29CE484222325
     for byte in z.astype("<f4").tobytes():
@@ -365,15 +418,17 @@ def test_c_suite_hashes_are_pythons():
         assert f"0x{fnv1a(rng.normal(*args)):016x}ULL" in source
 
 
-needs_cc = pytest.mark.skipif(not (shutil.which("make") and (shutil.which("cc") or shutil.which("gcc"))),
-                              reason="no C compiler / make")
+needs_cc = pytest.mark.skipif(
+    not (shutil.which("make") and (shutil.which("cc") or shutil.which("gcc"))), reason="no C compiler / make"
+)
 
 
 @needs_cc
 def test_c_suite_under_sanitizers(tmp_path):
     """`make -C csrc check`: -Wall -Wextra -Werror -std=c99, ASan + UBSan, in a scratch dir."""
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "check", f"BUILD={tmp_path}"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        ["make", "-s", "-C", str(C_DIR), "check", f"BUILD={tmp_path}"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 failed" in r.stdout and "runtime error" not in r.stderr
 
@@ -381,8 +436,9 @@ def test_c_suite_under_sanitizers(tmp_path):
 @needs_cc
 def test_embedding_example(tmp_path):
     """examples/embed.c: a program with its own backend links the static library and runs."""
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "example", f"BUILD={tmp_path}"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        ["make", "-s", "-C", str(C_DIR), "example", f"BUILD={tmp_path}"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "embed: ok" in r.stdout
 
@@ -391,8 +447,9 @@ def test_embedding_example(tmp_path):
 def test_c_suite_under_thread_sanitizer(tmp_path):
     """`make check-tsan`: the suite's threads test (contexts sharing a plan, bundles parsed in
     parallel, 4 threads x 20 runs) under ThreadSanitizer: no data race, same bits as alone."""
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "check-tsan", f"BUILD={tmp_path}"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        ["make", "-s", "-C", str(C_DIR), "check-tsan", f"BUILD={tmp_path}"], capture_output=True, text=True, timeout=300
+    )
     if "ThreadSanitizer" in r.stderr and "unexpected memory mapping" in r.stderr:
         pytest.skip("ThreadSanitizer cannot run on this kernel's memory layout")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -403,31 +460,57 @@ def _libfuzzer_works() -> bool:
     """clang is there and links -fsanitize=fuzzer (Debian: the libclang-rt-dev package)."""
     if not shutil.which("clang"):
         return False
-    r = subprocess.run(["clang", "-fsanitize=fuzzer", "-x", "c", "-", "-o", "/dev/null"], capture_output=True,
-                       input="int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }", text=True)
+    r = subprocess.run(
+        ["clang", "-fsanitize=fuzzer", "-x", "c", "-", "-o", "/dev/null"],
+        capture_output=True,
+        input="int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }",
+        text=True,
+    )
     return r.returncode == 0
 
 
-@pytest.mark.skipif(not (shutil.which("make") and _libfuzzer_works()),
-                    reason="no clang with libFuzzer (apt-get install clang libclang-rt-dev)")
+@pytest.mark.skipif(
+    not (shutil.which("make") and _libfuzzer_works()),
+    reason="no clang with libFuzzer (apt-get install clang libclang-rt-dev)",
+)
 def test_json_fuzz_short_run(tmp_path):
     """csrc/fuzz: a few seconds of libFuzzer (with ASan + UBSan) on the JSON reader and
     the bundle loader find nothing; the exec count is what libFuzzer reports."""
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "fuzz", f"BUILD={tmp_path}", "FUZZ_SECONDS=4"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["make", "-s", "-C", str(C_DIR), "fuzz", f"BUILD={tmp_path}", "FUZZ_SECONDS=4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     runs = re.search(r"Done (\d+) runs", r.stderr)
     assert runs and int(runs.group(1)) > 1000, r.stderr[-2000:]
     assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
 
 
-@pytest.mark.skipif(not (shutil.which("make") and shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
-                    reason="no aarch64 cross compiler / qemu-aarch64 (.ci/run installs gcc-aarch64-linux-gnu, qemu-user)")
+@pytest.mark.skipif(
+    not (shutil.which("make") and shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
+    reason="no aarch64 cross compiler / qemu-aarch64 (.ci/run installs gcc-aarch64-linux-gnu, qemu-user)",
+)
 def test_c_suite_on_aarch64_under_qemu(tmp_path):
     """The same suite cross-compiled for aarch64 (where FMA is in the base ISA and GCC contracts
     by default) and run under emulation: the pinned noise hashes hold there too."""
-    r = subprocess.run(["make", "-s", "-C", str(C_DIR), "check", f"BUILD={tmp_path}", "SAN=",
-                        "CC=aarch64-linux-gnu-gcc", "AR=aarch64-linux-gnu-ar",
-                        "RUN=qemu-aarch64 -L /usr/aarch64-linux-gnu"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(C_DIR),
+            "check",
+            f"BUILD={tmp_path}",
+            "SAN=",
+            "CC=aarch64-linux-gnu-gcc",
+            "AR=aarch64-linux-gnu-ar",
+            "RUN=qemu-aarch64 -L /usr/aarch64-linux-gnu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 failed" in r.stdout

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.runtimes.bundle import load_bundle
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
 from edgediff.core.errors import EdgediffError
+from edgediff.runtimes.bundle import load_bundle
 from edgediff.runtimes.groups import GroupedDenoiser
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
 from edgediff.runtimes.steps import StepCall, StepTable, cache_flags
@@ -32,6 +33,7 @@ from edgediff.runtimes.steps import StepCall, StepTable, cache_flags
 C_DIR = Path(__file__).resolve().parents[1] / "csrc"
 try:
     import openvino  # noqa: F401
+
     HAVE_OV = True
 except ImportError:
     HAVE_OV = False
@@ -52,9 +54,19 @@ def grouped(tiny_bundle, tmp_path_factory):
     steps (with full range: 0.0), presumably different int8 kernels rounding before a requantize;
     that would hide what this module checks, that each step runs its group's graph."""
     out = tmp_path_factory.mktemp("q") / "g2"
-    return compile_model("tiny_models:tiny_unet", out, recipe=Recipe(
-        sampler="ddim", steps=4, guidance=2.0, quantize="w8a8", groups=2, calib_samples=6,
-        quant_options={"weight_range": "full"}))
+    return compile_model(
+        "tiny_models:tiny_unet",
+        out,
+        recipe=Recipe(
+            sampler="ddim",
+            steps=4,
+            guidance=2.0,
+            quantize="w8a8",
+            groups=2,
+            calib_samples=6,
+            quant_options={"weight_range": "full"},
+        ),
+    )
 
 
 def run(exe, *args, check=True):
@@ -92,12 +104,16 @@ class Recorder:
 
 # ---- the cache schedule ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("schedule, flags", [
-    ({"interval": 2}, [False, True, False, True, False]),
-    ({"interval": 1}, [False] * 5),
-    ({"interval": 7}, [False, True, True, True, True]),
-    ({"steps": ["full", "cached", "cached", "full", "cached"]}, [False, True, True, False, True]),
-])
+
+@pytest.mark.parametrize(
+    "schedule, flags",
+    [
+        ({"interval": 2}, [False, True, False, True, False]),
+        ({"interval": 1}, [False] * 5),
+        ({"interval": 7}, [False, True, True, True, True]),
+        ({"steps": ["full", "cached", "cached", "full", "cached"]}, [False, True, True, False, True]),
+    ],
+)
 def test_cache_flags_reach_the_denoiser_identically_from_both_loops(tiny_bundle, bundle_copy, schedule, flags):
     sched = json.loads((bundle_copy / "scheduler.json").read_text())
     rewrite(bundle_copy, "scheduler.json", dict(sched, cache_schedule=schedule))
@@ -128,25 +144,40 @@ def test_cache_flags_helper():
 # Each bad table: what both loaders must say (the C runner prints the same field as Python raises).
 BAD_TABLES = [
     ({"cache_schedule": {"interval": 0}}, "cache_schedule.interval must be a positive integer"),
-    ({"cache_schedule": {"interval": 2, "steps": []}}, "cache_schedule must have exactly one of 'interval' and 'steps'"),
+    (
+        {"cache_schedule": {"interval": 2, "steps": []}},
+        "cache_schedule must have exactly one of 'interval' and 'steps'",
+    ),
     ({"cache_schedule": {"every": 2}}, "cache_schedule has unknown key 'every'"),
     ({"cache_schedule": {"steps": ["full", "cached"]}}, "cache_schedule.steps has 2 entries but the plan has 5 steps"),
-    ({"cache_schedule": {"steps": ["cached"] * 5}}, "cache_schedule.steps[0] must be \"full\""),
-    ({"cache_schedule": {"steps": ["full", "half", "full", "full", "full"]}},
-     "cache_schedule.steps[1] must be \"full\" or \"cached\""),
+    ({"cache_schedule": {"steps": ["cached"] * 5}}, 'cache_schedule.steps[0] must be "full"'),
+    (
+        {"cache_schedule": {"steps": ["full", "half", "full", "full", "full"]}},
+        'cache_schedule.steps[1] must be "full" or "cached"',
+    ),
     ({"cache_schedule": [2]}, "cache_schedule must be an object or null"),
-    ({"timestep_groups": {"files": ["model/denoiser.onnx"], "step_group": [0, 0, 0, 0]}},
-     "timestep_groups.step_group has 4 entries but the plan has 5 steps"),
-    ({"timestep_groups": {"files": ["model/denoiser.onnx"], "step_group": [0, 0, 1, 0, 0]}},
-     "timestep_groups.step_group[2] is 1; it must be a group index in 0..0"),
-    ({"timestep_groups": {"files": ["model/denoiser.onnx"], "step_group": [0, 0, "0", 0, 0]}},
-     "timestep_groups.step_group[2] must be an integer"),
+    (
+        {"timestep_groups": {"files": ["model/denoiser.onnx"], "step_group": [0, 0, 0, 0]}},
+        "timestep_groups.step_group has 4 entries but the plan has 5 steps",
+    ),
+    (
+        {"timestep_groups": {"files": ["model/denoiser.onnx"], "step_group": [0, 0, 1, 0, 0]}},
+        "timestep_groups.step_group[2] is 1; it must be a group index in 0..0",
+    ),
+    (
+        {"timestep_groups": {"files": ["model/denoiser.onnx"], "step_group": [0, 0, "0", 0, 0]}},
+        "timestep_groups.step_group[2] must be an integer",
+    ),
     ({"timestep_groups": {"files": ["model/denoiser.onnx"]}}, "timestep_groups is missing the field 'step_group'"),
     ({"timestep_groups": {"files": [], "step_group": [0] * 5}}, "timestep_groups.files must list 1..64 files"),
-    ({"timestep_groups": {"files": ["../x.onnx"], "step_group": [0] * 5}},
-     "timestep_groups.files[0] must be a relative path inside the bundle"),
-    ({"timestep_groups": {"files": ["model/denoiser.onnx"], "step_group": [0] * 5, "scales": 1}},
-     "timestep_groups has unknown key 'scales'"),
+    (
+        {"timestep_groups": {"files": ["../x.onnx"], "step_group": [0] * 5}},
+        "timestep_groups.files[0] must be a relative path inside the bundle",
+    ),
+    (
+        {"timestep_groups": {"files": ["model/denoiser.onnx"], "step_group": [0] * 5, "scales": 1}},
+        "timestep_groups has unknown key 'scales'",
+    ),
 ]
 
 
@@ -190,12 +221,21 @@ def test_extension_checks_the_tables(tiny_bundle):
     with pytest.raises(EdgediffError, match="cache_flags has 4 entries, step_group 5"):
         C.sample(plan, denoise, 0, [0], step_group=[0] * 5, num_groups=1, cache_flags=[0] * 4, **kw)
     seen = []
-    C.sample(plan, lambda x, t, labels, step: seen.append(step) or np.zeros_like(x), 0, [0],
-             step_group=[1, 1, 0, 0, 1], num_groups=2, cache_flags=[0, 1, 0, 1, 1], **kw)
+    C.sample(
+        plan,
+        lambda x, t, labels, step: seen.append(step) or np.zeros_like(x),
+        0,
+        [0],
+        step_group=[1, 1, 0, 0, 1],
+        num_groups=2,
+        cache_flags=[0, 1, 0, 1, 1],
+        **kw,
+    )
     assert seen == [(0, 1, False), (1, 1, True), (2, 0, False), (3, 0, True), (4, 1, True)]
 
 
 # ---- timestep groups: a real quantized bundle ----------------------------------------------------
+
 
 def test_grouped_bundle_c_loop_picks_the_group_per_step(grouped, monkeypatch):
     groups = grouped.scheduler["timestep_groups"]
@@ -228,8 +268,23 @@ def test_generate_cli_runs_the_grouped_bundle_through_the_c_loop(grouped, tmp_pa
     from edgediff.cli.main import main as cli
 
     for loop in ("c", "python"):
-        assert cli(["generate", str(grouped.root), "-n", "4", "--seed", "3", "--loop", loop,
-                    "-o", str(tmp_path / f"{loop}.png")]) == 0
+        assert (
+            cli(
+                [
+                    "generate",
+                    str(grouped.root),
+                    "-n",
+                    "4",
+                    "--seed",
+                    "3",
+                    "--loop",
+                    loop,
+                    "-o",
+                    str(tmp_path / f"{loop}.png"),
+                ]
+            )
+            == 0
+        )
     a, b = (np.asarray(Image.open(tmp_path / f"{loop}.png")) for loop in ("c", "python"))
     assert a.shape == b.shape and np.array_equal(a, b)
 
@@ -281,18 +336,30 @@ def test_openvino_backend_runs_one_graph_per_group(build, grouped, tmp_path):
 # ---- the model signature against manifest.json ---------------------------------------------------
 
 SIGNATURE_EDITS = [
-    (lambda m: m["inputs"][0].update(name="latent"),
-     "model input 0 is named 'sample', manifest.json model.inputs[0] says 'latent'"),
-    (lambda m: m["inputs"][2].update(dtype="int32"),
-     "input 'class_labels' has element type int64 in the model, manifest.json model.inputs[2].dtype says int32"),
-    (lambda m: m["inputs"][0].update(shape=["batch", 1, 8, 9]),
-     "input 'sample' has shape [?,1,8,8] in the model, manifest.json model.inputs[0].shape says [?,1,8,9]"),
-    (lambda m: m["inputs"][1].update(shape=["batch", 1]),
-     "input 'timestep' has shape [?] in the model, manifest.json model.inputs[1].shape says [?,1]"),
-    (lambda m: m["outputs"][0].update(name="noise"),
-     "model output 0 is named 'eps', manifest.json model.outputs[0] says 'noise'"),
-    (lambda m: m["outputs"].append(dict(m["outputs"][0], name="extra")),
-     "the model has 1 outputs, manifest.json model.outputs lists 2"),
+    (
+        lambda m: m["inputs"][0].update(name="latent"),
+        "model input 0 is named 'sample', manifest.json model.inputs[0] says 'latent'",
+    ),
+    (
+        lambda m: m["inputs"][2].update(dtype="int32"),
+        "input 'class_labels' has element type int64 in the model, manifest.json model.inputs[2].dtype says int32",
+    ),
+    (
+        lambda m: m["inputs"][0].update(shape=["batch", 1, 8, 9]),
+        "input 'sample' has shape [?,1,8,8] in the model, manifest.json model.inputs[0].shape says [?,1,8,9]",
+    ),
+    (
+        lambda m: m["inputs"][1].update(shape=["batch", 1]),
+        "input 'timestep' has shape [?] in the model, manifest.json model.inputs[1].shape says [?,1]",
+    ),
+    (
+        lambda m: m["outputs"][0].update(name="noise"),
+        "model output 0 is named 'eps', manifest.json model.outputs[0] says 'noise'",
+    ),
+    (
+        lambda m: m["outputs"].append(dict(m["outputs"][0], name="extra")),
+        "the model has 1 outputs, manifest.json model.outputs lists 2",
+    ),
 ]
 
 
@@ -318,5 +385,7 @@ def test_openvino_signature_check_covers_every_group(build, grouped, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(m))
     r = run(build / "edgediff-run", copy, "-n", 1, "--raw", tmp_path / "x.f32", check=False)
     assert r.returncode == 1
-    assert f"{copy}/model/denoiser.g0.onnx: input 'timestep' has element type float32 in the model, " \
-           "manifest.json model.inputs[1].dtype says float16" in r.stderr
+    assert (
+        f"{copy}/model/denoiser.g0.onnx: input 'timestep' has element type float32 in the model, "
+        "manifest.json model.inputs[1].dtype says float16" in r.stderr
+    )

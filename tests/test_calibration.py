@@ -10,16 +10,29 @@ import pytest
 import torch
 from torch import nn
 
-from edgediff.quantize.calibration import (OBSERVERS, SELECTORS, CalibrationSet, Observer, collect_activations,
-                                  deployment_plan, layer_sensitivity, load_calibration, match_layers, observe,
-                                  record_trajectories, select, select_indices, step_groups)
 from edgediff.cli.calibrate import add_calibrate_parser
-from edgediff.quantize.calibration.select import density_diversity, step_probabilities
 from edgediff.compiler.capture import load_source
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import torch_denoiser
+from edgediff.quantize.calibration import (
+    OBSERVERS,
+    SELECTORS,
+    CalibrationSet,
+    Observer,
+    collect_activations,
+    deployment_plan,
+    layer_sensitivity,
+    load_calibration,
+    match_layers,
+    observe,
+    record_trajectories,
+    select,
+    select_indices,
+    step_groups,
+)
+from edgediff.quantize.calibration.select import density_diversity, step_probabilities
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.runner import SamplingSetup, default_labels, generate
-from edgediff.core.spec import torch_denoiser
 
 N, STEPS, GUIDANCE, SEED = 6, 5, 2.0, 0
 
@@ -40,8 +53,9 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def calib(tiny):
-    return record_trajectories(tiny, sampler="ddim", steps=STEPS, guidance=GUIDANCE, num_samples=N, seed=SEED,
-                               batch_size=4)
+    return record_trajectories(
+        tiny, sampler="ddim", steps=STEPS, guidance=GUIDANCE, num_samples=N, seed=SEED, batch_size=4
+    )
 
 
 # ---------------------------------------------------------------- recording
@@ -68,11 +82,19 @@ def test_records_every_model_call_of_the_plan_with_cfg_halves(tiny, calib):
 def test_recording_equals_what_the_runner_feeds_the_model(tiny, calib):
     """An independent spy on the runner's denoiser calls sees exactly the recorded rows."""
     plan = deployment_plan(tiny, "ddim", STEPS)
-    setup = SamplingSetup(plan=plan, guidance=GUIDANCE, conditioning=tiny.conditioning.to_dict(),
-                          sample_shape=tiny.sample_shape)
+    setup = SamplingSetup(
+        plan=plan, guidance=GUIDANCE, conditioning=tiny.conditioning.to_dict(), sample_shape=tiny.sample_shape
+    )
     seen = []
-    generate(torch_denoiser(tiny), setup, n=N, seed=SEED, labels=default_labels(setup, N), batch_size=N,
-             on_call=lambda x, t, c, eps: seen.append((x.copy(), t.copy(), c.copy())))
+    generate(
+        torch_denoiser(tiny),
+        setup,
+        n=N,
+        seed=SEED,
+        labels=default_labels(setup, N),
+        batch_size=N,
+        on_call=lambda x, t, c, eps: seen.append((x.copy(), t.copy(), c.copy())),
+    )
     assert len(seen) == STEPS
     for s, (x, t, c) in enumerate(seen):
         rows = calib.step == s
@@ -82,8 +104,9 @@ def test_recording_equals_what_the_runner_feeds_the_model(tiny, calib):
 
 
 def test_recording_is_deterministic_per_seed_and_independent_of_batch_size(tiny, calib):
-    again = record_trajectories(tiny, sampler="ddim", steps=STEPS, guidance=GUIDANCE, num_samples=N, seed=SEED,
-                                batch_size=N)
+    again = record_trajectories(
+        tiny, sampler="ddim", steps=STEPS, guidance=GUIDANCE, num_samples=N, seed=SEED, batch_size=N
+    )
     for name in ("x", "t", "cond", "step"):
         np.testing.assert_array_equal(getattr(again, name), getattr(calib, name))
     other = record_trajectories(tiny, sampler="ddim", steps=STEPS, guidance=GUIDANCE, num_samples=N, seed=SEED + 1)
@@ -116,8 +139,13 @@ def test_round_trip_npz(tiny, calib, tmp_path):
 
 
 def _arrays(calib):
-    return {"x": calib.x.copy(), "t": calib.t.copy(), "step": calib.step.copy(), "cond": calib.cond.copy(),
-            "meta": np.array(json.dumps(calib.meta.to_dict()))}
+    return {
+        "x": calib.x.copy(),
+        "t": calib.t.copy(),
+        "step": calib.step.copy(),
+        "cond": calib.cond.copy(),
+        "meta": np.array(json.dumps(calib.meta.to_dict())),
+    }
 
 
 def _empty(a):
@@ -278,13 +306,17 @@ def test_normal_concentrates_where_its_parameters_say(calib):
 def _clustered_set(calib, rng):
     """200 rows at step 0: five tight clusters of 36 (centres ~10 apart) and 20 far outliers."""
     centres = rng.normal(size=(5, 64)) * 7
-    x = np.concatenate([c + 0.1 * rng.normal(size=(36, 64)) for c in centres]
-                       + [rng.normal(size=(20, 64)) * 60])
+    x = np.concatenate([c + 0.1 * rng.normal(size=(36, 64)) for c in centres] + [rng.normal(size=(20, 64)) * 60])
     n = x.shape[0]
     cluster = np.repeat(np.arange(6), [36] * 5 + [20])
     t0 = np.float32(calib.timesteps[0])
-    s = CalibrationSet(x.reshape(n, 1, 8, 8).astype(np.float32), np.full(n, t0, np.float32),
-                       np.zeros(n, np.int64), np.zeros(n, np.int32), calib.meta)
+    s = CalibrationSet(
+        x.reshape(n, 1, 8, 8).astype(np.float32),
+        np.full(n, t0, np.float32),
+        np.zeros(n, np.int64),
+        np.zeros(n, np.int32),
+        calib.meta,
+    )
     return s, cluster
 
 
@@ -407,8 +439,9 @@ def test_collect_activations_by_timestep_group(tiny, calib):
     assert float(second.result().max) == calib.x[calib.step >= 3].max()
     assert float(first.result().min) == min(0.0, calib.x[calib.step <= 2].min())
     assert float(second.result().max) > float(first.result().max)  # ranges differ along the trajectory
-    only = collect_activations(tiny, calib, layers=["model.conv_*"], which=("input",), kind="percentile",
-                               percentile=99.0)
+    only = collect_activations(
+        tiny, calib, layers=["model.conv_*"], which=("input",), kind="percentile", percentile=99.0
+    )
     assert sorted(only) == ["model.conv_in:input", "model.conv_out:input"]
     with pytest.raises(EdgediffError, match="timestep group 1 .*no rows"):
         collect_activations(tiny, calib.subset(np.nonzero(calib.step <= 2)[0]), groups=2)
@@ -468,8 +501,25 @@ def _parser():
 
 def test_cli_calibrate(tmp_path, capsys):
     out = tmp_path / "calib.npz"
-    a = _parser().parse_args(["calibrate", "tiny_models:tiny_unet", "--sampler", "ddim", "--steps", "3",
-                              "--guidance", "2", "--samples", "4", "--seed", "5", "-o", str(out), "--json"])
+    a = _parser().parse_args(
+        [
+            "calibrate",
+            "tiny_models:tiny_unet",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--guidance",
+            "2",
+            "--samples",
+            "4",
+            "--seed",
+            "5",
+            "-o",
+            str(out),
+            "--json",
+        ]
+    )
     assert a.func(a) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["rows"] == 3 * 4 * 2 and info["timesteps"] == [66.0, 33.0, 0.0]

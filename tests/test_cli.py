@@ -38,7 +38,9 @@ def test_generate_writes_grid(tiny_bundle, tmp_path, capsys):
     img = Image.open(out)
     assert img.mode == "L" and img.width > 8 * 3
     # --label fixes every image's class
-    code, stdout, _ = run(capsys, "generate", tiny_bundle.root, "-n", 3, "--label", 2, "-o", tmp_path / "g.pgm", "--json")
+    code, stdout, _ = run(
+        capsys, "generate", tiny_bundle.root, "-n", 3, "--label", 2, "-o", tmp_path / "g.pgm", "--json"
+    )
     assert code == 0 and json.loads(stdout)["labels"] == [2, 2, 2]
 
 
@@ -70,6 +72,7 @@ def test_targets_lists_host_cpu(capsys):
 
 
 # ---- bad input: one test each ------------------------------------------------------------
+
 
 def test_missing_source(tmp_path, capsys):
     code, _, err = run(capsys, "compile", tmp_path / "nope", "-o", tmp_path / "b")
@@ -159,7 +162,12 @@ def test_console_script_exit_code(tmp_path):
     """The installed `edgediff` entry point: errors give exit status 2 and one stderr line."""
     exe = Path(sys.executable).parent / "edgediff"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    p = subprocess.run([str(exe), "compile", "builtin:nope", "-o", str(tmp_path / "b")],
-                       capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run(
+        [str(exe), "compile", "builtin:nope", "-o", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "nope" in p.stderr

@@ -8,13 +8,14 @@ import onnx
 import pytest
 import torch
 
-from edgediff.lower.onnx import OPSET
-from edgediff.compiler.pipeline import Recipe, compile_model
 from edgediff.compiler.capture import load_source
-from edgediff.core.spec import torch_denoiser
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
 from edgediff.compiler.verify import verify
-from edgediff.runtimes.bundle import FORMAT_VERSION, load_bundle
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import torch_denoiser
+from edgediff.lower.onnx import OPSET
+from edgediff.runtimes.bundle import FORMAT_VERSION, load_bundle
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 
 
@@ -38,8 +39,7 @@ def test_onnx_opset_and_dynamic_batch(tiny_bundle):
     assert OPSET >= 17
     denoise = bundle_denoiser(tiny_bundle)
     for batch in (1, 3, 7):
-        eps = denoise(np.zeros((batch, 1, 8, 8), np.float32), np.full(batch, 10, np.float32),
-                      np.zeros(batch, np.int64))
+        eps = denoise(np.zeros((batch, 1, 8, 8), np.float32), np.full(batch, 10, np.float32), np.zeros(batch, np.int64))
         assert eps.shape == (batch, 1, 8, 8)
 
 
@@ -57,8 +57,9 @@ def test_scheduler_json_round_trip(tiny_bundle):
     assert s["solver"] == "ddim" and s["guidance_scale"] == 2.0
     setup = SamplingSetup.from_bundle(tiny_bundle)
     assert len(setup.plan.timesteps) == 5
-    np.testing.assert_allclose(setup.plan.schedule.alphas_cumprod,
-                               load_source("tiny_models:tiny_unet").schedule.alphas_cumprod)
+    np.testing.assert_allclose(
+        setup.plan.schedule.alphas_cumprod, load_source("tiny_models:tiny_unet").schedule.alphas_cumprod
+    )
 
 
 def test_bundle_runs_like_pytorch(tiny_bundle):
@@ -129,13 +130,16 @@ def test_refuses_to_replace_non_bundle(tmp_path):
     assert (out / "thesis.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("damage, match", [
-    ("byte", r"denoiser.onnx: sha256 .* does not match manifest.json files\['model/denoiser.onnx'\]"),
-    ("version", r"format_version is 99"),
-    ("scheduler", r"scheduler.json: sha256"),
-    ("missing", r"denoiser.onnx: listed in manifest.json files but missing"),
-    ("signature", r"inputs .* do not match manifest.json model.inputs"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("byte", r"denoiser.onnx: sha256 .* does not match manifest.json files\['model/denoiser.onnx'\]"),
+        ("version", r"format_version is 99"),
+        ("scheduler", r"scheduler.json: sha256"),
+        ("missing", r"denoiser.onnx: listed in manifest.json files but missing"),
+        ("signature", r"inputs .* do not match manifest.json model.inputs"),
+    ],
+)
 def test_load_refuses_damaged_bundle(bundle_copy, damage, match):
     man_path = bundle_copy / "manifest.json"
     man = json.loads(man_path.read_text())
@@ -161,7 +165,6 @@ def test_load_refuses_damaged_bundle(bundle_copy, damage, match):
 def test_diffusers_folder_source(tmp_path):
     """A local diffusers pipeline folder (unet/ + scheduler/) compiles and verifies."""
     from diffusers import DDPMScheduler
-
     from tiny_models import build_tiny_unet
 
     root = tmp_path / "pipe"
@@ -180,9 +183,17 @@ def test_dit_folder_source(tmp_path):
 
     root = tmp_path / "dit"
     torch.manual_seed(0)
-    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=2, out_channels=4,
-                          num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10,
-                          norm_num_groups=1).save_pretrained(root / "transformer")
+    DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=2,
+        out_channels=4,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+        norm_num_groups=1,
+    ).save_pretrained(root / "transformer")
     DDIMScheduler(num_train_timesteps=100).save_pretrained(root / "scheduler")
     spec = load_source(str(root))
     assert spec.sample_shape == (2, 8, 8) and spec.conditioning.null_label == 10

@@ -9,17 +9,23 @@ import py_compile
 import numpy as np
 import pytest
 
-from edgediff.compiler.pipeline import Recipe, compile_model
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("coremltools") is None,
-                                reason="coremltools not installed: pip install 'edgediff[coreml]'")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("coremltools") is None, reason="coremltools not installed: pip install 'edgediff[coreml]'"
+)
 
 
 @pytest.fixture(scope="module")
 def cq(tmp_path_factory):
     out = tmp_path_factory.mktemp("coreml-w8a8") / "b"
-    return compile_model("tiny_models:tiny_unet", out, target="iphone-15-pro",
-                         recipe=Recipe(sampler="ddim", steps=4, guidance=2.0, quantize="w8a8", calib_samples=2))
+    return compile_model(
+        "tiny_models:tiny_unet",
+        out,
+        target="iphone-15-pro",
+        recipe=Recipe(sampler="ddim", steps=4, guidance=2.0, quantize="w8a8", calib_samples=2),
+    )
 
 
 def test_kit_files_hashed_in_the_bundle(cq):
@@ -42,8 +48,10 @@ def test_script_compiles_and_recipe_parses(cq, tmp_path):
     # the pass's float conv layers are skipped by their MIL op names
     by_layer = {f["layer"]: f["mil_op"] for f in recipe["float_layers"]}
     assert by_layer["model.conv_in"] and by_layer["model.conv_out"]
-    assert set(recipe["coremltools_config"]["op_name_configs"]) >= {by_layer["model.conv_in"],
-                                                                   by_layer["model.conv_out"]}
+    assert set(recipe["coremltools_config"]["op_name_configs"]) >= {
+        by_layer["model.conv_in"],
+        by_layer["model.conv_out"],
+    }
     assert all(v is None for v in recipe["coremltools_config"]["op_name_configs"].values())
     assert config.op_name_configs[by_layer["model.conv_in"]] is None
 

@@ -16,21 +16,26 @@ benchmarks/generality.py runs the full matrix (every variant x every target, + W
 import numpy as np
 import pytest
 import torch
-
-from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.compiler.capture import load_source
-from edgediff.runtimes.backends import BACKENDS
-from edgediff.core.errors import EdgediffError
-from edgediff.targets import load_target
 from generality_models import VARIANTS
 from test_lowering import needs
+
+from edgediff.compiler.capture import load_source
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
+from edgediff.core.errors import EdgediffError
+from edgediff.runtimes.backends import BACKENDS
+from edgediff.targets import load_target
 
 COMPILING = [n for n, v in VARIANTS.items() if v.expect is None]
 REFUSED = [n for n, v in VARIANTS.items() if v.expect is not None]
 # (non-square static shapes and TFLite's FIR path run in benchmarks/generality.py: the suite's budget)
-COMPILED = [("unet-skip", "intel-core-ultra-npu"), ("unet-learned-time", "snapdragon-8-gen-3"),
-            ("unet-class-identity", "host-cpu"), ("dit-legacy-transformer2d", "intel-core-ultra-npu"),
-            ("unet-skip", "iphone-15-pro")]
+COMPILED = [
+    ("unet-skip", "intel-core-ultra-npu"),
+    ("unet-learned-time", "snapdragon-8-gen-3"),
+    ("unet-class-identity", "host-cpu"),
+    ("dit-legacy-transformer2d", "intel-core-ultra-npu"),
+    ("unet-skip", "iphone-15-pro"),
+]
 RECIPE = Recipe(sampler="ddim", steps=2, guidance=2.0)
 
 
@@ -92,15 +97,18 @@ def _check(bundle, target):
         assert v["numerics"].startswith("not run") and v["outputs"] == ["eps"]
 
 
-@pytest.mark.parametrize("name, target", [pytest.param(n, t, marks=needs(load_target(t).format), id=f"{n}-{t}")
-                                          for n, t in COMPILED])
+@pytest.mark.parametrize(
+    "name, target", [pytest.param(n, t, marks=needs(load_target(t).format), id=f"{n}-{t}") for n, t in COMPILED]
+)
 def test_variant_compiles(folders, name, target, tmp_path):
     spec = spec_of(folders, name)
     b = compile_model(spec, tmp_path / "b", target=target, recipe=RECIPE)
     _check(b, target)
     if load_target(target).static_shapes:
-        assert b.manifest["model"]["inputs"][0]["shape"] == [b.report["model"]["forward_passes_per_step"],
-                                                           *spec.sample_shape]
+        assert b.manifest["model"]["inputs"][0]["shape"] == [
+            b.report["model"]["forward_passes_per_step"],
+            *spec.sample_shape,
+        ]
     if name == "unet-skip" and target in ("iphone-15-pro", "pixel-8"):
         assert b.report["lowering"]["rewrites"] == ["diffusers upfirdn2d_native (6-D tensors)"]
 
@@ -111,8 +119,9 @@ def test_fourier_model_is_undefined_at_t0(folders, tmp_path):
     spec = spec_of(folders, "unet-fourier")
     with pytest.raises(EdgediffError, match=r"inf/nan at timestep 0, .*--spacing trailing"):
         compile_model(spec, tmp_path / "leading", target="host-cpu", recipe=RECIPE)
-    b = compile_model(spec, tmp_path / "b", target="host-cpu",
-                      recipe=Recipe(sampler="ddim", steps=2, spacing="trailing"))
+    b = compile_model(
+        spec, tmp_path / "b", target="host-cpu", recipe=Recipe(sampler="ddim", steps=2, spacing="trailing")
+    )
     per_t = b.report["verification"]["per_timestep"]
     assert per_t[0]["timestep"] == 0 and per_t[0]["nonfinite_in_pytorch"] > 0
     assert all(np.isfinite(r["max_rel_error"]) for r in per_t)
@@ -127,5 +136,9 @@ def test_fir_rewrite_equals_diffusers_upfirdn2d():
     k = torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1]))
     x = torch.randn(2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
     for up, down, pad in [(2, 1, (2, 1)), (1, 2, (1, 1)), (1, 1, (0, 0)), (2, 1, (-1, 2)), (3, 1, (1, 1))]:
-        torch.testing.assert_close(upfirdn2d_4d(x, k / k.sum(), up, down, pad),
-                                   upfirdn2d_native(x, k / k.sum(), up, down, pad), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            upfirdn2d_4d(x, k / k.sum(), up, down, pad),
+            upfirdn2d_native(x, k / k.sum(), up, down, pad),
+            rtol=0,
+            atol=1e-6,
+        )

@@ -32,8 +32,11 @@ def package_graph() -> dict[str, dict[str, list[str]]]:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names] if node.module == "edgediff" \
+                names = (
+                    [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                    if node.module == "edgediff"
                     else [node.module]
+                )
             else:
                 continue
             for name in names:
@@ -52,7 +55,7 @@ def find_cycle(graph: dict[str, dict]) -> list[str] | None:
         stack.append(n)
         for m in sorted(graph.get(n, {})):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state and (c := visit(m)):
                 return c
         stack.pop()

@@ -13,36 +13,51 @@ import textwrap
 import numpy as np
 import pytest
 
-from edgediff.compiler.coverage import coverage, unit_coverage
-from edgediff.lower.registry import LOWERINGS
-from edgediff.compiler.pipeline import Recipe, compile_model
 from edgediff.compiler.capture import load_source
+from edgediff.compiler.coverage import coverage, unit_coverage
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
+from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import torch_denoiser
+from edgediff.lower.registry import LOWERINGS
 from edgediff.runtimes.backends import BACKENDS, model_signature, open_denoiser
 from edgediff.runtimes.bundle import load_bundle
-from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 from edgediff.targets import load_target
 
 EXTRA_MODULES = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert_torch", "coreml": "coremltools"}
-FILES = {"onnx": "denoiser.onnx", "openvino": "denoiser.xml", "tflite": "denoiser.tflite",
-         "coreml": "denoiser.mlpackage"}
+FILES = {
+    "onnx": "denoiser.onnx",
+    "openvino": "denoiser.xml",
+    "tflite": "denoiser.tflite",
+    "coreml": "denoiser.mlpackage",
+}
 # One device profile per format (the profile decides the format).
-TARGETS = {"onnx": "snapdragon-8-gen-3", "openvino": "intel-core-ultra-npu", "tflite": "pixel-8",
-           "coreml": "iphone-15-pro"}
+TARGETS = {
+    "onnx": "snapdragon-8-gen-3",
+    "openvino": "intel-core-ultra-npu",
+    "tflite": "pixel-8",
+    "coreml": "iphone-15-pro",
+}
 
 
 def needs(fmt):
     mod = EXTRA_MODULES[fmt]
-    return pytest.mark.skipif(importlib.util.find_spec(mod) is None,
-                              reason=f"{mod} not installed: pip install 'edgediff[{LOWERINGS[fmt].extra}]'")
+    return pytest.mark.skipif(
+        importlib.util.find_spec(mod) is None,
+        reason=f"{mod} not installed: pip install 'edgediff[{LOWERINGS[fmt].extra}]'",
+    )
 
 
 # What the battery compiles per format: fp32 where the format runs here and the target allows
 # it (so the 1e-4 bound applies), else the target's default; Core ML adds 6-bit palettization,
 # so one (slow) conversion covers the compression path too.
-RECIPES = {"onnx": dict(precision="fp32"), "openvino": {}, "tflite": dict(precision="fp32"),
-           "coreml": dict(weights="palette6")}
+RECIPES = {
+    "onnx": dict(precision="fp32"),
+    "openvino": {},
+    "tflite": dict(precision="fp32"),
+    "coreml": dict(weights="palette6"),
+}
 _BUNDLES: dict = {}
 
 
@@ -50,8 +65,12 @@ def battery_bundle(fmt, tmp_path_factory):
     """Compiled once per session: the conversions (litert-torch, coremltools) take tens of seconds."""
     if fmt not in _BUNDLES:
         out = tmp_path_factory.mktemp(f"lower-{fmt}") / "b"
-        _BUNDLES[fmt] = compile_model("tiny_models:tiny_unet", out, target=TARGETS[fmt],
-                                      recipe=Recipe(sampler="ddim", steps=4, guidance=2.0, **RECIPES[fmt]))
+        _BUNDLES[fmt] = compile_model(
+            "tiny_models:tiny_unet",
+            out,
+            target=TARGETS[fmt],
+            recipe=Recipe(sampler="ddim", steps=4, guidance=2.0, **RECIPES[fmt]),
+        )
     return _BUNDLES[fmt]
 
 
@@ -147,8 +166,9 @@ class TestFormatBattery:
 # ---------------------------------------------------------------- precision choice
 def test_precision_the_target_lacks_is_refused(tmp_path):
     with pytest.raises(EdgediffError, match=r"target intel-core-ultra-npu: precision 'fp32' is not supported"):
-        compile_model("tiny_models:tiny_unet", tmp_path / "b", target="intel-core-ultra-npu",
-                      recipe=Recipe(precision="fp32"))
+        compile_model(
+            "tiny_models:tiny_unet", tmp_path / "b", target="intel-core-ultra-npu", recipe=Recipe(precision="fp32")
+        )
     with pytest.raises(EdgediffError, match=r"target host-cpu: precision 'int8'.*onnx lowering writes only"):
         compile_model("tiny_models:tiny_unet", tmp_path / "b", target="host-cpu", recipe=Recipe(precision="int8"))
     with pytest.raises(EdgediffError, match=r"weight compression 'palette4' is not available for format onnx"):
@@ -164,7 +184,7 @@ def test_host_cpu_bundle_stays_dynamic(tiny_bundle):
 
 # ---------------------------------------------------------------- coverage
 def _profile(tmp_path, ops_table: str):
-    text = textwrap.dedent(f"""
+    text = textwrap.dedent("""
         name = "dev"
         format = "tflite"
         runtime = "litert"
@@ -220,7 +240,6 @@ def test_pixel8_cpu_gets_instance_norm_rewritten():
 # ---------------------------------------------------------------- generality: diffusers folders
 def _unet_folder(root):
     from diffusers import DDPMScheduler
-
     from tiny_models import build_tiny_unet
 
     build_tiny_unet(seed=2).save_pretrained(root / "unet")
@@ -233,21 +252,31 @@ def _dit_folder(root):
     from diffusers import DDIMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
-    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=2, out_channels=4, num_layers=1,
-                          sample_size=8, patch_size=2, num_embeds_ada_norm=10,
-                          norm_num_groups=1).save_pretrained(root / "transformer")
+    DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=2,
+        out_channels=4,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+        norm_num_groups=1,
+    ).save_pretrained(root / "transformer")
     DDIMScheduler(num_train_timesteps=100).save_pretrained(root / "scheduler")
     return root
 
 
 # The battery already compiles a UNet2DModel for every format; the folder loader is shared.
 # Here: a DiT folder for every format, and a UNet2DModel folder for the fast ones.
-GENERALITY = [("dit", t) for t in ("snapdragon-8-gen-3", "intel-core-ultra-npu", "pixel-8", "iphone-15-pro")] + \
-             [("unet", t) for t in ("raspberry-pi-5", "snapdragon-8-gen-3")]
+GENERALITY = [("dit", t) for t in ("snapdragon-8-gen-3", "intel-core-ultra-npu", "pixel-8", "iphone-15-pro")] + [
+    ("unet", t) for t in ("raspberry-pi-5", "snapdragon-8-gen-3")
+]
 
 
-@pytest.mark.parametrize("kind, target", [
-    pytest.param(k, t, marks=needs(load_target(t).format), id=f"{k}-{t}") for k, t in GENERALITY])
+@pytest.mark.parametrize(
+    "kind, target", [pytest.param(k, t, marks=needs(load_target(t).format), id=f"{k}-{t}") for k, t in GENERALITY]
+)
 def test_diffusers_folder_compiles_for_target(kind, target, tmp_path):
     src = (_unet_folder if kind == "unet" else _dit_folder)(tmp_path / kind)
     b = compile_model(str(src), tmp_path / "b", target=target, recipe=Recipe(sampler="ddim", steps=2))
@@ -283,8 +312,8 @@ def test_tflite_fp16_and_int8_shrink_the_file_and_stay_close(tmp_path_factory, t
     """The quantizer step of lower_tflite, on a copy of the battery's fp32 conversion."""
     import shutil
 
-    from edgediff.lower.tflite import _quantize
     from edgediff.compiler.verify import BOUNDS, verify
+    from edgediff.lower.tflite import _quantize
 
     b = battery_bundle("tflite", tmp_path_factory)
     spec = load_source("tiny_models:tiny_unet")
@@ -319,14 +348,22 @@ class _TinyNet:
 
         args = (torch.randn(2, 1, 8, 8), torch.ones(2), torch.zeros(2, dtype=torch.int64))
         ep = torch.export.export(Net().eval(), args).run_decompositions()
-        return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-                          inputs=[ct.TensorType(name="sample", shape=(2, 1, 8, 8), dtype=np.float32),
-                                  ct.TensorType(name="timestep", shape=(2,), dtype=np.float32),
-                                  ct.TensorType(name="class_labels", shape=(2,), dtype=np.int32)],
-                          outputs=[ct.TensorType(name="eps", dtype=np.float32)])
+        return ct.convert(
+            ep,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS17,
+            inputs=[
+                ct.TensorType(name="sample", shape=(2, 1, 8, 8), dtype=np.float32),
+                ct.TensorType(name="timestep", shape=(2,), dtype=np.float32),
+                ct.TensorType(name="class_labels", shape=(2,), dtype=np.int32),
+            ],
+            outputs=[ct.TensorType(name="eps", dtype=np.float32)],
+        )
 
 
-@pytest.mark.parametrize("weights, op", [("int8", "constexpr_affine_dequantize"), ("palette4", "constexpr_lut_to_dense")])
+@pytest.mark.parametrize(
+    "weights, op", [("int8", "constexpr_affine_dequantize"), ("palette4", "constexpr_lut_to_dense")]
+)
 @needs("coreml")
 def test_coreml_weight_compression_present(weights, op, tmp_path):
     import coremltools as ct
@@ -343,12 +380,15 @@ def test_coreml_weight_compression_present(weights, op, tmp_path):
     assert rec["numerics"].startswith("not run: needs macOS")
     with pytest.raises(EdgediffError, match=f"weight compression {weights} was asked for but"):
         plain.save(str(tmp_path / "p.mlpackage"))
-        structural_check(tmp_path / "p.mlpackage", expect_inputs=["sample", "timestep", "class_labels"],
-                         weights=weights)
+        structural_check(
+            tmp_path / "p.mlpackage", expect_inputs=["sample", "timestep", "class_labels"], weights=weights
+        )
 
 
 def test_missing_extra_is_named(monkeypatch):
     from edgediff.runtimes import backends
 
-    with pytest.raises(EdgediffError, match=r"optional package 'no_such_converter_xyz'.*pip install 'edgediff\[tflite\]'"):
+    with pytest.raises(
+        EdgediffError, match=r"optional package 'no_such_converter_xyz'.*pip install 'edgediff\[tflite\]'"
+    ):
         backends.require("no_such_converter_xyz", "tflite", "tflite")

@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from edgediff.prune.prune import PruneOptions, _inner, prune, scheduler_config
-from edgediff.compiler.capture import load_source
-from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec
-from edgediff.prune.importance import accumulate_taylor_gradients
-from edgediff.prune.store import save_pruned
-from edgediff.core.errors import EdgediffError
-from edgediff.core.schedule import make_schedule
 from ddp_train_worker import tiny_data
 from tiny_models import tiny_unet
+from torch import nn
+
+from edgediff.compiler.capture import load_source
+from edgediff.core.errors import EdgediffError
+from edgediff.core.schedule import make_schedule
+from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec
+from edgediff.prune.importance import accumulate_taylor_gradients
+from edgediff.prune.prune import PruneOptions, _inner, prune, scheduler_config
+from edgediff.prune.store import save_pruned
 
 HERE = Path(__file__).parent
 
@@ -40,12 +40,24 @@ def tiny_dit() -> ModelSpec:
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
-        m = DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=8, in_channels=2, out_channels=4,
-                                  num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=5)
+        m = DiTTransformer2DModel(
+            num_attention_heads=4,
+            attention_head_dim=8,
+            in_channels=2,
+            out_channels=4,
+            num_layers=2,
+            sample_size=8,
+            patch_size=2,
+            num_embeds_ada_norm=5,
+        )
     finally:
         torch.random.set_rng_state(state)
-    return ModelSpec(module=DiffusersAdapter(m.eval(), "DiTTransformer2DModel", 2).eval(), schedule=make_schedule(100),
-                     sample_shape=(2, 8, 8), conditioning=Conditioning("class", num_classes=5, null_label=5))
+    return ModelSpec(
+        module=DiffusersAdapter(m.eval(), "DiTTransformer2DModel", 2).eval(),
+        schedule=make_schedule(100),
+        sample_shape=(2, 8, 8),
+        conditioning=Conditioning("class", num_classes=5, null_label=5),
+    )
 
 
 def _out(spec, batch=3):
@@ -142,7 +154,8 @@ def test_pruned_folder_round_trip(tmp_path, make):
     assert torch.allclose(_out(loaded), _out(r.model), atol=1e-6)
     assert np.allclose(loaded.schedule.alphas_cumprod, spec.schedule.alphas_cumprod, rtol=1e-6)
     # the pruned folder (UNet or DiT) compiles to a verified bundle with its smaller tensors
-    from edgediff.compiler.pipeline import Recipe, compile_model
+    from edgediff.compiler.pipeline import compile_model
+    from edgediff.compiler.recipe import Recipe
 
     b = compile_model(str(tmp_path / "p"), tmp_path / "b", recipe=Recipe(sampler="ddim", steps=2))
     assert b.report["verification"]["max_rel_error"] <= 1e-4 and b.manifest["pruning"]["ratio"] == 0.4
@@ -156,25 +169,45 @@ def test_pruned_folder_round_trip(tmp_path, make):
 
 def _cli(*args, nproc_env=None, timeout=900):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    return subprocess.run([sys.executable, "-m", "edgediff.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgediff.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_errors_name_the_problem(tmp_path):
     r = _cli("prune", "tiny_models:tiny_unet", "--ratio", "1.2", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "ratio must lie strictly between 0 and 1" in r.stderr
-    r = _cli("prune", "tiny_models:tiny_unet", "--ratio", "0.3", "--importance", "magnitude",
-             "--protect", "nonexistent*", "-o", str(tmp_path / "x"))
+    r = _cli(
+        "prune",
+        "tiny_models:tiny_unet",
+        "--ratio",
+        "0.3",
+        "--importance",
+        "magnitude",
+        "--protect",
+        "nonexistent*",
+        "-o",
+        str(tmp_path / "x"),
+    )
     assert r.returncode == 2 and "'nonexistent*' matches no layer" in r.stderr
-    r = _cli("prune", "tiny_models:tiny_unet", "--ratio", "0.3", "--layer-ratio", "down_blocks.1.*", "-o",
-             str(tmp_path / "x"))
+    r = _cli(
+        "prune",
+        "tiny_models:tiny_unet",
+        "--ratio",
+        "0.3",
+        "--layer-ratio",
+        "down_blocks.1.*",
+        "-o",
+        str(tmp_path / "x"),
+    )
     assert r.returncode == 2 and "expected PATTERN=RATIO" in r.stderr
     assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
 def test_prune_then_compile_verifies(tmp_path):
-    from edgediff.compiler.pipeline import Recipe, compile_model
+    from edgediff.compiler.pipeline import compile_model
+    from edgediff.compiler.recipe import Recipe
 
     r = _cli("prune", "tiny_models:tiny_unet", "--ratio", "0.4", "--importance", "magnitude", "-o", str(tmp_path / "p"))
     assert r.returncode == 0, r.stderr
@@ -190,9 +223,26 @@ def test_prune_finetune_two_processes(tmp_path):
     d = tiny_data()
     np.savez(tmp_path / "data.npz", images=d["x0"].numpy(), labels=d["label"].numpy())
     out = tmp_path / "p"
-    r = _cli("prune", "tiny_models:tiny_unet", "--ratio", "0.3", "--importance", "taylor", "--taylor-stride", "25",
-             "--finetune-steps", "4", "--batch-size", "8", "--data", str(tmp_path / "data.npz"), "--nproc", "2",
-             "-o", str(out))
+    r = _cli(
+        "prune",
+        "tiny_models:tiny_unet",
+        "--ratio",
+        "0.3",
+        "--importance",
+        "taylor",
+        "--taylor-stride",
+        "25",
+        "--finetune-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--data",
+        str(tmp_path / "data.npz"),
+        "--nproc",
+        "2",
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.loads((out / "pruned_shapes.json").read_text())["record"]
     assert rec["finetune"]["world_size"] == 2 and rec["finetune"]["steps"] == 4
@@ -221,6 +271,8 @@ def test_leftover_checkpoints_resume_or_are_refused(tmp_path):
 
 def test_builtin_digits_pruned_loads_smaller():
     spec = load_source("builtin:digits-pruned")
-    rec = json.loads((HERE.parent / "src" / "edgediff" / "zoo" / "weights" / "digits_pruned" / "pruned_shapes.json").read_text())["record"]
+    rec = json.loads(
+        (HERE.parent / "src" / "edgediff" / "zoo" / "weights" / "digits_pruned" / "pruned_shapes.json").read_text()
+    )["record"]
     assert sum(p.numel() for p in spec.module.parameters()) == rec["params_after"] < rec["params_before"]
     assert spec.conditioning.null_label == 10 and torch.isfinite(_out(spec)).all()

@@ -4,7 +4,6 @@ The fp32 graph is the tiny UNet's from the shared `tiny_bundle` fixture, so noth
 exports again; compile_model is run with its lowering stage returning that graph.
 """
 
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -14,15 +13,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgediff.quantize.calibration import record_trajectories
-from edgediff.compiler import pipeline
 from edgediff.cli.main import build_parser
-from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.quantize.w8a8 import QuantizeOptions, quantize
 from edgediff.compiler.capture import load_source
-from edgediff.core.spec import torch_denoiser
-from edgediff.runtimes.backends import OnnxRuntimeDenoiser
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import torch_denoiser
+from edgediff.quantize.calibration import record_trajectories
+from edgediff.quantize.w8a8 import QuantizeOptions, quantize
+from edgediff.runtimes.backends import OnnxRuntimeDenoiser
 from edgediff.runtimes.groups import GroupedDenoiser
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 from edgediff.runtimes.samplers import get_solver
@@ -76,11 +75,11 @@ def test_int8_kernels_really_run(q1, tmp_path):
     ops = _optimized_ops(q1.model_path, tmp_path)
     q = q1.report["quantization"]
     # every quantized Conv became ONNX Runtime's integer QLinearConv; only the float layers stay Conv
-    float_convs = sum(1 for l in q["layers"] if l["op"] == "Conv" and l["precision"] == "fp32")
-    int8_convs = sum(1 for l in q["layers"] if l["op"] == "Conv" and l["precision"] == "int8")
+    float_convs = sum(1 for row in q["layers"] if row["op"] == "Conv" and row["precision"] == "fp32")
+    int8_convs = sum(1 for row in q["layers"] if row["op"] == "Conv" and row["precision"] == "int8")
     assert ops["QLinearConv"] == int8_convs > 0
     assert ops["Conv"] == float_convs
-    int8_linear = sum(1 for l in q["layers"] if l["op"] in ("MatMul", "Gemm") and l["precision"] == "int8")
+    int8_linear = sum(1 for row in q["layers"] if row["op"] in ("MatMul", "Gemm") and row["precision"] == "int8")
     assert ops["MatMulIntegerToFloat"] + ops["QGemm"] == int8_linear > 0
     # the int8 weights are stored as int8
     proto = onnx.load(str(q1.model_path))
@@ -97,7 +96,7 @@ def test_bundle_records_quantization(q1):
     assert whys["model.conv_in"].startswith("first layer")
     assert whys["model.conv_out"].startswith("last layer")
     assert whys["model.time_embedding.linear_1"].startswith("timestep")
-    layer = next(l for l in r["quantization"]["layers"] if l["precision"] == "int8" and l["op"] == "Conv")
+    layer = next(row for row in r["quantization"]["layers"] if row["precision"] == "int8" and row["op"] == "Conv")
     assert layer["input"][0]["scale"] > 0 and 0 <= layer["input"][0]["zero_point"] <= 255
     assert layer["weight"]["channels"] > 1 and layer["weight"]["scale_min"] > 0
     v = r["verification"]
@@ -112,15 +111,20 @@ def test_groups_share_one_copy_of_the_weights(q1, q2, tmp_path):
     assert groups["files"] == ["model/denoiser.g0.onnx", "model/denoiser.g1.onnx"]
     root = q2.root
     weights = root / groups["shared_weights"]
-    int8_bytes = sum(int(np.prod(i.dims)) for i in onnx.load(str(q1.model_path)).graph.initializer
-                     if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2)
+    int8_bytes = sum(
+        int(np.prod(i.dims))
+        for i in onnx.load(str(q1.model_path)).graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2
+    )
     assert int8_bytes <= weights.stat().st_size < 2 * int8_bytes  # once (+ scales and the float layers')
     for f in groups["files"]:  # each group graph holds no int8 weight bytes of its own
         proto = onnx.load(str(root / f), load_external_data=False)
         int8 = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
         assert int8 and all(i.data_location == onnx.TensorProto.EXTERNAL and not i.raw_data for i in int8)
     # each group has its own activation scales
-    layer = next(l for l in q2.report["quantization"]["layers"] if l["precision"] == "int8" and l["op"] == "Conv")
+    layer = next(
+        row for row in q2.report["quantization"]["layers"] if row["precision"] == "int8" and row["op"] == "Conv"
+    )
     assert len(layer["input"]) == 2 and layer["input"][0]["scale"] != layer["input"][1]["scale"]
     # each group's session reads weights.bin itself and still runs ONNX Runtime's int8 kernels
     assert _optimized_ops(root / groups["files"][1], tmp_path)["QLinearConv"] > 0
@@ -208,14 +212,20 @@ def test_sensitivity_keeps_the_worst_layers_float(spec, calib, plan, tiny_bundle
     path = tmp_path / "model" / "denoiser.onnx"
     path.parent.mkdir()
     shutil.copy(tiny_bundle.model_path, path)
-    q = quantize(spec, calib, onnx_path=path, plan=plan,
-                 options=QuantizeOptions(sensitive_float=2, sensitivity_rows=16,
-                                         keep_float=("*attentions.0.to_q",)))
+    q = quantize(
+        spec,
+        calib,
+        onnx_path=path,
+        plan=plan,
+        options=QuantizeOptions(sensitive_float=2, sensitivity_rows=16, keep_float=("*attentions.0.to_q",)),
+    )
     rec = q.record
     ranked = [r["layer"] for r in rec["sensitivity"]]
     by_sens = [f for f in rec["float_layers"] if f["why"].startswith("sensitivity rank")]
     assert sorted(f["layer"] for f in by_sens) == sorted(ranked[:2])
-    assert any(f["why"].startswith("kept float by pattern") and f["layer"].endswith("to_q") for f in rec["float_layers"])
+    assert any(
+        f["why"].startswith("kept float by pattern") and f["layer"].endswith("to_q") for f in rec["float_layers"]
+    )
     assert rec["sensitivity"][0]["rel_error"] >= rec["sensitivity"][-1]["rel_error"]
     assert not (path.parent / "weights.bin").exists() and path.exists()
 
@@ -239,20 +249,22 @@ def test_bad_inputs_are_clear_errors(spec, calib, tiny_bundle, tmp_path):
     data["x"][0, 0, 0, 0] = np.nan
     np.savez(bad, **data)
     with pytest.raises(EdgediffError, match=r"bad\.npz.*non-finite"):
-        compile_model("tiny_models:tiny_unet", tmp_path / "b", recipe=Recipe(**RECIPE, quantize="w8a8",
-                                                                             calib=str(bad)))
+        compile_model("tiny_models:tiny_unet", tmp_path / "b", recipe=Recipe(**RECIPE, quantize="w8a8", calib=str(bad)))
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(quantize="w2"), "not a scheme"),
-    (dict(quantize="w4", groups=2), "needs quantize w8a8"),
-    (dict(groups=2), "needs quantize"),
-    (dict(quantize="w8a8", groups=9), "groups must be"),
-    (dict(quantize="w8a8", precision="fp16"), "starts from fp32"),
-    (dict(quantize="w8a8", quant_options={"observer": "bogus"}), "unknown observer"),
-    (dict(quantize="w8a8", quant_options={"nope": 1}), "unknown key"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(quantize="w2"), "not a scheme"),
+        (dict(quantize="w4", groups=2), "needs quantize w8a8"),
+        (dict(groups=2), "needs quantize"),
+        (dict(quantize="w8a8", groups=9), "groups must be"),
+        (dict(quantize="w8a8", precision="fp16"), "starts from fp32"),
+        (dict(quantize="w8a8", quant_options={"observer": "bogus"}), "unknown observer"),
+        (dict(quantize="w8a8", quant_options={"nope": 1}), "unknown key"),
+    ],
+)
 def test_recipe_validation(kwargs, match):
     with pytest.raises(EdgediffError, match=match):
         Recipe(**RECIPE, **kwargs)
@@ -260,8 +272,24 @@ def test_recipe_validation(kwargs, match):
 
 def test_cli_flags_and_calibrate_command():
     p = build_parser()
-    a = p.parse_args(["compile", "builtin:digits", "-o", "b", "--quantize", "w8a8", "--groups", "3",
-                      "--calib", "c.npz", "--float-layers", "2", "--keep-float", "*conv_in"])
+    a = p.parse_args(
+        [
+            "compile",
+            "builtin:digits",
+            "-o",
+            "b",
+            "--quantize",
+            "w8a8",
+            "--groups",
+            "3",
+            "--calib",
+            "c.npz",
+            "--float-layers",
+            "2",
+            "--keep-float",
+            "*conv_in",
+        ]
+    )
     assert (a.quantize, a.groups, a.calib, a.float_layers, a.keep_float) == ("w8a8", 3, "c.npz", 2, ["*conv_in"])
     a = p.parse_args(["calibrate", "builtin:digits", "--steps", "4", "--samples", "8", "-o", "c.npz"])
     assert a.func.__name__ == "cmd_calibrate" and a.steps == 4
@@ -273,8 +301,12 @@ def test_openvino_int8_runs_our_scales(q1, tiny_bundle, tmp_path):
     pytest.importorskip("openvino")
     import openvino as ov
 
-    b = compile_model("tiny_models:tiny_unet", tmp_path / "ov",
-                      target="intel-core-ultra-npu", recipe=Recipe(**RECIPE, quantize="w8a8", calib_samples=6))
+    b = compile_model(
+        "tiny_models:tiny_unet",
+        tmp_path / "ov",
+        target="intel-core-ultra-npu",
+        recipe=Recipe(**RECIPE, quantize="w8a8", calib_samples=6),
+    )
     m = b.manifest["model"]
     assert m["format"] == "openvino" and m["precision"] == "int8" and m["file"].endswith(".xml")
     assert not list((tmp_path / "ov" / "model").glob("*.onnx"))
@@ -282,8 +314,9 @@ def test_openvino_int8_runs_our_scales(q1, tiny_bundle, tmp_path):
     ops = Counter(op.get_type_name() for op in ir.get_ops())
     n_int8 = b.report["quantization"]["num_int8"]
     assert ops["FakeQuantize"] >= n_int8  # at least the input of every int8 layer
-    int8_weights = [op for op in ir.get_ops()
-                    if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"]
+    int8_weights = [
+        op for op in ir.get_ops() if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+    ]
     assert len(int8_weights) == n_int8  # the weights stay int8 constants, not float copies
     assert b.report["verification"]["max_rel_error"] <= b.report["verification"]["bound"]
 
@@ -303,8 +336,12 @@ def test_openvino_int8_runs_our_scales(q1, tiny_bundle, tmp_path):
 def test_openvino_int8_refuses_groups(tiny_bundle, tmp_path):
     pytest.importorskip("openvino")
     with pytest.raises(EdgediffError, match="OpenVINO IR takes --groups 1"):
-        compile_model("tiny_models:tiny_unet", tmp_path / "ovg", target="intel-core-ultra-npu",
-                      recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=6))
+        compile_model(
+            "tiny_models:tiny_unet",
+            tmp_path / "ovg",
+            target="intel-core-ultra-npu",
+            recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=6),
+        )
     assert not (tmp_path / "ovg").exists()
 
 

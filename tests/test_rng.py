@@ -8,16 +8,19 @@ import math
 import numpy as np
 import pytest
 
-from edgediff.runtimes import rng
 from edgediff.core.errors import EdgediffError
+from edgediff.runtimes import rng
 from edgediff.runtimes.rng import NoiseSource, normal, philox4x32_10
 
 # Random123's kat_vectors for philox4x32_10: counter, key, expected output.
 PHILOX_KAT = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 # Pinned outputs (float32 bit patterns).  A C implementation must print these too; change
@@ -29,7 +32,9 @@ GOLDEN = [
 
 # The constants as the docstring spells them (C99 hex float literals).
 CONSTANTS_HEX = {
-    "SQRT_HALF": "0x1.6a09e667f3bcdp-1", "LN2": "0x1.62e42fefa39efp-1", "HALF_PI": "0x1.921fb54442d18p+0",
+    "SQRT_HALF": "0x1.6a09e667f3bcdp-1",
+    "LN2": "0x1.62e42fefa39efp-1",
+    "HALF_PI": "0x1.921fb54442d18p+0",
 }
 
 
@@ -129,8 +134,14 @@ def test_vectorized_normal_equals_scalar_reference():
 
 def test_log_and_cossin_equal_the_specification_in_float64():
     """The double intermediates, bit for bit: a C port can be checked at this level too."""
-    words = np.concatenate([np.random.default_rng(3).integers(0, 2**32, 20_000), [0, 1, 2**31 - 1, 2**31, 2**32 - 1],
-                            np.arange(0xB504F000, 0xB504F400, 7), np.arange(2**30 - 64, 2**30 + 64)])  # edges
+    words = np.concatenate(
+        [
+            np.random.default_rng(3).integers(0, 2**32, 20_000),
+            [0, 1, 2**31 - 1, 2**31, 2**32 - 1],
+            np.arange(0xB504F000, 0xB504F400, 7),
+            np.arange(2**30 - 64, 2**30 + 64),
+        ]
+    )  # edges
     u = (words.astype(np.float64) + 0.5) * 2.0**-32
     got_log, (got_cos, got_sin) = rng._log(u), rng._cossin(u)
     for j, v in enumerate(u.tolist()):

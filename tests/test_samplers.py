@@ -23,11 +23,10 @@ import pytest
 import torch
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.schedule import NoiseSchedule, make_schedule, schedule_from_diffusers_config, timesteps
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.samplers import SOLVERS, Plan, get_solver
 from edgediff.runtimes.sampling import sample
-from edgediff.core.schedule import (NoiseSchedule, make_schedule, schedule_from_diffusers_config,
-                                        timesteps)
 
 # diffusers' own np.array(torch tensor) call under numpy 2; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -36,13 +35,22 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 REFERENCES = {
     "ddpm": ("DDPMScheduler", "scheduling_ddpm", {"clip_sample": False}, ("leading", "trailing", "linspace")),
     "ddim": ("DDIMScheduler", "scheduling_ddim", {"clip_sample": False}, ("leading", "trailing", "linspace")),
-    "dpmpp-2m": ("DPMSolverMultistepScheduler", "scheduling_dpmsolver_multistep", {},
-                 ("leading", "trailing", "linspace")),
+    "dpmpp-2m": (
+        "DPMSolverMultistepScheduler",
+        "scheduling_dpmsolver_multistep",
+        {},
+        ("leading", "trailing", "linspace"),
+    ),
     "euler": ("EulerDiscreteScheduler", "scheduling_euler_discrete", {}, ("leading", "trailing", "linspace")),
     "lcm": ("LCMScheduler", "scheduling_lcm", {}, ("lcm",)),
 }
-STEPS = {"ddpm": (1, 4, 10, 50, 1000), "ddim": (1, 4, 10, 50), "dpmpp-2m": (1, 2, 4, 10, 50),
-         "euler": (1, 4, 10, 50), "lcm": (1, 2, 4, 8, 50)}
+STEPS = {
+    "ddpm": (1, 4, 10, 50, 1000),
+    "ddim": (1, 4, 10, 50),
+    "dpmpp-2m": (1, 2, 4, 10, 50),
+    "euler": (1, 4, 10, 50),
+    "lcm": (1, 2, 4, 8, 50),
+}
 SHAPE = (3, 5, 5)  # 75 values per image: not a multiple of 4, so the rng's truncation is exercised
 NOISE = NoiseSource(seed=20240611, streams=(3, 11))
 
@@ -75,8 +83,9 @@ def diffusers_trajectory(monkeypatch, name, steps, spacing, *, eta=0.0, predicti
     def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
         return torch.from_numpy(NOISE.draw(state["i"] + 1, tuple(shape[1:]))).to(dtype or torch.float32)
 
-    monkeypatch.setattr(importlib.import_module("diffusers.schedulers." + REFERENCES[name][1]),
-                        "randn_tensor", randn_tensor)
+    monkeypatch.setattr(
+        importlib.import_module("diffusers.schedulers." + REFERENCES[name][1]), "randn_tensor", randn_tensor
+    )
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # LCM's c_skip / c_out follow the default dtype
     try:
@@ -152,10 +161,12 @@ class TestSolverConformance:
 
     @pytest.mark.parametrize("name,steps,spacing,opts,prediction_type", list(conformance_cases()))
     def test_trajectory_matches_diffusers(self, monkeypatch, name, steps, spacing, opts, prediction_type):
-        theirs64, their_t, sched = diffusers_trajectory(monkeypatch, name, steps, spacing,
-                                                        prediction_type=prediction_type, **opts)
-        theirs32, _, _ = diffusers_trajectory(monkeypatch, name, steps, spacing,
-                                              prediction_type=prediction_type, f64=False, **opts)
+        theirs64, their_t, sched = diffusers_trajectory(
+            monkeypatch, name, steps, spacing, prediction_type=prediction_type, **opts
+        )
+        theirs32, _, _ = diffusers_trajectory(
+            monkeypatch, name, steps, spacing, prediction_type=prediction_type, f64=False, **opts
+        )
         schedule = NoiseSchedule(sched.alphas_cumprod.numpy().astype(np.float64), prediction_type)
         ours, our_t, plan = our_trajectory(name, steps, spacing, schedule, **opts)
         np.testing.assert_array_equal(our_t, their_t)
@@ -245,8 +256,10 @@ def test_lcm_timesteps_match_diffusers():
         get_solver("lcm").plan(make_schedule(), 51)
 
 
-@pytest.mark.parametrize("beta_schedule,start,end", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012),
-                                                     ("squaredcos_cap_v2", 1e-4, 0.02)])
+@pytest.mark.parametrize(
+    "beta_schedule,start,end",
+    [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012), ("squaredcos_cap_v2", 1e-4, 0.02)],
+)
 def test_make_schedule_matches_diffusers(beta_schedule, start, end):
     ref = diffusers.DDPMScheduler(beta_schedule=beta_schedule, beta_start=start, beta_end=end)
     want = ref.alphas_cumprod.numpy().astype(np.float64)
@@ -258,8 +271,9 @@ def test_make_schedule_matches_diffusers(beta_schedule, start, end):
 
 
 def test_schedule_from_diffusers_config():
-    cfg = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                  prediction_type="v_prediction").config
+    cfg = diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction"
+    ).config
     s = schedule_from_diffusers_config(dict(cfg))
     assert s.prediction_type == "v_prediction" and s.num_train_timesteps == 1000
     np.testing.assert_allclose(s.alphas_cumprod, make_schedule(1000, "scaled_linear", 0.00085, 0.012).alphas_cumprod)
@@ -312,6 +326,7 @@ def labelled_model(calls):
         calls.append((x.shape[0], None if labels is None else labels.copy()))
         shift = 0.0 if labels is None else labels.astype(np.float32).reshape(-1, 1, 1, 1) * np.float32(0.1)
         return (fake_model(x, t) + shift).astype(np.float32)
+
     return denoise
 
 
@@ -320,8 +335,9 @@ def test_sample_with_guidance_equals_manual_loop(name):
     plan = get_solver(name).plan(make_schedule(), 6)
     labels, null, guidance = np.array([2, 7]), 10, 3.5
     calls = []
-    got = sample(labelled_model(calls), plan, NOISE, labels=labels, guidance=guidance, null_label=null,
-                 sample_shape=SHAPE)
+    got = sample(
+        labelled_model(calls), plan, NOISE, labels=labels, guidance=guidance, null_label=null, sample_shape=SHAPE
+    )
     assert len(calls) == len(plan)
     assert all(b == 4 and list(lab) == [2, 7, 10, 10] for b, lab in calls)
 

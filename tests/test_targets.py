@@ -6,8 +6,14 @@ import onnx
 import pytest
 
 from edgediff.core.errors import EdgediffError
-from edgediff.targets import (PRECISIONS, available_targets, format_targets_table, load_profile_file, load_target,
-                              targets_json)
+from edgediff.targets import (
+    PRECISIONS,
+    available_targets,
+    format_targets_table,
+    load_profile_file,
+    load_target,
+    targets_json,
+)
 from edgediff.targets.host import INTERESTING, detect_host, merge_host
 from edgediff.targets.profile import FORMATS
 
@@ -20,6 +26,7 @@ def test_every_expected_device_has_a_profile():
 
 
 # ---- the battery: every profile file ------------------------------------------------------
+
 
 @pytest.fixture(params=available_targets())
 def profile(request):
@@ -78,7 +85,7 @@ def test_unit_for_picks_the_first_unit_listing_the_precision(profile):
     for p in profile.precisions:
         unit = profile.unit_for(p)
         assert p in profile.units[unit]
-        assert all(p not in profile.units[u] for u in list(profile.units)[:list(profile.units).index(unit)])
+        assert all(p not in profile.units[u] for u in list(profile.units)[: list(profile.units).index(unit)])
 
 
 def test_check_ops_partitions_the_input(profile):
@@ -105,6 +112,7 @@ def test_listing_keeps_the_old_json_shape(profile):
 
 # ---- facts the profiles must keep (from the vendor pages they cite) -----------------------
 
+
 def test_documented_constraints():
     assert load_target("intel-core-ultra-npu").static_shapes  # "only models with static shapes"
     assert load_target("snapdragon-8-gen-3").static_shapes  # "QNN EP does not support ... dynamic shapes"
@@ -128,8 +136,7 @@ def test_host_cpu_merges_detected_features():
 
 def test_merge_host_uses_isa_for_peaks():
     host = load_target("host-cpu")
-    info = {"cores": 4, "mhz": 3000.0, "features": ["avx2", "fma"], "memory_total_mb": 1000,
-            "memory_available_mb": 600}
+    info = {"cores": 4, "mhz": 3000.0, "features": ["avx2", "fma"], "memory_total_mb": 1000, "memory_available_mb": 600}
     merged = merge_host(host, info)
     assert merged.peak_ops("cpu", "fp32") == pytest.approx(4 * 3e9 * 32)
     assert merged.peak_ops("cpu", "fp16") == pytest.approx(4 * 3e9 * 32)  # no native fp16: fp32 rate
@@ -212,39 +219,48 @@ def test_good_profile_loads_by_path(tmp_path):
     p.check_ops(["Conv", "Gather"], "cpu").raise_if_unsupported(allow_unknown=True)  # passes
 
 
-@pytest.mark.parametrize("edit, fragments", [
-    (lambda t: t.replace('static_shapes = true', 'static_shapes = true\ncolour = "red"'), ["unknown field colour"]),
-    (lambda t: t.replace('delegate = "test"', 'delegate = "test"\nspeed = 3'), ["units.cpu.speed"]),
-    (lambda t: t.replace('source = "https://example.com/ops"', 'source = "https://example.com/ops"\nextra = []'),
-     ["units.cpu.ops.extra"]),
-    (lambda t: t.replace('static_shapes = true', 'static_shapes = "yes"'), ["static_shapes", "true or false"]),
-    (lambda t: t.replace('total_mb = 1024', 'total_mb = "1GB"'), ["memory.total_mb", "integer"]),
-    (lambda t: t.replace('fp32 = 0.1', 'fp32 = true'), ["units.cpu.peak_tops.fp32", "number"]),
-    (lambda t: t.replace('["fp32", "int8"]', '["fp32", "fp8"]'), ["units.cpu.precisions", "fp8"]),
-    (lambda t: t.replace('["fp32", "int8"]', '[]'), ["units.cpu.precisions", "non-empty"]),
-    (lambda t: t.replace('["fp32", "int8"]', '["fp32", 8]'), ["units.cpu.precisions", "strings"]),
-    (lambda t: t.replace('int8 = 0.4\n', ''), ["missing field units.cpu.peak_tops.int8"]),
-    (lambda t: t.replace('int8 = 0.4', 'int8 = 0.4\nfp16 = 1.0'), ["units.cpu.peak_tops.fp16"]),
-    (lambda t: t.replace('int8 = 0.4', 'int8 = 0'), ["units.cpu.peak_tops.int8", "positive"]),
-    (lambda t: t.replace('bandwidth_gbps = 10.0', 'bandwidth_gbps = -1'), ["memory.bandwidth_gbps", "positive"]),
-    (lambda t: t.replace('budget_mb = 512', 'budget_mb = 4096'), ["memory.budget_mb", "exceeds"]),
-    (lambda t: t.replace('["Conv", "Relu"]', '["conv2d"]'), ["units.cpu.ops.supported", "conv2d"]),
-    (lambda t: t.replace('["Loop"]', '["Loop", "Relu"]'), ["both list Relu"]),
-    (lambda t: t.replace('Conv = "2D only"', 'Gather = "x"'), ["units.cpu.ops.notes.Gather"]),
-    (lambda t: t.replace('source = "https://example.com/ops"', 'source = "my notes"'),
-     ["units.cpu.ops.source", "not documented"]),
-    (lambda t: t.replace('supported = ["Conv"', 'default = "maybe"\nsupported = ["Conv"'),
-     ["units.cpu.ops.default", "maybe"]),
-    (lambda t: t.replace('format = "onnx"', 'format = "gguf"'), ["format", "gguf"]),
-    (lambda t: t.replace('runtime = "onnxruntime"\n', ''), ["missing field runtime"]),
-    (lambda t: t.replace('name = "{name}"', 'name = "other"'), ["other", "must match"]),
-    (lambda t: t.split("[units.cpu]")[0], ["missing field units"]),
-    (lambda t: t.replace('[memory]', 'memory = 3\n[nothing]'), ["memory"]),
-    (lambda t: t + "\n[units.gpu]\ndelegate = \"x\"\n", ["missing field units.gpu.precisions"]),
-    (lambda t: t.replace('static_shapes = true', 'static_shapes = true\ndetect = "cloud"'), ["detect", "cloud"]),
-    (lambda t: t.replace('static_shapes = true', 'static_shapes = true\ncores = 0'), ["cores", "positive"]),
-    (lambda t: t.replace('[memory]', '[memory'), ["invalid TOML"]),
-])
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (lambda t: t.replace("static_shapes = true", 'static_shapes = true\ncolour = "red"'), ["unknown field colour"]),
+        (lambda t: t.replace('delegate = "test"', 'delegate = "test"\nspeed = 3'), ["units.cpu.speed"]),
+        (
+            lambda t: t.replace('source = "https://example.com/ops"', 'source = "https://example.com/ops"\nextra = []'),
+            ["units.cpu.ops.extra"],
+        ),
+        (lambda t: t.replace("static_shapes = true", 'static_shapes = "yes"'), ["static_shapes", "true or false"]),
+        (lambda t: t.replace("total_mb = 1024", 'total_mb = "1GB"'), ["memory.total_mb", "integer"]),
+        (lambda t: t.replace("fp32 = 0.1", "fp32 = true"), ["units.cpu.peak_tops.fp32", "number"]),
+        (lambda t: t.replace('["fp32", "int8"]', '["fp32", "fp8"]'), ["units.cpu.precisions", "fp8"]),
+        (lambda t: t.replace('["fp32", "int8"]', "[]"), ["units.cpu.precisions", "non-empty"]),
+        (lambda t: t.replace('["fp32", "int8"]', '["fp32", 8]'), ["units.cpu.precisions", "strings"]),
+        (lambda t: t.replace("int8 = 0.4\n", ""), ["missing field units.cpu.peak_tops.int8"]),
+        (lambda t: t.replace("int8 = 0.4", "int8 = 0.4\nfp16 = 1.0"), ["units.cpu.peak_tops.fp16"]),
+        (lambda t: t.replace("int8 = 0.4", "int8 = 0"), ["units.cpu.peak_tops.int8", "positive"]),
+        (lambda t: t.replace("bandwidth_gbps = 10.0", "bandwidth_gbps = -1"), ["memory.bandwidth_gbps", "positive"]),
+        (lambda t: t.replace("budget_mb = 512", "budget_mb = 4096"), ["memory.budget_mb", "exceeds"]),
+        (lambda t: t.replace('["Conv", "Relu"]', '["conv2d"]'), ["units.cpu.ops.supported", "conv2d"]),
+        (lambda t: t.replace('["Loop"]', '["Loop", "Relu"]'), ["both list Relu"]),
+        (lambda t: t.replace('Conv = "2D only"', 'Gather = "x"'), ["units.cpu.ops.notes.Gather"]),
+        (
+            lambda t: t.replace('source = "https://example.com/ops"', 'source = "my notes"'),
+            ["units.cpu.ops.source", "not documented"],
+        ),
+        (
+            lambda t: t.replace('supported = ["Conv"', 'default = "maybe"\nsupported = ["Conv"'),
+            ["units.cpu.ops.default", "maybe"],
+        ),
+        (lambda t: t.replace('format = "onnx"', 'format = "gguf"'), ["format", "gguf"]),
+        (lambda t: t.replace('runtime = "onnxruntime"\n', ""), ["missing field runtime"]),
+        (lambda t: t.replace('name = "{name}"', 'name = "other"'), ["other", "must match"]),
+        (lambda t: t.split("[units.cpu]")[0], ["missing field units"]),
+        (lambda t: t.replace("[memory]", "memory = 3\n[nothing]"), ["memory"]),
+        (lambda t: t + '\n[units.gpu]\ndelegate = "x"\n', ["missing field units.gpu.precisions"]),
+        (lambda t: t.replace("static_shapes = true", 'static_shapes = true\ndetect = "cloud"'), ["detect", "cloud"]),
+        (lambda t: t.replace("static_shapes = true", "static_shapes = true\ncores = 0"), ["cores", "positive"]),
+        (lambda t: t.replace("[memory]", "[memory"), ["invalid TOML"]),
+    ],
+)
 def test_malformed_profile(tmp_path, edit, fragments):
     expect_error(write(tmp_path, edit(GOOD)), *fragments)
 

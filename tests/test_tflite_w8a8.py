@@ -6,14 +6,17 @@ import importlib.util
 import numpy as np
 import pytest
 
-from edgediff.compiler.pipeline import Recipe, compile_model
-from edgediff.quantize.tflite_int8 import int8_census, match_layers, tflite_ops
-from edgediff.core.spec import torch_denoiser
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import torch_denoiser
+from edgediff.quantize.tflite_int8 import int8_census, match_layers, tflite_ops
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ai_edge_quantizer") is None,
-                                reason="ai-edge-quantizer not installed: pip install 'edgediff[tflite]'")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ai_edge_quantizer") is None,
+    reason="ai-edge-quantizer not installed: pip install 'edgediff[tflite]'",
+)
 
 RECIPE = dict(sampler="ddim", steps=4, guidance=2.0)  # leading spacing: the trajectory reaches t=0
 
@@ -21,8 +24,9 @@ RECIPE = dict(sampler="ddim", steps=4, guidance=2.0)  # leading spacing: the tra
 @pytest.fixture(scope="module")
 def tq(tmp_path_factory):
     out = tmp_path_factory.mktemp("tflite-w8a8") / "b"
-    return compile_model("tiny_models:tiny_unet", out, target="pixel-8",
-                         recipe=Recipe(**RECIPE, quantize="w8a8", calib_samples=6))
+    return compile_model(
+        "tiny_models:tiny_unet", out, target="pixel-8", recipe=Recipe(**RECIPE, quantize="w8a8", calib_samples=6)
+    )
 
 
 def _details(path):
@@ -102,8 +106,12 @@ def _signature_outputs(path, feeds_from):
         runner = it.get_signature_runner(key)
         ins = runner.get_input_details()
         rng = np.random.default_rng(0)
-        feeds = {k: (rng.standard_normal(d["shape"]) * 0.5).astype(d["dtype"]) if d["dtype"] == np.float32
-                 else np.zeros(d["shape"], d["dtype"]) for k, d in ins.items()}
+        feeds = {
+            k: (rng.standard_normal(d["shape"]) * 0.5).astype(d["dtype"])
+            if d["dtype"] == np.float32
+            else np.zeros(d["shape"], d["dtype"])
+            for k, d in ins.items()
+        }
         feeds.update({k: np.full(d["shape"], feeds_from, d["dtype"]) for k, d in ins.items() if "timestep" in k})
         out[key] = next(iter(runner(**feeds).values()))
     return out
@@ -139,8 +147,12 @@ def test_merge_groups_refuses_different_graphs(tq, tmp_path):
 
 
 def test_groups_in_one_flatbuffer(tmp_path):
-    b = compile_model("tiny_models:tiny_unet", tmp_path / "g2", target="pixel-8",
-                      recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=6))
+    b = compile_model(
+        "tiny_models:tiny_unet",
+        tmp_path / "g2",
+        target="pixel-8",
+        recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=6),
+    )
     tg = b.scheduler["timestep_groups"]
     assert tg["files"] == ["model/denoiser.tflite"] * 2 and tg["step_group"] == [0, 0, 1, 1]
     assert sorted(p.name for p in (b.root / "model").iterdir()) == ["denoiser.tflite"]
@@ -159,5 +171,9 @@ def test_groups_in_one_flatbuffer(tmp_path):
 
 def test_groups_refused_for_coreml_by_name(tmp_path):
     with pytest.raises(EdgediffError, match=r"iphone-15-pro.*--groups 2.*Core ML package carries its own weights"):
-        compile_model("tiny_models:tiny_unet", tmp_path / "g2", target="iphone-15-pro",
-                      recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=2))
+        compile_model(
+            "tiny_models:tiny_unet",
+            tmp_path / "g2",
+            target="iphone-15-pro",
+            recipe=Recipe(**RECIPE, quantize="w8a8", groups=2, calib_samples=2),
+        )

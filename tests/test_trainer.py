@@ -8,20 +8,30 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_train_worker import tiny_data
+from tiny_models import tiny_unet
 
 from edgediff.core.errors import EdgediffError
 from edgediff.training import TrainConfig, Trainer
 from edgediff.training.diffusion import diffusion_loss, training_data
 from edgediff.training.trainer import batch_indices
-from ddp_train_worker import tiny_data
-from tiny_models import tiny_unet
 
 HERE = Path(__file__).parent
 
 
 def _cfg(tmp_path=None, **kw):
-    base = dict(steps=6, batch_size=8, lr=1e-3, warmup=2, ema_decay=0.9, seed=3, progress=False, threads=1,
-                checkpoint_every=2, checkpoint_dir=str(tmp_path) if tmp_path else None)
+    base = dict(
+        steps=6,
+        batch_size=8,
+        lr=1e-3,
+        warmup=2,
+        ema_decay=0.9,
+        seed=3,
+        progress=False,
+        threads=1,
+        checkpoint_every=2,
+        checkpoint_dir=str(tmp_path) if tmp_path else None,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -91,8 +101,21 @@ def test_torchrun_two_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     worker = str(HERE / "ddp_train_worker.py")
     subprocess.run([sys.executable, worker, str(tmp_path / "single"), "6"], check=True, env=env, timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    worker, str(tmp_path / "ddp"), "6"], check=True, env=env, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            worker,
+            str(tmp_path / "ddp"),
+            "6",
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
     single = torch.load(tmp_path / "single.rank0.pt")
     r0, r1 = torch.load(tmp_path / "ddp.rank0.pt"), torch.load(tmp_path / "ddp.rank1.pt")
     for k in single:

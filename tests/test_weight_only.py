@@ -8,11 +8,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgediff.compiler.pipeline import Recipe, compile_model
 from edgediff.compiler.capture import load_source
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
+from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import torch_denoiser
 from edgediff.runtimes.backends import open_denoiser
-from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, generate
 
 RECIPE = dict(sampler="ddim", steps=5, guidance=2.0)  # tiny_bundle's recipe
@@ -20,8 +21,9 @@ RECIPE = dict(sampler="ddim", steps=5, guidance=2.0)  # tiny_bundle's recipe
 
 @pytest.fixture(scope="module")
 def w4(tmp_path_factory):
-    return compile_model("tiny_models:tiny_unet", tmp_path_factory.mktemp("w4") / "b",
-                         recipe=Recipe(**RECIPE, quantize="w4"))
+    return compile_model(
+        "tiny_models:tiny_unet", tmp_path_factory.mktemp("w4") / "b", recipe=Recipe(**RECIPE, quantize="w4")
+    )
 
 
 def test_linear_layers_run_the_4bit_kernel(w4, tmp_path):
@@ -30,18 +32,18 @@ def test_linear_layers_run_the_4bit_kernel(w4, tmp_path):
     assert w4.manifest["model"]["precision"] == "int4" and q["calibration"] is None
     proto = onnx.load(str(path))
     ops = Counter(n.op_type for n in proto.graph.node)
-    linear = [l for l in q["layers"] if l["op"] in ("MatMul", "Gemm")]
-    convs = [l for l in q["layers"] if l["op"] == "Conv"]
+    linear = [row for row in q["layers"] if row["op"] in ("MatMul", "Gemm")]
+    convs = [row for row in q["layers"] if row["op"] == "Conv"]
     # every linear layer (attention projections, and the Gemms of the time embedding) is packed
     assert ops["MatMulNBits"] == q["matmulnbits"] == len(linear) > 0 and ops["Gemm"] == 0
-    assert all(l["precision"] == "int4 weights" for l in linear)
-    assert all(l["precision"] == "int8 weights" for l in convs) and q["conv_int8"] == len(convs)
+    assert all(row["precision"] == "int4 weights" for row in linear)
+    assert all(row["precision"] == "int8 weights" for row in convs) and q["conv_int8"] == len(convs)
     for n in proto.graph.node:
         if n.op_type == "MatMulNBits":
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
             assert attrs["bits"] == 4 and attrs["block_size"] == 32
     int8 = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
-    assert len(int8) == len({l["layer"] for l in convs})  # conv weights stored as int8
+    assert len(int8) == len({row["layer"] for row in convs})  # conv weights stored as int8
     # ONNX Runtime keeps MatMulNBits after graph optimisation (its 4-bit GEMM runs, no float copy)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -65,17 +67,24 @@ def test_smaller_and_close_to_fp32(w4, tiny_bundle):
 
 
 def test_keep_float_and_refusals(tmp_path):
-    b = compile_model("tiny_models:tiny_unet", tmp_path / "k",
-                      recipe=Recipe(**RECIPE, quantize="w4", quant_options={"keep_float": ["*conv_out"]}))
-    kept = [l for l in b.report["quantization"]["layers"] if l["precision"] == "fp32"]
-    assert [l["layer"] for l in kept] == ["model.conv_out"] and "pattern" in kept[0]["why"]
+    b = compile_model(
+        "tiny_models:tiny_unet",
+        tmp_path / "k",
+        recipe=Recipe(**RECIPE, quantize="w4", quant_options={"keep_float": ["*conv_out"]}),
+    )
+    kept = [row for row in b.report["quantization"]["layers"] if row["precision"] == "fp32"]
+    assert [row["layer"] for row in kept] == ["model.conv_out"] and "pattern" in kept[0]["why"]
     with pytest.raises(EdgediffError, match="matches no quantizable layer"):
-        compile_model("tiny_models:tiny_unet", tmp_path / "k2",
-                      recipe=Recipe(**RECIPE, quantize="w4", quant_options={"keep_float": ["nothing*"]}))
+        compile_model(
+            "tiny_models:tiny_unet",
+            tmp_path / "k2",
+            recipe=Recipe(**RECIPE, quantize="w4", quant_options={"keep_float": ["nothing*"]}),
+        )
     assert not (tmp_path / "k2").exists()
     with pytest.raises(EdgediffError, match="onnxruntime-qnn"):  # MatMulNBits is a CPU kernel, not QNN's
-        compile_model("tiny_models:tiny_unet", tmp_path / "q", target="snapdragon-8-gen-3",
-                      recipe=Recipe(**RECIPE, quantize="w4"))
+        compile_model(
+            "tiny_models:tiny_unet", tmp_path / "q", target="snapdragon-8-gen-3", recipe=Recipe(**RECIPE, quantize="w4")
+        )
     with pytest.raises(EdgediffError, match="int4"):  # a target without 4-bit weights names the precision
         compile_model("tiny_models:tiny_unet", tmp_path / "p", target="pixel-8", recipe=Recipe(**RECIPE, quantize="w4"))
 
@@ -85,8 +94,9 @@ def test_openvino_4bit_weights(tmp_path):
     pytest.importorskip("nncf")
     import openvino as ov
 
-    b = compile_model("tiny_models:tiny_unet", tmp_path / "ov", target="intel-core-ultra-npu",
-                      recipe=Recipe(**RECIPE, quantize="w4"))
+    b = compile_model(
+        "tiny_models:tiny_unet", tmp_path / "ov", target="intel-core-ultra-npu", recipe=Recipe(**RECIPE, quantize="w4")
+    )
     m = b.manifest["model"]
     assert m["format"] == "openvino" and m["precision"] == "int4" and m["runtime"]["inference_precision_hint"] == "f32"
     ir = ov.Core().read_model(str(tmp_path / "ov" / m["file"]))

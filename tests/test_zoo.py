@@ -15,8 +15,8 @@ from edgediff.training import data
 from edgediff.zoo import builtin, models, train
 from edgediff.zoo.macs import count_macs, unet_macs
 
-
 # --- data ------------------------------------------------------------------------------
+
 
 def test_splits_are_disjoint_cover_everything_and_are_stratified():
     idx = data.split_indices(seed=0)
@@ -47,13 +47,17 @@ def test_splits_images_and_labels():
 
 # --- builtin registry ------------------------------------------------------------------
 
+
 def test_load_builtin_digits():
     b = builtin.load_builtin("digits")
     assert b.trained and not b.unet.training
     assert b.sample_shape == (1, 16, 16) and b.num_classes == 10
     record = json.loads((builtin.WEIGHTS_DIR / "digits_unet.json").read_text())
-    assert b.weights_sha256 == record["weights_sha256"] == builtin.sha256_file(
-        builtin.WEIGHTS_DIR / "digits_unet.safetensors")
+    assert (
+        b.weights_sha256
+        == record["weights_sha256"]
+        == builtin.sha256_file(builtin.WEIGHTS_DIR / "digits_unet.safetensors")
+    )
     assert b.scheduler_config["num_train_timesteps"] == 1000
     assert models.param_count(b.unet) == 1_114_209
 
@@ -82,6 +86,7 @@ def test_mismatched_weights_are_refused(tmp_path, monkeypatch):
 
 # --- committed weights -----------------------------------------------------------------
 
+
 def test_classifier_heldout_accuracy():
     x, y = data.digits_splits()["heldout"]
     clf = builtin.load_classifier()
@@ -108,6 +113,7 @@ def test_trained_unet_is_not_random_init():
 
 
 # --- architectures and MACs ------------------------------------------------------------
+
 
 def test_mac_counter_on_known_layers():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
@@ -155,6 +161,7 @@ def test_init_does_not_touch_global_rng():
 
 # --- training --------------------------------------------------------------------------
 
+
 def test_tiny_unet_training_is_deterministic_and_learns(tmp_path):
     kw = dict(steps=40, batch_size=16, seed=7, progress=False, lr=2e-3, warmup=5)
     r1 = train.train_digits_unet(out_path=tmp_path / "a.safetensors", **kw)
@@ -167,7 +174,8 @@ def test_tiny_unet_training_is_deterministic_and_learns(tmp_path):
     assert np.mean(r1.losses[-10:]) < 0.5 * np.mean(r1.losses[:5])
     record = json.loads((tmp_path / "a.json").read_text())
     assert record["training"]["seed"] == 7 and record["weights_sha256"] == builtin.sha256_file(
-        tmp_path / "a.safetensors")
+        tmp_path / "a.safetensors"
+    )
 
 
 def test_tiny_classifier_training_is_deterministic_and_learns():

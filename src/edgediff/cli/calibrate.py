@@ -60,8 +60,8 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_calibrate(a) -> int:
     from tqdm import tqdm
 
-    from edgediff.quantize.calibration.record import record_trajectories
     from edgediff.compiler.capture import load_source
+    from edgediff.quantize.calibration.record import record_trajectories
 
     out = Path(a.output)
     if out.suffix != ".npz":
@@ -75,23 +75,49 @@ def cmd_calibrate(a) -> int:
         from edgediff.distill.distill import bind_guidance
 
         model, guidance = bind_guidance(model, a.guidance), 1.0
-    bar = tqdm(total=a.samples * a.steps, desc="calibrate", unit="img·step", file=sys.stderr, leave=False,
-               dynamic_ncols=True, disable=None)
+    bar = tqdm(
+        total=a.samples * a.steps,
+        desc="calibrate",
+        unit="img·step",
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+        disable=None,
+    )
     t0 = time.perf_counter()
     try:
-        calib = record_trajectories(model, sampler=a.sampler, steps=a.steps, guidance=guidance, spacing=a.spacing,
-                                    num_samples=a.samples, seed=a.seed, batch_size=a.batch_size, progress=bar.update)
+        calib = record_trajectories(
+            model,
+            sampler=a.sampler,
+            steps=a.steps,
+            guidance=guidance,
+            spacing=a.spacing,
+            num_samples=a.samples,
+            seed=a.seed,
+            batch_size=a.batch_size,
+            progress=bar.update,
+        )
     finally:
         bar.close()
     dt = time.perf_counter() - t0
     calib.save(out)
-    info = {"output": str(out), "rows": len(calib), "steps": calib.num_steps, "samples": a.samples,
-            "guidance": calib.meta.guidance, "timesteps": calib.timesteps.tolist(), "seed": a.seed,
-            "bytes": out.stat().st_size, "seconds": round(dt, 3)}
+    info = {
+        "output": str(out),
+        "rows": len(calib),
+        "steps": calib.num_steps,
+        "samples": a.samples,
+        "guidance": calib.meta.guidance,
+        "timesteps": calib.timesteps.tolist(),
+        "seed": a.seed,
+        "bytes": out.stat().st_size,
+        "seconds": round(dt, 3),
+    }
     if a.json:
         print(json.dumps(info, indent=2))
     else:
         halves = " x 2 (CFG halves)" if calib.meta.guidance != 1.0 else ""
-        print(f"wrote {out}: {len(calib)} rows = {calib.num_steps} steps x {a.samples} samples{halves}, "
-              f"{a.sampler}, seed {a.seed}, {dt:.2f} s")
+        print(
+            f"wrote {out}: {len(calib)} rows = {calib.num_steps} steps x {a.samples} samples{halves}, "
+            f"{a.sampler}, seed {a.seed}, {dt:.2f} s"
+        )
     return 0

@@ -33,8 +33,7 @@ from edgediff.core.errors import EdgediffError
 def _bar(total: int, desc: str, unit: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
-                disable=None)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
 
 
 def _write_json(data: dict, dest: str | None) -> None:
@@ -56,23 +55,37 @@ def _load(path: str):
 
 # ---------------------------------------------------------------- compile
 def cmd_compile(a) -> int:
-    from edgediff.compiler.pipeline import STAGES, Recipe, compile_model
-
-    from edgediff.quantize.w8a8 import QuantizeOptions
-
     from edgediff.compiler.capture import recipe_defaults
+    from edgediff.compiler.pipeline import STAGES, compile_model
+    from edgediff.compiler.recipe import Recipe
+    from edgediff.quantize.w8a8 import QuantizeOptions
 
     # a distilled student records its sampler, steps, spacing and guidance: those are its defaults
     defaults = {"sampler": "dpmpp-2m", "steps": 20, "guidance": 3.0, "spacing": "leading"} | recipe_defaults(a.source)
     for key, value in defaults.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
-    opts = QuantizeOptions(observer=a.observer, keep_float=tuple(a.keep_float or ()), sensitive_float=a.float_layers,
-                           defaults="none" if a.no_float_defaults else "literature", seed=a.calib_seed,
-                           weight_range=a.weight_range)
-    recipe = Recipe(sampler=a.sampler, steps=a.steps, guidance=a.guidance, spacing=a.spacing,
-                    precision=a.precision, weights=a.weights, quantize=a.quantize, groups=a.groups, calib=a.calib,
-                    calib_samples=a.calib_samples, quant_options=opts)
+    opts = QuantizeOptions(
+        observer=a.observer,
+        keep_float=tuple(a.keep_float or ()),
+        sensitive_float=a.float_layers,
+        defaults="none" if a.no_float_defaults else "literature",
+        seed=a.calib_seed,
+        weight_range=a.weight_range,
+    )
+    recipe = Recipe(
+        sampler=a.sampler,
+        steps=a.steps,
+        guidance=a.guidance,
+        spacing=a.spacing,
+        precision=a.precision,
+        weights=a.weights,
+        quantize=a.quantize,
+        groups=a.groups,
+        calib=a.calib,
+        calib_samples=a.calib_samples,
+        quant_options=opts,
+    )
     bar = _bar(len(STAGES) + 1, "compile", "stage")
 
     def progress(stage):
@@ -106,18 +119,28 @@ def format_report(b) -> str:
     ]
     q = r.get("quantization")
     if q and q["scheme"] == "w4":
-        packed = (f"{q['matmulnbits']} linear layers 4-bit (MatMulNBits), {q['conv_int8']} convolutions int8"
-                  if "matmulnbits" in q else
-                  f"{q['int4_constants']} weight constants 4-bit, {q['int8_constants']} int8 (NNCF)")
-        lines.insert(-1, f"quantized   w4 weight-only: {packed}, activations fp32, "
-                         f"{q['bytes_fp32'] / 1e6:.2f} -> {q['bytes'] / 1e6:.2f} MB")
+        packed = (
+            f"{q['matmulnbits']} linear layers 4-bit (MatMulNBits), {q['conv_int8']} convolutions int8"
+            if "matmulnbits" in q
+            else f"{q['int4_constants']} weight constants 4-bit, {q['int8_constants']} int8 (NNCF)"
+        )
+        lines.insert(
+            -1,
+            f"quantized   w4 weight-only: {packed}, activations fp32, "
+            f"{q['bytes_fp32'] / 1e6:.2f} -> {q['bytes'] / 1e6:.2f} MB",
+        )
     elif q:
-        lines.insert(-1, f"quantized   {q['scheme']}: {q['num_int8']} layers int8, {q['num_float']} float, "
-                         f"{q['groups']} timestep group(s), calibrated on {q['calibration']['rows']} rows")
+        lines.insert(
+            -1,
+            f"quantized   {q['scheme']}: {q['num_int8']} layers int8, {q['num_float']} float, "
+            f"{q['groups']} timestep group(s), calibrated on {q['calibration']['rows']} rows",
+        )
         for f in q["float_layers"]:
             lines.insert(-1, f"  float     {f['layer'] or f['node']}: {f['why']}")
         if "tflite" in q:
-            lines.insert(-1, "  xnnpack   " + ", ".join(f"int8 {k} {v}" for k, v in q["tflite"]["xnnpack_int8"].items()))
+            lines.insert(
+                -1, "  xnnpack   " + ", ".join(f"int8 {k} {v}" for k, v in q["tflite"]["xnnpack_int8"].items())
+            )
         if "coreml" in q:
             lines.insert(-1, f"  coreml    activation quantization: {q['coreml']['activation_quantization']}")
     if "coverage" in r:
@@ -138,8 +161,10 @@ def _distilled_note(d: dict | None) -> str:
 def _format_verified(v: dict) -> str:
     if "max_rel_error" not in v:  # structural check only (Core ML off macOS)
         return f"verified    structure only; numerics {v.get('numerics', 'not run')}"
-    line = (f"verified    {v['runtime']} vs PyTorch at {v['num_timesteps']} timesteps: max rel error "
-            f"{v['max_rel_error']:.2e} (bound {v['bound']:g})")
+    line = (
+        f"verified    {v['runtime']} vs PyTorch at {v['num_timesteps']} timesteps: max rel error "
+        f"{v['max_rel_error']:.2e} (bound {v['bound']:g})"
+    )
     return line + (f"\n            {v['note']}" if v.get("note") else "")
 
 
@@ -159,14 +184,20 @@ def cmd_generate(a) -> int:
     bar = _bar(a.num * len(setup.plan.timesteps), "generate", "img·step")
     t0 = time.perf_counter()
     try:
-        images = generate(bundle_denoiser(b), setup, n=a.num, seed=a.seed, labels=labels,
-                          progress=bar.update, loop=a.loop)
+        images = generate(
+            bundle_denoiser(b), setup, n=a.num, seed=a.seed, labels=labels, progress=bar.update, loop=a.loop
+        )
     finally:
         bar.close()
     dt = time.perf_counter() - t0
     save_grid(images, out)
-    info = {"output": str(out), "num_images": a.num, "seed": a.seed, "seconds": round(dt, 3),
-            "labels": None if labels is None else labels.tolist()}
+    info = {
+        "output": str(out),
+        "num_images": a.num,
+        "seed": a.seed,
+        "seconds": round(dt, 3),
+        "labels": None if labels is None else labels.tolist(),
+    }
     if a.json:
         _write_json(info, None)
     else:
@@ -221,8 +252,8 @@ def cmd_distill(a) -> int:
     """Step distillation (src/edgediff/distill/distill.py); `--nproc N` relaunches under torchrun, rank 0 writes."""
     import os
 
-    from edgediff.distill.distill import DistillOptions, distill, save_student
     from edgediff.compiler.capture import load_source
+    from edgediff.distill.distill import DistillOptions, distill, save_student
     from edgediff.training import DistContext, relaunch_under_torchrun
 
     out = Path(a.output)
@@ -236,13 +267,29 @@ def cmd_distill(a) -> int:
         raise EdgediffError(f"--data {a.data}: no such file")
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return relaunch_under_torchrun(a.nproc)
-    opts = DistillOptions(train_steps=a.train_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                          teacher_steps=a.teacher_steps, guidance_range=a.guidance_range,
-                          checkpoint_dir=a.checkpoint_dir, threads=a.threads, progress=not a.quiet)
+    opts = DistillOptions(
+        train_steps=a.train_steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        teacher_steps=a.teacher_steps,
+        guidance_range=a.guidance_range,
+        checkpoint_dir=a.checkpoint_dir,
+        threads=a.threads,
+        progress=not a.quiet,
+    )
     dist = DistContext.from_env()
     try:
-        student = distill(load_source(a.source), method=a.method, steps=a.steps, guidance=a.guidance,
-                          guidance_distill=a.guidance_distill, data=a.data, options=opts, dist=dist)
+        student = distill(
+            load_source(a.source),
+            method=a.method,
+            steps=a.steps,
+            guidance=a.guidance,
+            guidance_distill=a.guidance_distill,
+            data=a.data,
+            options=opts,
+            dist=dist,
+        )
         if dist.is_main:
             save_student(student, out)
         dist.barrier()
@@ -252,9 +299,11 @@ def cmd_distill(a) -> int:
         r = student.record
         for s in r["stages"]:
             print(f"stage -> {s['student_steps']:>3} steps   final loss {s['final_loss']:.4g}   {s['seconds']:.1f} s")
-        print(f"wrote {out}: {r['method']} student, {r['sampler']} {r['steps']} steps, guidance "
-              f"{r['guidance']['mode']} ({r['guidance']['scale']:g}), {r['world_size']} process(es), "
-              f"{r['train_seconds']:.0f} s")
+        print(
+            f"wrote {out}: {r['method']} student, {r['sampler']} {r['steps']} steps, guidance "
+            f"{r['guidance']['mode']} ({r['guidance']['scale']:g}), {r['world_size']} process(es), "
+            f"{r['train_seconds']:.0f} s"
+        )
     return 0
 
 
@@ -283,21 +332,45 @@ def add_distill_parser(sub) -> None:
     d.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory (the teacher)")
     d.add_argument("--method", required=True, choices=["progressive", "consistency"])
     d.add_argument("--steps", type=positive_int, default=4, help="the student's sampling steps (default 4)")
-    d.add_argument("--guidance-distill", action="store_true",
-                   help="the student takes the guidance scale as an input: one forward pass per step")
-    d.add_argument("--guidance", type=float, default=3.0,
-                   help="the teacher's classifier-free guidance scale (default 3); the student's default")
-    d.add_argument("--guidance-range", type=_guidance_range, default=None, metavar="LO,HI",
-                   help="w drawn from this range in training (default guidance-1,guidance+1)")
-    d.add_argument("--train-steps", type=positive_int, default=500,
-                   help="training steps per progressive stage (consistency: in all)")
-    d.add_argument("--teacher-steps", type=positive_int, default=None,
-                   help="progressive: the teacher's DDIM steps, steps x a power of two (default 4 x steps)")
+    d.add_argument(
+        "--guidance-distill",
+        action="store_true",
+        help="the student takes the guidance scale as an input: one forward pass per step",
+    )
+    d.add_argument(
+        "--guidance",
+        type=float,
+        default=3.0,
+        help="the teacher's classifier-free guidance scale (default 3); the student's default",
+    )
+    d.add_argument(
+        "--guidance-range",
+        type=_guidance_range,
+        default=None,
+        metavar="LO,HI",
+        help="w drawn from this range in training (default guidance-1,guidance+1)",
+    )
+    d.add_argument(
+        "--train-steps",
+        type=positive_int,
+        default=500,
+        help="training steps per progressive stage (consistency: in all)",
+    )
+    d.add_argument(
+        "--teacher-steps",
+        type=positive_int,
+        default=None,
+        help="progressive: the teacher's DDIM steps, steps x a power of two (default 4 x steps)",
+    )
     d.add_argument("--batch-size", type=positive_int, default=64, help="global batch (split over processes)")
     d.add_argument("--lr", type=_positive_float, default=1e-4)
     d.add_argument("--seed", type=nonneg_int, default=0)
-    d.add_argument("--data", default=None, metavar="NPZ",
-                   help="training images: 'images' (N,C,H,W) in [-1,1] [+ 'labels']; builtin:digits has its own")
+    d.add_argument(
+        "--data",
+        default=None,
+        metavar="NPZ",
+        help="training images: 'images' (N,C,H,W) in [-1,1] [+ 'labels']; builtin:digits has its own",
+    )
     d.add_argument("--nproc", type=positive_int, default=1, help="processes (DDP under torchrun, gloo on CPU)")
     d.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
     d.add_argument("--checkpoint-dir", default=None, help="resumable: checkpoints per stage here")
@@ -326,8 +399,19 @@ def cmd_targets(a) -> int:
 
     profiles = [load_target(n) for n in available_targets()]
     if a.json:
-        _write_json({p.name: {"format": p.format, "runtime": p.runtime, "units": {u: list(v) for u, v in p.units.items()},
-                              "static_shapes": p.static_shapes, "description": p.description} for p in profiles}, None)
+        _write_json(
+            {
+                p.name: {
+                    "format": p.format,
+                    "runtime": p.runtime,
+                    "units": {u: list(v) for u, v in p.units.items()},
+                    "static_shapes": p.static_shapes,
+                    "description": p.description,
+                }
+                for p in profiles
+            },
+            None,
+        )
         return 0
     for p in profiles:
         units = "; ".join(f"{u}: {','.join(v)}" for u, v in p.units.items())
@@ -339,8 +423,13 @@ def cmd_targets(a) -> int:
 def cmd_bench(a) -> int:
     from edgediff.tools.bench import bench, format_result
 
-    remote = {"runner_libs": a.runner_libs, "identity": a.identity, "ssh_options": tuple(a.ssh_option or ()),
-              "adb": a.adb, "keep": a.keep_remote}
+    remote = {
+        "runner_libs": a.runner_libs,
+        "identity": a.identity,
+        "ssh_options": tuple(a.ssh_option or ()),
+        "adb": a.adb,
+        "keep": a.keep_remote,
+    }
     if a.device == "host" and a.runner == "python":
         bar = _bar(1 + a.warmup_runs + a.num_runs, "bench", "run")
     elif a.device.startswith(("ssh://", "adb:")):
@@ -348,8 +437,17 @@ def cmd_bench(a) -> int:
     else:
         bar = None
     try:
-        result = bench(a.bundle, device=a.device, warmup_runs=a.warmup_runs, num_runs=a.num_runs, runner=a.runner,
-                       runner_binary=a.runner_binary, threads=a.threads, remote=remote, bar=bar)
+        result = bench(
+            a.bundle,
+            device=a.device,
+            warmup_runs=a.warmup_runs,
+            num_runs=a.num_runs,
+            runner=a.runner,
+            runner_binary=a.runner_binary,
+            threads=a.threads,
+            remote=remote,
+            bar=bar,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -363,8 +461,15 @@ def cmd_bench(a) -> int:
 def cmd_report(a) -> int:
     from edgediff.tools.report import make_report
 
-    out = make_report(a.bundles, a.output, num_samples=a.num_samples, seed=a.seed, bench_json=a.bench_json or (),
-                      warmup_runs=a.warmup_runs, num_runs=a.num_runs)
+    out = make_report(
+        a.bundles,
+        a.output,
+        num_samples=a.num_samples,
+        seed=a.seed,
+        bench_json=a.bench_json or (),
+        warmup_runs=a.warmup_runs,
+        num_runs=a.num_runs,
+    )
     print(f"wrote {out['markdown']}: {len(a.bundles)} bundle(s), figures " + ", ".join(out["figures"]))
     return 0
 
@@ -372,17 +477,30 @@ def cmd_report(a) -> int:
 def add_bench_parsers(sub) -> None:
     b = sub.add_parser("bench", help="latency, memory, size and coverage of a bundle on a device (or an estimate)")
     b.add_argument("bundle")
-    b.add_argument("--device", default="host",
-                   help="host | ssh://USER@HOST[:PORT] | adb:SERIAL | a device profile (estimate, see `edgediff targets`)")
+    b.add_argument(
+        "--device",
+        default="host",
+        help="host | ssh://USER@HOST[:PORT] | adb:SERIAL | a device profile (estimate, see `edgediff targets`)",
+    )
     b.add_argument("--warmup-runs", type=nonneg_int, default=2)
     b.add_argument("--num-runs", type=positive_int, default=10)
     b.add_argument("--threads", type=nonneg_int, default=0, help="backend threads (0: the backend's default)")
-    b.add_argument("--runner", choices=["python", "c"], default="python",
-                   help="host: the bundle's backend in a Python worker (default) or edgediff-run (OpenVINO)")
-    b.add_argument("--runner-binary", metavar="PATH",
-                   help="edgediff-run to use (default csrc/build/edgediff-run); for a remote device, one built for it")
-    b.add_argument("--runner-libs", metavar="DIR", help="remote: the libraries to copy with the runner "
-                   "(default: the local openvino wheel's)")
+    b.add_argument(
+        "--runner",
+        choices=["python", "c"],
+        default="python",
+        help="host: the bundle's backend in a Python worker (default) or edgediff-run (OpenVINO)",
+    )
+    b.add_argument(
+        "--runner-binary",
+        metavar="PATH",
+        help="edgediff-run to use (default csrc/build/edgediff-run); for a remote device, one built for it",
+    )
+    b.add_argument(
+        "--runner-libs",
+        metavar="DIR",
+        help="remote: the libraries to copy with the runner (default: the local openvino wheel's)",
+    )
     b.add_argument("--identity", metavar="KEY", help="ssh: private key file")
     b.add_argument("--ssh-option", action="append", metavar="OPT", help="ssh: -o OPT (repeatable)")
     b.add_argument("--adb", default="adb", help="adb: the adb program")
@@ -393,10 +511,16 @@ def add_bench_parsers(sub) -> None:
     r = sub.add_parser("report", help="Markdown + PNG report: quality vs latency, latency, size, images")
     r.add_argument("bundles", nargs="+", metavar="BUNDLE")
     r.add_argument("-o", "--output", required=True, help="folder for report.md, report.json and the PNGs")
-    r.add_argument("-n", "--num-samples", type=positive_int, default=64, help="images per bundle for the quality figures")
+    r.add_argument(
+        "-n", "--num-samples", type=positive_int, default=64, help="images per bundle for the quality figures"
+    )
     r.add_argument("--seed", type=nonneg_int, default=0)
-    r.add_argument("--bench-json", action="append", metavar="JSON",
-                   help="a result of `edgediff bench --json` to use instead of measuring that bundle (repeatable)")
+    r.add_argument(
+        "--bench-json",
+        action="append",
+        metavar="JSON",
+        help="a result of `edgediff bench --json` to use instead of measuring that bundle (repeatable)",
+    )
     r.add_argument("--warmup-runs", type=nonneg_int, default=1)
     r.add_argument("--num-runs", type=positive_int, default=5)
     r.set_defaults(func=cmd_report)
@@ -409,11 +533,17 @@ def cmd_zoo_train(a) -> int:
     if a.model == "digits":
         fn, steps, seed, out = train.train_digits_unet, train.UNET_STEPS, train.UNET_SEED, train.UNET_OUT
     else:
-        fn, steps, seed, out = (train.train_digits_classifier, train.CLASSIFIER_STEPS, train.CLASSIFIER_SEED,
-                                train.CLASSIFIER_OUT)
+        fn, steps, seed, out = (
+            train.train_digits_classifier,
+            train.CLASSIFIER_STEPS,
+            train.CLASSIFIER_SEED,
+            train.CLASSIFIER_OUT,
+        )
     result = fn(steps=a.steps or steps, seed=seed if a.seed is None else a.seed, out_path=a.output or out)
-    print(f"wrote {result.path}: {result.steps} steps, seed {result.seed}, final loss {result.final_loss:.4f}, "
-          f"{result.seconds:.0f} s")
+    print(
+        f"wrote {result.path}: {result.steps} steps, seed {result.seed}, final loss {result.final_loss:.4f}, "
+        f"{result.seconds:.0f} s"
+    )
     return 0
 
 
@@ -428,11 +558,18 @@ def cmd_prune(a) -> int:
     check_ratio(a.ratio)  # before relaunching, so a bad ratio is one clear line
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return relaunch_under_torchrun(a.nproc)
-    options = PruneOptions(importance=a.importance, scope=a.scope, protect=tuple(a.protect or ()), seed=a.seed,
-                           taylor_threshold=a.taylor_threshold, taylor_stride=a.taylor_stride,
-                           layer_ratios=tuple(a.layer_ratio or ()))
-    tune = FinetuneOptions(steps=a.finetune_steps, batch_size=a.batch_size, lr=a.lr, distill_weight=a.distill_weight,
-                           threads=a.threads)
+    options = PruneOptions(
+        importance=a.importance,
+        scope=a.scope,
+        protect=tuple(a.protect or ()),
+        seed=a.seed,
+        taylor_threshold=a.taylor_threshold,
+        taylor_stride=a.taylor_stride,
+        layer_ratios=tuple(a.layer_ratio or ()),
+    )
+    tune = FinetuneOptions(
+        steps=a.finetune_steps, batch_size=a.batch_size, lr=a.lr, distill_weight=a.distill_weight, threads=a.threads
+    )
     dist = DistContext.from_env()
     if a.threads:  # the Taylor pass too, not only the fine-tune: 2 OpenMP threads crawl on a loaded machine
         import torch
@@ -440,8 +577,7 @@ def cmd_prune(a) -> int:
         torch.set_num_threads(a.threads)
     try:
         log = print if dist.is_main else (lambda *_: None)
-        prune_to_dir(a.source, a.output, ratio=a.ratio, options=options, finetune=tune, data=a.data, dist=dist,
-                     log=log)
+        prune_to_dir(a.source, a.output, ratio=a.ratio, options=options, finetune=tune, data=a.data, dist=dist, log=log)
         log(f"wrote {a.output} (compile it with: edgediff compile {a.output} -o BUNDLE)")
     finally:
         dist.close()
@@ -462,16 +598,37 @@ def add_prune_parser(sub) -> None:
     p = sub.add_parser("prune", help="structured pruning (+ recovery fine-tune) into a folder compile reads")
     p.add_argument("source", help="builtin:NAME or a diffusers folder (UNet2DModel, DiTTransformer2DModel)")
     p.add_argument("--ratio", type=float, required=True, help="fraction of channels removed, in (0, 1)")
-    p.add_argument("--importance", default="taylor", choices=["taylor", "magnitude"],
-                   help="taylor: Diff-Pruning's gradient importance over timesteps; magnitude: weight norms")
-    p.add_argument("--scope", default="uniform", choices=["uniform", "global"],
-                   help="the same ratio in every layer, or one ranking over the whole network")
-    p.add_argument("--protect", action="append", metavar="PATTERN",
-                   help="keep the output channels of layers whose names match (fnmatch; repeatable)")
-    p.add_argument("--layer-ratio", action="append", type=layer_ratio, metavar="PATTERN=R",
-                   help="layers whose names match lose the fraction R instead of --ratio (repeatable)")
-    p.add_argument("--taylor-threshold", type=float, default=0.05,
-                   help="stop summing gradients at the first t with L_t < this x max L")
+    p.add_argument(
+        "--importance",
+        default="taylor",
+        choices=["taylor", "magnitude"],
+        help="taylor: Diff-Pruning's gradient importance over timesteps; magnitude: weight norms",
+    )
+    p.add_argument(
+        "--scope",
+        default="uniform",
+        choices=["uniform", "global"],
+        help="the same ratio in every layer, or one ranking over the whole network",
+    )
+    p.add_argument(
+        "--protect",
+        action="append",
+        metavar="PATTERN",
+        help="keep the output channels of layers whose names match (fnmatch; repeatable)",
+    )
+    p.add_argument(
+        "--layer-ratio",
+        action="append",
+        type=layer_ratio,
+        metavar="PATTERN=R",
+        help="layers whose names match lose the fraction R instead of --ratio (repeatable)",
+    )
+    p.add_argument(
+        "--taylor-threshold",
+        type=float,
+        default=0.05,
+        help="stop summing gradients at the first t with L_t < this x max L",
+    )
     p.add_argument("--taylor-stride", type=positive_int, default=1, help="visit every k-th timestep")
     p.add_argument("--finetune-steps", type=nonneg_int, default=0, help="recovery fine-tune steps (0: none)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="global batch over all processes")
@@ -494,38 +651,79 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a model source into a verified bundle")
     c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
     c.add_argument("--target", default="host-cpu", help="device profile (see `edgediff targets`)")
-    c.add_argument("--sampler", default=None, choices=sorted(SOLVERS),
-                   help="default dpmpp-2m, or what a distilled student records")
+    c.add_argument(
+        "--sampler", default=None, choices=sorted(SOLVERS), help="default dpmpp-2m, or what a distilled student records"
+    )
     c.add_argument("--steps", type=positive_int, default=None, help="default 20, or the student's")
-    c.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (1 = off; default 3, or the student's)")
-    c.add_argument("--spacing", default=None, choices=["leading", "trailing", "linspace", "lcm"],
-                   help="default leading, or the student's")
-    c.add_argument("--precision", default=None,
-                   help="fp32 | fp16 | int8 (default: the target's first that its format's lowering writes)")
-    c.add_argument("--weights", default=None, choices=["int8", "palette4", "palette6"],
-                   help="Core ML weight compression: int8 linear, 4- or 6-bit palettization")
+    c.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (1 = off; default 3, or the student's)",
+    )
+    c.add_argument(
+        "--spacing",
+        default=None,
+        choices=["leading", "trailing", "linspace", "lcm"],
+        help="default leading, or the student's",
+    )
+    c.add_argument(
+        "--precision",
+        default=None,
+        help="fp32 | fp16 | int8 (default: the target's first that its format's lowering writes)",
+    )
+    c.add_argument(
+        "--weights",
+        default=None,
+        choices=["int8", "palette4", "palette6"],
+        help="Core ML weight compression: int8 linear, 4- or 6-bit palettization",
+    )
     c.add_argument("-o", "--output", required=True, help="bundle folder to write")
     c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
     q = c.add_argument_group("quantization (src/edgediff/quantize/w8a8.py)")
-    q.add_argument("--quantize", default=None, choices=["w8a8", "w4"],
-                   help="w8a8: int8 weights and activations; w4: weight-only, 4-bit linear layers and int8 "
-                        "convolutions, float activations (no calibration)")
-    q.add_argument("--groups", type=positive_int, default=1,
-                   help="timestep groups with their own activation scales (one copy of the int8 weights)")
-    q.add_argument("--calib", default=None, metavar="NPZ", help="calibration set from `edgediff calibrate` "
-                   "(default: record one along this recipe's trajectory)")
+    q.add_argument(
+        "--quantize",
+        default=None,
+        choices=["w8a8", "w4"],
+        help="w8a8: int8 weights and activations; w4: weight-only, 4-bit linear layers and int8 "
+        "convolutions, float activations (no calibration)",
+    )
+    q.add_argument(
+        "--groups",
+        type=positive_int,
+        default=1,
+        help="timestep groups with their own activation scales (one copy of the int8 weights)",
+    )
+    q.add_argument(
+        "--calib",
+        default=None,
+        metavar="NPZ",
+        help="calibration set from `edgediff calibrate` (default: record one along this recipe's trajectory)",
+    )
     q.add_argument("--calib-samples", type=positive_int, default=32, help="trajectories to record (no --calib)")
     q.add_argument("--calib-seed", type=nonneg_int, default=0)
-    q.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse"],
-                   help="activation range observer")
-    q.add_argument("--float-layers", type=nonneg_int, default=0, metavar="N",
-                   help="also keep the N most quantization-sensitive layers in float (mixed precision)")
+    q.add_argument(
+        "--observer", default="minmax", choices=["minmax", "percentile", "mse"], help="activation range observer"
+    )
+    q.add_argument(
+        "--float-layers",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="also keep the N most quantization-sensitive layers in float (mixed precision)",
+    )
     q.add_argument("--keep-float", action="append", metavar="GLOB", help="torch layer names to keep float")
-    q.add_argument("--weight-range", default="auto", choices=["auto", "full", "reduced"],
-                   help="int8 weights on the full range, or 7-bit for x86 CPUs without VNNI (auto: from the target)")
-    q.add_argument("--no-float-defaults", action="store_true",
-                   help="quantize the first/last layer and the timestep-embedding path too")
+    q.add_argument(
+        "--weight-range",
+        default="auto",
+        choices=["auto", "full", "reduced"],
+        help="int8 weights on the full range, or 7-bit for x86 CPUs without VNNI (auto: from the target)",
+    )
+    q.add_argument(
+        "--no-float-defaults",
+        action="store_true",
+        help="quantize the first/last layer and the timestep-embedding path too",
+    )
     c.set_defaults(func=cmd_compile)
 
     from edgediff.cli.calibrate import add_calibrate_parser
@@ -540,8 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=nonneg_int, default=0)
     g.add_argument("--label", type=int, default=None, help="class label for every image (default: 0,1,2,…)")
     g.add_argument("-o", "--output", required=True, help="image grid (.png, .pgm, .ppm)")
-    g.add_argument("--loop", choices=["c", "python"], default="c",
-                   help="sampling loop: the C runtime (default) or the Python reference")
+    g.add_argument(
+        "--loop",
+        choices=["c", "python"],
+        default="c",
+        help="sampling loop: the C runtime (default) or the Python reference",
+    )
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
 
@@ -576,7 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_parser(sub)
 
     bd = sub.add_parser("build", help="run a recipe's stages in order: prune -> distill -> compile (quantize + lower)")
-    bd.add_argument("recipe", help="recipe TOML (source, [prune], [distill], [compile]; see src/edgediff/compiler/build.py)")
+    bd.add_argument(
+        "recipe", help="recipe TOML (source, [prune], [distill], [compile]; see src/edgediff/compiler/build.py)"
+    )
     bd.add_argument("-o", "--output", required=True, help="bundle folder (stage outputs go to OUTPUT.stages/)")
     bd.set_defaults(func=cmd_build)
     return p
@@ -602,8 +806,10 @@ def cmd_build(a) -> int:
         if bar is not None:
             bar.close()
     m = b.manifest
-    print(f"wrote {b.root}: {m['source']['spec']} for {m['target']}, {m['model']['format']} "
-          f"{m['model']['precision']}, {b.scheduler['solver']} {len(b.scheduler['plan']['timesteps'])} steps")
+    print(
+        f"wrote {b.root}: {m['source']['spec']} for {m['target']}, {m['model']['format']} "
+        f"{m['model']['precision']}, {b.scheduler['solver']} {len(b.scheduler['plan']['timesteps'])} steps"
+    )
     return 0
 
 

@@ -35,15 +35,35 @@ from edgediff.core.errors import EdgediffError
 from edgediff.distill.distill import DistillOptions, distill, save_student
 from edgediff.prune.prune import FinetuneOptions, PruneOptions
 
-PRUNE_KEYS = {"ratio", "importance", "scope", "protect", "finetune_steps", "batch_size", "lr", "distill_weight",
-              "data", "seed"}
-DISTILL_KEYS = {"method", "steps", "guidance", "guidance_distill", "train_steps", "batch_size", "lr",
-                "teacher_steps", "data", "seed"}
+PRUNE_KEYS = {
+    "ratio",
+    "importance",
+    "scope",
+    "protect",
+    "finetune_steps",
+    "batch_size",
+    "lr",
+    "distill_weight",
+    "data",
+    "seed",
+}
+DISTILL_KEYS = {
+    "method",
+    "steps",
+    "guidance",
+    "guidance_distill",
+    "train_steps",
+    "batch_size",
+    "lr",
+    "teacher_steps",
+    "data",
+    "seed",
+}
 TOP_KEYS = {"source", "prune", "distill", "compile"}
 
 
 def _compile_keys() -> set[str]:
-    from edgediff.compiler.pipeline import Recipe
+    from edgediff.compiler.recipe import Recipe
 
     return {f.name for f in fields(Recipe)} | {"target"}
 
@@ -107,12 +127,19 @@ def _prune(source: str, p: dict, dest: Path, log) -> str:
     from edgediff.compiler.jobs import prune_to_dir
 
     def run(dest, checkpoints):
-        options = PruneOptions(importance=p.get("importance", "taylor"), scope=p.get("scope", "uniform"),
-                               protect=tuple(p.get("protect", ())), seed=int(p.get("seed", 0)))
-        tune = FinetuneOptions(steps=int(p.get("finetune_steps", 0)), batch_size=int(p.get("batch_size", 64)),
-                               lr=float(p.get("lr", 5e-4)), distill_weight=float(p.get("distill_weight", 1.0)))
-        prune_to_dir(source, dest, ratio=float(p["ratio"]), options=options, finetune=tune, data=p.get("data"),
-                     log=log)
+        options = PruneOptions(
+            importance=p.get("importance", "taylor"),
+            scope=p.get("scope", "uniform"),
+            protect=tuple(p.get("protect", ())),
+            seed=int(p.get("seed", 0)),
+        )
+        tune = FinetuneOptions(
+            steps=int(p.get("finetune_steps", 0)),
+            batch_size=int(p.get("batch_size", 64)),
+            lr=float(p.get("lr", 5e-4)),
+            distill_weight=float(p.get("distill_weight", 1.0)),
+        )
+        prune_to_dir(source, dest, ratio=float(p["ratio"]), options=options, finetune=tune, data=p.get("data"), log=log)
 
     return _stage("prune", source, p, dest, run, log)
 
@@ -121,12 +148,23 @@ def _distill(source: str, d: dict, dest: Path, log) -> str:
     from edgediff.compiler.capture import load_source
 
     def run(dest, checkpoints):
-        opts = DistillOptions(train_steps=int(d.get("train_steps", 500)), batch_size=int(d.get("batch_size", 64)),
-                              lr=float(d.get("lr", 1e-4)), seed=int(d.get("seed", 0)),
-                              teacher_steps=d.get("teacher_steps"), checkpoint_dir=str(checkpoints))
-        student = distill(load_source(source), method=d.get("method", "progressive"), steps=int(d.get("steps", 4)),
-                          guidance=float(d.get("guidance", 3.0)),
-                          guidance_distill=bool(d.get("guidance_distill", False)), data=d.get("data"), options=opts)
+        opts = DistillOptions(
+            train_steps=int(d.get("train_steps", 500)),
+            batch_size=int(d.get("batch_size", 64)),
+            lr=float(d.get("lr", 1e-4)),
+            seed=int(d.get("seed", 0)),
+            teacher_steps=d.get("teacher_steps"),
+            checkpoint_dir=str(checkpoints),
+        )
+        student = distill(
+            load_source(source),
+            method=d.get("method", "progressive"),
+            steps=int(d.get("steps", 4)),
+            guidance=float(d.get("guidance", 3.0)),
+            guidance_distill=bool(d.get("guidance_distill", False)),
+            data=d.get("data"),
+            options=opts,
+        )
         save_student(student, dest)
 
     return _stage("distill", source, d, dest, run, log)
@@ -136,7 +174,8 @@ def build(recipe_path: str | Path, out: str | Path, *, log=print, progress=None)
     """Run the recipe's stages in order; returns the compiled bundle."""
     from edgediff.compiler import bundle as bundle_io
     from edgediff.compiler.capture import recipe_defaults
-    from edgediff.compiler.pipeline import Recipe, compile_model
+    from edgediff.compiler.pipeline import compile_model
+    from edgediff.compiler.recipe import Recipe
 
     data = read_recipe(recipe_path)
     out = Path(out)
@@ -154,6 +193,10 @@ def build(recipe_path: str | Path, out: str | Path, *, log=print, progress=None)
     target = comp.pop("target", "host-cpu")
     recipe = Recipe.from_dict({**recipe_defaults(source), **comp})
     log(f"[3/3] compile {source} for {target}")
-    record = {"build": {"recipe": data, "stages": {k: str(stages / k) for k in ("pruned", "student")
-                                                   if (stages / k).exists()}}}
+    record = {
+        "build": {
+            "recipe": data,
+            "stages": {k: str(stages / k) for k in ("pruned", "student") if (stages / k).exists()},
+        }
+    }
     return compile_model(source, out, target=target, recipe=recipe, progress=progress, extra_manifest=record)

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-from edgediff.runtimes.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, REPORT, SCHEDULER, load_bundle,
-                                      sha256_path, size_bytes)
 from edgediff.core.errors import EdgediffError
-from edgediff.core.files import staging, swap_into_place
+from edgediff.core.files import swap_into_place
+from edgediff.runtimes.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    REPORT,
+    SCHEDULER,
+    load_bundle,
+    sha256_path,
+    size_bytes,
+)
 
 
 def check_output(out: Path) -> None:

@@ -18,24 +18,20 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 import torch
-from torch import nn
 
 from edgediff.core.errors import EdgediffError
 from edgediff.core.schedule import NoiseSchedule, schedule_from_diffusers_config
-from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec, sha256_file, sha256_state, torch_denoiser
-from edgediff.distill.distill import attach_student  # a distilled student's record and w-embedding
-from edgediff.distill.distill import read_student_record
-from edgediff.prune.store import load_pruned
+from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec, sha256_file, sha256_state
+from edgediff.distill.distill import (
+    attach_student,  # a distilled student's record and w-embedding
+    read_student_record,
+)
 from edgediff.prune.store import load_pruned, read_shapes
-from edgediff.zoo.builtin import builtin_student_folder
 from edgediff.zoo.builtin import builtin_student_folder, load_builtin
-
 
 
 def _load_builtin(spec: str) -> ModelSpec:
@@ -82,13 +78,17 @@ def _find_model_dir(root: Path) -> tuple[Path, Path]:
         if (root / sub / "config.json").exists():
             return root / sub, root / "scheduler" / "scheduler_config.json"
     if (root / "config.json").exists():
-        for cand in (root / "scheduler_config.json", root.parent / "scheduler" / "scheduler_config.json",
-                     root / "scheduler" / "scheduler_config.json"):
+        for cand in (
+            root / "scheduler_config.json",
+            root.parent / "scheduler" / "scheduler_config.json",
+            root / "scheduler" / "scheduler_config.json",
+        ):
             if cand.exists():
                 return root, cand
         return root, root / "scheduler_config.json"
-    raise EdgediffError(f"{root}: not a diffusers model folder (no config.json, unet/config.json "
-                        "or transformer/config.json)")
+    raise EdgediffError(
+        f"{root}: not a diffusers model folder (no config.json, unet/config.json or transformer/config.json)"
+    )
 
 
 def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
@@ -99,8 +99,10 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
     config = _read_json(model_dir / "config.json", "model config")
     cls_name = config.get("_class_name")
     if cls_name not in _DIFFUSERS_CLASSES:
-        raise EdgediffError(f"{model_dir / 'config.json'}: field _class_name is {cls_name!r}; "
-                            f"supported: {', '.join(_DIFFUSERS_CLASSES)}")
+        raise EdgediffError(
+            f"{model_dir / 'config.json'}: field _class_name is {cls_name!r}; "
+            f"supported: {', '.join(_DIFFUSERS_CLASSES)}"
+        )
     sched_cfg = _read_json(sched_path, "scheduler config")
     try:
         schedule = schedule_from_diffusers_config(sched_cfg)
@@ -113,7 +115,6 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
     io = _model_io(config, cls_name, model_dir / "config.json", schedule)
     pruning = None
     if (model_dir / "pruned_shapes.json").is_file():  # a pruned folder, or a distilled student of one
-
         pruning = read_shapes(model_dir).get("record")
         build = build or (lambda d: load_pruned(d)[0])
     weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
@@ -134,8 +135,9 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
         raise EdgediffError(f"{model_dir}: diffusers could not build {cls_name}: {first}") from None
     model.eval()
     h = hashlib.sha256()
-    student_files = [root / n for n in ("edgediff_student.json", "guidance_embedding.safetensors")
-                     if (root / n).is_file()]  # a distilled student's record and w-embedding
+    student_files = [
+        root / n for n in ("edgediff_student.json", "guidance_embedding.safetensors") if (root / n).is_file()
+    ]  # a distilled student's record and w-embedding
     extra = [model_dir / "pruned_shapes.json"] if build is not None else []
     for f in [model_dir / "config.json", sched_path, *weights, *student_files, *extra]:
         h.update(f.name.encode())
@@ -169,18 +171,22 @@ def _check_legacy_dit(config: dict, cfg_file: Path) -> None:
     """Transformer2DModel covers several architectures; the DiT one (patched, ada_norm_zero) is supported."""
     norm, patch = config.get("norm_type", "layer_norm"), config.get("patch_size")
     if norm != "ada_norm_zero" or patch is None:
-        raise EdgediffError(f"{cfg_file}: Transformer2DModel with norm_type {norm!r} and patch_size {patch!r} is "
-                            "not a DiT; supported: norm_type 'ada_norm_zero' with a patch_size (class-conditional DiT)")
+        raise EdgediffError(
+            f"{cfg_file}: Transformer2DModel with norm_type {norm!r} and patch_size {patch!r} is "
+            "not a DiT; supported: norm_type 'ada_norm_zero' with a patch_size (class-conditional DiT)"
+        )
 
 
 def _sample_hw(config: dict, cfg_file: Path, default: int) -> tuple[int, int]:
     size = config.get("sample_size", default)
     if isinstance(size, int) and size > 0:
         return size, size
-    if (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
         return int(size[0]), int(size[1])
-    raise EdgediffError(f"{cfg_file}: field sample_size is {size!r}; the compiler needs the sample's size "
-                        "(an integer, or [height, width])")
+    raise EdgediffError(
+        f"{cfg_file}: field sample_size is {size!r}; the compiler needs the sample's size "
+        "(an integer, or [height, width])"
+    )
 
 
 def _prediction_channels(config: dict, cfg_file: Path, in_ch: int, default) -> int:
@@ -189,8 +195,10 @@ def _prediction_channels(config: dict, cfg_file: Path, in_ch: int, default) -> i
     out_ch = config.get("out_channels", default)
     out_ch = in_ch if out_ch is None else out_ch
     if out_ch not in (in_ch, 2 * in_ch):
-        raise EdgediffError(f"{cfg_file}: field out_channels is {out_ch}; a denoiser outputs in_channels ({in_ch}) "
-                            f"channels, or {2 * in_ch} with a learned variance")
+        raise EdgediffError(
+            f"{cfg_file}: field out_channels is {out_ch}; a denoiser outputs in_channels ({in_ch}) "
+            f"channels, or {2 * in_ch} with a learned variance"
+        )
     return in_ch
 
 
@@ -204,29 +212,41 @@ def _model_io(config: dict, cls_name: str, cfg_file: Path, schedule: NoiseSchedu
             dim = config.get("time_embedding_dim") or config.get("block_out_channels", (224,))[0] * 4
             cond = Conditioning("embedding", shape=(int(dim),))
         elif embed_type == "timestep" and not n:
-            raise EdgediffError(f"{cfg_file}: class_embed_type 'timestep' without num_class_embeds: the number of "
-                                "labels (and so the null label for guidance) is unknown; set num_class_embeds")
+            raise EdgediffError(
+                f"{cfg_file}: class_embed_type 'timestep' without num_class_embeds: the number of "
+                "labels (and so the null label for guidance) is unknown; set num_class_embeds"
+            )
         elif n and embed_type in (None, "timestep"):  # labels 0..n-2, the last one the null label
             cond = Conditioning("class", num_classes=n - 1, null_label=n - 1)
         else:
             cond = Conditioning()
         learned = config.get("time_embedding_type", "positional") == "learned"
         if learned and (config.get("num_train_timesteps") or 0) < schedule.num_train_timesteps:
-            raise EdgediffError(f"{cfg_file}: time_embedding_type 'learned' with num_train_timesteps "
-                                f"{config.get('num_train_timesteps')}, but the scheduler has "
-                                f"{schedule.num_train_timesteps} training timesteps")
+            raise EdgediffError(
+                f"{cfg_file}: time_embedding_type 'learned' with num_train_timesteps "
+                f"{config.get('num_train_timesteps')}, but the scheduler has "
+                f"{schedule.num_train_timesteps} training timesteps"
+            )
         return _ModelIO("UNet2DModel", (int(in_ch), *hw), out, cond, integer_timesteps=learned)
     if cls_name == "UNet2DConditionModel":
         in_ch = config.get("in_channels", 4)
         dim = config.get("cross_attention_dim", 1280)
         dim = dim[0] if isinstance(dim, (list, tuple)) else dim
-        return _ModelIO("UNet2DConditionModel", (int(in_ch), *_sample_hw(config, cfg_file, 64)),
-                        _prediction_channels(config, cfg_file, in_ch, 4), Conditioning("embedding", shape=(77, int(dim))))
+        return _ModelIO(
+            "UNet2DConditionModel",
+            (int(in_ch), *_sample_hw(config, cfg_file, 64)),
+            _prediction_channels(config, cfg_file, in_ch, 4),
+            Conditioning("embedding", shape=(77, int(dim))),
+        )
     in_ch = config.get("in_channels", 4)  # DiT: class-conditional (diffusers refuses one without classes)
     n = config.get("num_embeds_ada_norm")
     cond = Conditioning("class", num_classes=n, null_label=n) if n else Conditioning()
-    return _ModelIO("DiTTransformer2DModel", (int(in_ch), *_sample_hw(config, cfg_file, 32)),
-                    _prediction_channels(config, cfg_file, in_ch, None), cond)
+    return _ModelIO(
+        "DiTTransformer2DModel",
+        (int(in_ch), *_sample_hw(config, cfg_file, 32)),
+        _prediction_channels(config, cfg_file, in_ch, None),
+        cond,
+    )
 
 
 def _load_pruned_dir(spec: str) -> ModelSpec:
@@ -245,13 +265,20 @@ def _load_factory(spec: str) -> ModelSpec:
         raise EdgediffError(f"source {spec!r}: module {mod_name!r} has no callable {attr!r}")
     result = factory()
     if not isinstance(result, ModelSpec):
-        raise EdgediffError(f"source {spec!r}: the factory returned {type(result).__name__}; "
-                            "it must return edgediff.compiler.capture.ModelSpec")
+        raise EdgediffError(
+            f"source {spec!r}: the factory returned {type(result).__name__}; "
+            "it must return edgediff.compiler.capture.ModelSpec"
+        )
     module = result.module.eval()
-    return ModelSpec(module=module, schedule=result.schedule, sample_shape=tuple(result.sample_shape),
-                     conditioning=result.conditioning, source=spec,
-                     source_sha256=result.source_sha256 or sha256_state(module),
-                     description=result.description or f"factory {spec}")
+    return ModelSpec(
+        module=module,
+        schedule=result.schedule,
+        sample_shape=tuple(result.sample_shape),
+        conditioning=result.conditioning,
+        source=spec,
+        source_sha256=result.source_sha256 or sha256_state(module),
+        description=result.description or f"factory {spec}",
+    )
 
 
 def _kind(spec: str) -> str:
@@ -259,16 +286,21 @@ def _kind(spec: str) -> str:
         return "builtin"
     if Path(spec).exists():
         if not Path(spec).is_dir():
-            raise EdgediffError(f"source {spec!r}: a file; expected a diffusers folder, builtin:NAME "
-                                "or package.module:factory")
+            raise EdgediffError(
+                f"source {spec!r}: a file; expected a diffusers folder, builtin:NAME or package.module:factory"
+            )
         return "pruned" if (Path(spec) / "pruned_shapes.json").is_file() else "diffusers"
     if ":" in spec and "/" not in spec:
         return "factory"
     raise EdgediffError(f"source {spec!r}: no such folder, and not builtin:NAME or package.module:factory")
 
 
-LOADERS = {"builtin": _load_builtin, "diffusers": _load_diffusers_dir, "pruned": _load_pruned_dir,
-           "factory": _load_factory}
+LOADERS = {
+    "builtin": _load_builtin,
+    "diffusers": _load_diffusers_dir,
+    "pruned": _load_pruned_dir,
+    "factory": _load_factory,
+}
 
 
 def load_source(spec: str | ModelSpec) -> ModelSpec:
@@ -294,5 +326,9 @@ def recipe_defaults(source: str) -> dict:
     record = read_student_record(folder) if folder else None
     if record is None:
         return {}
-    return {"sampler": record["sampler"], "steps": int(record["steps"]), "spacing": record["spacing"],
-            "guidance": float(record["guidance"]["scale"])}
+    return {
+        "sampler": record["sampler"],
+        "steps": int(record["steps"]),
+        "spacing": record["spacing"],
+        "guidance": float(record["guidance"]["scale"]),
+    }

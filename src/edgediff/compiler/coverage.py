@@ -41,8 +41,7 @@ def onnx_op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def unit_coverage(profile: TargetProfile, unit: str, ops: list[str],
-                  decomposes: dict[str, tuple[str, ...]]) -> dict:
+def unit_coverage(profile: TargetProfile, unit: str, ops: list[str], decomposes: dict[str, tuple[str, ...]]) -> dict:
     """Sort `ops` for one unit, applying the rewrites that make an op fully supported."""
     report = profile.check_ops(ops, unit)
     status = {op: "supported" for op in report.supported}
@@ -66,8 +65,14 @@ def unit_coverage(profile: TargetProfile, unit: str, ops: list[str],
     }
 
 
-def coverage(profile: TargetProfile, op_counts: dict[str, int], *, precision: str, fmt: str,
-             decomposes: dict[str, tuple[str, ...]]) -> dict:
+def coverage(
+    profile: TargetProfile,
+    op_counts: dict[str, int],
+    *,
+    precision: str,
+    fmt: str,
+    decomposes: dict[str, tuple[str, ...]],
+) -> dict:
     """The coverage record for report.json; raises if the chosen unit cannot run a required op."""
     ops = sorted(op_counts)
     chosen = profile.unit_for(precision)
@@ -75,14 +80,23 @@ def coverage(profile: TargetProfile, op_counts: dict[str, int], *, precision: st
     bad = units[chosen]["unsupported"]
     if bad:
         src = units[chosen]["source"]
-        raise EdgediffError(f"target {profile.name}: op {', '.join(bad)} is documented unsupported on unit "
-                            f"{chosen} ({units[chosen]['delegate']}) and no {fmt} rewrite avoids it "
-                            f"(op support source: {src})")
+        raise EdgediffError(
+            f"target {profile.name}: op {', '.join(bad)} is documented unsupported on unit "
+            f"{chosen} ({units[chosen]['delegate']}) and no {fmt} rewrite avoids it "
+            f"(op support source: {src})"
+        )
     c = units[chosen]
-    return {"unit": chosen, "precision": precision, "op_counts": op_counts,
-            "summary": {"supported": len(c["supported"]), "rewritten": len(c["rewritten"]),
-                        "not_documented": len(c["not_documented"])},
-            "units": units}
+    return {
+        "unit": chosen,
+        "precision": precision,
+        "op_counts": op_counts,
+        "summary": {
+            "supported": len(c["supported"]),
+            "rewritten": len(c["rewritten"]),
+            "not_documented": len(c["not_documented"]),
+        },
+        "units": units,
+    }
 
 
 def format_coverage(record: dict) -> str:

@@ -16,7 +16,7 @@ import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,77 +24,47 @@ import torch
 
 from edgediff import __version__
 from edgediff.compiler import bundle as bundle_io
+from edgediff.compiler.capture import load_source
 from edgediff.compiler.coverage import coverage as op_coverage
 from edgediff.compiler.coverage import onnx_op_counts
-from edgediff.lower.onnx import export_onnx
-from edgediff.lower.registry import (LOWERINGS, check_precision, check_weights, get_lowering, runnable_here,
-                                        static_batch_for)
-from edgediff.quantize.w8a8 import COREML_GROUPS, SCHEMES, QuantizeOptions, load_calib_for, quantize, \
-    quantize_coreml, quantize_tflite
-from edgediff.compiler.capture import load_source
+from edgediff.compiler.recipe import Recipe
+from edgediff.compiler.verify import verify
+from edgediff.core.errors import EdgediffError
+from edgediff.core.files import staging
 from edgediff.core.spec import ModelSpec
 from edgediff.core.stats import count_macs, count_params
-from edgediff.compiler.verify import verify
+from edgediff.distill.distill import bind_guidance
+from edgediff.lower.onnx import export_onnx
+from edgediff.lower.openvino import lower_openvino_int8
+from edgediff.lower.registry import (
+    LOWERINGS,
+    check_precision,
+    check_weights,
+    get_lowering,
+    runnable_here,
+    static_batch_for,
+)
 from edgediff.quantize.calibration.record import record_trajectories
+from edgediff.quantize.w8a8 import (
+    COREML_GROUPS,
+    QuantizedModel,
+    load_calib_for,
+    quantize,
+    quantize_coreml,
+    quantize_tflite,
+)
+from edgediff.quantize.weight_only import SCHEME_TEXT, quantize_w4_onnx, quantize_w4_openvino
 from edgediff.runtimes.backends import model_signature, open_denoiser
-from edgediff.runtimes.groups import grouped_denoiser
 from edgediff.runtimes.bundle import Bundle, load_bundle, size_bytes
-from edgediff.core.errors import EdgediffError, check_known_keys
+from edgediff.runtimes.groups import grouped_denoiser
 from edgediff.runtimes.samplers import get_solver
 from edgediff.targets import TargetProfile, load_target
-from edgediff.distill.distill import bind_guidance
-from edgediff.lower.openvino import lower_openvino_int8
-from edgediff.quantize.w8a8 import QuantizedModel
-from edgediff.quantize.weight_only import SCHEME_TEXT, quantize_w4_onnx, quantize_w4_openvino
-
 
 # where the quantize pass's int8 graph can go (coreml: int8 weights + the kit that finishes W8A8 on macOS)
 QUANTIZED_FORMATS = ("onnx", "openvino", "tflite", "coreml")
 # Weight-only 4-bit (src/edgediff/quantize/weight_only.py) needs ONNX Runtime's CPU MatMulNBits kernel or OpenVINO.
 W4_RUNTIMES = ("onnxruntime", "openvino")
 SCHEME_PRECISION = {"w8a8": "int8", "w4": "int4"}  # the profile precision each scheme needs
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What to build: the sampler the app will run and the precision of the model."""
-
-    sampler: str = "dpmpp-2m"
-    steps: int = 20
-    guidance: float = 3.0
-    spacing: str = "leading"
-    precision: str | None = None  # None: the target's first precision that its format's lowering writes
-    weights: str | None = None  # weight compression on top of the precision (Core ML: int8, palette4, palette6)
-    quantize: str | None = None  # "w8a8": int8 weights and activations (src/edgediff/quantize/w8a8.py)
-    groups: int = 1  # timestep groups, each with its own activation scales, one set of int8 weights
-    calib: str | None = None  # calibration .npz (`edgediff calibrate`); None: record it here
-    calib_samples: int = 32  # trajectories recorded when calib is None
-    quant_options: QuantizeOptions = QuantizeOptions()
-
-    def __post_init__(self):
-        get_solver(self.sampler)  # unknown name -> EdgediffError listing the solvers
-        if self.quantize is not None and self.quantize not in SCHEMES:
-            raise EdgediffError(f"recipe: quantize {self.quantize!r} is not a scheme (known: {', '.join(SCHEMES)})")
-        if self.quantize is not None and self.precision not in (None, "fp32", "int8"):
-            raise EdgediffError(f"recipe: quantize {self.quantize} starts from fp32, not precision {self.precision!r}")
-        if not isinstance(self.groups, int) or not 1 <= self.groups <= self.steps:
-            raise EdgediffError(f"recipe: groups must be an integer in 1..steps ({self.steps}), got {self.groups!r}")
-        if self.groups > 1 and self.quantize != "w8a8":
-            raise EdgediffError("recipe: groups > 1 needs quantize w8a8 (groups hold activation scales; "
-                                f"{self.quantize or 'no quantize'} has none)")
-        if not isinstance(self.calib_samples, int) or self.calib_samples <= 0:
-            raise EdgediffError(f"recipe: calib_samples must be a positive integer (got {self.calib_samples!r})")
-        if isinstance(self.quant_options, dict):
-            object.__setattr__(self, "quant_options", QuantizeOptions.from_dict(self.quant_options))
-        if not isinstance(self.steps, int) or self.steps <= 0:
-            raise EdgediffError(f"recipe: steps must be a positive integer (got {self.steps!r})")
-        if not np.isfinite(self.guidance) or self.guidance < 0:
-            raise EdgediffError(f"recipe: guidance must be a finite number >= 0 (got {self.guidance!r})")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
-        check_known_keys(d, cls, "recipe")
-        return cls(**d)
 
 
 @dataclass
@@ -120,16 +90,18 @@ def capture(s: State) -> dict:
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(s.model.input_names(), inputs))
-        raise EdgediffError(f"{s.model.source}: the PyTorch model fails on its own inputs ({shapes}): "
-                            f"{type(e).__name__}: {first}") from None
+        raise EdgediffError(
+            f"{s.model.source}: the PyTorch model fails on its own inputs ({shapes}): {type(e).__name__}: {first}"
+        ) from None
     return {"params": count_params(s.model.module), "macs_per_step": macs, "sample_shape": list(s.model.sample_shape)}
 
 
 def plan(s: State) -> dict:
     r = s.recipe
     if r.steps > s.model.schedule.num_train_timesteps:
-        raise EdgediffError(f"recipe: steps {r.steps} exceeds the model's {s.model.schedule.num_train_timesteps} "
-                            "training timesteps")
+        raise EdgediffError(
+            f"recipe: steps {r.steps} exceeds the model's {s.model.schedule.num_train_timesteps} training timesteps"
+        )
     s.plan = get_solver(r.sampler).plan(s.model.schedule, r.steps, spacing=r.spacing)
     _check_finite_at_last_step(s)
     if r.quantize and r.calib:  # a bad calibration file fails before the export, not after
@@ -145,9 +117,11 @@ def _check_finite_at_last_step(s: State) -> None:
     with torch.no_grad():
         out = s.model.module(x, torch.full((1,), t), *cond)
     if not torch.isfinite(out).all():
-        raise EdgediffError(f"{s.model.source}: the model outputs inf/nan at timestep {t:g}, which the "
-                            f"{s.recipe.sampler} plan ({s.recipe.spacing} spacing) visits; choose a spacing that "
-                            "avoids it (--spacing trailing)")
+        raise EdgediffError(
+            f"{s.model.source}: the model outputs inf/nan at timestep {t:g}, which the "
+            f"{s.recipe.sampler} plan ({s.recipe.spacing} spacing) visits; choose a spacing that "
+            "avoids it (--spacing trailing)"
+        )
 
 
 def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
@@ -157,8 +131,10 @@ def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
         precision = SCHEME_PRECISION[recipe.quantize]
         target.check_precision(precision)
         if recipe.quantize == "w4" and target.runtime not in W4_RUNTIMES:
-            raise EdgediffError(f"target {target.name}: --quantize w4 runs on ONNX Runtime's CPU kernels "
-                                f"(MatMulNBits) or OpenVINO; this target's runtime is {target.runtime}")
+            raise EdgediffError(
+                f"target {target.name}: --quantize w4 runs on ONNX Runtime's CPU kernels "
+                f"(MatMulNBits) or OpenVINO; this target's runtime is {target.runtime}"
+            )
         if recipe.quantize == "w8a8":
             _check_quantized_format(target, recipe)
         check_weights(fmt, recipe.weights, target.name)
@@ -170,8 +146,10 @@ def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
     else:
         usable = [p for p in target.precisions if p in low.precisions]
         if not usable:
-            raise EdgediffError(f"target {target.name}: none of its precisions ({', '.join(target.precisions)}) "
-                                f"can be written by the {fmt} lowering ({', '.join(low.precisions)})")
+            raise EdgediffError(
+                f"target {target.name}: none of its precisions ({', '.join(target.precisions)}) "
+                f"can be written by the {fmt} lowering ({', '.join(low.precisions)})"
+            )
         precision = usable[0]
     check_weights(fmt, recipe.weights, target.name)
     return precision
@@ -181,12 +159,16 @@ def _check_quantized_format(target: TargetProfile, recipe: Recipe) -> None:
     """Before any export: can the quantize pass write this target's format with these groups?"""
     fmt = target.format
     if fmt not in QUANTIZED_FORMATS:
-        raise EdgediffError(f"target {target.name}: --quantize {recipe.quantize} writes "
-                            f"{', '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
-                            "the quantize pass yet")
+        raise EdgediffError(
+            f"target {target.name}: --quantize {recipe.quantize} writes "
+            f"{', '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
+            "the quantize pass yet"
+        )
     if fmt == "openvino" and recipe.groups > 1:
-        raise EdgediffError(f"target {target.name}: timestep groups (--groups {recipe.groups}) share one "
-                            "weight file across ONNX graphs; OpenVINO IR takes --groups 1")
+        raise EdgediffError(
+            f"target {target.name}: timestep groups (--groups {recipe.groups}) share one "
+            "weight file across ONNX graphs; OpenVINO IR takes --groups 1"
+        )
     if fmt == "coreml" and recipe.groups > 1:
         raise EdgediffError(f"target {target.name}: --groups {recipe.groups}: {COREML_GROUPS}")
 
@@ -196,8 +178,13 @@ def coverage(s: State) -> dict:
     s.ir = s.work / "ir" / "denoiser.onnx"
     s.ir.parent.mkdir()
     export_onnx(s.model, s.ir)
-    return op_coverage(s.target, onnx_op_counts(s.ir), precision=s.precision, fmt=s.target.format,
-                       decomposes=LOWERINGS[s.target.format].decomposes)
+    return op_coverage(
+        s.target,
+        onnx_op_counts(s.ir),
+        precision=s.precision,
+        fmt=s.target.format,
+        decomposes=LOWERINGS[s.target.format].decomposes,
+    )
 
 
 def _guided(s: State) -> bool:
@@ -216,14 +203,20 @@ def lower(s: State) -> dict:
             if fmt not in ("tflite", "coreml"):  # these convert from PyTorch; the pass writes into their model
                 low = LOWERINGS["onnx"]
     static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
-    s.lowered = low(s.model, s.work / "model", precision=precision, ir=s.ir, static_batch=static,
-                    weights=s.recipe.weights)
+    s.lowered = low(
+        s.model, s.work / "model", precision=precision, ir=s.ir, static_batch=static, weights=s.recipe.weights
+    )
     if not (s.recipe.quantize and fmt in ("tflite", "coreml")):  # their quantize pass still reads the export
         shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
     s.model_file = s.lowered.file
-    return {"format": fmt, "precision": precision, "weights": s.recipe.weights,
-            "file": s.model_file.relative_to(s.work).as_posix(), "bytes": size_bytes(s.work / "model"),
-            **{k: v for k, v in s.lowered.record.items() if k != "structural"}}
+    return {
+        "format": fmt,
+        "precision": precision,
+        "weights": s.recipe.weights,
+        "file": s.model_file.relative_to(s.work).as_posix(),
+        "bytes": size_bytes(s.work / "model"),
+        **{k: v for k, v in s.lowered.record.items() if k != "structural"},
+    }
 
 
 def quantize_stage(s: State) -> dict | None:
@@ -235,27 +228,57 @@ def quantize_stage(s: State) -> dict | None:
     if s.calib is not None:
         calib = s.calib
     else:
-        calib = record_trajectories(s.model, sampler=r.sampler, steps=r.steps, guidance=r.guidance,
-                                    spacing=r.spacing, num_samples=r.calib_samples, seed=r.quant_options.seed)
+        calib = record_trajectories(
+            s.model,
+            sampler=r.sampler,
+            steps=r.steps,
+            guidance=r.guidance,
+            spacing=r.spacing,
+            num_samples=r.calib_samples,
+            seed=r.quant_options.seed,
+        )
     if s.target.format == "tflite":  # our plan and ranges, written into the fp32 TFLite model
-        s.quantized = quantize_tflite(s.model, calib, onnx_path=s.ir, tflite_path=s.model_file, plan=s.plan,
-                                      scheme=r.quantize, groups=r.groups, options=r.quant_options)
+        s.quantized = quantize_tflite(
+            s.model,
+            calib,
+            onnx_path=s.ir,
+            tflite_path=s.model_file,
+            plan=s.plan,
+            scheme=r.quantize,
+            groups=r.groups,
+            options=r.quant_options,
+        )
         shutil.rmtree(s.ir.parent)
         s.quantized.record["tflite"]["lowering"] = s.lowered.record
         return s.quantized.record
     if s.target.format == "coreml":  # int8 weights here, the activation kit for macOS in the bundle
-        s.quantized = quantize_coreml(s.model, calib, onnx_path=s.ir, package=s.model_file, plan=s.plan,
-                                      static_batch=s.lowered.runtime["static_batch"], scheme=r.quantize,
-                                      options=r.quant_options)
+        s.quantized = quantize_coreml(
+            s.model,
+            calib,
+            onnx_path=s.ir,
+            package=s.model_file,
+            plan=s.plan,
+            static_batch=s.lowered.runtime["static_batch"],
+            scheme=r.quantize,
+            options=r.quant_options,
+        )
         shutil.rmtree(s.ir.parent)
         return s.quantized.record
-    s.quantized = quantize(s.model, calib, onnx_path=s.model_file, plan=s.plan, scheme=r.quantize,
-                           groups=r.groups, options=r.quant_options, target_features=s.target.features)
+    s.quantized = quantize(
+        s.model,
+        calib,
+        onnx_path=s.model_file,
+        plan=s.plan,
+        scheme=r.quantize,
+        groups=r.groups,
+        options=r.quant_options,
+        target_features=s.target.features,
+    )
     s.model_file = s.quantized.files[0]
     if s.target.format == "openvino":  # our scales, as FakeQuantize in the IR
-
-        s.lowered = lower_openvino_int8(s.model_file, s.model_file.parent,
-                                        static_batch=s.lowered.runtime.get("static_batch"))
+        s.lowered = lower_openvino_int8(
+            s.model_file, s.model_file.parent, static_batch=s.lowered.runtime.get("static_batch")
+        )
         s.model_file = s.lowered.file
         s.quantized.files[0] = s.model_file
         s.quantized.record["files"] = [s.model_file.name]
@@ -268,14 +291,25 @@ def _quantize_w4(s: State) -> dict:
 
     keep = s.recipe.quant_options.keep_float
     if s.target.format == "openvino":
-        s.model_file, rec = quantize_w4_openvino(s.model_file, s.model_file.parent, keep_float=keep,
-                                                 static_batch=s.lowered.runtime.get("static_batch"))
+        s.model_file, rec = quantize_w4_openvino(
+            s.model_file, s.model_file.parent, keep_float=keep, static_batch=s.lowered.runtime.get("static_batch")
+        )
         s.lowered.runtime["inference_precision_hint"] = "f32"
     else:
         rec = quantize_w4_onnx(s.model_file, keep_float=keep)
-    record = {"scheme": "w4", "precision": "int4", "weights": SCHEME_TEXT, "weight_bits": 4,
-              "activations": "fp32 (weight-only)", "groups": 1, "step_group": [0] * len(s.plan),
-              "files": [s.model_file.name], "shared_weights": None, "calibration": None, **rec}
+    record = {
+        "scheme": "w4",
+        "precision": "int4",
+        "weights": SCHEME_TEXT,
+        "weight_bits": 4,
+        "activations": "fp32 (weight-only)",
+        "groups": 1,
+        "step_group": [0] * len(s.plan),
+        "files": [s.model_file.name],
+        "shared_weights": None,
+        "calibration": None,
+        **rec,
+    }
     s.quantized = QuantizedModel(files=[s.model_file], shared=None, step_group=record["step_group"], record=record)
     return record
 
@@ -285,8 +319,7 @@ def check(s: State) -> dict:
     if not runnable_here(fmt):  # e.g. Core ML off macOS: the lowering's structural check
         return s.lowered.record.get("structural") or {"numerics": f"not run: no {fmt} backend on this host"}
     if s.quantized is not None:
-        denoise = grouped_denoiser(s.work, _groups_entry(s), s.plan.model_timesteps, model_file=s.model_file,
-                                   fmt=fmt)
+        denoise = grouped_denoiser(s.work, _groups_entry(s), s.plan.model_timesteps, model_file=s.model_file, fmt=fmt)
         record = verify(s.model, denoise, precision=s.recipe.quantize, label=getattr(denoise, "label", "ONNX Runtime"))
     else:
         denoise = open_denoiser(s.model_file, fmt)
@@ -302,8 +335,11 @@ def _groups_entry(s: State) -> dict | None:
     if q is None or len(q.files) == 1:
         return None
     rel = [f.relative_to(s.work).as_posix() for f in q.files]
-    return {"files": rel, "step_group": q.step_group,
-            "shared_weights": q.shared.relative_to(s.work).as_posix() if q.shared else None}
+    return {
+        "files": rel,
+        "step_group": q.step_group,
+        "shared_weights": q.shared.relative_to(s.work).as_posix() if q.shared else None,
+    }
 
 
 STAGES = [
@@ -320,9 +356,24 @@ def _manifest_quantization(record: dict | None) -> dict | None:
     """The manifest's short form; report.json keeps the per-layer scales."""
     if record is None:
         return None
-    keep = ("scheme", "weights", "weight_bits", "activations", "groups", "step_group", "files", "shared_weights",
-            "num_int8", "num_float", "float_layers", "calibration", "matmulnbits", "conv_int8", "int4_constants",
-            "int8_constants")
+    keep = (
+        "scheme",
+        "weights",
+        "weight_bits",
+        "activations",
+        "groups",
+        "step_group",
+        "files",
+        "shared_weights",
+        "num_int8",
+        "num_float",
+        "float_layers",
+        "calibration",
+        "matmulnbits",
+        "conv_int8",
+        "int4_constants",
+        "int8_constants",
+    )
     return {k: record[k] for k in keep if k in record}
 
 
@@ -331,10 +382,16 @@ def _provenance() -> dict:
     import onnx
     import onnxruntime
 
-    return {"edgediff": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "diffusers": diffusers.__version__,
-            "host": f"{platform.system()} {platform.machine()}",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "edgediff": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "diffusers": diffusers.__version__,
+        "host": f"{platform.system()} {platform.machine()}",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _bind_student(model: ModelSpec, recipe: Recipe) -> tuple[ModelSpec, Recipe, dict | None]:
@@ -345,16 +402,27 @@ def _bind_student(model: ModelSpec, recipe: Recipe) -> tuple[ModelSpec, Recipe, 
         return model, recipe, None
 
     st = model.student
-    distilled = {"method": st["method"], "steps": st["steps"], "guidance_mode": st["guidance"]["mode"],
-                 "guidance": None}
+    distilled = {
+        "method": st["method"],
+        "steps": st["steps"],
+        "guidance_mode": st["guidance"]["mode"],
+        "guidance": None,
+    }
     if st["guidance"]["mode"] == "distilled":
         distilled["guidance"] = recipe.guidance
         return bind_guidance(model, recipe.guidance), Recipe(**{**asdict(recipe), "guidance": 1.0}), distilled
     return model, recipe, distilled
 
 
-def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "host-cpu",
-                  recipe: Recipe = Recipe(), progress=None, extra_manifest: dict | None = None) -> Bundle:
+def compile_model(
+    source: str | ModelSpec,
+    out: str | Path,
+    *,
+    target: str = "host-cpu",
+    recipe: Recipe = Recipe(),
+    progress=None,
+    extra_manifest: dict | None = None,
+) -> Bundle:
     """Compile `source` for `target` into the bundle folder `out`; returns the loaded bundle.
 
     `progress(stage_name)` is called before each stage (the CLI draws a bar with it).
@@ -369,7 +437,7 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
     if recipe.guidance != 1.0 and c.kind != "class":
         recipe = Recipe(**{**asdict(recipe), "guidance": 1.0})  # no null condition to guide against
     model, run_recipe, distilled = _bind_student(model, recipe)
-    with bundle_io.staging(out) as work:
+    with staging(out) as work:
         s = State(model=model, target=profile, recipe=run_recipe, work=work, records={})
         for name, stage in STAGES:
             if progress:
@@ -378,7 +446,9 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             s.records[name] = stage(s)
             timings[name] = time.perf_counter() - t0
         sig = model_signature(s.model_file, profile.format)
-        precision = SCHEME_PRECISION[run_recipe.quantize] if s.quantized is not None else s.records["lower"]["precision"]
+        precision = (
+            SCHEME_PRECISION[run_recipe.quantize] if s.quantized is not None else s.records["lower"]["precision"]
+        )
         model_bytes = sum(size_bytes(f) for f in (s.work / "model").iterdir())
         scheduler = {
             "solver": recipe.sampler,
@@ -393,10 +463,12 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
         report = {
             "source": model.source,
             "target": profile.name,
-            "model": {"params": s.records["capture"]["params"],
-                      "macs_per_step": s.records["capture"]["macs_per_step"],
-                      "forward_passes_per_step": 2 if (run_recipe.guidance != 1.0 and c.kind == "class") else 1,
-                      "size_bytes": model_bytes},
+            "model": {
+                "params": s.records["capture"]["params"],
+                "macs_per_step": s.records["capture"]["macs_per_step"],
+                "forward_passes_per_step": 2 if (run_recipe.guidance != 1.0 and c.kind == "class") else 1,
+                "size_bytes": model_bytes,
+            },
             "lowering": s.records["lower"],
             "coverage": s.records["coverage"],
             "quantization": s.records["quantize"],
@@ -408,8 +480,13 @@ def compile_model(source: str | ModelSpec, out: str | Path, *, target: str = "ho
             "source": {"spec": model.source, "sha256": model.source_sha256, "description": model.description},
             "target": profile.name,
             "recipe": asdict(recipe) | {"precision": precision},
-            "model": {"format": profile.format, "file": s.model_file.relative_to(s.work).as_posix(),
-                      "precision": precision, "runtime": s.lowered.runtime, **sig},
+            "model": {
+                "format": profile.format,
+                "file": s.model_file.relative_to(s.work).as_posix(),
+                "precision": precision,
+                "runtime": s.lowered.runtime,
+                **sig,
+            },
             "conditioning": c.to_dict(),
             "quantization": _manifest_quantization(s.records["quantize"]),
             "pruning": model.pruning,

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgediff.core.spec import ModelSpec, torch_denoiser
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import ModelSpec, torch_denoiser
 
 # Normalised max error allowed per precision (max abs error over max abs reference).
 # int8: TFLite dynamic-range int8 weights (lower_tflite.py). w4: weight-only 4-bit (weight_only.py); the
@@ -49,8 +49,7 @@ def verification_inputs(model: ModelSpec, *, num_timesteps: int = 8, batch: int 
         yield int(t), x, cond
 
 
-def verify(model: ModelSpec, denoise, *, precision: str, label: str = "ONNX Runtime",
-           num_timesteps: int = 8) -> dict:
+def verify(model: ModelSpec, denoise, *, precision: str, label: str = "ONNX Runtime", num_timesteps: int = 8) -> dict:
     """Compare `denoise` with the PyTorch model; returns the per-timestep record for report.json."""
     reference = torch_denoiser(model)
     bound = BOUNDS[precision]
@@ -62,18 +61,31 @@ def verify(model: ModelSpec, denoise, *, precision: str, label: str = "ONNX Runt
         if out.shape != ref.shape:
             raise EdgediffError(f"{label}: output shape {out.shape} differs from PyTorch {ref.shape} at t={t}")
         finite = np.isfinite(ref)
-        if (not finite.all() and precision in ("fp32", "fp16")
-                and not np.array_equal(out[~finite], ref[~finite], equal_nan=True)):
-            raise EdgediffError(f"{label}: PyTorch outputs {int((~finite).sum())} inf/nan values at timestep {t} "
-                                "and the lowered model differs there; nothing written")
+        if (
+            not finite.all()
+            and precision in ("fp32", "fp16")
+            and not np.array_equal(out[~finite], ref[~finite], equal_nan=True)
+        ):
+            raise EdgediffError(
+                f"{label}: PyTorch outputs {int((~finite).sum())} inf/nan values at timestep {t} "
+                "and the lowered model differs there; nothing written"
+            )
         r, o = ref[finite], out[finite]
         err = float(np.abs(o - r).max() / max(float(np.abs(r).max()), 1e-12)) if r.size else 0.0
         if not np.isfinite(err) or err > bound:
-            raise EdgediffError(f"{label} output differs from PyTorch at timestep {t}: normalised max error "
-                                f"{err:.3g} > bound {bound:g} ({precision}); nothing written")
+            raise EdgediffError(
+                f"{label} output differs from PyTorch at timestep {t}: normalised max error "
+                f"{err:.3g} > bound {bound:g} ({precision}); nothing written"
+            )
         per_t.append({"timestep": t, "max_rel_error": err})
         if not finite.all():
             per_t[-1]["nonfinite_in_pytorch"] = int((~finite).sum())
-    return {"against": "pytorch-fp32", "runtime": label, "precision": precision, "bound": bound,
-            "num_timesteps": len(per_t), "max_rel_error": max(r["max_rel_error"] for r in per_t),
-            "per_timestep": per_t}
+    return {
+        "against": "pytorch-fp32",
+        "runtime": label,
+        "precision": precision,
+        "bound": bound,
+        "num_timesteps": len(per_t),
+        "max_rel_error": max(r["max_rel_error"] for r in per_t),
+        "per_timestep": per_t,
+    }

@@ -49,8 +49,11 @@ class NoiseSchedule:
         object.__setattr__(self, "alphas_cumprod", ac)
 
     def __eq__(self, other):
-        return (isinstance(other, NoiseSchedule) and self.prediction_type == other.prediction_type
-                and np.array_equal(self.alphas_cumprod, other.alphas_cumprod))
+        return (
+            isinstance(other, NoiseSchedule)
+            and self.prediction_type == other.prediction_type
+            and np.array_equal(self.alphas_cumprod, other.alphas_cumprod)
+        )
 
     __hash__ = None
 
@@ -62,7 +65,7 @@ class NoiseSchedule:
         return {"alphas_cumprod": self.alphas_cumprod.tolist(), "prediction_type": self.prediction_type}
 
     @classmethod
-    def from_dict(cls, d) -> "NoiseSchedule":
+    def from_dict(cls, d) -> NoiseSchedule:
         if not isinstance(d, dict):
             raise EdgediffError(f"schedule must be a JSON object, got {type(d).__name__}")
         unknown = sorted(set(d) - {"alphas_cumprod", "prediction_type"})
@@ -89,8 +92,13 @@ def _cosine_betas(n: int, max_beta: float = 0.999) -> np.ndarray:
     return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)])
 
 
-def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
-                  beta_end: float = 0.02, prediction_type: str = "epsilon") -> NoiseSchedule:
+def make_schedule(
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "linear",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    prediction_type: str = "epsilon",
+) -> NoiseSchedule:
     """The schedule diffusers builds from the same settings."""
     check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
     if not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 2:
@@ -116,8 +124,13 @@ def schedule_from_diffusers_config(cfg: dict) -> NoiseSchedule:
         if betas.ndim != 1 or betas.size < 2:
             raise EdgediffError(f"scheduler config field trained_betas must be a list of numbers, shape {betas.shape}")
         return NoiseSchedule(_alphas_cumprod(betas.astype(np.float32)), prediction_type)
-    return make_schedule(cfg.get("num_train_timesteps", 1000), cfg.get("beta_schedule", "linear"),
-                         cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02), prediction_type)
+    return make_schedule(
+        cfg.get("num_train_timesteps", 1000),
+        cfg.get("beta_schedule", "linear"),
+        cfg.get("beta_start", 1e-4),
+        cfg.get("beta_end", 0.02),
+        prediction_type,
+    )
 
 
 def check_steps(schedule: NoiseSchedule, n, limit: int | None = None) -> int:

@@ -39,14 +39,22 @@ class Conditioning:
     shape: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "num_classes": self.num_classes, "null_label": self.null_label,
-                "shape": list(self.shape) if self.shape else None}
+        return {
+            "kind": self.kind,
+            "num_classes": self.num_classes,
+            "null_label": self.null_label,
+            "shape": list(self.shape) if self.shape else None,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Conditioning":
+    def from_dict(cls, d: dict) -> Conditioning:
         shape = d.get("shape")
-        return cls(kind=d["kind"], num_classes=d.get("num_classes"), null_label=d.get("null_label"),
-                   shape=tuple(shape) if shape else None)
+        return cls(
+            kind=d["kind"],
+            num_classes=d.get("num_classes"),
+            null_label=d.get("null_label"),
+            shape=tuple(shape) if shape else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -133,8 +141,10 @@ def torch_denoiser(model: ModelSpec):
 
     @torch.inference_mode()
     def denoise(x: np.ndarray, t: np.ndarray, cond=None) -> np.ndarray:
-        args = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))]
+        args = [
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)),
+        ]
         if model.conditioning.kind != "none":
             args.append(torch.from_numpy(np.ascontiguousarray(cond)))
         return model.module(*args).numpy()

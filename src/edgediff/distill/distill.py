@@ -50,13 +50,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec
 from edgediff.core.errors import EdgediffError
+from edgediff.core.files import swap_into_place
+from edgediff.core.spec import DiffusersAdapter, ModelSpec
+from edgediff.prune.store import FORMAT, SHAPES_FILE, changed_shapes
 from edgediff.runtimes.samplers import get_solver
 from edgediff.training import DistContext, TrainConfig, Trainer
 from edgediff.training.diffusion import alphas_cumprod, drop_labels, training_data
-from edgediff.core.files import swap_into_place
-from edgediff.prune.store import FORMAT, SHAPES_FILE, changed_shapes
 
 Method = Literal["progressive", "consistency"]
 METHODS = ("progressive", "consistency")
@@ -96,8 +96,9 @@ class DistillOptions:
         if self.guidance_range is not None:
             lo, hi = self.guidance_range
             if not (1.0 <= lo <= hi) or not math.isfinite(hi):
-                raise EdgediffError(f"distill: guidance_range must be (lo, hi) with 1 <= lo <= hi, got "
-                                    f"{self.guidance_range!r}")
+                raise EdgediffError(
+                    f"distill: guidance_range must be (lo, hi) with 1 <= lo <= hi, got {self.guidance_range!r}"
+                )
         if not 0 <= self.label_dropout < 1:
             raise EdgediffError(f"distill: label_dropout must lie in [0, 1), got {self.label_dropout}")
 
@@ -170,9 +171,11 @@ def _unet_of(spec: ModelSpec) -> nn.Module:
         return m.student.unet
     if isinstance(m, DiffusersAdapter) and m.kind == "UNet2DModel":
         return m.model
-    raise EdgediffError(f"distill: source {spec.source!r} is a {type(m).__name__}"
-                        f"{' (' + m.kind + ')' if isinstance(m, DiffusersAdapter) else ''}; step distillation "
-                        "writes diffusers UNet2DModel students, so the teacher must be one")
+    raise EdgediffError(
+        f"distill: source {spec.source!r} is a {type(m).__name__}"
+        f"{' (' + m.kind + ')' if isinstance(m, DiffusersAdapter) else ''}; step distillation "
+        "writes diffusers UNet2DModel students, so the teacher must be one"
+    )
 
 
 def fold_guidance(student: GuidedStudent, w: float) -> nn.Module:
@@ -189,8 +192,11 @@ def bind_guidance(spec: ModelSpec, w: float) -> ModelSpec:
     if not isinstance(m, BoundGuidance):
         raise EdgediffError(f"source {spec.source!r}: not a guidance-distilled student")
     unet = fold_guidance(m.student, w)
-    return dataclasses.replace(spec, module=DiffusersAdapter(unet, "UNet2DModel", unet.config.out_channels).eval(),
-                               student={**(spec.student or {}), "bound_guidance": float(w)})
+    return dataclasses.replace(
+        spec,
+        module=DiffusersAdapter(unet, "UNet2DModel", unet.config.out_channels).eval(),
+        student={**(spec.student or {}), "bound_guidance": float(w)},
+    )
 
 
 # ---------------------------------------------------------------- schedule helpers (torch, float32)
@@ -254,8 +260,16 @@ def _draw_w(rng, lo: float, hi: float) -> torch.Tensor:
     return lo + (hi - lo) * rng.rand()
 
 
-def progressive_loss(spec: ModelSpec, teacher: nn.Module, *, steps: int, mode: str, guided_teacher: bool,
-                     w_range: tuple[float, float], label_dropout: float):
+def progressive_loss(
+    spec: ModelSpec,
+    teacher: nn.Module,
+    *,
+    steps: int,
+    mode: str,
+    guided_teacher: bool,
+    w_range: tuple[float, float],
+    label_dropout: float,
+):
     """loss_fn for one progressive stage: the student's N-step DDIM grid against two teacher steps."""
     plan = get_solver("ddim").plan(spec.schedule, steps, spacing="trailing")
     ts = torch.tensor(np.array(plan.timesteps), dtype=torch.long)
@@ -291,14 +305,23 @@ def progressive_loss(spec: ModelSpec, teacher: nn.Module, *, steps: int, mode: s
     return loss_fn
 
 
-def consistency_loss(spec: ModelSpec, teacher: nn.Module, *, mode: str, w_range: tuple[float, float],
-                     label_dropout: float, huber_c: float | None, guided_teacher: bool = True):
+def consistency_loss(
+    spec: ModelSpec,
+    teacher: nn.Module,
+    *,
+    mode: str,
+    w_range: tuple[float, float],
+    label_dropout: float,
+    huber_c: float | None,
+    guided_teacher: bool = True,
+):
     """loss_fn for consistency distillation on the LCM grid t_n = n T/50 - 1 (n = 1..50)."""
     T = spec.schedule.num_train_timesteps
     k = T // LCM_ORIGINAL_STEPS
     if k < 1:
-        raise EdgediffError(f"distill: consistency needs at least {LCM_ORIGINAL_STEPS} training timesteps, "
-                            f"the model has {T}")
+        raise EdgediffError(
+            f"distill: consistency needs at least {LCM_ORIGINAL_STEPS} training timesteps, the model has {T}"
+        )
     calls = _Calls(spec, mode)
     teacher = teacher.eval().requires_grad_(False)
     pixels = int(np.prod(spec.sample_shape))
@@ -357,16 +380,24 @@ class Student:
         if steps is not None:
             stage = next((s for s in self.stages if s.steps == steps), None)
             if stage is None:
-                raise EdgediffError(f"distill: no stage with {steps} steps (have "
-                                    f"{', '.join(str(s.steps) for s in self.stages)})")
+                raise EdgediffError(
+                    f"distill: no stage with {steps} steps (have {', '.join(str(s.steps) for s in self.stages)})"
+                )
             module.load_state_dict(stage.state)
         g = self.record["guidance"]
         if g["mode"] == "distilled":
             module = BoundGuidance(module, g["scale"])
         t = self.teacher
-        return ModelSpec(module=module.eval(), schedule=t.schedule, sample_shape=t.sample_shape,
-                         conditioning=t.conditioning, source=f"student of {t.source}",
-                         description=f"{self.record['method']} student", student=self.record, pruning=t.pruning)
+        return ModelSpec(
+            module=module.eval(),
+            schedule=t.schedule,
+            sample_shape=t.sample_shape,
+            conditioning=t.conditioning,
+            source=f"student of {t.source}",
+            description=f"{self.record['method']} student",
+            student=self.record,
+            pruning=t.pruning,
+        )
 
 
 def _stages(method: str, steps: int, teacher_steps: int | None) -> list[int]:
@@ -384,9 +415,17 @@ def _stages(method: str, steps: int, teacher_steps: int | None) -> list[int]:
     return out
 
 
-def distill(model: ModelSpec, *, method: Method = "progressive", steps: int = 4, guidance: float = 3.0,
-            guidance_distill: bool = False, data: str | Path | None = None,
-            options: DistillOptions = DistillOptions(), dist: DistContext | None = None) -> Student:
+def distill(
+    model: ModelSpec,
+    *,
+    method: Method = "progressive",
+    steps: int = 4,
+    guidance: float = 3.0,
+    guidance_distill: bool = False,
+    data: str | Path | None = None,
+    options: DistillOptions = DistillOptions(),
+    dist: DistContext | None = None,
+) -> Student:
     """Distil `model` into a student sampled in `steps` steps; see the module docstring."""
     if method not in METHODS:
         raise EdgediffError(f"distill: unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -395,14 +434,17 @@ def distill(model: ModelSpec, *, method: Method = "progressive", steps: int = 4,
     if method == "consistency" and steps > LCM_ORIGINAL_STEPS:
         raise EdgediffError(f"distill: consistency students take 1..{LCM_ORIGINAL_STEPS} steps, got {steps}")
     if model.schedule.prediction_type != "epsilon":
-        raise EdgediffError(f"distill: the teacher predicts {model.schedule.prediction_type}; only epsilon "
-                            "teachers are supported")
+        raise EdgediffError(
+            f"distill: the teacher predicts {model.schedule.prediction_type}; only epsilon teachers are supported"
+        )
     if not math.isfinite(guidance) or guidance < 1:
         raise EdgediffError(f"distill: guidance must be a number >= 1, got {guidance!r}")
     cond = model.conditioning
     if guidance_distill and (cond.kind != "class" or cond.null_label is None):
-        raise EdgediffError(f"distill: --guidance-distill needs a class-conditional teacher with a null label "
-                            f"(source {model.source!r} has conditioning {cond.kind!r})")
+        raise EdgediffError(
+            f"distill: --guidance-distill needs a class-conditional teacher with a null label "
+            f"(source {model.source!r} has conditioning {cond.kind!r})"
+        )
     unet = _unet_of(model)
     plan_steps = _stages(method, steps, options.teacher_steps)
     dist = dist or DistContext()
@@ -413,8 +455,11 @@ def distill(model: ModelSpec, *, method: Method = "progressive", steps: int = 4,
     base = DiffusersAdapter(copy.deepcopy(unet), "UNet2DModel", unet.config.out_channels)
     w_input_teacher = isinstance(model.module, BoundGuidance)  # a guidance-distilled student, distilled further
     if mode == "distilled":
-        emb = (copy.deepcopy(model.module.student.w_embedding) if w_input_teacher
-               else GuidanceEmbedding(unet.time_embedding.linear_2.out_features))
+        emb = (
+            copy.deepcopy(model.module.student.w_embedding)
+            if w_input_teacher
+            else GuidanceEmbedding(unet.time_embedding.linear_2.out_features)
+        )
         student: nn.Module = GuidedStudent(base.model, emb)
     else:
         student = base
@@ -428,34 +473,72 @@ def distill(model: ModelSpec, *, method: Method = "progressive", steps: int = 4,
     t0 = time.perf_counter()
     for k, n in enumerate(plan_steps):
         if method == "progressive":
-            loss = progressive_loss(model, teacher, steps=n, mode=mode, guided_teacher=guided_teacher,
-                                    w_range=w_range, label_dropout=options.label_dropout)
+            loss = progressive_loss(
+                model,
+                teacher,
+                steps=n,
+                mode=mode,
+                guided_teacher=guided_teacher,
+                w_range=w_range,
+                label_dropout=options.label_dropout,
+            )
         else:
-            loss = consistency_loss(model, teacher, mode=mode, w_range=w_range, guided_teacher=guided_teacher,
-                                    label_dropout=options.label_dropout, huber_c=options.huber_c)
+            loss = consistency_loss(
+                model,
+                teacher,
+                mode=mode,
+                w_range=w_range,
+                guided_teacher=guided_teacher,
+                label_dropout=options.label_dropout,
+                huber_c=options.huber_c,
+            )
         ckpt = str(Path(options.checkpoint_dir) / f"stage-{k}-{n}") if options.checkpoint_dir else None
-        cfg = TrainConfig(steps=options.train_steps, batch_size=options.batch_size, lr=options.lr,
-                          warmup=options.warmup, ema_decay=options.ema_decay, seed=options.seed + k,
-                          checkpoint_dir=ckpt, threads=options.threads, progress=options.progress,
-                          desc=f"{method} {n} steps", checkpoint_every=max(50, options.train_steps // 5))
+        cfg = TrainConfig(
+            steps=options.train_steps,
+            batch_size=options.batch_size,
+            lr=options.lr,
+            warmup=options.warmup,
+            ema_decay=options.ema_decay,
+            seed=options.seed + k,
+            checkpoint_dir=ckpt,
+            threads=options.threads,
+            progress=options.progress,
+            desc=f"{method} {n} steps",
+            checkpoint_every=max(50, options.train_steps // 5),
+        )
         result = Trainer(student, loss, train_data, cfg, dist=dist).run()
-        stages.append(Stage(steps=n, train=result.to_dict(),
-                            state={k2: v.detach().cpu().clone() for k2, v in student.state_dict().items()}))
+        stages.append(
+            Stage(
+                steps=n,
+                train=result.to_dict(),
+                state={k2: v.detach().cpu().clone() for k2, v in student.state_dict().items()},
+            )
+        )
         if method == "progressive":
             teacher = copy.deepcopy(student)
             guided_teacher = mode != "distilled"
     record = {
-        "format": STUDENT_FORMAT, "version": 1,
-        "method": method, "steps": steps,
+        "format": STUDENT_FORMAT,
+        "version": 1,
+        "method": method,
+        "steps": steps,
         "sampler": "ddim" if method == "progressive" else "lcm",
         "spacing": "trailing" if method == "progressive" else "lcm",
-        "guidance": {"mode": mode, "scale": float(guidance),
-                     "range": list(w_range) if mode == "distilled" else None},
+        "guidance": {"mode": mode, "scale": float(guidance), "range": list(w_range) if mode == "distilled" else None},
         "teacher": {"source": model.source, "sha256": model.source_sha256},
-        "stages": [{"student_steps": s.steps, "train_steps": s.train["steps"],
-                    **{k2: v for k2, v in s.train.items() if k2 != "steps"}} for s in stages],
-        "options": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in asdict(options).items()
-                    if k2 not in ("progress", "checkpoint_dir", "threads")},
+        "stages": [
+            {
+                "student_steps": s.steps,
+                "train_steps": s.train["steps"],
+                **{k2: v for k2, v in s.train.items() if k2 != "steps"},
+            }
+            for s in stages
+        ],
+        "options": {
+            k2: (list(v) if isinstance(v, tuple) else v)
+            for k2, v in asdict(options).items()
+            if k2 not in ("progress", "checkpoint_dir", "threads")
+        },
         "world_size": dist.world_size,
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
@@ -467,8 +550,13 @@ def _scheduler_config(spec: ModelSpec) -> dict:
     """A diffusers scheduler config that rebuilds the teacher's schedule (as trained betas)."""
     ac = np.asarray(spec.schedule.alphas_cumprod, np.float64)
     betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
-    return {"_class_name": "DDPMScheduler", "num_train_timesteps": int(ac.size), "trained_betas": betas.tolist(),
-            "prediction_type": spec.schedule.prediction_type, "clip_sample": False}
+    return {
+        "_class_name": "DDPMScheduler",
+        "num_train_timesteps": int(ac.size),
+        "trained_betas": betas.tolist(),
+        "prediction_type": spec.schedule.prediction_type,
+        "clip_sample": False,
+    }
 
 
 def save_student(student: Student, out: str | Path, *, steps: int | None = None) -> Path:
@@ -480,7 +568,6 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
     import tempfile
 
     from safetensors.torch import save_file
-
 
     out = Path(out)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / STUDENT_FILE).exists())):
@@ -505,8 +592,12 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
         if isinstance(module, GuidedStudent):
             emb = module.w_embedding
             save_file({k: v.contiguous() for k, v in emb.state_dict().items()}, str(tmp / GUIDANCE_FILE))
-            embedding = {"file": GUIDANCE_FILE, "dim": emb.linear_2.out_features, "freq_dim": emb.freq_dim,
-                         "scale": emb.scale}
+            embedding = {
+                "file": GUIDANCE_FILE,
+                "dim": emb.linear_2.out_features,
+                "freq_dim": emb.freq_dim,
+                "scale": emb.scale,
+            }
             record["guidance"] = {**record["guidance"], "embedding": embedding}
         (tmp / STUDENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         swap_into_place(tmp, out)
@@ -529,8 +620,9 @@ def _save_pruned_shapes(unet: nn.Module, unet_dir: Path, teacher: ModelSpec) -> 
     changed = changed_shapes(original, unet)
     if changed:
         record = {**(teacher.pruning or {}), "note": f"student of the pruned teacher {teacher.source}"}
-        (unet_dir / SHAPES_FILE).write_text(json.dumps({"format": FORMAT, "modules": changed, "record": record},
-                                                      indent=2) + "\n")
+        (unet_dir / SHAPES_FILE).write_text(
+            json.dumps({"format": FORMAT, "modules": changed, "record": record}, indent=2) + "\n"
+        )
 
 
 def read_student_record(folder: str | Path) -> dict | None:
@@ -571,9 +663,14 @@ def attach_student(spec: ModelSpec, folder: Path) -> ModelSpec:
         try:
             emb.load_state_dict(load_file(str(path)))
         except RuntimeError as err:
-            raise EdgediffError(f"{path}: does not match edgediff_student.json guidance.embedding: "
-                                f"{str(err).splitlines()[0]}") from None
+            raise EdgediffError(
+                f"{path}: does not match edgediff_student.json guidance.embedding: {str(err).splitlines()[0]}"
+            ) from None
         module = BoundGuidance(GuidedStudent(module.model, emb), record["guidance"]["scale"]).eval()
-    return dataclasses.replace(spec, module=module, student=record,
-                               description=f"{record['method']} distilled student ({record['steps']} steps) of "
-                                           f"{record.get('teacher', {}).get('source')}")
+    return dataclasses.replace(
+        spec,
+        module=module,
+        student=record,
+        description=f"{record['method']} distilled student ({record['steps']} steps) of "
+        f"{record.get('teacher', {}).get('source')}",
+    )

@@ -20,16 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import ModelSpec
 from edgediff.lower.registry import Lowered, converter_output, require
 from edgediff.lower.rewrites import rewritten
-from edgediff.core.spec import ModelSpec
-from edgediff.core.errors import EdgediffError
 
 PRECISIONS = ("fp16", "fp32", "int8")
 WEIGHTS = ("int8", "palette4", "palette6")
 # The MIL op that carries each compression in the saved program.
-COMPRESSION_OPS = {"int8": "constexpr_affine_dequantize", "palette4": "constexpr_lut_to_dense",
-                   "palette6": "constexpr_lut_to_dense"}
+COMPRESSION_OPS = {
+    "int8": "constexpr_affine_dequantize",
+    "palette4": "constexpr_lut_to_dense",
+    "palette6": "constexpr_lut_to_dense",
+}
 NUMERICS = "not run: needs macOS (Core ML prediction is unavailable on this host)"
 
 
@@ -51,8 +54,9 @@ def _compress(ct, mlmodel, weights: str):
     import coremltools.optimize.coreml as cto
 
     if weights == "int8":
-        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                                         weight_threshold=0)
+        op = cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0
+        )
         return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
     op = cto.OpPalettizerConfig(nbits=int(weights[-1]), mode="kmeans", weight_threshold=0)
     return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
@@ -80,19 +84,35 @@ def structural_check(path: Path, *, expect_inputs: list[str], weights: str | Non
     counts = op_counts(spec)
     compression = {k: v for k, v in counts.items() if k.startswith("constexpr_")}
     if weights and not counts.get(COMPRESSION_OPS[weights]):
-        raise EdgediffError(f"{path}: weight compression {weights} was asked for but the program has no "
-                            f"{COMPRESSION_OPS[weights]} op")
-    return {"numerics": NUMERICS, "runtime": "coremltools spec check (structure only)",
-            "spec_version": spec.specificationVersion, "inputs": inputs, "outputs": outputs,
-            "ops": sum(counts.values()), "op_counts": counts, "compression_ops": compression}
+        raise EdgediffError(
+            f"{path}: weight compression {weights} was asked for but the program has no {COMPRESSION_OPS[weights]} op"
+        )
+    return {
+        "numerics": NUMERICS,
+        "runtime": "coremltools spec check (structure only)",
+        "spec_version": spec.specificationVersion,
+        "inputs": inputs,
+        "outputs": outputs,
+        "ops": sum(counts.values()),
+        "op_counts": counts,
+        "compression_ops": compression,
+    }
 
 
-def lower_coreml(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path | None = None,
-                 static_batch: int | None = None, weights: str | None = None) -> Lowered:
+def lower_coreml(
+    model: ModelSpec,
+    out_dir: Path,
+    *,
+    precision: str,
+    ir: Path | None = None,
+    static_batch: int | None = None,
+    weights: str | None = None,
+) -> Lowered:
     ct = require("coremltools", "coreml", "coreml")
     if precision not in PRECISIONS:
-        raise EdgediffError(f"Core ML lowering: precision {precision!r} is not supported "
-                            f"(supported: {', '.join(PRECISIONS)})")
+        raise EdgediffError(
+            f"Core ML lowering: precision {precision!r} is not supported (supported: {', '.join(PRECISIONS)})"
+        )
     if weights is None and precision == "int8":
         weights = "int8"
     if weights is not None and weights not in WEIGHTS:
@@ -106,19 +126,32 @@ def lower_coreml(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path | 
     with converter_output(f"Core ML conversion of {model.source}"), torch.no_grad(), rewritten("coreml") as rewrites:
         ep = torch.export.export(model.module, args).run_decompositions()
         _drop_alias_output(ep)
-        inputs = [ct.TensorType(name=n, shape=tuple(a.shape), dtype=np.float32 if a.is_floating_point() else np.int32)
-                  for n, a in zip(names, args)]
-        mlmodel = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-                             compute_precision=compute, inputs=inputs,
-                             outputs=[ct.TensorType(name="eps", dtype=np.float32)])
+        inputs = [
+            ct.TensorType(name=n, shape=tuple(a.shape), dtype=np.float32 if a.is_floating_point() else np.int32)
+            for n, a in zip(names, args)
+        ]
+        mlmodel = ct.convert(
+            ep,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS17,
+            compute_precision=compute,
+            inputs=inputs,
+            outputs=[ct.TensorType(name="eps", dtype=np.float32)],
+        )
         if weights:
             mlmodel = _compress(ct, mlmodel, weights)
         mlmodel.save(str(path))
-    record = {"converter": f"coremltools {ct.__version__}", "minimum_deployment_target": "iOS17",
-              "compute_precision": "fp32" if precision == "fp32" else "fp16", "weights": weights,
-              "static_batch": batch, "rewrites": rewrites,
-              "structural": structural_check(path, expect_inputs=names, weights=weights)}
+    record = {
+        "converter": f"coremltools {ct.__version__}",
+        "minimum_deployment_target": "iOS17",
+        "compute_precision": "fp32" if precision == "fp32" else "fp16",
+        "weights": weights,
+        "static_batch": batch,
+        "rewrites": rewrites,
+        "structural": structural_check(path, expect_inputs=names, weights=weights),
+    }
     if precision == "int8":
-        record["note"] = ("int8 = int8 weights with fp16 activations; W8A8 needs activation calibration "
-                          "on macOS (not done here)")
+        record["note"] = (
+            "int8 = int8 weights with fp16 activations; W8A8 needs activation calibration on macOS (not done here)"
+        )
     return Lowered(file=path, record=record, runtime={"static_batch": batch, "compute_units": "ALL"})

@@ -21,8 +21,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from edgediff.core.spec import ModelSpec, sha256_state
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import ModelSpec, sha256_state
 
 OPSET = 18
 PRECISIONS = ("fp32", "fp16")
@@ -45,7 +45,7 @@ def _quiet():
 
 
 # module -> (what the export depends on besides the code, the ONNX bytes); entries go with the module
-_EXPORTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, bytes]]" = weakref.WeakKeyDictionary()
+_EXPORTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, bytes]] = weakref.WeakKeyDictionary()
 
 
 def export_onnx(model: ModelSpec, path: Path) -> onnx.ModelProto:
@@ -68,9 +68,18 @@ def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx
     dynamic = {n: {0: batch} for n in sig_names}
     with _quiet(), torch.inference_mode(False), torch.no_grad():
         try:
-            torch.onnx.export(model.module, args, str(path), input_names=names, output_names=["eps"],
-                              dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True,
-                              external_data=False, verbose=False)
+            torch.onnx.export(
+                model.module,
+                args,
+                str(path),
+                input_names=names,
+                output_names=["eps"],
+                dynamic_shapes=dynamic,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise EdgediffError(f"ONNX export of {model.source} failed: {first}") from e
@@ -80,11 +89,15 @@ def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx
 def _forward_arg_names(module: torch.nn.Module, n: int) -> list[str]:
     import inspect
 
-    params = [p for p in inspect.signature(module.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params = [
+        p
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     if len(params) < n:
-        raise EdgediffError(f"{model_name(module)}.forward takes {len(params)} positional inputs; "
-                            f"the source's conditioning needs {n}")
+        raise EdgediffError(
+            f"{model_name(module)}.forward takes {len(params)} positional inputs; the source's conditioning needs {n}"
+        )
     return [p.name for p in params[:n]]
 
 
@@ -119,8 +132,9 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 def lower_onnx(model: ModelSpec, out_dir: Path, *, precision: str = "fp32") -> Path:
     """Write `out_dir/denoiser.onnx` at the given precision and return its path."""
     if precision not in PRECISIONS:
-        raise EdgediffError(f"ONNX lowering: precision {precision!r} is not supported "
-                            f"(supported: {', '.join(PRECISIONS)})")
+        raise EdgediffError(
+            f"ONNX lowering: precision {precision!r} is not supported (supported: {', '.join(PRECISIONS)})"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "denoiser.onnx"
     proto = export_onnx(model, path)
@@ -142,14 +156,22 @@ def fix_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(proto)
 
 
-def lower_onnx_bundle(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path,
-                      static_batch: int | None = None, weights: str | None = None):
+def lower_onnx_bundle(
+    model: ModelSpec,
+    out_dir: Path,
+    *,
+    precision: str,
+    ir: Path,
+    static_batch: int | None = None,
+    weights: str | None = None,
+):
     """The registry's entry (src/edgediff/lower/registry.py): reuse the fp32 export `ir`, convert, fix shapes."""
     from edgediff.lower.registry import Lowered
 
     if precision not in PRECISIONS:
-        raise EdgediffError(f"ONNX lowering: precision {precision!r} is not supported "
-                            f"(supported: {', '.join(PRECISIONS)})")
+        raise EdgediffError(
+            f"ONNX lowering: precision {precision!r} is not supported (supported: {', '.join(PRECISIONS)})"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "denoiser.onnx"
     proto = onnx.load(str(ir))
@@ -159,5 +181,6 @@ def lower_onnx_bundle(model: ModelSpec, out_dir: Path, *, precision: str, ir: Pa
         proto = to_fp16(proto)
     proto.producer_name = "edgediff"
     onnx.save(proto, str(path))
-    return Lowered(file=path, record={"opset": OPSET, "static_batch": static_batch},
-                   runtime={"static_batch": static_batch})
+    return Lowered(
+        file=path, record={"opset": OPSET, "static_batch": static_batch}, runtime={"static_batch": static_batch}
+    )

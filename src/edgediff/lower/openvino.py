@@ -15,20 +15,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgediff.lower.registry import Lowered, require
-from edgediff.core.spec import ModelSpec
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import ModelSpec
+from edgediff.lower.registry import Lowered, require
 
 PRECISIONS = ("fp32", "fp16")
 HINTS = {"fp32": "f32", "fp16": "f16"}  # INFERENCE_PRECISION_HINT the target device should run with
 
 
-def lower_openvino(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path,
-                   static_batch: int | None = None, weights: str | None = None) -> Lowered:
+def lower_openvino(
+    model: ModelSpec,
+    out_dir: Path,
+    *,
+    precision: str,
+    ir: Path,
+    static_batch: int | None = None,
+    weights: str | None = None,
+) -> Lowered:
     ov = require("openvino", "openvino", "openvino")
     if precision not in PRECISIONS:
-        raise EdgediffError(f"OpenVINO lowering: precision {precision!r} is not supported "
-                            f"(supported: {', '.join(PRECISIONS)})")
+        raise EdgediffError(
+            f"OpenVINO lowering: precision {precision!r} is not supported (supported: {', '.join(PRECISIONS)})"
+        )
     try:
         m = ov.convert_model(str(ir))
     except Exception as e:  # the converter raises its own exception types; name the op it names
@@ -38,16 +46,23 @@ def lower_openvino(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path,
         m.reshape({p.get_any_name(): [static_batch, *list(p.get_partial_shape())[1:]] for p in m.inputs})
         dynamic = [p.get_any_name() for p in m.inputs if p.get_partial_shape().is_dynamic]
         if dynamic:
-            raise EdgediffError(f"OpenVINO lowering: inputs {', '.join(dynamic)} still have dynamic shapes "
-                                "after fixing the batch")
+            raise EdgediffError(
+                f"OpenVINO lowering: inputs {', '.join(dynamic)} still have dynamic shapes after fixing the batch"
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "denoiser.xml"
     ov.save_model(m, str(path), compress_to_fp16=precision == "fp16")
     ops = sorted({op.get_type_name() for op in m.get_ops()})
-    return Lowered(file=path,
-                   record={"openvino": ov.__version__, "compress_to_fp16": precision == "fp16",
-                           "static_batch": static_batch, "ir_ops": ops},
-                   runtime={"static_batch": static_batch, "inference_precision_hint": HINTS[precision]})
+    return Lowered(
+        file=path,
+        record={
+            "openvino": ov.__version__,
+            "compress_to_fp16": precision == "fp16",
+            "static_batch": static_batch,
+            "ir_ops": ops,
+        },
+        runtime={"static_batch": static_batch, "inference_precision_hint": HINTS[precision]},
+    )
 
 
 def convert_onnx(onnx_file: Path, what: str, *, static_batch: int | None = None):
@@ -79,8 +94,14 @@ def lower_openvino_int8(onnx_file: Path, out_dir: Path, *, static_batch: int | N
     counts: dict[str, int] = {}
     for op in m.get_ops():
         counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
-    return Lowered(file=path,
-                   record={"openvino": ov.__version__, "from": "quantize pass QDQ ONNX (QDQ -> FakeQuantize)",
-                           "fake_quantize": counts.get("FakeQuantize", 0), "static_batch": static_batch,
-                           "ir_ops": sorted(counts)},
-                   runtime={"static_batch": static_batch, "inference_precision_hint": "f32"})
+    return Lowered(
+        file=path,
+        record={
+            "openvino": ov.__version__,
+            "from": "quantize pass QDQ ONNX (QDQ -> FakeQuantize)",
+            "fake_quantize": counts.get("FakeQuantize", 0),
+            "static_batch": static_batch,
+            "ir_ops": sorted(counts),
+        },
+        runtime={"static_batch": static_batch, "inference_precision_hint": "f32"},
+    )

@@ -21,9 +21,8 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgediff.runtimes.backends import quiet_output, require  # noqa: F401 - require is re-exported
 from edgediff.core.errors import EdgediffError
-from edgediff.runtimes.backends import BACKENDS
+from edgediff.runtimes.backends import BACKENDS, quiet_output, require  # noqa: F401 - require is re-exported
 
 
 @dataclass(frozen=True)
@@ -53,18 +52,35 @@ class Lowering:
 # Normalisations as the converters emit them (coremltools: reduce_mean, sub, square, sqrt,
 # real_div; litert-torch: MEAN, SQUARED_DIFFERENCE, RSQRT, MUL, ADD).
 _NORM = ("ReduceMean", "Sub", "Mul", "Add", "Sqrt", "Div")
-_FROM_TORCH = {"GroupNormalization": ("Reshape", *_NORM), "InstanceNormalization": _NORM,
-               "LayerNormalization": _NORM, "Gelu": ("Mul", "Add", "Erf", "Div"),
-               "Gemm": ("MatMul", "Add"), "Expand": ("Tile",)}
+_FROM_TORCH = {
+    "GroupNormalization": ("Reshape", *_NORM),
+    "InstanceNormalization": _NORM,
+    "LayerNormalization": _NORM,
+    "Gelu": ("Mul", "Add", "Erf", "Div"),
+    "Gemm": ("MatMul", "Add"),
+    "Expand": ("Tile",),
+}
 
 LOWERINGS: dict[str, Lowering] = {
     "onnx": Lowering("onnx", "lower_onnx_bundle", ("fp32", "fp16"), False, None),
-    "openvino": Lowering("openvino", "lower_openvino", ("fp32", "fp16"), False, "openvino",
-                         decomposes={"InstanceNormalization": ("MVN", "Mul", "Add")}),
-    "tflite": Lowering("tflite", "lower_tflite", ("fp32", "fp16", "int8"), True, "tflite",
-                       decomposes=_FROM_TORCH),
-    "coreml": Lowering("coreml", "lower_coreml", ("fp16", "fp32", "int8"), True, "coreml",
-                       decomposes=_FROM_TORCH, weights=("int8", "palette4", "palette6")),
+    "openvino": Lowering(
+        "openvino",
+        "lower_openvino",
+        ("fp32", "fp16"),
+        False,
+        "openvino",
+        decomposes={"InstanceNormalization": ("MVN", "Mul", "Add")},
+    ),
+    "tflite": Lowering("tflite", "lower_tflite", ("fp32", "fp16", "int8"), True, "tflite", decomposes=_FROM_TORCH),
+    "coreml": Lowering(
+        "coreml",
+        "lower_coreml",
+        ("fp16", "fp32", "int8"),
+        True,
+        "coreml",
+        decomposes=_FROM_TORCH,
+        weights=("int8", "palette4", "palette6"),
+    ),
 }
 
 
@@ -87,8 +103,10 @@ def runnable_here(fmt: str) -> bool:
 def check_precision(fmt: str, precision: str, target: str) -> None:
     low = get_lowering(fmt, target)
     if precision not in low.precisions:
-        raise EdgediffError(f"target {target}: precision {precision!r} is supported by the device but the "
-                            f"{fmt} lowering writes only {', '.join(low.precisions)}")
+        raise EdgediffError(
+            f"target {target}: precision {precision!r} is supported by the device but the "
+            f"{fmt} lowering writes only {', '.join(low.precisions)}"
+        )
 
 
 def check_weights(fmt: str, weights: str | None, target: str) -> None:
@@ -96,9 +114,10 @@ def check_weights(fmt: str, weights: str | None, target: str) -> None:
         return
     low = get_lowering(fmt, target)
     if weights not in low.weights:
-        raise EdgediffError(f"target {target}: weight compression {weights!r} is not available for format "
-                            f"{fmt} (available: {', '.join(low.weights) or 'none'})")
-
+        raise EdgediffError(
+            f"target {target}: weight compression {weights!r} is not available for format "
+            f"{fmt} (available: {', '.join(low.weights) or 'none'})"
+        )
 
 
 @contextlib.contextmanager

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 
-def upfirdn2d_4d(tensor: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
-                 pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+def upfirdn2d_4d(
+    tensor: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
     """diffusers' upfirdn2d_native (upsample by zero insertion, pad, FIR filter, downsample) in 4-D ops."""
     n, c, h, w = tensor.shape
     x = tensor.reshape(n * c, h, w, 1)
@@ -37,7 +38,7 @@ def upfirdn2d_4d(tensor: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: 
     if max(p0, 0) or max(p1, 0):
         x = F.pad(x, [max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)])
     if p0 < 0 or p1 < 0:  # a negative pad crops
-        x = x[:, :, max(-p0, 0): x.shape[2] - max(-p1, 0), max(-p0, 0): x.shape[3] - max(-p1, 0)]
+        x = x[:, :, max(-p0, 0) : x.shape[2] - max(-p1, 0), max(-p0, 0) : x.shape[3] - max(-p1, 0)]
     kh, kw = kernel.shape
     weight = torch.flip(kernel, [0, 1]).reshape(1, 1, kh, kw).to(x.dtype)
     x = F.conv2d(x, weight, stride=down)
@@ -55,7 +56,10 @@ class Rewrite:
 REWRITES: dict[str, Rewrite] = {
     "diffusers upfirdn2d_native (6-D tensors)": Rewrite(
         ("diffusers.models.upsampling", "diffusers.models.downsampling", "diffusers.models.resnet"),
-        "upfirdn2d_native", upfirdn2d_4d, ("tflite", "coreml")),
+        "upfirdn2d_native",
+        upfirdn2d_4d,
+        ("tflite", "coreml"),
+    ),
 }
 
 

@@ -15,15 +15,17 @@ from pathlib import Path
 
 import torch
 
+from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import ModelSpec
 from edgediff.lower.registry import Lowered, converter_output, require
 from edgediff.lower.rewrites import rewritten
-from edgediff.core.spec import ModelSpec
-from edgediff.core.errors import EdgediffError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-SCHEMES = {"fp32": "float32 weights and compute",
-           "fp16": "float16 weights (ai-edge-quantizer FLOAT_CASTING), float32 compute",
-           "int8": "int8 weights, activations quantized at run time (ai-edge-quantizer dynamic_wi8_afp32)"}
+SCHEMES = {
+    "fp32": "float32 weights and compute",
+    "fp16": "float16 weights (ai-edge-quantizer FLOAT_CASTING), float32 compute",
+    "int8": "int8 weights, activations quantized at run time (ai-edge-quantizer dynamic_wi8_afp32)",
+}
 
 
 class _Named2(torch.nn.Module):
@@ -56,8 +58,12 @@ def _quantize(path: Path, precision: str) -> None:
 
     if precision == "fp16":
         rm = recipe_manager.RecipeManager()
-        rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
-                                  algorithm_key=AlgorithmName.FLOAT_CASTING)
+        rm.add_weight_only_config(
+            regex=".*",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
+            algorithm_key=AlgorithmName.FLOAT_CASTING,
+        )
         rcp = rm.get_quantization_recipe()
     else:
         rcp = recipe.dynamic_wi8_afp32()
@@ -65,26 +71,43 @@ def _quantize(path: Path, precision: str) -> None:
     q.quantize(enable_progress_report=False).export_model(str(path), overwrite=True)
 
 
-def lower_tflite(model: ModelSpec, out_dir: Path, *, precision: str, ir: Path | None = None,
-                 static_batch: int | None = None, weights: str | None = None) -> Lowered:
+def lower_tflite(
+    model: ModelSpec,
+    out_dir: Path,
+    *,
+    precision: str,
+    ir: Path | None = None,
+    static_batch: int | None = None,
+    weights: str | None = None,
+) -> Lowered:
     lt = require("litert_torch", "tflite", "tflite")
     require("ai_edge_quantizer", "tflite", "tflite")
     if precision not in PRECISIONS:
-        raise EdgediffError(f"TFLite lowering: precision {precision!r} is not supported "
-                            f"(supported: {', '.join(PRECISIONS)})")
+        raise EdgediffError(
+            f"TFLite lowering: precision {precision!r} is not supported (supported: {', '.join(PRECISIONS)})"
+        )
     batch = static_batch or 1
     wrapper = _WRAPPERS[model.conditioning.kind](model.module).eval()
     kwargs = dict(zip(model.input_names(), model.example_inputs(batch=batch)))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "denoiser.tflite"
-    with converter_output(f"TFLite conversion (litert-torch) of {model.source}"), torch.no_grad(), \
-            rewritten("tflite") as rewrites:
+    with (
+        converter_output(f"TFLite conversion (litert-torch) of {model.source}"),
+        torch.no_grad(),
+        rewritten("tflite") as rewrites,
+    ):
         lt.convert(wrapper, sample_kwargs=kwargs).export(str(path))
         if precision != "fp32":
             _quantize(path, precision)
     from importlib.metadata import version
 
-    return Lowered(file=path,
-                   record={"converter": f"litert-torch {version('litert-torch')}", "static_batch": batch,
-                           "scheme": SCHEMES[precision], "rewrites": rewrites},
-                   runtime={"static_batch": batch})
+    return Lowered(
+        file=path,
+        record={
+            "converter": f"litert-torch {version('litert-torch')}",
+            "static_batch": batch,
+            "scheme": SCHEMES[precision],
+            "rewrites": rewrites,
+        },
+        runtime={"static_batch": batch},
+    )

@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from edgediff.core.spec import ModelSpec
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import ModelSpec
 from edgediff.training.diffusion import alphas_cumprod, call
 
 ImportanceKind = Literal["taylor", "magnitude"]
@@ -38,13 +38,26 @@ class TaylorRecord:
     threshold: float
 
     def to_dict(self) -> dict:
-        return {"timesteps_used": len(self.timesteps), "first": self.timesteps[0], "last": self.timesteps[-1],
-                "stopped_at": self.stopped_at, "threshold": self.threshold,
-                "loss_max": max(self.losses), "loss_last": self.losses[-1]}
+        return {
+            "timesteps_used": len(self.timesteps),
+            "first": self.timesteps[0],
+            "last": self.timesteps[-1],
+            "stopped_at": self.stopped_at,
+            "threshold": self.threshold,
+            "loss_max": max(self.losses),
+            "loss_last": self.losses[-1],
+        }
 
 
-def accumulate_taylor_gradients(model: ModelSpec, data: dict[str, torch.Tensor], *, threshold: float = 0.05,
-                                batch: int = 32, stride: int = 1, seed: int = 0) -> TaylorRecord:
+def accumulate_taylor_gradients(
+    model: ModelSpec,
+    data: dict[str, torch.Tensor],
+    *,
+    threshold: float = 0.05,
+    batch: int = 32,
+    stride: int = 1,
+    seed: int = 0,
+) -> TaylorRecord:
     """Sum dL_t/dw into every parameter's .grad over t = 0, stride, ... until L_t < threshold * max L."""
 
     if not 0 <= threshold < 1:
@@ -52,7 +65,7 @@ def accumulate_taylor_gradients(model: ModelSpec, data: dict[str, torch.Tensor],
     module = model.module
     g = torch.Generator().manual_seed(seed)
     n = len(data["x0"])
-    idx = torch.randperm(n, generator=g)[:min(batch, n)]
+    idx = torch.randperm(n, generator=g)[: min(batch, n)]
     x0 = data["x0"][idx]
     label = data["label"][idx] if "label" in data else None
     eps = torch.randn(x0.shape, generator=g)

@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import shutil
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
+from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import DiffusersAdapter, ModelSpec
 from edgediff.core.stats import count_macs, count_params
-from edgediff.core.errors import EdgediffError
 
 Scope = Literal["uniform", "global"]
 
@@ -86,8 +84,9 @@ def check_ratio(ratio: float) -> float:
     except (TypeError, ValueError):
         raise EdgediffError(f"prune: ratio must be a number in (0, 1), got {ratio!r}") from None
     if not 0 < r < 1:
-        raise EdgediffError(f"prune: ratio must lie strictly between 0 and 1 (the fraction of channels "
-                            f"removed), got {ratio}")
+        raise EdgediffError(
+            f"prune: ratio must lie strictly between 0 and 1 (the fraction of channels removed), got {ratio}"
+        )
     return r
 
 
@@ -95,16 +94,20 @@ def _inner(model: ModelSpec) -> tuple[nn.Module, str]:
     m = model.module
     if not isinstance(m, DiffusersAdapter) or m.kind not in DEFAULT_PROTECT:
         kind = m.kind if isinstance(m, DiffusersAdapter) else type(m).__name__
-        raise EdgediffError(f"prune: source {model.source!r} is a {kind}; structured pruning supports diffusers "
-                            f"{' and '.join(DEFAULT_PROTECT)} (builtin:NAME or a diffusers folder)")
+        raise EdgediffError(
+            f"prune: source {model.source!r} is a {kind}; structured pruning supports diffusers "
+            f"{' and '.join(DEFAULT_PROTECT)} (builtin:NAME or a diffusers folder)"
+        )
     return m.model, m.kind
 
 
 def match_protected(net: nn.Module, patterns: tuple[str, ...]) -> dict[str, list[str]]:
     """pattern -> names of the weighted modules it matches (a pattern also covers its submodules)."""
     names = [n for n, m in net.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
-    return {p: [n for n in names if fnmatch.fnmatchcase(n, p) or any(fnmatch.fnmatchcase(a, p) for a in
-                                                                     _ancestors(n))] for p in patterns}
+    return {
+        p: [n for n in names if fnmatch.fnmatchcase(n, p) or any(fnmatch.fnmatchcase(a, p) for a in _ancestors(n))]
+        for p in patterns
+    }
 
 
 def _ancestors(name: str) -> list[str]:
@@ -153,8 +156,13 @@ def _forward_check(model: ModelSpec, what: str) -> None:
         raise EdgediffError(f"prune: the {what} model returns shape {tuple(out.shape)}")
 
 
-def prune(model: ModelSpec, *, ratio: float, options: PruneOptions = PruneOptions(),
-          data: dict[str, torch.Tensor] | None = None) -> PruneResult:
+def prune(
+    model: ModelSpec,
+    *,
+    ratio: float,
+    options: PruneOptions = PruneOptions(),
+    data: dict[str, torch.Tensor] | None = None,
+) -> PruneResult:
     """Remove `ratio` of the channels of `model` (see the module docstring); returns a new model.
 
     `data` ({"x0", ["label"]}, training.diffusion.training_data) is needed for Taylor importance.
@@ -165,16 +173,19 @@ def prune(model: ModelSpec, *, ratio: float, options: PruneOptions = PruneOption
 
     ratio = check_ratio(ratio)
     _inner(model)
-    pruned = replace(model, module=copy.deepcopy(model.module).eval(),
-                     description=f"{model.description} (pruned {ratio:g})")
+    pruned = replace(
+        model, module=copy.deepcopy(model.module).eval(), description=f"{model.description} (pruned {ratio:g})"
+    )
     net, kind = _inner(pruned)
 
     patterns = (DEFAULT_PROTECT[kind] if options.default_protect else ()) + options.protect
     protected = match_protected(net, patterns)
     unknown = [p for p in options.protect if not protected.get(p)]
     if unknown:
-        raise EdgediffError(f"prune: --protect {unknown[0]!r} matches no layer of {kind} "
-                            f"(layer names look like {', '.join(_sample_names(net))})")
+        raise EdgediffError(
+            f"prune: --protect {unknown[0]!r} matches no layer of {kind} "
+            f"(layer names look like {', '.join(_sample_names(net))})"
+        )
     modules = dict(net.named_modules())
     ignored = [modules[n] for names in protected.values() for n in names]
     if kind == "DiTTransformer2DModel":  # everything but heads and feed-forward neurons keeps its width
@@ -182,17 +193,28 @@ def prune(model: ModelSpec, *, ratio: float, options: PruneOptions = PruneOption
         ignored += [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m not in roots]
 
     params0, macs0 = count_params(net), count_macs(pruned.module, pruned.example_inputs(batch=1))
-    record: dict = {"ratio": ratio, "scope": options.scope, "importance": options.importance,
-                    "model_class": kind, "protect": list(patterns), "source": model.source,
-                    "source_sha256": model.source_sha256}
+    record: dict = {
+        "ratio": ratio,
+        "scope": options.scope,
+        "importance": options.importance,
+        "model_class": kind,
+        "protect": list(patterns),
+        "source": model.source,
+        "source_sha256": model.source_sha256,
+    }
 
     taylor = None
     if options.importance == "taylor":
         if data is None:
             raise EdgediffError("prune: Taylor importance needs training images (pass --data, or use magnitude)")
-        taylor = accumulate_taylor_gradients(pruned, data, threshold=options.taylor_threshold,
-                                             batch=options.taylor_batch, stride=options.taylor_stride,
-                                             seed=options.seed)
+        taylor = accumulate_taylor_gradients(
+            pruned,
+            data,
+            threshold=options.taylor_threshold,
+            batch=options.taylor_batch,
+            stride=options.taylor_stride,
+            seed=options.seed,
+        )
         record["taylor"] = taylor.to_dict()
 
     heads = {}  # q/k/v layer -> heads, so head widths shrink evenly (UNet) or whole heads go (DiT)
@@ -204,8 +226,10 @@ def prune(model: ModelSpec, *, ratio: float, options: PruneOptions = PruneOption
     layer_ratio = {}
     for pattern, names in match_protected(net, tuple(p for p, _ in options.layer_ratios)).items():
         if not names:
-            raise EdgediffError(f"prune: --layer-ratio {pattern!r} matches no layer of {kind} "
-                                f"(layer names look like {', '.join(_sample_names(net))})")
+            raise EdgediffError(
+                f"prune: --layer-ratio {pattern!r} matches no layer of {kind} "
+                f"(layer names look like {', '.join(_sample_names(net))})"
+            )
         r = dict(options.layer_ratios)[pattern]
         layer_ratio.update({modules[n]: r for n in names if isinstance(modules[n], (nn.Conv2d, nn.Linear))})
     if layer_ratio:
@@ -213,20 +237,35 @@ def prune(model: ModelSpec, *, ratio: float, options: PruneOptions = PruneOption
     is_dit = kind == "DiTTransformer2DModel"
     example = tuple(pruned.example_inputs(batch=1))
     pruner = tp.pruner.BasePruner(
-        pruned.module, example_inputs=example, importance=get_importance(options.importance),
-        global_pruning=options.scope == "global", pruning_ratio=ratio, max_pruning_ratio=options.max_ratio,
+        pruned.module,
+        example_inputs=example,
+        importance=get_importance(options.importance),
+        global_pruning=options.scope == "global",
+        pruning_ratio=ratio,
+        max_pruning_ratio=options.max_ratio,
         pruning_ratio_dict=layer_ratio or None,
-        ignored_layers=ignored, num_heads=heads, prune_num_heads=is_dit, prune_head_dims=not is_dit,
+        ignored_layers=ignored,
+        num_heads=heads,
+        prune_num_heads=is_dit,
+        prune_head_dims=not is_dit,
         head_pruning_ratio=ratio if is_dit else 0.0,
-        forward_fn=lambda mod, inputs: mod(*inputs))
+        forward_fn=lambda mod, inputs: mod(*inputs),
+    )
     pruner.step()
     pruned.module.zero_grad(set_to_none=True)
     _fix_attention(net, before)
     _forward_check(pruned, "pruned")
     params1, macs1 = count_params(net), count_macs(pruned.module, pruned.example_inputs(batch=1))
-    record.update({"params_before": params0, "params_after": params1, "macs_before": macs0, "macs_after": macs1,
-                   "macs_reduction": round(1 - macs1 / macs0, 4),
-                   "protected_layers": sorted({n for names in protected.values() for n in names})})
+    record.update(
+        {
+            "params_before": params0,
+            "params_after": params1,
+            "macs_before": macs0,
+            "macs_after": macs1,
+            "macs_reduction": round(1 - macs1 / macs0, 4),
+            "protected_layers": sorted({n for names in protected.values() for n in names}),
+        }
+    )
     return PruneResult(model=pruned, record=record, protected=protected)
 
 
@@ -251,8 +290,13 @@ def scheduler_config(model: ModelSpec) -> dict:
 
     ac = np.asarray(model.schedule.alphas_cumprod, dtype=np.float64)
     betas = 1 - ac / np.concatenate([[1.0], ac[:-1]])
-    return {"_class_name": "DDPMScheduler", "num_train_timesteps": int(ac.size), "trained_betas": betas.tolist(),
-            "prediction_type": model.schedule.prediction_type, "clip_sample": False}
+    return {
+        "_class_name": "DDPMScheduler",
+        "num_train_timesteps": int(ac.size),
+        "trained_betas": betas.tolist(),
+        "prediction_type": model.schedule.prediction_type,
+        "clip_sample": False,
+    }
 
 
 @dataclass(frozen=True)

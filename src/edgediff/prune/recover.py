@@ -18,8 +18,7 @@ from edgediff.training import DistContext, TrainConfig, Trainer, TrainResult
 from edgediff.training.diffusion import alphas_cumprod, call, noised_batch
 
 
-def recovery_loss(student: ModelSpec, teacher: ModelSpec, *, distill_weight: float = 1.0,
-                  label_dropout: float = 0.1):
+def recovery_loss(student: ModelSpec, teacher: ModelSpec, *, distill_weight: float = 1.0, label_dropout: float = 0.1):
     """loss_fn(module, batch, rng) for Trainer: diffusion loss + output distillation (see above)."""
     abar = alphas_cumprod(student)
     teacher_module = teacher.module.eval()  # run under no_grad below; its flags are left alone
@@ -35,8 +34,15 @@ def recovery_loss(student: ModelSpec, teacher: ModelSpec, *, distill_weight: flo
     return loss_fn
 
 
-def finetune(student: ModelSpec, teacher: ModelSpec, data: dict[str, torch.Tensor], config: TrainConfig, *,
-             distill_weight: float = 1.0, dist: DistContext | None = None) -> TrainResult:
+def finetune(
+    student: ModelSpec,
+    teacher: ModelSpec,
+    data: dict[str, torch.Tensor],
+    config: TrainConfig,
+    *,
+    distill_weight: float = 1.0,
+    dist: DistContext | None = None,
+) -> TrainResult:
     """Train `student.module` in place (EMA weights left in it) against `teacher`."""
     loss_fn = recovery_loss(student, teacher, distill_weight=distill_weight)
     return Trainer(student.module, loss_fn, data, config, dist=dist).run()

@@ -106,8 +106,9 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict], *, where: str = SHAP
         m = modules[name]
         kind = _kind(m)
         if kind != rec.get("type"):
-            raise EdgediffError(f"{where}: module {name!r} is a {kind or type(m).__name__}, the file says "
-                                f"{rec.get('type')!r}")
+            raise EdgediffError(
+                f"{where}: module {name!r} is a {kind or type(m).__name__}, the file says {rec.get('type')!r}"
+            )
         for a, v in rec.items():
             if a == "type":
                 continue
@@ -120,8 +121,7 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict], *, where: str = SHAP
                 setattr(m, pname, nn.Parameter(torch.empty(shape, dtype=p.dtype), requires_grad=p.requires_grad))
 
 
-def save_pruned(unet: nn.Module, original: nn.Module, scheduler_config: dict, dest: Path, *,
-                record: dict) -> None:
+def save_pruned(unet: nn.Module, original: nn.Module, scheduler_config: dict, dest: Path, *, record: dict) -> None:
     """Write the folder (see the module docstring) to `dest`, which must not exist yet."""
     from safetensors.torch import save_file
 
@@ -149,8 +149,10 @@ def read_shapes(root: Path) -> dict:
     except json.JSONDecodeError as e:
         raise EdgediffError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise EdgediffError(f"{path}: field format is {data.get('format') if isinstance(data, dict) else None!r}; "
-                            f"this edgediff reads {FORMAT!r}")
+        raise EdgediffError(
+            f"{path}: field format is {data.get('format') if isinstance(data, dict) else None!r}; "
+            f"this edgediff reads {FORMAT!r}"
+        )
     if not isinstance(data.get("modules"), dict):
         raise EdgediffError(f"{path}: field modules must be an object {{module name: shapes}}")
     return data
@@ -169,8 +171,9 @@ def load_pruned(root: Path) -> tuple[nn.Module, dict, dict]:
         raise EdgediffError(f"{root / 'config.json'}: cannot read the model config ({e})") from None
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, nn.Module):
-        raise EdgediffError(f"{root / 'config.json'}: field _class_name {config.get('_class_name')!r} is not a "
-                            "diffusers model class")
+        raise EdgediffError(
+            f"{root / 'config.json'}: field _class_name {config.get('_class_name')!r} is not a diffusers model class"
+        )
     state = torch.random.get_rng_state()
     try:  # the initial weights are all overwritten; non-persistent buffers come from the config
         model = cls.from_config(config)
@@ -187,8 +190,10 @@ def load_pruned(root: Path) -> tuple[nn.Module, dict, dict]:
         raise EdgediffError(f"{weights}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     bad = [k for k in expected if tuple(tensors[k].shape) != tuple(expected[k].shape)]
     if bad:
-        raise EdgediffError(f"{weights}: tensor {bad[0]!r} has shape {tuple(tensors[bad[0]].shape)}, "
-                            f"{SHAPES_FILE} gives {tuple(expected[bad[0]].shape)}")
+        raise EdgediffError(
+            f"{weights}: tensor {bad[0]!r} has shape {tuple(tensors[bad[0]].shape)}, "
+            f"{SHAPES_FILE} gives {tuple(expected[bad[0]].shape)}"
+        )
     model.load_state_dict(tensors, assign=False)
     return model.eval(), config, data
 

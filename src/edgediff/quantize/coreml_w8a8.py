@@ -123,8 +123,18 @@ def mil_float_ops(package: Path, layers_in_order: list[str], float_layers: list[
     return ({k: found[k] for k in float_layers if k in found}, [k for k in float_layers if k not in found])
 
 
-def write_kit(root: Path, package: Path, calib, *, input_names: list[str], input_dtypes: list, static_batch: int,
-              layers_in_order: list[str], float_layers: list[dict], module) -> dict:
+def write_kit(
+    root: Path,
+    package: Path,
+    calib,
+    *,
+    input_names: list[str],
+    input_dtypes: list,
+    static_batch: int,
+    layers_in_order: list[str],
+    float_layers: list[dict],
+    module,
+) -> dict:
     """Write w8a8/{calibration.npz, recipe.json, finish_w8a8.py} into the bundle folder `root`."""
     kit = root / KIT
     kit.mkdir()
@@ -146,14 +156,19 @@ def write_kit(root: Path, package: Path, calib, *, input_names: list[str], input
             "global_config": {"mode": "linear_symmetric", "dtype": "int8"},
             "op_name_configs": {op: None for op in sorted(set(mapped.values()))},
         },
-        "float_layers": [{"layer": f["layer"], "mil_op": mapped.get(f["layer"]), "why": f["why"]}
-                         for f in float_layers],
+        "float_layers": [
+            {"layer": f["layer"], "mil_op": mapped.get(f["layer"]), "why": f["why"]} for f in float_layers
+        ],
         "unmapped_float_layers": unmapped,
         "api": "coremltools.optimize.coreml.linear_quantize_activations(model, OptimizationConfig, sample_data)",
     }
     (kit / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     (kit / "finish_w8a8.py").write_text(_SCRIPT)
-    return {"activation_quantization": FINISH, "numerics": "not run: needs macOS", "calibration_rows": n,
-            "skipped_ops": len(recipe["coremltools_config"]["op_name_configs"]),
-            "unmapped_float_layers": unmapped, "files": [f"{KIT}/calibration.npz", f"{KIT}/recipe.json",
-                                                         f"{KIT}/finish_w8a8.py"]}
+    return {
+        "activation_quantization": FINISH,
+        "numerics": "not run: needs macOS",
+        "calibration_rows": n,
+        "skipped_ops": len(recipe["coremltools_config"]["op_name_configs"]),
+        "unmapped_float_layers": unmapped,
+        "files": [f"{KIT}/calibration.npz", f"{KIT}/recipe.json", f"{KIT}/finish_w8a8.py"],
+    }

@@ -22,15 +22,14 @@ To quantize another op type with a constant weight, add it there with its weight
 from __future__ import annotations
 
 import fnmatch
-
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgediff.quantize.calibration.observers import QuantRange, observe
 from edgediff.core.errors import EdgediffError
+from edgediff.quantize.calibration.observers import QuantRange, observe
 
 # op type -> (output-channel axis of the weight given the node, quantize the output?)
 # Conv's output must be quantized for ONNX Runtime to fuse a QLinearConv; Gemm and MatMul fuse
@@ -70,8 +69,10 @@ def keep_float_reasons(nodes: list[WeightedNode], patterns) -> dict[str, str]:
     for pattern in patterns:
         hits = [wn for wn in nodes if fnmatch.fnmatchcase(wn.layer, pattern)]
         if not hits:
-            raise EdgediffError(f"quantize: keep_float pattern {pattern!r} matches no quantizable layer "
-                                f"(e.g. {', '.join(wn.layer for wn in nodes[:3])})")
+            raise EdgediffError(
+                f"quantize: keep_float pattern {pattern!r} matches no quantizable layer "
+                f"(e.g. {', '.join(wn.layer for wn in nodes[:3])})"
+            )
         for wn in hits:
             reasons.setdefault(wn.node, f"kept float by pattern {pattern!r}")
     return reasons
@@ -116,11 +117,22 @@ def weighted_nodes(proto: onnx.ModelProto) -> list[WeightedNode]:
             nxt = consumers.get(output, [])
             if len(nxt) == 1 and nxt[0].op_type == "Add" and any(i in inits for i in nxt[0].input):
                 output = nxt[0].output[0]
-        if n.op_type == "Gemm" and (node_attr(n, "transA", 0) or node_attr(n, "alpha", 1.0) != 1.0
-                                    or node_attr(n, "beta", 1.0) != 1.0):
+        if n.op_type == "Gemm" and (
+            node_attr(n, "transA", 0) or node_attr(n, "alpha", 1.0) != 1.0 or node_attr(n, "beta", 1.0) != 1.0
+        ):
             continue
-        out.append(WeightedNode(node=n.name, op=n.op_type, layer=_layer_name(n), weight=n.input[1],
-                                axis=axis_of(n), bias=bias, input=n.input[0], output=output))
+        out.append(
+            WeightedNode(
+                node=n.name,
+                op=n.op_type,
+                layer=_layer_name(n),
+                weight=n.input[1],
+                axis=axis_of(n),
+                bias=bias,
+                input=n.input[0],
+                output=output,
+            )
+        )
     return out
 
 
@@ -157,8 +169,9 @@ def activation_qparams(r: QuantRange) -> tuple[np.float32, np.uint8]:
     return np.float32(r.scale), np.uint8(min(max(zp, 0), 255))
 
 
-def insert_qdq(proto: onnx.ModelProto, nodes: list[WeightedNode], act: dict[str, QuantRange],
-               weights: dict[str, QuantWeight]) -> onnx.ModelProto:
+def insert_qdq(
+    proto: onnx.ModelProto, nodes: list[WeightedNode], act: dict[str, QuantRange], weights: dict[str, QuantWeight]
+) -> onnx.ModelProto:
     """A copy of `proto` with the chosen `nodes` in QDQ form.
 
     act: activation tensor name -> per-tensor range for every chosen node's input (and output
@@ -190,9 +203,12 @@ def insert_qdq(proto: onnx.ModelProto, nodes: list[WeightedNode], act: dict[str,
         s, zp = qparams(tensor)
         sn, zn = const(f"{tensor}_scale", s), const(f"{tensor}_zp", zp)
         q, dq = f"{tensor}_q", f"{tensor}_dq"
-        inserted_before.setdefault(before, []).extend([
-            helper.make_node("QuantizeLinear", [tensor, sn, zn], [q], name=f"{tensor}_QuantizeLinear"),
-            helper.make_node("DequantizeLinear", [q, sn, zn], [dq], name=f"{tensor}_DequantizeLinear")])
+        inserted_before.setdefault(before, []).extend(
+            [
+                helper.make_node("QuantizeLinear", [tensor, sn, zn], [q], name=f"{tensor}_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [q, sn, zn], [dq], name=f"{tensor}_DequantizeLinear"),
+            ]
+        )
         dq_of[tensor] = dq
         return dq
 
@@ -206,19 +222,29 @@ def insert_qdq(proto: onnx.ModelProto, nodes: list[WeightedNode], act: dict[str,
         ws = const(f"{wn.weight}_scale", qw.scale)
         wz = const(f"{wn.weight}_zp", np.zeros(qw.scale.shape, np.int8))
         w_dq = f"{wn.weight}_dq"
-        deq = [helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{wn.weight}_DequantizeLinear",
-                                axis=qw.axis)]
+        deq = [
+            helper.make_node(
+                "DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{wn.weight}_DequantizeLinear", axis=qw.axis
+            )
+        ]
         node.input[0] = x_dq
         node.input[1] = w_dq
         if wn.bias is not None:
             b = numpy_helper.to_array(inits[wn.bias]).astype(np.float64)
             bscale = (np.float64(s_x) * qw.scale.astype(np.float64)).astype(np.float32)
-            bq = np.clip(np.round(b / bscale), -2**31, 2**31 - 1).astype(np.int32)
+            bq = np.clip(np.round(b / bscale), -(2**31), 2**31 - 1).astype(np.int32)
             bn = const(f"{wn.bias}_quantized_{wn.node}", bq)
             bs = const(f"{wn.bias}_scale_{wn.node}", bscale)
             bz = const(f"{wn.bias}_zp_{wn.node}", np.zeros(bscale.shape, np.int32))
-            deq.append(helper.make_node("DequantizeLinear", [bn, bs, bz], [f"{wn.bias}_dq_{wn.node}"],
-                                        name=f"{wn.bias}_DequantizeLinear_{wn.node}", axis=0))
+            deq.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [bn, bs, bz],
+                    [f"{wn.bias}_dq_{wn.node}"],
+                    name=f"{wn.bias}_DequantizeLinear_{wn.node}",
+                    axis=0,
+                )
+            )
             node.input[2] = f"{wn.bias}_dq_{wn.node}"
         inserted_before.setdefault(wn.node, []).extend(deq)
         if quantize_out:
@@ -228,7 +254,8 @@ def insert_qdq(proto: onnx.ModelProto, nodes: list[WeightedNode], act: dict[str,
             node.output[0] = f"{y}_float"
             inserted_after[wn.node] = [
                 helper.make_node("QuantizeLinear", [f"{y}_float", sn, zn], [f"{y}_q"], name=f"{y}_QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [f"{y}_q", sn, zn], [y], name=f"{y}_DequantizeLinear")]
+                helper.make_node("DequantizeLinear", [f"{y}_q", sn, zn], [y], name=f"{y}_DequantizeLinear"),
+            ]
             dq_of[y] = y  # a later quantized consumer of y reads the dequantized value as it is
 
     trim_metadata(g)
@@ -252,8 +279,7 @@ def set_nodes(graph: onnx.GraphProto, nodes: list) -> None:
     graph.initializer.extend(keep)
 
 
-def share_weights(protos: list[onnx.ModelProto], names: list[str], location: str,
-                  align: int = 64) -> bytes:
+def share_weights(protos: list[onnx.ModelProto], names: list[str], location: str, align: int = 64) -> bytes:
     """Move initializers `names` of every proto into ONE external data blob (returned) at `location`.
 
     The protos must hold identical data for each name (the int8 weights of timestep groups);
@@ -274,7 +300,7 @@ def share_weights(protos: list[onnx.ModelProto], names: list[str], location: str
                 continue
             data = numpy_helper.to_array(init).tobytes()
             off, length = offsets[init.name]
-            if data != bytes(blob[off:off + length]):
+            if data != bytes(blob[off : off + length]):
                 raise EdgediffError(f"shared weight {init.name!r} differs between timestep groups")
             init.ClearField("raw_data")
             for f in ("int32_data", "float_data", "int64_data"):

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgediff.quantize.calibration.observers import QuantRange
 from edgediff.core.errors import EdgediffError
+from edgediff.quantize.calibration.observers import QuantRange
 from edgediff.runtimes.backends import quiet_output
 
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -63,9 +63,15 @@ def tflite_ops(path: Path) -> list[TfliteOp]:
         w = fb.get_tensor_data(sg.tensors[op.inputs[1]], model.buffers)
         if w is None:
             continue
-        out.append(TfliteOp(index=k, op=str(name), weight=np.asarray(w),
-                            input=fb.get_tensor_name(sg.tensors[op.inputs[0]]),
-                            output=fb.get_tensor_name(sg.tensors[op.outputs[0]])))
+        out.append(
+            TfliteOp(
+                index=k,
+                op=str(name),
+                weight=np.asarray(w),
+                input=fb.get_tensor_name(sg.tensors[op.inputs[0]]),
+                output=fb.get_tensor_name(sg.tensors[op.outputs[0]]),
+            )
+        )
     return out
 
 
@@ -115,8 +121,10 @@ def match_layers(module: torch.nn.Module, layers: list[str], ops: list[TfliteOp]
             if hit is not None:
                 break
         if hit is None:
-            raise EdgediffError(f"TFLite W8A8: layer {layer!r} has no CONV_2D/FULLY_CONNECTED op with its weights "
-                                "in the converted model; keep it float (keep_float) to compile")
+            raise EdgediffError(
+                f"TFLite W8A8: layer {layer!r} has no CONV_2D/FULLY_CONNECTED op with its weights "
+                "in the converted model; keep it float (keep_float) to compile"
+            )
         found[layer] = hit
         taken.add(hit.op.index)
     return found
@@ -127,8 +135,9 @@ def _qsv(r: QuantRange, factor: float = 1.0) -> dict:
     return {"min": np.array([lo], np.float32), "max": np.array([hi], np.float32)}
 
 
-def write_w8a8(fp32_path: Path, out_path: Path, chosen: dict[str, Match],
-               ranges: dict[str, tuple[QuantRange, QuantRange]]) -> dict:
+def write_w8a8(
+    fp32_path: Path, out_path: Path, chosen: dict[str, Match], ranges: dict[str, tuple[QuantRange, QuantRange]]
+) -> dict:
     """Quantize the chosen ops of `fp32_path` with `ranges` (layer -> (input range, output range))
     into `out_path`; returns {tensor name: range} as written."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
@@ -137,9 +146,12 @@ def write_w8a8(fp32_path: Path, out_path: Path, chosen: dict[str, Match],
     calib: dict[str, dict] = {}
     for layer, m in chosen.items():
         op = m.op
-        rm.add_static_config(regex=f"^{re.escape(op.output + ';')}$",
-                             operation_name=qtyping.TFLOperationName(op.op), activation_num_bits=8,
-                             weight_num_bits=8)
+        rm.add_static_config(
+            regex=f"^{re.escape(op.output + ';')}$",
+            operation_name=qtyping.TFLOperationName(op.op),
+            activation_num_bits=8,
+            weight_num_bits=8,
+        )
         r_in, r_out = ranges[layer]
         calib.setdefault(op.input, _qsv(r_in))
         calib[op.output] = _qsv(r_out, m.factor)  # a folded scale scales the output too
@@ -155,14 +167,14 @@ def int8_census(path: Path) -> dict:
     one of its DELEGATE nodes: XNNPACK runs them on its QS8 kernels, the rest on LiteRT's own)."""
     from ai_edge_litert.interpreter import Interpreter
 
-
     with quiet_output():
         it = Interpreter(model_path=str(path))
         it.allocate_tensors()
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in it.get_tensor_details()}
     nodes = it._interpreter
-    delegate_inputs = {int(i) for k in range(nodes.NumNodes()) if nodes.NodeName(k) == "DELEGATE"
-                       for i in nodes.NodeInputs(k)}
+    delegate_inputs = {
+        int(i) for k in range(nodes.NumNodes()) if nodes.NodeName(k) == "DELEGATE" for i in nodes.NodeInputs(k)
+    }
     int8, flt = Counter(), Counter()
     xnn, weighted_int8 = Counter(), Counter()
     for op in it._get_ops_details():
@@ -174,9 +186,12 @@ def int8_census(path: Path) -> dict:
         if is_int8 and op["op_name"] in WEIGHTED_OPS and len(ins) > 1:
             weighted_int8[op["op_name"]] += 1
             xnn[op["op_name"]] += ins[1] in delegate_inputs
-    return {"ops_reading_int8": dict(sorted(int8.items())), "ops_reading_float": dict(sorted(flt.items())),
-            "int8_tensors": sum(1 for d in dtypes.values() if d == "int8"),
-            "xnnpack_int8": {k: f"{xnn[k]}/{v} delegated" for k, v in sorted(weighted_int8.items())}}
+    return {
+        "ops_reading_int8": dict(sorted(int8.items())),
+        "ops_reading_float": dict(sorted(flt.items())),
+        "int8_tensors": sum(1 for d in dtypes.values() if d == "int8"),
+        "xnnpack_int8": {k: f"{xnn[k]}/{v} delegated" for k, v in sorted(weighted_int8.items())},
+    }
 
 
 def merge_groups(paths: list[Path], out: Path) -> dict:
@@ -193,15 +208,19 @@ def merge_groups(paths: list[Path], out: Path) -> dict:
 
     def shape_of(m):
         sg = m.subgraphs[0]
-        return ([(op.opcodeIndex, list(op.inputs), list(op.outputs)) for op in sg.operators],
-                [m.operatorCodes[k].builtinCode for k in range(len(m.operatorCodes))], len(sg.tensors))
+        return (
+            [(op.opcodeIndex, list(op.inputs), list(op.outputs)) for op in sg.operators],
+            [m.operatorCodes[k].builtinCode for k in range(len(m.operatorCodes))],
+            len(sg.tensors),
+        )
 
     for p, m in zip(paths, models):
         if len(m.subgraphs) != 1 or not m.signatureDefs:
             raise EdgediffError(f"{p.name}: a group flatbuffer must have one subgraph and a signature")
         if shape_of(m) != shape_of(base):
-            raise EdgediffError(f"{p.name}: its ops or tensors differ from {paths[0].name}'s; timestep groups "
-                                "must share one graph")
+            raise EdgediffError(
+                f"{p.name}: its ops or tensors differ from {paths[0].name}'s; timestep groups must share one graph"
+            )
     buffers, seen = [base.buffers[0]], {}  # buffer 0: the empty buffer every flatbuffer starts with
 
     def intern(m, k: int) -> int:
@@ -236,5 +255,10 @@ def merge_groups(paths: list[Path], out: Path) -> dict:
     builder.Finish(base.Pack(builder), file_identifier=b"TFL3")
     out.write_bytes(builder.Output())
     stored = sum(0 if b.data is None else len(b.data) for b in buffers)
-    return {"groups": len(models), "signatures": [f"group{k}" for k in range(len(models))],
-            "buffer_bytes": stored, "buffer_bytes_if_separate": separate, "file_bytes": out.stat().st_size}
+    return {
+        "groups": len(models),
+        "signatures": [f"group{k}" for k in range(len(models))],
+        "buffer_bytes": stored,
+        "buffer_bytes_if_separate": separate,
+        "file_bytes": out.stat().st_size,
+    }

@@ -33,19 +33,25 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgediff.core.errors import EdgediffError, check_known_keys
+from edgediff.core.spec import ModelSpec, torch_denoiser
+from edgediff.lower.registry import converter_output
 from edgediff.quantize.calibration.activations import collect_activations, match_layers, step_groups
 from edgediff.quantize.calibration.observers import OBSERVERS, QuantRange
 from edgediff.quantize.calibration.record import CalibrationSet
 from edgediff.quantize.calibration.select import SELECTORS, select
-from edgediff.quantize.qdq_onnx import QuantWeight, WeightedNode, insert_qdq, keep_float_reasons, quantize_weight, \
-    share_weights, weighted_nodes
-from edgediff.core.spec import ModelSpec
-from edgediff.core.errors import EdgediffError, check_known_keys
-from edgediff.runtimes.samplers.base import Plan
-from edgediff.core.spec import torch_denoiser
-from edgediff.lower.registry import converter_output
+from edgediff.quantize.qdq_onnx import (
+    QuantWeight,
+    WeightedNode,
+    insert_qdq,
+    keep_float_reasons,
+    quantize_weight,
+    share_weights,
+    weighted_nodes,
+)
 from edgediff.runtimes.backends import model_signature
 from edgediff.runtimes.groups import grouped_denoiser
+from edgediff.runtimes.samplers.base import Plan
 
 SCHEMES = ("w8a8", "w4")  # w4: weight-only 4-bit, src/edgediff/quantize/weight_only.py
 SHARED_WEIGHTS = "weights.bin"
@@ -83,7 +89,7 @@ class QuantizeOptions:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "QuantizeOptions":
+    def from_dict(cls, d: dict) -> QuantizeOptions:
         check_known_keys(d, cls, "quantize options")
         return cls(**d)
 
@@ -124,8 +130,14 @@ def structural_float(proto: onnx.ModelProto, nodes: list[WeightedNode]) -> dict[
     return reasons
 
 
-def float_plan(model: ModelSpec, proto: onnx.ModelProto, nodes: list[WeightedNode], calib: CalibrationSet,
-               opts: QuantizeOptions, progress=None) -> tuple[dict[str, str], dict | None]:
+def float_plan(
+    model: ModelSpec,
+    proto: onnx.ModelProto,
+    nodes: list[WeightedNode],
+    calib: CalibrationSet,
+    opts: QuantizeOptions,
+    progress=None,
+) -> tuple[dict[str, str], dict | None]:
     """node name -> why it stays float; and the sensitivity ranking used (or None)."""
     reasons: dict[str, str] = {}
     modules = dict(model.module.named_modules())
@@ -145,16 +157,18 @@ def float_plan(model: ModelSpec, proto: onnx.ModelProto, nodes: list[WeightedNod
         if len(calib) > opts.sensitivity_rows:
             rows = select(calib, "uniform", opts.sensitivity_rows, seed=opts.seed)
         candidates = [wn.layer for wn in nodes if wn.node not in reasons]
-        table = layer_sensitivity(model, rows, observer=opts.observer, layers=sorted(set(candidates)),
-                                  progress=progress)
+        table = layer_sensitivity(
+            model, rows, observer=opts.observer, layers=sorted(set(candidates)), progress=progress
+        )
         ranking = [{"layer": r.name, "rel_error": r.rel_error} for r in table.layers]
-        worst = [r.name for r in table.layers[:opts.sensitive_float]]
+        worst = [r.name for r in table.layers[: opts.sensitive_float]]
         for wn in nodes:
             if wn.layer in worst:
                 rank = worst.index(wn.layer) + 1
                 err = table.layers[rank - 1].rel_error
-                reasons.setdefault(wn.node, f"sensitivity rank {rank}: alone in int8 it moves the output by "
-                                            f"{err:.2e} (relative)")
+                reasons.setdefault(
+                    wn.node, f"sensitivity rank {rank}: alone in int8 it moves the output by {err:.2e} (relative)"
+                )
     return reasons, ranking
 
 
@@ -171,8 +185,10 @@ def weight_bits_for(option: str, features) -> tuple[int, str]:
     if option == "reduced":
         return 7, "7-bit range |q| <= 63 (set by weight_range)"
     if f & _X86 and not f & _INT8_DOT:
-        return 7, ("7-bit range |q| <= 63: an x86 CPU without VNNI multiplies u8 x s8 with vpmaddubsw, which "
-                   "adds two products in a saturating int16; full-range weights would overflow it")
+        return 7, (
+            "7-bit range |q| <= 63: an x86 CPU without VNNI multiplies u8 x s8 with vpmaddubsw, which "
+            "adds two products in a saturating int16; full-range weights would overflow it"
+        )
     return 8, "full 8-bit range: the target's int8 dot products accumulate in int32"
 
 
@@ -193,8 +209,10 @@ class QuantPlan:
 
     def layer_ranges(self, g: int) -> dict[str, tuple[QuantRange, QuantRange]]:
         """torch layer -> (input range, output range) of timestep group g, for every chosen layer."""
-        return {wn.layer: (self.stats[f"{wn.layer}:input"][g].result(), self.stats[f"{wn.layer}:output"][g].result())
-                for wn in self.chosen}
+        return {
+            wn.layer: (self.stats[f"{wn.layer}:input"][g].result(), self.stats[f"{wn.layer}:output"][g].result())
+            for wn in self.chosen
+        }
 
     def int8_weights(self, bits: int) -> dict[str, QuantWeight]:
         """ONNX initializer -> its int8 weight (symmetric per output channel), for every chosen node."""
@@ -215,12 +233,23 @@ class QuantPlan:
         return act
 
 
-def plan_quantization(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: Plan, scheme: str = "w8a8",
-                      groups: int = 1, options: QuantizeOptions = QuantizeOptions(), progress=None) -> QuantPlan:
+def plan_quantization(
+    model: ModelSpec,
+    calib: CalibrationSet,
+    *,
+    onnx_path: Path,
+    plan: Plan,
+    scheme: str = "w8a8",
+    groups: int = 1,
+    options: QuantizeOptions = QuantizeOptions(),
+    progress=None,
+) -> QuantPlan:
     """Which layers of the fp32 ONNX graph at `onnx_path` become int8, and their activation
     ranges per timestep group (observed on `calib`, recorded along `plan`)."""
     if scheme != "w8a8":
-        raise EdgediffError(f"quantize: this pass writes w8a8 (got {scheme!r}); w4 is src/edgediff/quantize/weight_only.py")
+        raise EdgediffError(
+            f"quantize: this pass writes w8a8 (got {scheme!r}); w4 is src/edgediff/quantize/weight_only.py"
+        )
     calib.check_model(model)
     calib.check_plan(plan)
     step_group = step_groups(len(plan), groups)
@@ -239,23 +268,42 @@ def plan_quantization(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Pat
     if not chosen:
         raise EdgediffError("quantize: every quantizable layer is kept float; nothing to quantize")
     layers = sorted({wn.layer for wn in chosen})
-    stats = collect_activations(model, calib, kind=options.observer, groups=groups, layers=layers,
-                                progress=progress)
-    return QuantPlan(proto=proto, nodes=nodes, chosen=chosen, reasons=reasons, ranking=ranking, stats=stats,
-                     step_group=step_group, calib=calib, groups=groups, options=options)
+    stats = collect_activations(model, calib, kind=options.observer, groups=groups, layers=layers, progress=progress)
+    return QuantPlan(
+        proto=proto,
+        nodes=nodes,
+        chosen=chosen,
+        reasons=reasons,
+        ranking=ranking,
+        stats=stats,
+        step_group=step_group,
+        calib=calib,
+        groups=groups,
+        options=options,
+    )
 
 
-def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: Plan, scheme: str = "w8a8",
-             groups: int = 1, options: QuantizeOptions = QuantizeOptions(), target_features=(),
-             progress=None) -> QuantizedModel:
+def quantize(
+    model: ModelSpec,
+    calib: CalibrationSet,
+    *,
+    onnx_path: Path,
+    plan: Plan,
+    scheme: str = "w8a8",
+    groups: int = 1,
+    options: QuantizeOptions = QuantizeOptions(),
+    target_features=(),
+    progress=None,
+) -> QuantizedModel:
     """Quantize the fp32 ONNX graph at `onnx_path` (lowered from `model`) in place of it.
 
     `calib` must be recorded along `plan` (the bundle's sampler trajectory). Writes into
     onnx_path's folder and removes the fp32 file; returns the files and the record.
     `target_features` (the target profile's ISA features) decides weight_range "auto".
     """
-    qp = plan_quantization(model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=groups,
-                           options=options, progress=progress)
+    qp = plan_quantization(
+        model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=groups, options=options, progress=progress
+    )
     proto, chosen = qp.proto, qp.chosen
     bits, bits_why = weight_bits_for(options.weight_range, target_features)
     weights = qp.int8_weights(bits)
@@ -278,8 +326,22 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
         for p, f in zip(protos, files):
             onnx.save(p, str(f))
 
-    record = _record(scheme, groups, qp.step_group, plan, options, qp.nodes, chosen, qp.reasons, weights,
-                     per_group_ranges, qp.calib, qp.ranking, files, shared)
+    record = _record(
+        scheme,
+        groups,
+        qp.step_group,
+        plan,
+        options,
+        qp.nodes,
+        chosen,
+        qp.reasons,
+        weights,
+        per_group_ranges,
+        qp.calib,
+        qp.ranking,
+        files,
+        shared,
+    )
     record["weight_bits"] = bits
     record["weights"] = f"int8 symmetric per output channel (min-max), {bits_why}"
     q = QuantizedModel(files=files, shared=shared, step_group=qp.step_group.tolist(), record=record)
@@ -287,9 +349,18 @@ def quantize(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, plan: 
     return q
 
 
-def quantize_tflite(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, tflite_path: Path, plan: Plan,
-                    scheme: str = "w8a8", groups: int = 1, options: QuantizeOptions = QuantizeOptions(),
-                    progress=None) -> QuantizedModel:
+def quantize_tflite(
+    model: ModelSpec,
+    calib: CalibrationSet,
+    *,
+    onnx_path: Path,
+    tflite_path: Path,
+    plan: Plan,
+    scheme: str = "w8a8",
+    groups: int = 1,
+    options: QuantizeOptions = QuantizeOptions(),
+    progress=None,
+) -> QuantizedModel:
     """The same plan as `quantize` (float layers, ranges from `calib`), written into the fp32
     TFLite model at `tflite_path` (replaced) through ai-edge-quantizer (src/edgediff/quantize/tflite_int8.py).
 
@@ -300,14 +371,18 @@ def quantize_tflite(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path,
     """
     from edgediff.quantize.tflite_int8 import int8_census, match_layers, merge_groups, tflite_ops, write_w8a8
 
-    qp = plan_quantization(model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=groups,
-                           options=options, progress=progress)
+    qp = plan_quantization(
+        model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=groups, options=options, progress=progress
+    )
     layers = sorted({wn.layer for wn in qp.chosen})
     ops = match_layers(model.module, layers, tflite_ops(tflite_path))
     fp32 = tflite_path.with_name(tflite_path.stem + ".fp32.tflite")
     tflite_path.rename(fp32)
-    parts = [tflite_path] if groups == 1 else [tflite_path.with_name(f"{tflite_path.stem}.g{g}.tflite")
-                                               for g in range(groups)]
+    parts = (
+        [tflite_path]
+        if groups == 1
+        else [tflite_path.with_name(f"{tflite_path.stem}.g{g}.tflite") for g in range(groups)]
+    )
     merged = None
     try:
         with converter_output("TFLite W8A8 (ai-edge-quantizer)"):
@@ -321,45 +396,102 @@ def quantize_tflite(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path,
             if part != tflite_path:
                 part.unlink(missing_ok=True)
     census = int8_census(tflite_path)
-    record = _record(scheme, groups, qp.step_group, plan, options, qp.nodes, qp.chosen, qp.reasons, qp.int8_weights(8),
-                     [qp.tensor_ranges(g) for g in range(groups)], qp.calib, qp.ranking, [tflite_path], None)
+    record = _record(
+        scheme,
+        groups,
+        qp.step_group,
+        plan,
+        options,
+        qp.nodes,
+        qp.chosen,
+        qp.reasons,
+        qp.int8_weights(8),
+        [qp.tensor_ranges(g) for g in range(groups)],
+        qp.calib,
+        qp.ranking,
+        [tflite_path],
+        None,
+    )
     record["weight_bits"] = 8
-    record["weights"] = ("int8 symmetric per output channel (min-max, ai-edge-quantizer); full 8-bit range: "
-                         "XNNPACK's int8 kernels widen to int16 before multiplying, no saturating pair sums")
-    record["activations"] = f"int8 asymmetric per tensor ({options.observer}, our ranges written as the " \
-                            "calibration result)"
-    record["tflite"] = {"writer": "ai-edge-quantizer static int8 recipe, one entry per chosen op",
-                        "ops_matched": len(ops),
-                        "folded_scales": {k: m.factor for k, m in ops.items() if m.factor != 1.0},
-                        "tensors_with_our_ranges": len(written), **census}
+    record["weights"] = (
+        "int8 symmetric per output channel (min-max, ai-edge-quantizer); full 8-bit range: "
+        "XNNPACK's int8 kernels widen to int16 before multiplying, no saturating pair sums"
+    )
+    record["activations"] = (
+        f"int8 asymmetric per tensor ({options.observer}, our ranges written as the calibration result)"
+    )
+    record["tflite"] = {
+        "writer": "ai-edge-quantizer static int8 recipe, one entry per chosen op",
+        "ops_matched": len(ops),
+        "folded_scales": {k: m.factor for k, m in ops.items() if m.factor != 1.0},
+        "tensors_with_our_ranges": len(written),
+        **census,
+    }
     if merged:
         record["tflite"]["groups"] = merged
     # one flatbuffer serves every group (its signature "group{k}"): scheduler.json lists it once per group
     q = QuantizedModel(files=[tflite_path] * groups, shared=None, step_group=qp.step_group.tolist(), record=record)
 
     entry = None if groups == 1 else {"files": [tflite_path.name] * groups, "step_group": q.step_group}
-    record["trajectory"] = trajectory_error(model, q, qp.calib, plan, denoise=grouped_denoiser(
-        tflite_path.parent, entry, plan.model_timesteps, model_file=tflite_path, fmt="tflite"))
+    record["trajectory"] = trajectory_error(
+        model,
+        q,
+        qp.calib,
+        plan,
+        denoise=grouped_denoiser(tflite_path.parent, entry, plan.model_timesteps, model_file=tflite_path, fmt="tflite"),
+    )
     return q
 
 
-def quantize_coreml(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path, package: Path, plan: Plan,
-                    static_batch: int, scheme: str = "w8a8", options: QuantizeOptions = QuantizeOptions(),
-                    progress=None) -> QuantizedModel:
+def quantize_coreml(
+    model: ModelSpec,
+    calib: CalibrationSet,
+    *,
+    onnx_path: Path,
+    package: Path,
+    plan: Plan,
+    static_batch: int,
+    scheme: str = "w8a8",
+    options: QuantizeOptions = QuantizeOptions(),
+    progress=None,
+) -> QuantizedModel:
     """Core ML W8A8 prepared for macOS (src/edgediff/quantize/coreml_w8a8.py): the package keeps its int8 weights;
     the bundle gets the calibration rows, the activation-quantization recipe with the pass's float
     layers as skipped MIL ops, and the script that finishes it where Core ML predicts."""
     from edgediff.quantize.coreml_w8a8 import FINISH, write_kit
 
-    qp = plan_quantization(model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=1, options=options,
-                           progress=progress)
+    qp = plan_quantization(
+        model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=1, options=options, progress=progress
+    )
     sig = model_signature(package, "coreml")
     float_layers = [{"layer": wn.layer, "why": qp.reasons[wn.node]} for wn in qp.nodes if wn.node in qp.reasons]
-    kit = write_kit(package.parents[1], package, qp.calib, input_names=[i["name"] for i in sig["inputs"]],
-                    input_dtypes=[np.dtype(i["dtype"]) for i in sig["inputs"]], static_batch=static_batch,
-                    layers_in_order=[wn.layer for wn in qp.nodes], float_layers=float_layers, module=model.module)
-    record = _record(scheme, 1, qp.step_group, plan, options, qp.nodes, qp.chosen, qp.reasons, qp.int8_weights(8),
-                     [qp.tensor_ranges(0)], qp.calib, qp.ranking, [package], None)
+    kit = write_kit(
+        package.parents[1],
+        package,
+        qp.calib,
+        input_names=[i["name"] for i in sig["inputs"]],
+        input_dtypes=[np.dtype(i["dtype"]) for i in sig["inputs"]],
+        static_batch=static_batch,
+        layers_in_order=[wn.layer for wn in qp.nodes],
+        float_layers=float_layers,
+        module=model.module,
+    )
+    record = _record(
+        scheme,
+        1,
+        qp.step_group,
+        plan,
+        options,
+        qp.nodes,
+        qp.chosen,
+        qp.reasons,
+        qp.int8_weights(8),
+        [qp.tensor_ranges(0)],
+        qp.calib,
+        qp.ranking,
+        [package],
+        None,
+    )
     record["weight_bits"] = 8
     record["weights"] = "int8 symmetric per output channel (coremltools linear_quantize_weights)"
     record["activations"] = f"fp16 in the shipped package; int8 after the macOS step: {FINISH}"
@@ -368,8 +500,10 @@ def quantize_coreml(model: ModelSpec, calib: CalibrationSet, *, onnx_path: Path,
 
 
 # Why the Core ML writer takes one timestep group (the message of the error for --groups > 1).
-COREML_GROUPS = ("a Core ML package carries its own weights, so G groups would be G full copies of the int8 "
-                 "weights (G times the download and memory) instead of one shared set; use --groups 1 for Core ML")
+COREML_GROUPS = (
+    "a Core ML package carries its own weights, so G groups would be G full copies of the int8 "
+    "weights (G times the download and memory) instead of one shared set; use --groups 1 for Core ML"
+)
 
 
 def shareable(protos: list[onnx.ModelProto], min_bytes: int = 256) -> list[str]:
@@ -381,15 +515,17 @@ def shareable(protos: list[onnx.ModelProto], min_bytes: int = 256) -> list[str]:
         raw = numpy_helper.to_array(init).tobytes()
         if len(raw) < min_bytes and init.data_type != onnx.TensorProto.INT8:  # int8 weights: always
             continue
-        if all(numpy_helper.to_array(o).tobytes() == raw for p in protos[1:]
-               for o in p.graph.initializer if o.name == name):
+        if all(
+            numpy_helper.to_array(o).tobytes() == raw for p in protos[1:] for o in p.graph.initializer if o.name == name
+        ):
             if all(any(o.name == name for o in p.graph.initializer) for p in protos[1:]):
                 names.append(name)
     return names
 
 
-def trajectory_error(model: ModelSpec, q: QuantizedModel, calib: CalibrationSet, plan: Plan,
-                     rows_per_step: int = 16, denoise=None) -> dict:
+def trajectory_error(
+    model: ModelSpec, q: QuantizedModel, calib: CalibrationSet, plan: Plan, rows_per_step: int = 16, denoise=None
+) -> dict:
     """Relative error ||eps_int8 - eps_fp32|| / ||eps_fp32|| of the written graphs on calibration
     rows, per plan step: the error where the bundle actually runs."""
 
@@ -397,8 +533,11 @@ def trajectory_error(model: ModelSpec, q: QuantizedModel, calib: CalibrationSet,
     if ours is None:
         groups = None
         if len(q.files) > 1:
-            groups = {"files": [f.name for f in q.files], "step_group": q.step_group,
-                      "shared_weights": q.shared.name if q.shared else None}
+            groups = {
+                "files": [f.name for f in q.files],
+                "step_group": q.step_group,
+                "shared_weights": q.shared.name if q.shared else None,
+            }
         ours = grouped_denoiser(q.files[0].parent, groups, plan.model_timesteps, model_file=q.files[0])
     ref = torch_denoiser(model)
     per_step = {}
@@ -411,16 +550,38 @@ def trajectory_error(model: ModelSpec, q: QuantizedModel, calib: CalibrationSet,
         a, b = ours(*args), ref(*args)
         per_step[int(s)] = float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12))
     vals = list(per_step.values())
-    return {"rows_per_step": rows_per_step, "mean_rel_error": float(np.mean(vals)),
-            "max_rel_error": float(np.max(vals)), "per_step": per_step}
+    return {
+        "rows_per_step": rows_per_step,
+        "mean_rel_error": float(np.mean(vals)),
+        "max_rel_error": float(np.max(vals)),
+        "per_step": per_step,
+    }
 
 
-def _record(scheme, groups, step_group, plan, options, nodes, chosen, reasons, weights, per_group_ranges, calib,
-            ranking, files, shared) -> dict:
+def _record(
+    scheme,
+    groups,
+    step_group,
+    plan,
+    options,
+    nodes,
+    chosen,
+    reasons,
+    weights,
+    per_group_ranges,
+    calib,
+    ranking,
+    files,
+    shared,
+) -> dict:
     def act(g, tensor):
         r = per_group_ranges[g][tensor]
-        return {"scale": float(r.scale), "zero_point": int(r.zero_point) + 128, "min": float(r.min),
-                "max": float(r.max)}
+        return {
+            "scale": float(r.scale),
+            "zero_point": int(r.zero_point) + 128,
+            "min": float(r.min),
+            "max": float(r.max),
+        }
 
     layers = []
     for wn in nodes:
@@ -429,10 +590,18 @@ def _record(scheme, groups, step_group, plan, options, nodes, chosen, reasons, w
             entry |= {"precision": "fp32", "why": reasons[wn.node]}
         else:
             w = weights[wn.weight]
-            entry |= {"precision": "int8",
-                      "weight": {"dtype": "int8", "symmetric": True, "axis": w.axis, "channels": int(w.scale.size),
-                                 "scale_min": float(w.scale.min()), "scale_max": float(w.scale.max())},
-                      "input": [act(g, wn.input) for g in range(groups)]}
+            entry |= {
+                "precision": "int8",
+                "weight": {
+                    "dtype": "int8",
+                    "symmetric": True,
+                    "axis": w.axis,
+                    "channels": int(w.scale.size),
+                    "scale_min": float(w.scale.min()),
+                    "scale_max": float(w.scale.max()),
+                },
+                "input": [act(g, wn.input) for g in range(groups)],
+            }
             if wn.op == "Conv":
                 entry["output"] = [act(g, wn.output) for g in range(groups)]
         layers.append(entry)
@@ -442,23 +611,30 @@ def _record(scheme, groups, step_group, plan, options, nodes, chosen, reasons, w
         "activations": f"uint8 asymmetric per tensor ({options.observer}), per timestep group",
         "groups": groups,
         "step_group": step_group.tolist(),
-        "group_timesteps": [[float(t) for t, gg in zip(plan.model_timesteps, step_group) if gg == g]
-                            for g in range(groups)],
-        "calibration": {"rows": len(calib), **{k: v for k, v in calib.meta.to_dict().items()
-                                               if k in ("source", "sampler", "steps", "guidance", "seed",
-                                                        "num_samples", "selection")}},
+        "group_timesteps": [
+            [float(t) for t, gg in zip(plan.model_timesteps, step_group) if gg == g] for g in range(groups)
+        ],
+        "calibration": {
+            "rows": len(calib),
+            **{
+                k: v
+                for k, v in calib.meta.to_dict().items()
+                if k in ("source", "sampler", "steps", "guidance", "seed", "num_samples", "selection")
+            },
+        },
         "options": asdict(options) | {"keep_float": list(options.keep_float)},
         "num_layers": len(nodes),
         "num_int8": len(chosen),
         "num_float": len(nodes) - len(chosen),
-        "float_layers": [{"layer": wn.layer, "node": wn.node, "why": reasons[wn.node]} for wn in nodes
-                         if wn.node in reasons],
+        "float_layers": [
+            {"layer": wn.layer, "node": wn.node, "why": reasons[wn.node]} for wn in nodes if wn.node in reasons
+        ],
         "files": [f.name for f in files],
         "shared_weights": shared.name if shared else None,
         "sensitivity": ranking,
         "layers": layers,
         "never_quantized": "attention score/value products and softmax (activation x activation), "
-                           "normalisation and activations: float",
+        "normalisation and activations: float",
     }
 
 

@@ -31,14 +31,23 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgediff.quantize.qdq_onnx import WeightedNode, keep_float_reasons, node_attr, quantize_weight, set_nodes, \
-    trim_metadata, weighted_nodes
 from edgediff.core.errors import EdgediffError
 from edgediff.lower.openvino import convert_onnx
+from edgediff.quantize.qdq_onnx import (
+    WeightedNode,
+    keep_float_reasons,
+    node_attr,
+    quantize_weight,
+    set_nodes,
+    trim_metadata,
+    weighted_nodes,
+)
 
 BLOCK = 32  # weights per 4-bit scale (along the input dimension)
-SCHEME_TEXT = ("weight-only: linear layers 4-bit symmetric in blocks of 32 input channels, convolutions int8 "
-               "per output channel; activations fp32")
+SCHEME_TEXT = (
+    "weight-only: linear layers 4-bit symmetric in blocks of 32 input channels, convolutions int8 "
+    "per output channel; activations fp32"
+)
 
 
 def _gemm_to_matmul(proto: onnx.ModelProto, skip: set[str]) -> int:
@@ -48,8 +57,15 @@ def _gemm_to_matmul(proto: onnx.ModelProto, skip: set[str]) -> int:
     inits = {i.name: i for i in g.initializer}
     new_nodes, n_done = [], 0
     for n in g.node:
-        if (n.op_type != "Gemm" or n.name in skip or len(n.input) < 2 or n.input[1] not in inits
-                or node_attr(n, "transA", 0) or node_attr(n, "alpha", 1.0) != 1.0 or node_attr(n, "beta", 1.0) != 1.0):
+        if (
+            n.op_type != "Gemm"
+            or n.name in skip
+            or len(n.input) < 2
+            or n.input[1] not in inits
+            or node_attr(n, "transA", 0)
+            or node_attr(n, "alpha", 1.0) != 1.0
+            or node_attr(n, "beta", 1.0) != 1.0
+        ):
             new_nodes.append(n)
             continue
         w = numpy_helper.to_array(inits[n.input[1]])
@@ -79,8 +95,7 @@ def _conv_int8(proto: onnx.ModelProto, nodes: list[WeightedNode], skip: set[str]
             qw = quantize_weight(numpy_helper.to_array(inits[wn.weight]).astype(np.float32), wn.axis, 8)
             qn, sn, out = f"{wn.weight}_q8", f"{wn.weight}_scale", f"{wn.weight}_dq"
             g.initializer.extend([numpy_helper.from_array(qw.q, qn), numpy_helper.from_array(qw.scale, sn)])
-            dq_nodes.append(helper.make_node("DequantizeLinear", [qn, sn], [out], name=f"{wn.weight}_DQ",
-                                             axis=wn.axis))
+            dq_nodes.append(helper.make_node("DequantizeLinear", [qn, sn], [out], name=f"{wn.weight}_DQ", axis=wn.axis))
             replaced[wn.weight] = out
         done.append(wn.node)
     for n in g.node:
@@ -103,14 +118,23 @@ def quantize_w4_onnx(onnx_path: Path, *, keep_float=()) -> dict:
     skip = set(reasons)
     n_gemm = _gemm_to_matmul(proto, skip)
     convs = _conv_int8(proto, nodes, skip)
-    linear = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.name not in skip
-              and n.input[1] in {i.name for i in proto.graph.initializer}]
+    linear = [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "MatMul" and n.name not in skip and n.input[1] in {i.name for i in proto.graph.initializer}
+    ]
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        q = MatMulNBitsQuantizer(proto, bits=4, block_size=BLOCK, is_symmetric=True, nodes_to_include=linear,
-                                 op_types_to_quantize=("MatMul",))
+        q = MatMulNBitsQuantizer(
+            proto,
+            bits=4,
+            block_size=BLOCK,
+            is_symmetric=True,
+            nodes_to_include=linear,
+            op_types_to_quantize=("MatMul",),
+        )
         q.process()
     finally:
         quiet.setLevel(level)
@@ -129,17 +153,23 @@ def quantize_w4_onnx(onnx_path: Path, *, keep_float=()) -> dict:
         else:
             prec, why = "fp32", "not packed by MatMulNBitsQuantizer (weight not 2-D or K too small)"
         layers.append({"layer": wn.layer, "node": wn.node, "op": wn.op, "precision": prec, "why": why})
-    return {"runtime": "onnxruntime", "matmulnbits": len(packed), "gemm_rewritten": n_gemm,
-            "conv_int8": len(convs), "layers": layers, "bytes_fp32": before,
-            "bytes": onnx_path.stat().st_size}
+    return {
+        "runtime": "onnxruntime",
+        "matmulnbits": len(packed),
+        "gemm_rewritten": n_gemm,
+        "conv_int8": len(convs),
+        "layers": layers,
+        "bytes_fp32": before,
+        "bytes": onnx_path.stat().st_size,
+    }
 
 
-def quantize_w4_openvino(onnx_path: Path, out_dir: Path, *, static_batch: int | None = None,
-                         keep_float=()) -> tuple[Path, dict]:
+def quantize_w4_openvino(
+    onnx_path: Path, out_dir: Path, *, static_batch: int | None = None, keep_float=()
+) -> tuple[Path, dict]:
     """The fp32 ONNX graph as OpenVINO IR with NNCF's 4-bit weight compression; removes `onnx_path`."""
     import nncf
     import openvino as ov
-
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     before = onnx_path.stat().st_size
@@ -157,14 +187,19 @@ def quantize_w4_openvino(onnx_path: Path, out_dir: Path, *, static_batch: int | 
     nncf_log.setLevel(logging.ERROR)
     try:
         m = nncf.compress_weights(
-            m, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=BLOCK, ratio=1.0, all_layers=True,
+            m,
+            mode=nncf.CompressWeightsMode.INT4_SYM,
+            group_size=BLOCK,
+            ratio=1.0,
+            all_layers=True,
             ignored_scope=ignored,
             advanced_parameters=AdvancedCompressionParameters(
-                group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=8))
+                group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=8
+            ),
+        )
     except Exception as e:  # name the cause in one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgediffError(f"OpenVINO 4-bit weight compression (NNCF) of {onnx_path.name} failed: {first}") \
-            from None
+        raise EdgediffError(f"OpenVINO 4-bit weight compression (NNCF) of {onnx_path.name} failed: {first}") from None
     finally:
         nncf_log.setLevel(level)
     path = out_dir / "denoiser.xml"
@@ -177,9 +212,13 @@ def quantize_w4_openvino(onnx_path: Path, out_dir: Path, *, static_batch: int | 
         if op.get_type_name() == "Constant":
             t = str(op.get_output_element_type(0).get_type_name())
             consts[t] = consts.get(t, 0) + 1
-    record = {"runtime": "openvino", "compressor": f"nncf {nncf.__version__} compress_weights INT4_SYM",
-              "int4_constants": consts.get("u4", 0) + consts.get("i4", 0),
-              "int8_constants": consts.get("u8", 0) + consts.get("i8", 0),
-              "float_layers": [{"node": n, "why": w} for n, w in reasons.items()],
-              "bytes_fp32": before, "bytes": path.stat().st_size + path.with_suffix(".bin").stat().st_size}
+    record = {
+        "runtime": "openvino",
+        "compressor": f"nncf {nncf.__version__} compress_weights INT4_SYM",
+        "int4_constants": consts.get("u4", 0) + consts.get("i4", 0),
+        "int8_constants": consts.get("u8", 0) + consts.get("i8", 0),
+        "float_layers": [{"node": n, "why": w} for n, w in reasons.items()],
+        "bytes_fp32": before,
+        "bytes": path.stat().st_size + path.with_suffix(".bin").stat().st_size,
+    }
     return path, record

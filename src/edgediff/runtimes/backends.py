@@ -44,8 +44,10 @@ def _onnx_signature(path: Path) -> dict:
         return out
 
     inits = {i.name for i in model.graph.initializer}
-    return {"inputs": describe([i for i in model.graph.input if i.name not in inits]),
-            "outputs": describe(model.graph.output)}
+    return {
+        "inputs": describe([i for i in model.graph.input if i.name not in inits]),
+        "outputs": describe(model.graph.output),
+    }
 
 
 @contextlib.contextmanager
@@ -59,8 +61,11 @@ def quiet_output():
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                    warnings.catch_warnings():
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+                warnings.catch_warnings(),
+            ):
                 warnings.simplefilter("ignore")
                 yield
         finally:
@@ -80,8 +85,10 @@ def require(module: str, extra: str, fmt: str):
         with quiet_output():
             return importlib.import_module(module)
     except ImportError as e:
-        raise EdgediffError(f"format {fmt} needs the optional package {module.split('.')[0]!r} ({e.msg}); "
-                            f"install it with: pip install 'edgediff[{extra}]'") from None
+        raise EdgediffError(
+            f"format {fmt} needs the optional package {module.split('.')[0]!r} ({e.msg}); "
+            f"install it with: pip install 'edgediff[{extra}]'"
+        ) from None
 
 
 _require = require
@@ -100,8 +107,10 @@ def _openvino_signature(path: Path) -> dict:
     def describe(ports):
         out = []
         for p in ports:
-            dims = [("batch" if k == 0 else "?") if d.is_dynamic else d.get_length()
-                    for k, d in enumerate(p.get_partial_shape())]
+            dims = [
+                ("batch" if k == 0 else "?") if d.is_dynamic else d.get_length()
+                for k, d in enumerate(p.get_partial_shape())
+            ]
             et = p.get_element_type().get_type_name()
             out.append({"name": p.get_any_name(), "dtype": _OV_DTYPES.get(et, et), "shape": dims})
         return out
@@ -137,8 +146,10 @@ def _tflite_describe(details: dict) -> list[dict]:
 
 def _tflite_signature(path: Path) -> dict:
     _, runner = _tflite_runner(path)
-    return {"inputs": _tflite_describe(runner.get_input_details()),
-            "outputs": _tflite_describe(runner.get_output_details())}
+    return {
+        "inputs": _tflite_describe(runner.get_input_details()),
+        "outputs": _tflite_describe(runner.get_output_details()),
+    }
 
 
 # Core ML FeatureTypes.ArrayFeatureType.ArrayDataType values
@@ -154,15 +165,24 @@ def _coreml_signature(path: Path) -> dict:
         raise EdgediffError(f"{path}: not a readable Core ML package ({type(e).__name__})") from None
 
     def describe(features):
-        return [{"name": f.name, "dtype": _COREML_DTYPES.get(f.type.multiArrayType.dataType,
-                                                             str(f.type.multiArrayType.dataType)),
-                 "shape": [int(d) for d in f.type.multiArrayType.shape]} for f in features]
+        return [
+            {
+                "name": f.name,
+                "dtype": _COREML_DTYPES.get(f.type.multiArrayType.dataType, str(f.type.multiArrayType.dataType)),
+                "shape": [int(d) for d in f.type.multiArrayType.shape],
+            }
+            for f in features
+        ]
 
     return {"inputs": describe(spec.description.input), "outputs": describe(spec.description.output)}
 
 
-SIGNATURES = {"onnx": _onnx_signature, "openvino": _openvino_signature, "tflite": _tflite_signature,
-              "coreml": _coreml_signature}
+SIGNATURES = {
+    "onnx": _onnx_signature,
+    "openvino": _openvino_signature,
+    "tflite": _tflite_signature,
+    "coreml": _coreml_signature,
+}
 
 
 def model_signature(path: Path, fmt: str) -> dict:
@@ -194,8 +214,10 @@ class OnnxRuntimeDenoiser:
         self.label = f"ONNX Runtime {ort.__version__} CPUExecutionProvider"
 
     def __call__(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
-        feeds = {self.inputs[0][0]: np.ascontiguousarray(x, np.float32),
-                 self.inputs[1][0]: np.ascontiguousarray(t, np.float32)}
+        feeds = {
+            self.inputs[0][0]: np.ascontiguousarray(x, np.float32),
+            self.inputs[1][0]: np.ascontiguousarray(t, np.float32),
+        }
         if len(self.inputs) > 2:
             name, typ = self.inputs[2]
             dtype = np.int64 if "int64" in typ else np.float32
@@ -230,8 +252,10 @@ class OpenVINODenoiser:
         self.label = f"OpenVINO {ov.__version__.split('-')[0]} CPU plugin (INFERENCE_PRECISION_HINT {self.hint})"
 
     def __call__(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
-        feeds = {self.inputs[0][0]: np.ascontiguousarray(x, np.float32),
-                 self.inputs[1][0]: np.ascontiguousarray(t, np.float32)}
+        feeds = {
+            self.inputs[0][0]: np.ascontiguousarray(x, np.float32),
+            self.inputs[1][0]: np.ascontiguousarray(t, np.float32),
+        }
         if len(self.inputs) > 2:
             name, et = self.inputs[2]
             feeds[name] = np.ascontiguousarray(cond, _cond_dtype(_OV_DTYPES.get(et, et)))
@@ -249,11 +273,15 @@ class TFLiteDenoiser:
         self.inputs = [(i["name"], i["dtype"]) for i in _tflite_describe(self.runner.get_input_details())]
         self.output = _tflite_describe(self.runner.get_output_details())[0]["name"]
         self.warm = False
-        self.label = f"LiteRT {getattr(ai_edge_litert, '__version__', '')} interpreter (XNNPACK, CPU)".replace("  ", " ")
+        self.label = f"LiteRT {getattr(ai_edge_litert, '__version__', '')} interpreter (XNNPACK, CPU)".replace(
+            "  ", " "
+        )
 
     def __call__(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
-        feeds = {self.inputs[0][0]: np.ascontiguousarray(x, np.float32),
-                 self.inputs[1][0]: np.ascontiguousarray(t, np.float32)}
+        feeds = {
+            self.inputs[0][0]: np.ascontiguousarray(x, np.float32),
+            self.inputs[1][0]: np.ascontiguousarray(t, np.float32),
+        }
         if len(self.inputs) > 2:
             name, dtype = self.inputs[2]
             feeds[name] = np.ascontiguousarray(cond, _cond_dtype(dtype))
@@ -293,8 +321,7 @@ def open_denoiser(path: Path, fmt: str, *, threads: int = 0):
     if fmt in NOT_HERE:
         raise EdgediffError(f"{path}: format {fmt!r} cannot run on this host: {NOT_HERE[fmt]}")
     if fmt not in BACKENDS:
-        raise EdgediffError(f"{path}: no backend on this host runs format {fmt!r} "
-                            f"(available: {', '.join(BACKENDS)})")
+        raise EdgediffError(f"{path}: no backend on this host runs format {fmt!r} (available: {', '.join(BACKENDS)})")
     denoise = BACKENDS[fmt](path, threads=threads)
     batch = model_signature(path, fmt)["inputs"][0]["shape"][0]
     return FixedBatch(denoise, batch) if isinstance(batch, int) else denoise

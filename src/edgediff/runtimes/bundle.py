@@ -100,8 +100,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         raise EdgediffError(f"{where}: field format is {fmt!r}, expected {FORMAT!r}")
     version = _field(manifest, "format_version", where)
     if version != FORMAT_VERSION:
-        raise EdgediffError(f"{where}: field format_version is {version!r}; this edgediff reads "
-                            f"version {FORMAT_VERSION}")
+        raise EdgediffError(
+            f"{where}: field format_version is {version!r}; this edgediff reads version {FORMAT_VERSION}"
+        )
     files = _field(manifest, "files", where)
     model = _field(manifest, "model", where)
     for key in ("format", "file", "inputs", "outputs"):
@@ -119,11 +120,14 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                 raise EdgediffError(f"{fpath}: listed in manifest.json files but missing")
             digest = sha256_path(fpath)
             if digest != rec.get("sha256"):
-                raise EdgediffError(f"{fpath}: sha256 {digest[:12]}… does not match manifest.json "
-                                    f"files[{name!r}].sha256 {str(rec.get('sha256'))[:12]}…; the file changed "
-                                    "after compile")
-    bundle = Bundle(root=root, manifest=manifest, scheduler=_read_json(root, SCHEDULER),
-                    report=_read_json(root, REPORT))
+                raise EdgediffError(
+                    f"{fpath}: sha256 {digest[:12]}… does not match manifest.json "
+                    f"files[{name!r}].sha256 {str(rec.get('sha256'))[:12]}…; the file changed "
+                    "after compile"
+                )
+    bundle = Bundle(
+        root=root, manifest=manifest, scheduler=_read_json(root, SCHEDULER), report=_read_json(root, REPORT)
+    )
     if verify:
         check_signature(bundle)
     return bundle
@@ -137,5 +141,6 @@ def check_signature(bundle: Bundle) -> None:
     expected = {"inputs": bundle.manifest["model"]["inputs"], "outputs": bundle.manifest["model"]["outputs"]}
     for side in ("inputs", "outputs"):
         if actual[side] != expected[side]:
-            raise EdgediffError(f"{bundle.model_path}: {side} {actual[side]} do not match manifest.json "
-                                f"model.{side} {expected[side]}")
+            raise EdgediffError(
+                f"{bundle.model_path}: {side} {actual[side]} do not match manifest.json model.{side} {expected[side]}"
+            )

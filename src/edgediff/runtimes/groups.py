@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgediff.runtimes.backends import FixedBatch, TFLiteDenoiser, model_signature, open_denoiser, ort_options
 from edgediff.core.errors import EdgediffError
+from edgediff.runtimes.backends import FixedBatch, TFLiteDenoiser, model_signature, open_denoiser, ort_options
 
 _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16}
 
@@ -62,8 +62,10 @@ def check_shared(model_file: Path, shared: Path, proto=None) -> None:
         off, length = int(info.get("offset", 0)), int(info.get("length", -1))
         expect = int(np.prod(init.dims, dtype=np.int64)) * np.dtype(_NP.get(init.data_type, np.uint8)).itemsize
         if init.data_type not in _NP or length != expect or off < 0 or off + length > size:
-            raise EdgediffError(f"{model_file}: initializer {init.name!r} does not fit {shared} "
-                                f"(offset {off}, length {length}, {size} bytes)")
+            raise EdgediffError(
+                f"{model_file}: initializer {init.name!r} does not fit {shared} "
+                f"(offset {off}, length {length}, {size} bytes)"
+            )
 
 
 class NotShareable(Exception):
@@ -73,8 +75,9 @@ class NotShareable(Exception):
 def _inline_values(proto) -> dict:
     from onnx import TensorProto, numpy_helper
 
-    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer
-            if i.data_location != TensorProto.EXTERNAL}
+    return {
+        i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_location != TensorProto.EXTERNAL
+    }
 
 
 def _structure(proto) -> list:
@@ -86,8 +89,16 @@ def _differing(values: list[dict]) -> set[str]:
     names = set(values[0])
     if any(set(v) != names for v in values[1:]):
         raise NotShareable("the graphs do not have the same initializers")
-    return {k for k in names if any(v[k].dtype != values[0][k].dtype or v[k].shape != values[0][k].shape
-                                    or not np.array_equal(v[k], values[0][k]) for v in values[1:])}
+    return {
+        k
+        for k in names
+        if any(
+            v[k].dtype != values[0][k].dtype
+            or v[k].shape != values[0][k].shape
+            or not np.array_equal(v[k], values[0][k])
+            for v in values[1:]
+        )
+    }
 
 
 class OneSession:
@@ -126,20 +137,23 @@ class OneSession:
             single.graph.initializer.extend(keep)
             for k in self.names:
                 v = opt_values[0][k]
-                single.graph.input.append(onnx.helper.make_tensor_value_info(
-                    k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)))
+                single.graph.input.append(
+                    onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                )
             opts = ort_options(threads)
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized already
             # the optimized graph still reads the bundle's weights.bin (external data, relative to the bundle)
-            opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                          str(Path(files[0]).parent.resolve()))
+            opts.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(Path(files[0]).parent.resolve())
+            )
             self.session = self._session(ort, single.SerializeToString(), opts)
         self.inputs = [(i.name, i.type) for i in self.session.get_inputs() if i.name not in set(self.names)]
         self.output = self.session.get_outputs()[0].name
         # one binding per group, its values bound once; a call binds only x, t and cond
         # (self._values keeps the bound OrtValues alive as long as the bindings)
-        self._values = [{k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v[k])) for k in self.names}
-                        for v in values]
+        self._values = [
+            {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v[k])) for k in self.names} for v in values
+        ]
         self.bindings = []
         for vals in self._values:
             b = self.session.io_binding()
@@ -153,9 +167,9 @@ class OneSession:
         try:
             return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"], **kwargs)
         except Exception as e:  # e.g. an ONNX Runtime without the external-data folder option: a session per group
-            raise NotShareable(f"ONNX Runtime {ort.__version__} could not build the shared session "
-                               f"({str(e).splitlines()[0][:200]})") from None
-
+            raise NotShareable(
+                f"ONNX Runtime {ort.__version__} could not build the shared session ({str(e).splitlines()[0][:200]})"
+            ) from None
 
     def run(self, group: int, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         b = self.bindings[group]
@@ -184,26 +198,36 @@ class GroupedDenoiser:
 
     takes_step = True  # the loops pass step=StepCall(i, group, cached) (runner.generate)
 
-    def __init__(self, root: Path, groups: dict, plan_timesteps, *, fmt: str = "onnx", threads: int = 0,
-                 one_session: bool = True):
+    def __init__(
+        self, root: Path, groups: dict, plan_timesteps, *, fmt: str = "onnx", threads: int = 0, one_session: bool = True
+    ):
         try:
             files = [Path(root) / f for f in groups["files"]]
             self.step_group = np.asarray(groups["step_group"], np.int64)
         except KeyError as e:
             raise EdgediffError(f"{root / 'scheduler.json'}: timestep_groups is missing field {e.args[0]!r}") from None
         self.timesteps = np.asarray(plan_timesteps, np.float64)
-        if self.step_group.shape != self.timesteps.shape or self.step_group.min() < 0 \
-                or self.step_group.max() >= len(files):
-            raise EdgediffError(f"{root / 'scheduler.json'}: timestep_groups.step_group must give a group in "
-                                f"0..{len(files) - 1} for each of the plan's {self.timesteps.size} steps")
+        if (
+            self.step_group.shape != self.timesteps.shape
+            or self.step_group.min() < 0
+            or self.step_group.max() >= len(files)
+        ):
+            raise EdgediffError(
+                f"{root / 'scheduler.json'}: timestep_groups.step_group must give a group in "
+                f"0..{len(files) - 1} for each of the plan's {self.timesteps.size} steps"
+            )
         self.one_session, self.why_sessions = None, None
         if fmt == "tflite":  # one flatbuffer, group k under the signature "group{k}" (quant_tflite.merge_groups)
             if len(set(files)) != 1:
-                raise EdgediffError(f"{root / 'scheduler.json'}: a TFLite bundle's timestep_groups.files must name "
-                                    "its one flatbuffer once per group")
+                raise EdgediffError(
+                    f"{root / 'scheduler.json'}: a TFLite bundle's timestep_groups.files must name "
+                    "its one flatbuffer once per group"
+                )
             first = TFLiteDenoiser(files[0], threads=threads, signature="group0")
-            models = [first] + [TFLiteDenoiser(files[0], signature=f"group{k}", interpreter=first.interpreter)
-                                for k in range(1, len(files))]
+            models = [first] + [
+                TFLiteDenoiser(files[0], signature=f"group{k}", interpreter=first.interpreter)
+                for k in range(1, len(files))
+            ]
             batch = first.runner.get_input_details()[first.inputs[0][0]]["shape_signature"][0]
             self.models = models if batch < 0 else [FixedBatch(m, int(batch)) for m in models]
             self.sessions, self.label = 1, f"{first.label}, {len(models)} timestep groups in one flatbuffer"
@@ -222,8 +246,12 @@ class GroupedDenoiser:
                 self.why_sessions = str(e)
         if self.one_session is not None:
             batch = model_signature(files[0], fmt)["inputs"][0]["shape"][0]
-            self.models = [_GroupOf(self.one_session, g) if not isinstance(batch, int)
-                           else FixedBatch(_GroupOf(self.one_session, g), batch) for g in range(len(files))]
+            self.models = [
+                _GroupOf(self.one_session, g)
+                if not isinstance(batch, int)
+                else FixedBatch(_GroupOf(self.one_session, g), batch)
+                for g in range(len(files))
+            ]
         else:
             self.models = [open_denoiser(f, fmt, threads=threads) for f in files]
         self.sessions = 1 if self.one_session is not None else len(files)
@@ -238,8 +266,9 @@ class GroupedDenoiser:
         if step is not None:  # (index, group, cached): the loop's table; `cached` is not used (no feature cache)
             group = int(step[1])
             if not 0 <= group < len(self.models):
-                raise EdgediffError(f"step {step[0]}: group {group} out of range (this bundle has "
-                                    f"{len(self.models)} groups)")
+                raise EdgediffError(
+                    f"step {step[0]}: group {group} out of range (this bundle has {len(self.models)} groups)"
+                )
             return self.models[group](x, t, cond)
         g = self.group_of(t)
         if (g == g[0]).all():
@@ -251,8 +280,16 @@ class GroupedDenoiser:
         return out
 
 
-def grouped_denoiser(root: Path, groups: dict | None, plan_timesteps, *, model_file: Path | None = None,
-                     fmt: str = "onnx", threads: int = 0, one_session: bool = True):
+def grouped_denoiser(
+    root: Path,
+    groups: dict | None,
+    plan_timesteps,
+    *,
+    model_file: Path | None = None,
+    fmt: str = "onnx",
+    threads: int = 0,
+    one_session: bool = True,
+):
     """The denoiser of a bundle folder: grouped when `groups` is given, else `model_file` alone."""
     if groups:
         return GroupedDenoiser(root, groups, plan_timesteps, fmt=fmt, threads=threads, one_session=one_session)

@@ -26,7 +26,7 @@ def grid(images: np.ndarray, *, ncols: int | None = None, pad: int = 1) -> np.nd
     out = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.uint8)
     for k in range(n):
         r, q = divmod(k, ncols)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = tiles[k]
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = tiles[k]
     return out
 
 

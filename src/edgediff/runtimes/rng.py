@@ -188,7 +188,7 @@ class NoiseSource:
             raise EdgediffError("NoiseSource needs at least one stream, got streams=()")
 
     @classmethod
-    def for_batch(cls, seed: int, n: int, first_stream: int = 0) -> "NoiseSource":
+    def for_batch(cls, seed: int, n: int, first_stream: int = 0) -> NoiseSource:
         return cls(seed, tuple(range(first_stream, first_stream + n)))
 
     def draw(self, call: int, shape: tuple) -> np.ndarray:
@@ -198,6 +198,12 @@ class NoiseSource:
 
 
 if __name__ == "__main__":
-    for name, values in [("SQRT_HALF", [SQRT_HALF]), ("LN2", [LN2]), ("HALF_PI", [HALF_PI]),
-                         ("LOG_C", LOG_C), ("SIN_C", SIN_C), ("COS_C", COS_C)]:
+    for name, values in [
+        ("SQRT_HALF", [SQRT_HALF]),
+        ("LN2", [LN2]),
+        ("HALF_PI", [HALF_PI]),
+        ("LOG_C", LOG_C),
+        ("SIN_C", SIN_C),
+        ("COS_C", COS_C),
+    ]:
         print(name, " ".join(float(v).hex() for v in values))

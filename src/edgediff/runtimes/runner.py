@@ -23,9 +23,9 @@ from typing import Literal
 
 import numpy as np
 
+from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.backends import open_denoiser
 from edgediff.runtimes.bundle import Bundle
-from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.samplers.base import Plan
 from edgediff.runtimes.sampling import sample
@@ -43,7 +43,7 @@ class SamplingSetup:
     steps: StepTable | None = None  # timestep groups / cache schedule of the plan's steps
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "SamplingSetup":
+    def from_bundle(cls, bundle: Bundle) -> SamplingSetup:
         sched = bundle.scheduler
         try:
             plan = Plan.from_dict(sched["plan"])
@@ -51,8 +51,13 @@ class SamplingSetup:
         except KeyError as e:
             raise EdgediffError(f"{bundle.root / 'scheduler.json'}: missing field {e.args[0]!r}") from None
         steps = StepTable.from_scheduler(sched, len(plan.model_timesteps), where=str(bundle.root / "scheduler.json"))
-        return cls(plan=plan, guidance=guidance, conditioning=bundle.conditioning,
-                   sample_shape=bundle.sample_shape, steps=steps)
+        return cls(
+            plan=plan,
+            guidance=guidance,
+            conditioning=bundle.conditioning,
+            sample_shape=bundle.sample_shape,
+            steps=steps,
+        )
 
 
 def default_labels(setup: SamplingSetup, n: int, label: int | None = None) -> np.ndarray | None:
@@ -78,26 +83,51 @@ def _c_sample(denoise, plan, noise, *, labels, guidance, null_label, sample_shap
     try:
         from edgediff.runtimes import _cruntime
     except ImportError as e:  # built by `pip install` (setup.py); never a silent fallback
-        raise EdgediffError(f"the C runtime extension is not built ({e}); reinstall edgediff or use loop='python'") \
-            from None
+        raise EdgediffError(
+            f"the C runtime extension is not built ({e}); reinstall edgediff or use loop='python'"
+        ) from None
     tables = {}
     if steps is not None:
         if steps.num_steps != len(plan.model_timesteps):
-            raise EdgediffError(f"the step table has {steps.num_steps} entries but the plan has "
-                                f"{len(plan.model_timesteps)} steps")
+            raise EdgediffError(
+                f"the step table has {steps.num_steps} entries but the plan has {len(plan.model_timesteps)} steps"
+            )
         inner = denoise
 
         def denoise(x, t, cond, step):  # noqa: F811 - the C loop passes a plain tuple
             return inner(x, t, cond, step=StepCall(*step))
 
-        tables = dict(step_group=steps.groups, num_groups=steps.num_groups,
-                      cache_flags=None if steps.cached is None else [int(c) for c in steps.cached])
-    return _cruntime.sample(plan, denoise, noise.seed, noise.streams, labels=labels, guidance=guidance,
-                            null_label=null_label, sample_shape=sample_shape, callback=callback, **tables)
+        tables = dict(
+            step_group=steps.groups,
+            num_groups=steps.num_groups,
+            cache_flags=None if steps.cached is None else [int(c) for c in steps.cached],
+        )
+    return _cruntime.sample(
+        plan,
+        denoise,
+        noise.seed,
+        noise.streams,
+        labels=labels,
+        guidance=guidance,
+        null_label=null_label,
+        sample_shape=sample_shape,
+        callback=callback,
+        **tables,
+    )
 
 
-def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.ndarray | None = None,
-             batch_size: int = 256, progress=None, on_call=None, loop: Loop = "c") -> np.ndarray:
+def generate(
+    denoise,
+    setup: SamplingSetup,
+    *,
+    n: int,
+    seed: int,
+    labels: np.ndarray | None = None,
+    batch_size: int = 256,
+    progress=None,
+    on_call=None,
+    loop: Loop = "c",
+) -> np.ndarray:
     """Sample `n` images with `denoise`; returns float32 (n, C, H, W), clipped to [-1, 1].
 
     progress(k) is called once per denoiser step with the number of images it advanced.
@@ -132,8 +162,17 @@ def generate(denoise, setup: SamplingSetup, *, n: int, seed: int, labels: np.nda
         noise = NoiseSource(seed=seed, streams=tuple(range(start, stop)))
         batch_labels = None if labels is None else labels[start:stop]
         cb = (lambda i, t, x, eps, _k=stop - start: progress(_k)) if progress else None
-        x = run(denoise, setup.plan, noise, labels=batch_labels, guidance=guidance,
-                null_label=c.get("null_label"), sample_shape=setup.sample_shape, callback=cb, steps=steps)
+        x = run(
+            denoise,
+            setup.plan,
+            noise,
+            labels=batch_labels,
+            guidance=guidance,
+            null_label=c.get("null_label"),
+            sample_shape=setup.sample_shape,
+            callback=cb,
+            steps=steps,
+        )
         out.append(x)
     images = np.concatenate(out).astype(np.float32)
     if not np.isfinite(images).all():

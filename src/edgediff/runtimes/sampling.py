@@ -19,7 +19,7 @@ of 2B, conditional first: ``eps = eps_u + guidance * (eps_c - eps_u)`` (float32)
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,9 +31,18 @@ from edgediff.runtimes.steps import StepTable
 Denoiser = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
-def sample(denoise: Denoiser, plan: Plan, noise: NoiseSource, *, labels: np.ndarray | None = None,
-           guidance: float = 1.0, null_label: int | None = None, sample_shape: tuple,
-           callback: Callable | None = None, steps: StepTable | None = None) -> np.ndarray:
+def sample(
+    denoise: Denoiser,
+    plan: Plan,
+    noise: NoiseSource,
+    *,
+    labels: np.ndarray | None = None,
+    guidance: float = 1.0,
+    null_label: int | None = None,
+    sample_shape: tuple,
+    callback: Callable | None = None,
+    steps: StepTable | None = None,
+) -> np.ndarray:
     """Run ``plan`` for a batch of len(noise.streams) images of ``sample_shape`` (C, H, W).
 
     denoise(x float32 (B, C, H, W), t float32 (B,), labels int64 (B,) or None) -> float32
@@ -53,8 +62,9 @@ def sample(denoise: Denoiser, plan: Plan, noise: NoiseSource, *, labels: np.ndar
         labels2 = np.concatenate([labels, np.full(batch, null_label, dtype=np.int64)])
     g = np.float32(guidance)
     if steps is not None and steps.num_steps != len(plan.model_timesteps):
-        raise EdgediffError(f"the step table has {steps.num_steps} entries but the plan has "
-                            f"{len(plan.model_timesteps)} steps")
+        raise EdgediffError(
+            f"the step table has {steps.num_steps} entries but the plan has {len(plan.model_timesteps)} steps"
+        )
 
     x = solver.init_latent(plan, noise.draw(0, tuple(sample_shape)))
     carry = None
@@ -62,8 +72,10 @@ def sample(denoise: Denoiser, plan: Plan, noise: NoiseSource, *, labels: np.ndar
         x_in = solver.model_input(plan, i, x)
         kw = {} if steps is None else {"step": steps.call(i)}
         if guided:
-            out = np.asarray(denoise(np.concatenate([x_in, x_in]), np.full(2 * batch, t, np.float32), labels2, **kw),
-                             dtype=np.float32)
+            out = np.asarray(
+                denoise(np.concatenate([x_in, x_in]), np.full(2 * batch, t, np.float32), labels2, **kw),
+                dtype=np.float32,
+            )
             eps_c, eps_u = out[:batch], out[batch:]
             eps = eps_u + g * (eps_c - eps_u)
         else:

@@ -58,11 +58,14 @@ class StepTable:
                 raise EdgediffError("cache flags: the first step has nothing cached to reuse")
 
     def call(self, i: int) -> StepCall:
-        return StepCall(i, self.groups[i] if self.groups is not None else 0,
-                        bool(self.cached[i]) if self.cached is not None else False)
+        return StepCall(
+            i,
+            self.groups[i] if self.groups is not None else 0,
+            bool(self.cached[i]) if self.cached is not None else False,
+        )
 
     @classmethod
-    def from_scheduler(cls, sched: dict, num_steps: int, *, where: str = "scheduler.json") -> "StepTable | None":
+    def from_scheduler(cls, sched: dict, num_steps: int, *, where: str = "scheduler.json") -> StepTable | None:
         """The table of a scheduler.json dict (None when both fields are null or absent)."""
         groups, num_groups = parse_groups(sched.get("timestep_groups"), num_steps, where=where)
         cached = parse_cache_schedule(sched.get("cache_schedule"), num_steps, where=where)
@@ -94,8 +97,10 @@ def parse_groups(g, num_steps: int, *, where: str = "scheduler.json") -> tuple[t
         if not _int(s):
             raise EdgediffError(f"{where}: timestep_groups.step_group[{k}] must be an integer, got {s!r}")
         if not 0 <= s < len(files):
-            raise EdgediffError(f"{where}: timestep_groups.step_group[{k}] is {s}; it must be a group index in "
-                                f"0..{len(files) - 1} (timestep_groups.files lists {len(files)})")
+            raise EdgediffError(
+                f"{where}: timestep_groups.step_group[{k}] is {s}; it must be a group index in "
+                f"0..{len(files) - 1} (timestep_groups.files lists {len(files)})"
+            )
     return tuple(steps), len(files)
 
 
@@ -124,13 +129,14 @@ def parse_cache_schedule(c, num_steps: int, *, where: str = "scheduler.json") ->
             raise EdgediffError(f"{where}: cache_schedule.interval must be a positive integer, got {n!r}")
         return cache_flags(n, num_steps)
     steps = c["steps"]
-    _per_step_list(steps, "cache_schedule.steps", "a list of \"full\" / \"cached\"", num_steps, where)
+    _per_step_list(steps, "cache_schedule.steps", 'a list of "full" / "cached"', num_steps, where)
     for k, s in enumerate(steps):
         if s not in ("full", "cached"):
-            raise EdgediffError(f"{where}: cache_schedule.steps[{k}] must be \"full\" or \"cached\", got {s!r}")
+            raise EdgediffError(f'{where}: cache_schedule.steps[{k}] must be "full" or "cached", got {s!r}')
     if steps and steps[0] != "full":
-        raise EdgediffError(f"{where}: cache_schedule.steps[0] must be \"full\": the first step has nothing "
-                            "cached to reuse")
+        raise EdgediffError(
+            f'{where}: cache_schedule.steps[0] must be "full": the first step has nothing cached to reuse'
+        )
     return tuple(s == "cached" for s in steps)
 
 

@@ -21,9 +21,30 @@ from pathlib import Path
 from edgediff.targets.profile import ComputeUnit, Memory, TargetProfile
 
 # The flags worth showing: vector width, dot products, half and bfloat16 arithmetic, matrix units.
-INTERESTING = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-               "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-               "asimd", "fphp", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2")
+INTERESTING = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "fphp",
+    "asimdhp",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "sve",
+    "sve2",
+)
 
 
 def _fp32_per_cycle(f: set[str]) -> int:
@@ -56,10 +77,17 @@ def _int8_per_cycle(f: set[str]) -> int:
     return 2 * _fp32_per_cycle(f)
 
 
-_PER_CYCLE = {"fp32": _fp32_per_cycle, "fp16": _fp16_per_cycle, "int8": _int8_per_cycle,
-              "int4": _fp32_per_cycle,  # weight-only: unpacked to float, computed at the fp32 rate
-              "bf16": lambda f: 1024 if "amx_bf16" in f else (2 * _fp32_per_cycle(f) if "avx512_bf16" in f
-                                                              or "bf16" in f else _fp32_per_cycle(f))}
+_PER_CYCLE = {
+    "fp32": _fp32_per_cycle,
+    "fp16": _fp16_per_cycle,
+    "int8": _int8_per_cycle,
+    "int4": _fp32_per_cycle,  # weight-only: unpacked to float, computed at the fp32 rate
+    "bf16": lambda f: (
+        1024
+        if "amx_bf16" in f
+        else (2 * _fp32_per_cycle(f) if "avx512_bf16" in f or "bf16" in f else _fp32_per_cycle(f))
+    ),
+}
 
 
 def _read(path: str) -> str:
@@ -113,12 +141,13 @@ def _peak_tops(unit: ComputeUnit, info: dict) -> tuple[dict[str, float], str] | 
     if "mhz" not in info or "features" not in info:
         return None
     f = set(info["features"])
-    peaks = {p: info["cores"] * info["mhz"] * 1e6 * _PER_CYCLE[p](f) / 1e12 for p in unit.precisions
-             if p in _PER_CYCLE}
+    peaks = {p: info["cores"] * info["mhz"] * 1e6 * _PER_CYCLE[p](f) / 1e12 for p in unit.precisions if p in _PER_CYCLE}
     if set(peaks) != set(unit.precisions):
         return None
-    basis = (f"estimate at load: {info['cores']} cores x {info['mhz']:.0f} MHz x ops/cycle for "
-             f"{', '.join(info['features']) or 'scalar'} (two vector pipes assumed; src/edgediff/targets/host.py)")
+    basis = (
+        f"estimate at load: {info['cores']} cores x {info['mhz']:.0f} MHz x ops/cycle for "
+        f"{', '.join(info['features']) or 'scalar'} (two vector pipes assumed; src/edgediff/targets/host.py)"
+    )
     return peaks, basis
 
 
@@ -131,8 +160,17 @@ def merge_host(profile: TargetProfile, info: dict | None = None) -> TargetProfil
         units[name] = replace(unit, peak_tops=peak[0], peak_source=peak[1]) if peak else unit
     mem = profile.memory
     if "memory_total_mb" in info and "memory_available_mb" in info:
-        mem = Memory(total_mb=info["memory_total_mb"], budget_mb=info["memory_available_mb"],
-                     bandwidth_gbps=mem.bandwidth_gbps,
-                     source=f"detected at load: /proc/meminfo (budget = MemAvailable); bandwidth: {mem.source}")
-    return replace(profile, compute_units=units, memory=mem, cores=info.get("cores", profile.cores),
-                   features=tuple(info.get("features", profile.features)), detected=info)
+        mem = Memory(
+            total_mb=info["memory_total_mb"],
+            budget_mb=info["memory_available_mb"],
+            bandwidth_gbps=mem.bandwidth_gbps,
+            source=f"detected at load: /proc/meminfo (budget = MemAvailable); bandwidth: {mem.source}",
+        )
+    return replace(
+        profile,
+        compute_units=units,
+        memory=mem,
+        cores=info.get("cores", profile.cores),
+        features=tuple(info.get("features", profile.features)),
+        detected=info,
+    )

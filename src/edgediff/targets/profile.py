@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 from edgediff.core.errors import EdgediffError
 
@@ -131,8 +132,10 @@ class TargetProfile:
 
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:
-            raise EdgediffError(f"target {self.name}: precision {precision!r} is not supported "
-                                f"(supported: {', '.join(self.precisions)})")
+            raise EdgediffError(
+                f"target {self.name}: precision {precision!r} is not supported "
+                f"(supported: {', '.join(self.precisions)})"
+            )
 
     def unit_for(self, precision: str) -> str:
         """The preferred unit (first in file order) that runs `precision`."""
@@ -156,17 +159,25 @@ class TargetProfile:
         groups: dict[str, list[str]] = {"supported": [], "unsupported": [], "unknown": []}
         for op in sorted(set(op_types)):
             groups[ops.status(op)].append(op)
-        return OpReport(target=self.name, unit=unit, supported=tuple(groups["supported"]),
-                        unsupported=tuple(groups["unsupported"]), unknown=tuple(groups["unknown"]),
-                        notes={op: n for op, n in ops.notes.items() if op in set(op_types)}, source=ops.source)
+        return OpReport(
+            target=self.name,
+            unit=unit,
+            supported=tuple(groups["supported"]),
+            unsupported=tuple(groups["unsupported"]),
+            unknown=tuple(groups["unknown"]),
+            notes={op: n for op, n in ops.notes.items() if op in set(op_types)},
+            source=ops.source,
+        )
 
     # -- roofline numbers ---------------------------------------------------
     def peak_ops(self, unit: str, precision: str) -> float:
         """Peak arithmetic rate of `unit` at `precision`, in ops/s."""
         u = self.unit(unit)
         if precision not in u.peak_tops:
-            raise EdgediffError(f"target {self.name}: unit {unit} does not run precision {precision!r} "
-                                f"(runs: {', '.join(u.precisions)})")
+            raise EdgediffError(
+                f"target {self.name}: unit {unit} does not run precision {precision!r} "
+                f"(runs: {', '.join(u.precisions)})"
+            )
         return u.peak_tops[precision] * 1e12
 
     @property
@@ -179,12 +190,13 @@ class TargetProfile:
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict, path: Path) -> "TargetProfile":
+    def from_dict(cls, d: dict, path: Path) -> TargetProfile:
         r = _Table(d, path, "")
         name = r.take("name", str)
         if name != path.stem:
-            raise EdgediffError(f"{path}: field name is {name!r} but the file is {path.name} "
-                                f"(they must match: name = {path.stem!r})")
+            raise EdgediffError(
+                f"{path}: field name is {name!r} but the file is {path.name} (they must match: name = {path.stem!r})"
+            )
         fmt = r.take("format", str)
         if fmt not in FORMATS:
             raise EdgediffError(f"{path}: field format is {fmt!r}; one of {', '.join(FORMATS)}")
@@ -198,11 +210,19 @@ class TargetProfile:
         if not units_table:
             raise EdgediffError(f"{path}: field units must list at least one unit")
         compute_units = {u: _unit(u, spec, path) for u, spec in units_table.items()}
-        profile = cls(name=name, description=r.take("description", str, ""), format=fmt,
-                      runtime=r.take("runtime", str), static_shapes=r.take("static_shapes", bool, False),
-                      units={u: cu.precisions for u, cu in compute_units.items()}, compute_units=compute_units,
-                      memory=_memory(r.take("memory", dict), path), cores=cores,
-                      features=tuple(r.take("features", list, [], of=str)), path=path)
+        profile = cls(
+            name=name,
+            description=r.take("description", str, ""),
+            format=fmt,
+            runtime=r.take("runtime", str),
+            static_shapes=r.take("static_shapes", bool, False),
+            units={u: cu.precisions for u, cu in compute_units.items()},
+            compute_units=compute_units,
+            memory=_memory(r.take("memory", dict), path),
+            cores=cores,
+            features=tuple(r.take("features", list, [], of=str)),
+            path=path,
+        )
         r.done()
         if detect == "host":
             from edgediff.targets.host import merge_host
@@ -213,8 +233,14 @@ class TargetProfile:
 
 # ---------------------------------------------------------------- validation
 _REQUIRED = object()
-_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number",
-               list: "a list", dict: "a table"}
+_TYPE_NAMES = {
+    str: "a string",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "a table",
+}
 
 
 class _Table:
@@ -236,15 +262,16 @@ class _Table:
         if of is not None:
             bad = [v for v in value if not _is(v, of)]
             if bad:
-                raise EdgediffError(f"{self.path}: field {where} must hold only {_TYPE_NAMES[of]}s "
-                                    f"(got {bad[0]!r})")
+                raise EdgediffError(f"{self.path}: field {where} must hold only {_TYPE_NAMES[of]}s (got {bad[0]!r})")
         return float(value) if kind is float else value
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
         if unknown:
-            raise EdgediffError(f"{self.path}: unknown field {', '.join(self.where + k for k in unknown)} "
-                                f"(known here: {', '.join(sorted(self.seen))})")
+            raise EdgediffError(
+                f"{self.path}: unknown field {', '.join(self.where + k for k in unknown)} "
+                f"(known here: {', '.join(sorted(self.seen))})"
+            )
 
 
 def _is(value, kind: type) -> bool:
@@ -263,8 +290,10 @@ def _unit(name: str, spec, path: Path) -> ComputeUnit:
     precisions = tuple(r.take("precisions", list, of=str))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
-        raise EdgediffError(f"{path}: field {where}precisions must be a non-empty list of "
-                            f"{', '.join(PRECISIONS)} (got {list(precisions)})")
+        raise EdgediffError(
+            f"{path}: field {where}precisions must be a non-empty list of "
+            f"{', '.join(PRECISIONS)} (got {list(precisions)})"
+        )
     if len(set(precisions)) != len(precisions):
         raise EdgediffError(f"{path}: field {where}precisions lists a precision twice ({list(precisions)})")
     peak = r.take("peak_tops", dict)
@@ -274,9 +303,15 @@ def _unit(name: str, spec, path: Path) -> ComputeUnit:
     for p, v in peak_tops.items():
         if v <= 0:
             raise EdgediffError(f"{path}: field {where}peak_tops.{p} must be positive (got {v})")
-    unit = ComputeUnit(name=name, description=r.take("description", str, ""), delegate=r.take("delegate", str),
-                       precisions=precisions, peak_tops=peak_tops, peak_source=r.take("peak_source", str),
-                       ops=_ops(r.take("ops", dict), path, where + "ops."))
+    unit = ComputeUnit(
+        name=name,
+        description=r.take("description", str, ""),
+        delegate=r.take("delegate", str),
+        precisions=precisions,
+        peak_tops=peak_tops,
+        peak_source=r.take("peak_source", str),
+        ops=_ops(r.take("ops", dict), path, where + "ops."),
+    )
     r.done()
     return unit
 
@@ -285,8 +320,9 @@ def _ops(spec: dict, path: Path, where: str) -> OpSupport:
     r = _Table(spec, path, where)
     source = r.take("source", str)
     if not (source.startswith("http") or source.startswith("not documented")):
-        raise EdgediffError(f"{path}: field {where}source must be a URL or start with 'not documented' "
-                            f"(got {source!r})")
+        raise EdgediffError(
+            f"{path}: field {where}source must be a URL or start with 'not documented' (got {source!r})"
+        )
     default = r.take("default", str, "unknown")
     if default not in OP_DEFAULTS:
         raise EdgediffError(f"{path}: field {where}default is {default!r}; one of {', '.join(OP_DEFAULTS)}")
@@ -307,21 +343,27 @@ def _ops(spec: dict, path: Path, where: str) -> OpSupport:
     if stray:
         raise EdgediffError(f"{path}: field {where}notes.{stray[0]} names an op in neither list")
     r.done()
-    return OpSupport(source=source, default=default, supported=lists["supported"],
-                     unsupported=lists["unsupported"], notes=notes)
+    return OpSupport(
+        source=source, default=default, supported=lists["supported"], unsupported=lists["unsupported"], notes=notes
+    )
 
 
 def _memory(spec: dict, path: Path) -> Memory:
     r = _Table(spec, path, "memory.")
-    mem = Memory(total_mb=r.take("total_mb", int), budget_mb=r.take("budget_mb", int),
-                 bandwidth_gbps=r.take("bandwidth_gbps", float), source=r.take("source", str))
+    mem = Memory(
+        total_mb=r.take("total_mb", int),
+        budget_mb=r.take("budget_mb", int),
+        bandwidth_gbps=r.take("bandwidth_gbps", float),
+        source=r.take("source", str),
+    )
     r.done()
     for key in ("total_mb", "budget_mb", "bandwidth_gbps"):
         if getattr(mem, key) <= 0:
             raise EdgediffError(f"{path}: field memory.{key} must be positive (got {getattr(mem, key)})")
     if mem.budget_mb > mem.total_mb:
-        raise EdgediffError(f"{path}: field memory.budget_mb ({mem.budget_mb}) exceeds memory.total_mb "
-                            f"({mem.total_mb})")
+        raise EdgediffError(
+            f"{path}: field memory.budget_mb ({mem.budget_mb}) exceeds memory.total_mb ({mem.total_mb})"
+        )
     return mem
 
 

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgediff.runtimes.bundle import Bundle, load_bundle, size_bytes
 from edgediff.core.errors import EdgediffError
-from edgediff.targets import available_targets
-from edgediff.targets import load_target
+from edgediff.runtimes.bundle import Bundle, load_bundle, size_bytes
+from edgediff.targets import available_targets, load_target
 from edgediff.targets.host import detect_host
 
 STAT_KEYS = ("count", "min", "avg", "std", "p5", "p50", "p90", "p95", "p99", "max")
@@ -61,7 +60,7 @@ def parse_device(device: str) -> tuple[str, dict]:
     if device == "host":
         return "host", {}
     if device.startswith("ssh://"):
-        rest = device[len("ssh://"):]
+        rest = device[len("ssh://") :]
         user, at, hostport = rest.rpartition("@")
         if not at or not user or not hostport:
             raise EdgediffError(f"--device {device}: expected ssh://USER@HOST[:PORT]")
@@ -87,8 +86,10 @@ def parse_device(device: str) -> tuple[str, dict]:
 
     if device in available_targets() or device.endswith(".toml"):
         return "profile", {"name": device}
-    raise EdgediffError(f"--device {device!r}: not host, ssh://USER@HOST[:PORT], adb:SERIAL or a device profile "
-                        f"(profiles: {', '.join(available_targets())})")
+    raise EdgediffError(
+        f"--device {device!r}: not host, ssh://USER@HOST[:PORT], adb:SERIAL or a device profile "
+        f"(profiles: {', '.join(available_targets())})"
+    )
 
 
 # ---------------------------------------------------------------- shared result fields
@@ -107,11 +108,21 @@ def coverage_summary(bundle: Bundle) -> dict | None:
     cov = bundle.report.get("coverage")
     if not cov:
         return None
-    units = {name: {"supported": len(u["supported"]), "rewritten": len(u["rewritten"]),
-                    "unsupported": len(u["unsupported"]), "not_documented": len(u["not_documented"])}
-             for name, u in cov["units"].items()}
-    return {"target": bundle.manifest.get("target"), "unit": cov["unit"], "op_types": len(cov["op_counts"]),
-            "units": units}
+    units = {
+        name: {
+            "supported": len(u["supported"]),
+            "rewritten": len(u["rewritten"]),
+            "unsupported": len(u["unsupported"]),
+            "not_documented": len(u["not_documented"]),
+        }
+        for name, u in cov["units"].items()
+    }
+    return {
+        "target": bundle.manifest.get("target"),
+        "unit": cov["unit"],
+        "op_types": len(cov["op_counts"]),
+        "units": units,
+    }
 
 
 def bundle_facts(bundle: Bundle) -> dict:
@@ -119,9 +130,14 @@ def bundle_facts(bundle: Bundle) -> dict:
     model = r.get("model", {})
     return {
         "bundle": str(bundle.root),
-        "model": {"file": m["model"]["file"], "format": m["model"]["format"], "precision": m["model"].get("precision"),
-                  "params": model.get("params"), "macs_per_call": model.get("macs_per_step"),
-                  "rows_per_step": model.get("forward_passes_per_step", 1)},
+        "model": {
+            "file": m["model"]["file"],
+            "format": m["model"]["format"],
+            "precision": m["model"].get("precision"),
+            "params": model.get("params"),
+            "macs_per_call": model.get("macs_per_step"),
+            "rows_per_step": model.get("forward_passes_per_step", 1),
+        },
         "sampler": {"solver": s["solver"], "steps": len(s["plan"]["timesteps"]), "guidance": s["guidance_scale"]},
         "size_mb": size_bytes(bundle.root) / 1e6,
         "model_size_mb": size_bytes(bundle.root / "model") / 1e6,
@@ -129,27 +145,42 @@ def bundle_facts(bundle: Bundle) -> dict:
     }
 
 
-def assemble(bundle: Bundle, raw: dict, *, device: str, runner: str, host: dict, warmup_runs: int,
-             local: bool = True) -> dict:
+def assemble(
+    bundle: Bundle, raw: dict, *, device: str, runner: str, host: dict, warmup_runs: int, local: bool = True
+) -> dict:
     """A measured result from a run's raw times: e2e_ms (per run), step_ms and denoise_ms (every step
     of every timed run), init_ms, first_ms, peak_rss_mb, images per run."""
     images = int(raw.get("images", 1))
     e2e = [t / images for t in raw["e2e_ms"]]
     step = summarize(raw["step_ms"])
-    result = {"schema": SCHEMA, "measured": True, "device": device, "runner": runner, "backend": raw.get("backend"),
-              **bundle_facts(bundle),
-              "images_per_run": images, "warmup_runs": warmup_runs, "num_runs": len(raw["e2e_ms"]),
-              "init_ms": raw["init_ms"], "first_ms": raw["first_ms"] / images,
-              "step_ms": step, "denoise_ms": summarize(raw["denoise_ms"]), "e2e_ms": summarize(e2e),
-              "iterations_per_s": 1e3 / step["avg"] if step["avg"] > 0 else None,
-              "images_per_s": 1e3 / summarize(e2e)["avg"],
-              "peak_rss_mb": raw["peak_rss_mb"],
-              "step_ms_samples": [round(float(t), 6) for t in raw["step_ms"]],
-              "versions": ({**versions(), **raw.get("versions", {})} if local else
-                           {"edgediff (local)": versions().get("edgediff"), "runner backend": raw.get("backend")}),
-              "host": host,
-              "notes": "first_ms and e2e_ms are per image (a run's time / images per run); step_ms is a "
-                       "step of a run of images_per_run images; iterations/s = 1000 / step_ms.avg"}
+    result = {
+        "schema": SCHEMA,
+        "measured": True,
+        "device": device,
+        "runner": runner,
+        "backend": raw.get("backend"),
+        **bundle_facts(bundle),
+        "images_per_run": images,
+        "warmup_runs": warmup_runs,
+        "num_runs": len(raw["e2e_ms"]),
+        "init_ms": raw["init_ms"],
+        "first_ms": raw["first_ms"] / images,
+        "step_ms": step,
+        "denoise_ms": summarize(raw["denoise_ms"]),
+        "e2e_ms": summarize(e2e),
+        "iterations_per_s": 1e3 / step["avg"] if step["avg"] > 0 else None,
+        "images_per_s": 1e3 / summarize(e2e)["avg"],
+        "peak_rss_mb": raw["peak_rss_mb"],
+        "step_ms_samples": [round(float(t), 6) for t in raw["step_ms"]],
+        "versions": (
+            {**versions(), **raw.get("versions", {})}
+            if local
+            else {"edgediff (local)": versions().get("edgediff"), "runner backend": raw.get("backend")}
+        ),
+        "host": host,
+        "notes": "first_ms and e2e_ms are per image (a run's time / images per run); step_ms is a "
+        "step of a run of images_per_run images; iterations/s = 1000 / step_ms.avg",
+    }
     return result
 
 
@@ -173,8 +204,20 @@ def measure_host_python(bundle: Bundle, *, warmup_runs: int, num_runs: int, thre
     """The bundle's own backend (src/edgediff/runtimes/backends.py) in the C loop, in a fresh Python process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"  # a file, not stdout: one pipe only, so no pipe can fill up unread
-        cmd = [sys.executable, "-m", "edgediff.tools.bench_worker", str(bundle.root), "--warmup-runs",
-               str(warmup_runs), "--num-runs", str(num_runs), "--threads", str(threads), "--json", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgediff.tools.bench_worker",
+            str(bundle.root),
+            "--warmup-runs",
+            str(warmup_runs),
+            "--num-runs",
+            str(num_runs),
+            "--threads",
+            str(threads),
+            "--json",
+            str(out),
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         err = _follow_worker_stderr(proc, bar)
         if proc.wait() != 0:
@@ -190,31 +233,52 @@ def default_runner() -> Path:
 def find_runner(path: str | None) -> Path:
     exe = Path(path) if path else default_runner()
     if not exe.is_file():
-        raise EdgediffError(f"{exe}: edgediff-run not found; build it with `make -C csrc runner "
-                            f"PYTHON={sys.executable}` or pass --runner-binary PATH")
+        raise EdgediffError(
+            f"{exe}: edgediff-run not found; build it with `make -C csrc runner "
+            f"PYTHON={sys.executable}` or pass --runner-binary PATH"
+        )
     return exe
 
 
 def runner_args(bundle_dir: str, *, warmup_runs: int, num_runs: int, json_path: str, threads: int = 0) -> list[str]:
-    args = [bundle_dir, "-n", "1", "--bench", "--runs", str(num_runs), "--warmup", str(warmup_runs),
-            "--json", json_path]
+    args = [
+        bundle_dir,
+        "-n",
+        "1",
+        "--bench",
+        "--runs",
+        str(num_runs),
+        "--warmup",
+        str(warmup_runs),
+        "--json",
+        json_path,
+    ]
     return args + (["--threads", str(threads)] if threads else [])
 
 
 def check_runner_can_run(bundle: Bundle, *, instead: str) -> None:
     """edgediff-run's OpenVINO backend reads onnx and openvino bundles (timestep groups included)."""
     if bundle.model_format not in ("onnx", "openvino"):
-        raise EdgediffError(f"{bundle.root}: edgediff-run runs OpenVINO (onnx or openvino bundles), "
-                            f"not format {bundle.model_format!r}; {instead}")
+        raise EdgediffError(
+            f"{bundle.root}: edgediff-run runs OpenVINO (onnx or openvino bundles), "
+            f"not format {bundle.model_format!r}; {instead}"
+        )
 
 
 def measure_host_c(bundle: Bundle, exe: Path, *, warmup_runs: int, num_runs: int, threads: int = 0) -> dict:
     check_runner_can_run(bundle, instead="use --runner python")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        r = subprocess.run([str(exe), *runner_args(str(bundle.root), warmup_runs=warmup_runs, num_runs=num_runs,
-                                                   json_path=str(out), threads=threads)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                str(exe),
+                *runner_args(
+                    str(bundle.root), warmup_runs=warmup_runs, num_runs=num_runs, json_path=str(out), threads=threads
+                ),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise EdgediffError(f"{exe}: {r.stderr.strip() or f'exit status {r.returncode}'}")
         return json.loads(out.read_text())
@@ -227,14 +291,22 @@ def host_description() -> dict:
     return info
 
 
-def bench(bundle_path: str | Path, *, device: str = "host", warmup_runs: int = 2, num_runs: int = 10,
-          runner: str = "python", runner_binary: str | None = None, threads: int = 0, remote: dict | None = None,
-          bar=None) -> dict:
+def bench(
+    bundle_path: str | Path,
+    *,
+    device: str = "host",
+    warmup_runs: int = 2,
+    num_runs: int = 10,
+    runner: str = "python",
+    runner_binary: str | None = None,
+    threads: int = 0,
+    remote: dict | None = None,
+    bar=None,
+) -> dict:
     """Benchmark a bundle on `device`; see the module docstring. Returns the JSON-ready result."""
     kind, fields = parse_device(device)
     bundle = load_bundle(bundle_path)
     if kind == "profile":
-
         return estimate(bundle, load_target(fields["name"]))
     if kind == "host":
         if runner == "c":
@@ -244,8 +316,7 @@ def bench(bundle_path: str | Path, *, device: str = "host", warmup_runs: int = 2
         else:
             raw = measure_host_python(bundle, warmup_runs=warmup_runs, num_runs=num_runs, threads=threads, bar=bar)
             label = "python worker: C sampling loop + the bundle's backend"
-        result = assemble(bundle, raw, device="host", runner=label, host=host_description(),
-                          warmup_runs=warmup_runs)
+        result = assemble(bundle, raw, device="host", runner=label, host=host_description(), warmup_runs=warmup_runs)
         result["roofline"] = host_roofline(bundle, result)
         return result
     from edgediff.tools.bench_remote import measure_remote
@@ -255,9 +326,17 @@ def bench(bundle_path: str | Path, *, device: str = "host", warmup_runs: int = 2
             bar.set_postfix_str(stage)
             bar.update(1)
 
-    raw, host, label = measure_remote(bundle, kind, fields, warmup_runs=warmup_runs, num_runs=num_runs,
-                                      runner_binary=runner_binary, threads=threads, progress=stage_progress,
-                                      **(remote or {}))
+    raw, host, label = measure_remote(
+        bundle,
+        kind,
+        fields,
+        warmup_runs=warmup_runs,
+        num_runs=num_runs,
+        runner_binary=runner_binary,
+        threads=threads,
+        progress=stage_progress,
+        **(remote or {}),
+    )
     return assemble(bundle, raw, device=device, runner=label, host=host, warmup_runs=warmup_runs, local=False)
 
 
@@ -267,20 +346,26 @@ def work_per_step(bundle: Bundle) -> tuple[float, float, list[str]]:
     m = bundle.report.get("model", {})
     macs_call, params = m.get("macs_per_step"), m.get("params")
     if not macs_call or not params:
-        raise EdgediffError(f"{bundle.root / 'report.json'}: field model.macs_per_step / model.params missing; "
-                            "recompile the bundle to get an estimate")
+        raise EdgediffError(
+            f"{bundle.root / 'report.json'}: field model.macs_per_step / model.params missing; "
+            "recompile the bundle to get an estimate"
+        )
     rows = m.get("forward_passes_per_step", 1)
     precision = bundle.manifest["model"].get("precision") or "fp32"
     if precision not in WEIGHT_BYTES:
-        raise EdgediffError(f"{bundle.root / 'manifest.json'}: field model.precision {precision!r} unknown "
-                            f"(known: {', '.join(WEIGHT_BYTES)})")
+        raise EdgediffError(
+            f"{bundle.root / 'manifest.json'}: field model.precision {precision!r} unknown "
+            f"(known: {', '.join(WEIGHT_BYTES)})"
+        )
     macs = float(macs_call) * rows
     weight_bytes = params * WEIGHT_BYTES[precision]
-    how = [f"MACs per step = {macs_call / 1e6:.2f} M per row (report.json model.macs_per_step, PyTorch's FLOP "
-           f"counter / 2) x {rows} row(s) per step (classifier-free guidance runs the conditional and "
-           f"unconditional rows in one call)",
-           f"bytes per step = {params / 1e6:.3f} M params x {WEIGHT_BYTES[precision]:g} B ({precision}) of weights "
-           "read once from DRAM per call; activations assumed to stay in caches (not counted)"]
+    how = [
+        f"MACs per step = {macs_call / 1e6:.2f} M per row (report.json model.macs_per_step, PyTorch's FLOP "
+        f"counter / 2) x {rows} row(s) per step (classifier-free guidance runs the conditional and "
+        f"unconditional rows in one call)",
+        f"bytes per step = {params / 1e6:.3f} M params x {WEIGHT_BYTES[precision]:g} B ({precision}) of weights "
+        "read once from DRAM per call; activations assumed to stay in caches (not counted)",
+    ]
     return macs, weight_bytes, how
 
 
@@ -302,8 +387,8 @@ def estimate(bundle: Bundle, profile) -> dict:
     steps = facts["sampler"]["steps"]
     u = profile.unit(unit)
     assumptions = [
-        f"roofline lower bound: max(2 x MACs / peak, bytes / bandwidth); real kernels reach a fraction of peak, "
-        f"so the device will be slower than this",
+        "roofline lower bound: max(2 x MACs / peak, bytes / bandwidth); real kernels reach a fraction of peak, "
+        "so the device will be slower than this",
         f"unit {unit} ({u.description or u.delegate}) at {precision}: peak {u.peak_tops[precision]:g} TOPS "
         f"({u.peak_source})",
         f"memory bandwidth {profile.bandwidth_gbps:g} GB/s ({profile.memory.source})",
@@ -311,26 +396,45 @@ def estimate(bundle: Bundle, profile) -> dict:
         "the sampler's own work between steps (a few vector ops per pixel) is not counted",
     ]
     if bundle.model_format != profile.format:
-        assumptions.append(f"this bundle is {bundle.model_format}, the device runs {profile.format}: the estimate "
-                           f"is for the same model compiled with --target {profile.name}")
+        assumptions.append(
+            f"this bundle is {bundle.model_format}, the device runs {profile.format}: the estimate "
+            f"is for the same model compiled with --target {profile.name}"
+        )
     e2e = step * steps
     step_ms = empty_stats() | {"estimate": step}
     e2e_ms = empty_stats() | {"estimate": e2e}
-    return {"schema": SCHEMA, "measured": False, "device": profile.name, "runner": None, "backend": None,
-            **facts, "images_per_run": 1, "warmup_runs": None, "num_runs": None,
-            "init_ms": None, "first_ms": None, "step_ms": step_ms, "denoise_ms": empty_stats(), "e2e_ms": e2e_ms,
-            "iterations_per_s": {"estimate": 1e3 / step}, "images_per_s": {"estimate": 1e3 / e2e},
-            "peak_rss_mb": None, "memory_mb": {"estimate": nbytes / 1e6,
-                                                "basis": "weights only; runtime and activations not counted"},
-            "bound": bound, "macs_per_step": macs, "bytes_per_step": nbytes, "unit": unit,
-            "assumptions": assumptions, "versions": versions(),
-            "host": {"profile": profile.name, "description": profile.description}}
+    return {
+        "schema": SCHEMA,
+        "measured": False,
+        "device": profile.name,
+        "runner": None,
+        "backend": None,
+        **facts,
+        "images_per_run": 1,
+        "warmup_runs": None,
+        "num_runs": None,
+        "init_ms": None,
+        "first_ms": None,
+        "step_ms": step_ms,
+        "denoise_ms": empty_stats(),
+        "e2e_ms": e2e_ms,
+        "iterations_per_s": {"estimate": 1e3 / step},
+        "images_per_s": {"estimate": 1e3 / e2e},
+        "peak_rss_mb": None,
+        "memory_mb": {"estimate": nbytes / 1e6, "basis": "weights only; runtime and activations not counted"},
+        "bound": bound,
+        "macs_per_step": macs,
+        "bytes_per_step": nbytes,
+        "unit": unit,
+        "assumptions": assumptions,
+        "versions": versions(),
+        "host": {"profile": profile.name, "description": profile.description},
+    }
 
 
 def host_roofline(bundle: Bundle, result: dict) -> dict | None:
     """The host-cpu profile's roofline next to the measurement: how much of its peak the host reached."""
     try:
-
         profile = load_target("host-cpu")
         precision = result["model"]["precision"] or "fp32"
         unit = profile.unit_for(precision)
@@ -338,8 +442,14 @@ def host_roofline(bundle: Bundle, result: dict) -> dict | None:
         step, bound = roofline_ms(macs, nbytes, profile.peak_ops(unit, precision), profile.bandwidth_gbps)
     except EdgediffError:
         return None
-    return {"measured": False, "profile": "host-cpu", "unit": unit, "step_ms_estimate": step, "bound": bound,
-            "fraction_of_roofline": step / result["step_ms"]["p50"] if result["step_ms"]["p50"] else None}
+    return {
+        "measured": False,
+        "profile": "host-cpu",
+        "unit": unit,
+        "step_ms_estimate": step,
+        "bound": bound,
+        "fraction_of_roofline": step / result["step_ms"]["p50"] if result["step_ms"]["p50"] else None,
+    }
 
 
 # ---------------------------------------------------------------- printing
@@ -350,16 +460,20 @@ def _f(v, spec=".3f"):
 def format_result(r: dict) -> str:
     """A summary in the manner of TFLite's benchmark_model (times in ms)."""
     m, s = r["model"], r["sampler"]
-    lines = [f"Bundle: [{r['bundle']}]", f"Device: [{r['device']}]  "
-             + ("MEASURED" if r["measured"] else "ESTIMATED (not measured: roofline, see assumptions)"),
-             f"Model: [{m['file']}] {m['format']} {m['precision']}, {_f((m['params'] or 0) / 1e6, '.2f')} M params, "
-             f"{_f((m['macs_per_call'] or 0) / 1e9, '.3f')} GMACs per row, {m['rows_per_step']} row(s) per step",
-             f"Sampler: [{s['solver']}] {s['steps']} steps, guidance {s['guidance']}"]
+    lines = [
+        f"Bundle: [{r['bundle']}]",
+        f"Device: [{r['device']}]  "
+        + ("MEASURED" if r["measured"] else "ESTIMATED (not measured: roofline, see assumptions)"),
+        f"Model: [{m['file']}] {m['format']} {m['precision']}, {_f((m['params'] or 0) / 1e6, '.2f')} M params, "
+        f"{_f((m['macs_per_call'] or 0) / 1e9, '.3f')} GMACs per row, {m['rows_per_step']} row(s) per step",
+        f"Sampler: [{s['solver']}] {s['steps']} steps, guidance {s['guidance']}",
+    ]
     if r["measured"]:
         st, e = r["step_ms"], r["e2e_ms"]
         h = r["host"]
         lines += [
-            f"Runner: [{r['runner']}]", f"Backend: [{r['backend']}]",
+            f"Runner: [{r['runner']}]",
+            f"Backend: [{r['backend']}]",
             f"Host: {h.get('cpu_model', h.get('machine', '?'))}, {h.get('cores', '?')} cores, "
             f"{', '.join(h.get('features', [])) or 'no ISA flags read'}",
             f"Num runs: [{r['num_runs']}]  Warmup runs: [{r['warmup_runs']}]  Images per run: [{r['images_per_run']}]",
@@ -375,9 +489,11 @@ def format_result(r: dict) -> str:
         ]
         roof = r.get("roofline")
         if roof:
-            lines.append(f"Roofline (host-cpu profile, estimated): {roof['step_ms_estimate']:.4f} ms/step "
-                         f"({roof['bound']}-bound); the measured p50 runs at "
-                         f"{100 * roof['fraction_of_roofline']:.1f} % of that speed")
+            lines.append(
+                f"Roofline (host-cpu profile, estimated): {roof['step_ms_estimate']:.4f} ms/step "
+                f"({roof['bound']}-bound); the measured p50 runs at "
+                f"{100 * roof['fraction_of_roofline']:.1f} % of that speed"
+            )
     else:
         lines += [
             f"Unit: [{r['unit']}]  {r['bound']}-bound",
@@ -385,17 +501,21 @@ def format_result(r: dict) -> str:
             f"End-to-end per image (ms, estimated lower bound): {r['e2e_ms']['estimate']:.3f}",
             f"Throughput (estimated upper bound): {r['iterations_per_s']['estimate']:.2f} iterations/s",
             f"Weights in memory (MB, estimated): {r['memory_mb']['estimate']:.2f}",
-            "Assumptions:", *(f"  - {a}" for a in r["assumptions"]),
+            "Assumptions:",
+            *(f"  - {a}" for a in r["assumptions"]),
         ]
     lines.append(f"Size on disk (MB): {r['size_mb']:.3f} (model {r['model_size_mb']:.3f})")
     cov = r.get("coverage")
     if cov:
-        lines.append(f"Operator coverage ({cov['op_types']} op types, target {cov['target']}, "
-                     "* = the unit that runs it):")
+        lines.append(
+            f"Operator coverage ({cov['op_types']} op types, target {cov['target']}, * = the unit that runs it):"
+        )
         for name, u in cov["units"].items():
-            lines.append(f"  {'*' if name == cov['unit'] else ' '}{name:5} {u['supported']} supported, "
-                         f"{u['rewritten']} rewritten, {u['unsupported']} unsupported, "
-                         f"{u['not_documented']} not documented")
+            lines.append(
+                f"  {'*' if name == cov['unit'] else ' '}{name:5} {u['supported']} supported, "
+                f"{u['rewritten']} rewritten, {u['unsupported']} unsupported, "
+                f"{u['not_documented']} not documented"
+            )
     else:
         lines.append("Operator coverage: not in report.json (bundle compiled before coverage was recorded)")
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()))

@@ -23,22 +23,33 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edgediff.tools.bench import check_runner_can_run, find_runner, runner_args
-from edgediff.runtimes.bundle import Bundle
 from edgediff.core.errors import EdgediffError
+from edgediff.runtimes.bundle import Bundle
 from edgediff.targets.host import INTERESTING
+from edgediff.tools.bench import check_runner_can_run, find_runner, runner_args
 
 # ELF e_machine -> `uname -m` names
 ELF_MACHINES = {0x3E: ("x86_64", "amd64"), 0xB7: ("aarch64", "arm64", "armv8l"), 0x28: ("armv7l", "arm")}
 # the OpenVINO libraries edgediff-run needs for the CPU plugin reading ONNX or IR
-OV_LIBS = ("libopenvino.so", "libopenvino_c.so", "libopenvino_intel_cpu_plugin.so", "libopenvino_arm_cpu_plugin.so",
-           "libopenvino_ir_frontend.so", "libopenvino_onnx_frontend.so", "libtbb.so", "libtbbmalloc.so",
-           "libtbbbind_2_5.so", "libhwloc.so")
+OV_LIBS = (
+    "libopenvino.so",
+    "libopenvino_c.so",
+    "libopenvino_intel_cpu_plugin.so",
+    "libopenvino_arm_cpu_plugin.so",
+    "libopenvino_ir_frontend.so",
+    "libopenvino_onnx_frontend.so",
+    "libtbb.so",
+    "libtbbmalloc.so",
+    "libtbbbind_2_5.so",
+    "libhwloc.so",
+)
 ADB_DIR = "/data/local/tmp/edgediff-bench"
 REMOTE_STAGES = ("probe", "copy", "run", "clean up")
-HOST_PROBE = "uname -m; uname -sr; (nproc || getconf _NPROCESSORS_ONLN) 2>/dev/null; " \
-             "grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || echo 'flags:'; " \
-             "grep -m1 -i -E '^(model name|Hardware|cpu model)' /proc/cpuinfo 2>/dev/null || true"
+HOST_PROBE = (
+    "uname -m; uname -sr; (nproc || getconf _NPROCESSORS_ONLN) 2>/dev/null; "
+    "grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || echo 'flags:'; "
+    "grep -m1 -i -E '^(model name|Hardware|cpu model)' /proc/cpuinfo 2>/dev/null || true"
+)
 
 
 def elf_machine(path: Path) -> tuple[str, ...] | None:
@@ -61,8 +72,7 @@ def openvino_libs() -> list[Path]:
 
 
 class Ssh:
-    def __init__(self, user: str, host: str, port: int, *, identity: str | None = None,
-                 options: tuple[str, ...] = ()):
+    def __init__(self, user: str, host: str, port: int, *, identity: str | None = None, options: tuple[str, ...] = ()):
         self.target = f"{user}@{host}"
         self.base = ["ssh", "-p", str(port), "-o", "BatchMode=yes"]
         if identity:
@@ -72,11 +82,14 @@ class Ssh:
         self.where = f"ssh://{user}@{host}:{port}"
 
     def run(self, command: str, *, stdin=None, timeout: float = 600) -> str:
-        r = subprocess.run([*self.base, self.target, command], stdin=stdin, capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(
+            [*self.base, self.target, command], stdin=stdin, capture_output=True, text=True, timeout=timeout
+        )
         if r.returncode != 0:
-            raise EdgediffError(f"{self.where}: `{command}` failed (exit {r.returncode}): "
-                                f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'no message'}")
+            raise EdgediffError(
+                f"{self.where}: `{command}` failed (exit {r.returncode}): "
+                f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'no message'}"
+            )
         return r.stdout
 
     def mkdtemp(self) -> str:
@@ -99,8 +112,10 @@ class Adb:
     def _call(self, args: list[str], timeout: float = 600) -> str:
         r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
-            raise EdgediffError(f"{self.where}: `adb {' '.join(args)}` failed (exit {r.returncode}): "
-                                f"{r.stderr.strip() or r.stdout.strip() or 'no message'}")
+            raise EdgediffError(
+                f"{self.where}: `adb {' '.join(args)}` failed (exit {r.returncode}): "
+                f"{r.stderr.strip() or r.stdout.strip() or 'no message'}"
+            )
         return r.stdout
 
     def run(self, command: str, *, timeout: float = 600) -> str:
@@ -131,7 +146,6 @@ def parse_probe(text: str) -> dict:
     if len(lines) > 2 and lines[2].isdigit():
         info["cores"] = int(lines[2])
     if len(lines) > 3:
-
         flags = set(lines[3].partition(":")[2].split())
         info["features"] = [f for f in INTERESTING if f in flags]
     if len(lines) > 4:
@@ -139,15 +153,30 @@ def parse_probe(text: str) -> dict:
     return info
 
 
-def measure_remote(bundle: Bundle, kind: str, fields: dict, *, warmup_runs: int, num_runs: int,
-                   runner_binary: str | None = None, runner_libs: str | None = None, threads: int = 0,
-                   identity: str | None = None, ssh_options: tuple[str, ...] = (), adb: str = "adb",
-                   keep: bool = False, progress=None) -> tuple[dict, dict, str]:
+def measure_remote(
+    bundle: Bundle,
+    kind: str,
+    fields: dict,
+    *,
+    warmup_runs: int,
+    num_runs: int,
+    runner_binary: str | None = None,
+    runner_libs: str | None = None,
+    threads: int = 0,
+    identity: str | None = None,
+    ssh_options: tuple[str, ...] = (),
+    adb: str = "adb",
+    keep: bool = False,
+    progress=None,
+) -> tuple[dict, dict, str]:
     """(raw runner JSON, device description, runner label). progress(stage) is called as each of
     REMOTE_STAGES starts."""
     progress = progress or (lambda stage: None)
-    check_runner_can_run(bundle, instead="on a device such a bundle runs through the app's own runtime "
-                                         "(csrc/examples/embed.c shows the backend interface)")
+    check_runner_can_run(
+        bundle,
+        instead="on a device such a bundle runs through the app's own runtime "
+        "(csrc/examples/embed.c shows the backend interface)",
+    )
     if kind == "ssh":
         if shutil.which("ssh") is None or shutil.which("tar") is None:
             raise EdgediffError("ssh and tar are needed on PATH for --device ssh://...")
@@ -163,8 +192,10 @@ def measure_remote(bundle: Bundle, kind: str, fields: dict, *, warmup_runs: int,
     if machines is None:
         raise EdgediffError(f"{exe}: not an ELF executable")
     if host["machine"] not in machines:
-        raise EdgediffError(f"{exe} is built for {machines[0]} but {dev.where} is {host['machine']}; build "
-                            f"edgediff-run for {host['machine']} and pass --runner-binary (and --runner-libs)")
+        raise EdgediffError(
+            f"{exe} is built for {machines[0]} but {dev.where} is {host['machine']}; build "
+            f"edgediff-run for {host['machine']} and pass --runner-binary (and --runner-libs)"
+        )
     libs = sorted(Path(runner_libs).glob("*.so*")) if runner_libs else openvino_libs()
     remote = dev.mkdtemp()
     q = shlex.quote(remote)
@@ -173,11 +204,14 @@ def measure_remote(bundle: Bundle, kind: str, fields: dict, *, warmup_runs: int,
         with tempfile.TemporaryDirectory() as tmp:
             stage(bundle, exe, libs, Path(tmp))
             dev.push_dir(Path(tmp), remote)
-        args = runner_args("bundle", warmup_runs=warmup_runs, num_runs=num_runs, json_path="bench.json",
-                           threads=threads)
+        args = runner_args(
+            "bundle", warmup_runs=warmup_runs, num_runs=num_runs, json_path="bench.json", threads=threads
+        )
         progress("run")
-        out = dev.run(f"cd {q} && LD_LIBRARY_PATH={q}/lib ./edgediff-run {' '.join(map(shlex.quote, args))} "
-                      f">/dev/null && cat bench.json")
+        out = dev.run(
+            f"cd {q} && LD_LIBRARY_PATH={q}/lib ./edgediff-run {' '.join(map(shlex.quote, args))} "
+            f">/dev/null && cat bench.json"
+        )
     finally:
         if not keep:
             progress("clean up")

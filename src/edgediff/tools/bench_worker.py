@@ -18,6 +18,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+
 from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.bundle import load_bundle
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
@@ -44,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True, help="where to write the figures")
     a = p.parse_args(argv)
 
-
     try:
         t0 = time.perf_counter()
         b = load_bundle(a.bundle)
@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         def run(k: int) -> float:
             starts.clear()
             ends.clear()
-            s = time.perf_counter()
             generate(denoise, setup, n=1, seed=k, labels=labels)
             e = time.perf_counter()
             print(f"@progress {k + 1} {total}", file=sys.stderr, flush=True)
@@ -93,11 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     for mod in ("onnxruntime", "openvino"):
         if mod in sys.modules:
             versions[mod] = getattr(sys.modules[mod], "__version__", "?")
-    Path(a.json).write_text(json.dumps({"backend": getattr(inner, "label", type(inner).__name__), "images": 1,
-                      "steps": len(setup.plan.timesteps), "init_ms": (t_init - t0) * 1e3,
-                      "bundle_ms": (t_bundle - t0) * 1e3, "first_ms": first_ms, "warmup_runs": a.warmup_runs,
-                      "e2e_ms": e2e, "step_ms": step_ms, "denoise_ms": denoise_ms,
-                      "peak_rss_mb": rss_kb / 1024, "versions": versions}))
+    Path(a.json).write_text(
+        json.dumps(
+            {
+                "backend": getattr(inner, "label", type(inner).__name__),
+                "images": 1,
+                "steps": len(setup.plan.timesteps),
+                "init_ms": (t_init - t0) * 1e3,
+                "bundle_ms": (t_bundle - t0) * 1e3,
+                "first_ms": first_ms,
+                "warmup_runs": a.warmup_runs,
+                "e2e_ms": e2e,
+                "step_ms": step_ms,
+                "denoise_ms": denoise_ms,
+                "peak_rss_mb": rss_kb / 1024,
+                "versions": versions,
+            }
+        )
+    )
     return 0
 
 

@@ -21,17 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgediff.training.data import digits_splits
-from edgediff.zoo.models import DIGITS_SCHEDULER_CONFIG, NULL_LABEL, NUM_DIGIT_CLASSES
 from edgediff.compiler.capture import load_source
 from edgediff.core.spec import DiffusersAdapter
 from edgediff.runtimes.quality import frechet_distance, gaussian_stats
+from edgediff.training.data import digits_splits
 from edgediff.zoo.builtin import load_classifier
+from edgediff.zoo.models import DIGITS_SCHEDULER_CONFIG, NULL_LABEL, NUM_DIGIT_CLASSES
 
 
 @torch.no_grad()
-def sample_digits(unet: nn.Module, labels: np.ndarray, *, steps: int = 50, guidance: float = 3.0,
-                  seed: int = 0, batch: int = 250) -> np.ndarray:
+def sample_digits(
+    unet: nn.Module, labels: np.ndarray, *, steps: int = 50, guidance: float = 3.0, seed: int = 0, batch: int = 250
+) -> np.ndarray:
     """Class-conditional DDIM (eta 0) samples, float32 (N, 1, 16, 16) clipped to [-1, 1].
 
     eps = eps(x, t, null) + guidance * (eps(x, t, y) - eps(x, t, null)); the initial noise
@@ -47,7 +48,7 @@ def sample_digits(unet: nn.Module, labels: np.ndarray, *, steps: int = 50, guida
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     out = []
     for i in range(0, len(labels), batch):
-        x, y = noise[i:i + batch], y_all[i:i + batch]
+        x, y = noise[i : i + batch], y_all[i : i + batch]
         cond = torch.cat([y, torch.full_like(y, NULL_LABEL)])
         for t in sched.timesteps:
             e_c, e_u = unet(torch.cat([x, x]), t.expand(2 * len(y)), class_labels=cond).sample.chunk(2)
@@ -59,12 +60,23 @@ def sample_digits(unet: nn.Module, labels: np.ndarray, *, steps: int = 50, guida
 
 @torch.no_grad()
 def features(classifier: nn.Module, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    return torch.cat([classifier.features(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])))
-                      for i in range(0, len(images), batch)]).numpy()
+    return torch.cat(
+        [
+            classifier.features(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])))
+            for i in range(0, len(images), batch)
+        ]
+    ).numpy()
 
 
-def evaluate(unet: nn.Module, classifier: nn.Module, *, per_class: int = 10, steps: int = 50,
-             guidance: float = 3.0, seed: int = 0) -> dict:
+def evaluate(
+    unet: nn.Module,
+    classifier: nn.Module,
+    *,
+    per_class: int = 10,
+    steps: int = 50,
+    guidance: float = 3.0,
+    seed: int = 0,
+) -> dict:
     """Class accuracy of `per_class` samples per digit, and FD-digits against "heldout"."""
 
     labels = np.repeat(np.arange(NUM_DIGIT_CLASSES), per_class)
@@ -73,16 +85,20 @@ def evaluate(unet: nn.Module, classifier: nn.Module, *, per_class: int = 10, ste
         pred = classifier(torch.from_numpy(images)).argmax(1).numpy()
     per = [(pred[labels == c] == c).mean() for c in range(NUM_DIGIT_CLASSES)]
     held_x, _ = digits_splits()["heldout"]
-    fd = frechet_distance(gaussian_stats(features(classifier, images)),
-                          gaussian_stats(features(classifier, held_x)))
-    return {"per_class": per_class, "steps": steps, "guidance": guidance, "seed": seed,
-            "class_accuracy": float((pred == labels).mean()),
-            "class_accuracy_by_digit": [round(float(a), 3) for a in per],
-            "fd_digits_vs_heldout": fd, "images": images}
+    fd = frechet_distance(gaussian_stats(features(classifier, images)), gaussian_stats(features(classifier, held_x)))
+    return {
+        "per_class": per_class,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "class_accuracy": float((pred == labels).mean()),
+        "class_accuracy_by_digit": [round(float(a), 3) for a in per],
+        "fd_digits_vs_heldout": fd,
+        "images": images,
+    }
 
 
 def main(argv=None) -> None:
-
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", default="builtin:digits", help="a digits UNet: builtin:NAME or a pruned folder")
@@ -95,8 +111,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     m = load_source(a.source).module
     unet = m.model if isinstance(m, DiffusersAdapter) else m
-    r = evaluate(unet, load_classifier(), per_class=a.per_class, steps=a.steps,
-                 guidance=a.guidance, seed=a.seed)
+    r = evaluate(unet, load_classifier(), per_class=a.per_class, steps=a.steps, guidance=a.guidance, seed=a.seed)
     r.pop("images")
     r["source"] = a.source
     print(json.dumps(r, indent=2))

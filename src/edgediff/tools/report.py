@@ -63,8 +63,16 @@ def _load_bench_jsons(paths) -> dict[Path, dict]:
     return out
 
 
-def make_report(bundles: list[str], out_dir: str | Path, *, num_samples: int = 64, seed: int = 0,
-                bench_json=(), warmup_runs: int = 1, num_runs: int = 5) -> dict:
+def make_report(
+    bundles: list[str],
+    out_dir: str | Path,
+    *,
+    num_samples: int = 64,
+    seed: int = 0,
+    bench_json=(),
+    warmup_runs: int = 1,
+    num_runs: int = 5,
+) -> dict:
     from tqdm import tqdm
 
     from edgediff.tools.bench import bench
@@ -93,18 +101,29 @@ def make_report(bundles: list[str], out_dir: str | Path, *, num_samples: int = 6
                 try:
                     result = bench(b.root, device="host", warmup_runs=warmup_runs, num_runs=num_runs)
                 except EdgediffError as e:
-                    raise EdgediffError(f"{e}; to report a bundle this host cannot run, give its "
-                                        "`edgediff bench BUNDLE --device PROFILE --json` result with --bench-json") \
-                        from None
+                    raise EdgediffError(
+                        f"{e}; to report a bundle this host cannot run, give its "
+                        "`edgediff bench BUNDLE --device PROFILE --json` result with --bench-json"
+                    ) from None
             bar.set_postfix_str(f"{name}: eval")
             quality, images, ref_images = evaluate(b, num_samples=num_samples, seed=seed, progress=bar.update)
-            rows.append({"name": name, "bench": result, "quality": quality, "images": images, "ref": ref_images,
-                         "source": b.manifest["source"]["spec"]})
+            rows.append(
+                {
+                    "name": name,
+                    "bench": result,
+                    "quality": quality,
+                    "images": images,
+                    "ref": ref_images,
+                    "source": b.manifest["source"]["spec"],
+                }
+            )
     _common_reference(rows)
-    figures = {"quality_latency": _plot_quality(rows, out / "quality_latency.png"),
-               "step_latency": _plot_steps(rows, out / "step_latency.png"),
-               "size": _plot_size(rows, out / "size.png"),
-               "images": _plot_images(rows, out / "images.png")}
+    figures = {
+        "quality_latency": _plot_quality(rows, out / "quality_latency.png"),
+        "step_latency": _plot_steps(rows, out / "step_latency.png"),
+        "size": _plot_size(rows, out / "size.png"),
+        "images": _plot_images(rows, out / "images.png"),
+    }
     figures = {k: v for k, v in figures.items() if v is not None}
     data = [{"name": r["name"], "bench": r["bench"], "quality": r["quality"]} for r in rows]
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -129,8 +148,9 @@ def _common_reference(rows) -> None:
         same = r["images"].shape == first["ref"].shape and r["quality"]["seed"] == first["quality"]["seed"]
         v = psnr_db(r["images"], first["ref"]) if same else None
         r["quality"]["psnr_db_vs_first_reference"] = v if v is None or np.isfinite(v) else None
-        r["quality"]["first_reference"] = f"{first['name']}: FP32, {first['quality']['sampler']} " \
-                                          f"{first['quality']['steps']} steps"
+        r["quality"]["first_reference"] = (
+            f"{first['name']}: FP32, {first['quality']['sampler']} {first['quality']['steps']} steps"
+        )
 
 
 def _plot_quality(rows, path: Path) -> Path:
@@ -144,20 +164,37 @@ def _plot_quality(rows, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (key, label, higher) in zip(axes[0], panels):
         for measured in (True, False):
-            pts = [(r["name"], _latency(r["bench"]), r["quality"][key]) for r in rows
-                   if r["bench"]["measured"] is measured and _latency(r["bench"]) is not None
-                   and r["quality"][key] is not None]
+            pts = [
+                (r["name"], _latency(r["bench"]), r["quality"][key])
+                for r in rows
+                if r["bench"]["measured"] is measured
+                and _latency(r["bench"]) is not None
+                and r["quality"][key] is not None
+            ]
             if not pts:
                 continue
             xs, ys = [p[1] for p in pts], [p[2] for p in pts]
-            ax.scatter(xs, ys, s=50, facecolors="C0" if measured else "none", edgecolors="C0" if measured else "C1",
-                       label="measured" if measured else "estimated (roofline, not measured)", zorder=3)
+            ax.scatter(
+                xs,
+                ys,
+                s=50,
+                facecolors="C0" if measured else "none",
+                edgecolors="C0" if measured else "C1",
+                label="measured" if measured else "estimated (roofline, not measured)",
+                zorder=3,
+            )
             for n, x, y in pts:
                 ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
             front = pareto_front(xs, ys, higher_is_better=higher)
             if len(front) > 1:
-                ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="C0" if measured else "C1",
-                        label="Pareto front" + ("" if measured else " (estimated)"), zorder=2)
+                ax.plot(
+                    [xs[i] for i in front],
+                    [ys[i] for i in front],
+                    "--",
+                    color="C0" if measured else "C1",
+                    label="Pareto front" + ("" if measured else " (estimated)"),
+                    zorder=2,
+                )
         ax.set_xlabel("end-to-end latency per image (ms, p50)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -181,8 +218,13 @@ def _plot_steps(rows, path: Path) -> Path | None:
     for r in measured:
         st = r["bench"]["step_ms"]
         v = r["bench"]["step_ms_samples"]
-        ax.hist(v, bins=bins, alpha=0.55, weights=np.full(len(v), 1 / len(v)),
-                label=f"{r['name']} (p50 {st['p50']:.2f}, p99 {st['p99']:.2f} ms)")
+        ax.hist(
+            v,
+            bins=bins,
+            alpha=0.55,
+            weights=np.full(len(v), 1 / len(v)),
+            label=f"{r['name']} (p50 {st['p50']:.2f}, p99 {st['p99']:.2f} ms)",
+        )
     ax.set_xlabel("step latency (ms)")
     ax.set_ylabel("fraction of steps")
     ax.set_title("per-step latency, measured (tail beyond p99.5 clipped)")
@@ -214,7 +256,6 @@ def _plot_size(rows, path: Path) -> Path:
 def _plot_images(rows, path: Path, *, k: int = 10) -> Path:
     import matplotlib.pyplot as plt
 
-
     panels, shown = [], set()
     for r in rows:  # a reference row once per model source and recipe (sampler, steps, guidance)
         q = r["quality"]
@@ -243,15 +284,20 @@ def _fmt(v, spec):
 
 
 def _markdown(rows, figures: dict, *, num_samples: int, seed: int) -> str:
-    lines = ["# edgediff report", "",
-             f"Quality: every bundle and its own FP32 PyTorch reference (same sampler, steps, guidance) on the "
-             f"same {num_samples} seeds starting at {seed}. Latency: `edgediff bench` on the device named in "
-             "the table; *estimated* rows are roofline lower bounds, not measurements.", "",
-             f"PSNR (own) is against the bundle's own FP32 reference; PSNR (common) against "
-             f"{rows[0]['quality']['first_reference']} for every bundle, so that fewer steps show too.", "",
-             "| bundle | device | format | precision | steps | size MB | step p50 ms | step p99 ms | e2e ms/image "
-             "| peak RSS MB | PSNR (own) dB | PSNR (common) dB | FD-digits | FD-digits (own FP32 ref) | accuracy |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# edgediff report",
+        "",
+        f"Quality: every bundle and its own FP32 PyTorch reference (same sampler, steps, guidance) on the "
+        f"same {num_samples} seeds starting at {seed}. Latency: `edgediff bench` on the device named in "
+        "the table; *estimated* rows are roofline lower bounds, not measurements.",
+        "",
+        f"PSNR (own) is against the bundle's own FP32 reference; PSNR (common) against "
+        f"{rows[0]['quality']['first_reference']} for every bundle, so that fewer steps show too.",
+        "",
+        "| bundle | device | format | precision | steps | size MB | step p50 ms | step p99 ms | e2e ms/image "
+        "| peak RSS MB | PSNR (own) dB | PSNR (common) dB | FD-digits | FD-digits (own FP32 ref) | accuracy |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         b, q = r["bench"], r["quality"]
         st = b["step_ms"]
@@ -259,17 +305,21 @@ def _markdown(rows, figures: dict, *, num_samples: int, seed: int) -> str:
             p50, p99, e2e = _fmt(st["p50"], ".3f"), _fmt(st["p99"], ".3f"), _fmt(b["e2e_ms"]["p50"], ".2f")
         else:
             p50, p99, e2e = f"{st['estimate']:.3f} *estimated*", "—", f"{b['e2e_ms']['estimate']:.2f} *estimated*"
-        lines.append(f"| {r['name']} | {b['device']} | {b['model']['format']} | {b['model']['precision']} | "
-                     f"{b['sampler']['steps']} | {b['size_mb']:.2f} | {p50} | {p99} | {e2e} | "
-                     f"{_fmt(b['peak_rss_mb'], '.1f')} | {_fmt(q['psnr_db'], '.2f')} | "
-                     f"{_fmt(q['psnr_db_vs_first_reference'], '.2f')} | {_fmt(q['fd_digits'], '.3f')} | "
-                     f"{_fmt(q['reference']['fd_digits'], '.3f')} | {_fmt(q['class_accuracy'], '.3f')} |")
+        lines.append(
+            f"| {r['name']} | {b['device']} | {b['model']['format']} | {b['model']['precision']} | "
+            f"{b['sampler']['steps']} | {b['size_mb']:.2f} | {p50} | {p99} | {e2e} | "
+            f"{_fmt(b['peak_rss_mb'], '.1f')} | {_fmt(q['psnr_db'], '.2f')} | "
+            f"{_fmt(q['psnr_db_vs_first_reference'], '.2f')} | {_fmt(q['fd_digits'], '.3f')} | "
+            f"{_fmt(q['reference']['fd_digits'], '.3f')} | {_fmt(q['class_accuracy'], '.3f')} |"
+        )
     hosts = {}
     for r in rows:
         if r["bench"]["measured"]:
             h = r["bench"]["host"]
-            desc = (f"{h.get('cpu_model', h.get('machine', '?'))}, {h.get('cores', '?')} cores, "
-                    f"{', '.join(h.get('features', []))} ({h.get('os', '')})")
+            desc = (
+                f"{h.get('cpu_model', h.get('machine', '?'))}, {h.get('cores', '?')} cores, "
+                f"{', '.join(h.get('features', []))} ({h.get('os', '')})"
+            )
             hosts.setdefault(desc, []).append(f"{r['name']} ({r['bench']['device']})")
     if hosts:
         lines += ["", "Measured on:"]
@@ -278,10 +328,18 @@ def _markdown(rows, figures: dict, *, num_samples: int, seed: int) -> str:
         if not r["bench"]["measured"]:
             lines += ["", f"Assumptions of the estimate for {r['name']} on {r['bench']['device']}:"]
             lines += [f"- {a}" for a in r["bench"]["assumptions"]]
-    titles = {"quality_latency": "Quality vs latency", "step_latency": "Per-step latency", "size": "Size on disk",
-              "images": "Images: FP32 reference and bundle, same seeds"}
+    titles = {
+        "quality_latency": "Quality vs latency",
+        "step_latency": "Per-step latency",
+        "size": "Size on disk",
+        "images": "Images: FP32 reference and bundle, same seeds",
+    }
     for key, p in figures.items():
         lines += ["", f"## {titles[key]}", "", f"![{key}]({Path(p).name})"]
-    lines += ["", "FD-digits is biased upward at small sample counts: compare a bundle with its own FP32 "
-              "reference column, computed on the same number of images.", ""]
+    lines += [
+        "",
+        "FD-digits is biased upward at small sample counts: compare a bundle with its own FP32 "
+        "reference column, computed on the same number of images.",
+        "",
+    ]
     return "\n".join(lines)

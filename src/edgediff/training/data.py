@@ -1,12 +1,12 @@
 """The digits data set, split once for the whole project.
 
-    sklearn load_digits (1797 images, 8x8, values 0..16, bundled, no download)
-        -> scale to [-1, 1] -> bilinear upsample to size x size
-        -> seeded stratified split:
-             "diffusion"  ~55 %  the only images the diffusion model trains on
-             "classifier" ~25 %  the only images the digits classifier trains on
-             "heldout"    ~20 %  seen by neither: classifier test accuracy, and the
-                                 real-image reference set for FD-digits
+sklearn load_digits (1797 images, 8x8, values 0..16, bundled, no download)
+    -> scale to [-1, 1] -> bilinear upsample to size x size
+    -> seeded stratified split:
+         "diffusion"  ~55 %  the only images the diffusion model trains on
+         "classifier" ~25 %  the only images the digits classifier trains on
+         "heldout"    ~20 %  seen by neither: classifier test accuracy, and the
+                             real-image reference set for FD-digits
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def split_indices(seed: int = 0) -> dict[str, np.ndarray]:
     y = load_digits().target
     idx = np.arange(len(y))
     rest, held = train_test_split(idx, test_size=HELDOUT_FRACTION, stratify=y, random_state=seed)
-    diff, clf = train_test_split(rest, test_size=CLASSIFIER_FRACTION / (1 - HELDOUT_FRACTION),
-                                 stratify=y[rest], random_state=seed + 1)
+    diff, clf = train_test_split(
+        rest, test_size=CLASSIFIER_FRACTION / (1 - HELDOUT_FRACTION), stratify=y[rest], random_state=seed + 1
+    )
     return {name: np.sort(part) for name, part in zip(SPLITS, (diff, clf, held))}
 
 

@@ -1,10 +1,10 @@
 """What pruning recovery and distillation train on: data, and the diffusion loss.
 
-    training_data(model, data=None)
-        builtin:digits        -> the zoo's "diffusion" split (the images the model was trained on)
-        --data images.npz     -> arrays "images" (N, C, H, W) float32 in [-1, 1], optional "labels" (N,) int
-    diffusion_loss(...)     -> MSE(eps_pred, eps) at t ~ U{0..T-1}, labels dropped to the null label
-                               with probability `label_dropout` (keeps classifier-free guidance working)
+training_data(model, data=None)
+    builtin:digits        -> the zoo's "diffusion" split (the images the model was trained on)
+    --data images.npz     -> arrays "images" (N, C, H, W) float32 in [-1, 1], optional "labels" (N,) int
+diffusion_loss(...)     -> MSE(eps_pred, eps) at t ~ U{0..T-1}, labels dropped to the null label
+                           with probability `label_dropout` (keeps classifier-free guidance working)
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgediff.core.spec import ModelSpec
 from edgediff.core.errors import EdgediffError
-
+from edgediff.core.spec import ModelSpec
 from edgediff.training.trainer import StepRandom
 
 
@@ -29,8 +28,10 @@ def training_data(model: ModelSpec, data: str | Path | None = None) -> dict[str,
 
             x, y = digits_splits()["diffusion"]
             return {"x0": torch.from_numpy(x), "label": torch.from_numpy(y)}
-        raise EdgediffError(f"source {model.source!r}: no builtin training data; pass --data images.npz "
-                            "(arrays 'images' (N, C, H, W) in [-1, 1] and, for class-conditional models, 'labels')")
+        raise EdgediffError(
+            f"source {model.source!r}: no builtin training data; pass --data images.npz "
+            "(arrays 'images' (N, C, H, W) in [-1, 1] and, for class-conditional models, 'labels')"
+        )
     path = Path(data)
     try:
         npz = np.load(path)
@@ -40,8 +41,9 @@ def training_data(model: ModelSpec, data: str | Path | None = None) -> dict[str,
         raise EdgediffError(f"{path}: no array 'images' (found {', '.join(npz.files) or 'none'})")
     x = np.asarray(npz["images"], dtype=np.float32)
     if x.ndim != 4 or tuple(x.shape[1:]) != tuple(model.sample_shape):
-        raise EdgediffError(f"{path}: field images has shape {x.shape}; the model needs (N, "
-                            f"{', '.join(map(str, model.sample_shape))})")
+        raise EdgediffError(
+            f"{path}: field images has shape {x.shape}; the model needs (N, {', '.join(map(str, model.sample_shape))})"
+        )
     if len(x) == 0 or not np.all(np.isfinite(x)):
         raise EdgediffError(f"{path}: field images is empty or holds NaN/inf")
     out = {"x0": torch.from_numpy(x)}

@@ -38,7 +38,7 @@ class DistContext:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls) -> "DistContext":
+    def from_env(cls) -> DistContext:
         """Join the process group torchrun describes in the environment, or run alone."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
@@ -96,6 +96,14 @@ def relaunch_under_torchrun(nproc: int, argv: list[str] | None = None) -> int:
         if a.startswith("--nproc="):
             continue
         clean.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "edgediff.cli.main", *clean]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "edgediff.cli.main",
+        *clean,
+    ]
     return subprocess.call(cmd)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +30,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgediff.core.errors import EdgediffError
-
 from edgediff.training.dist import DistContext
 
 CHECKPOINT = "last.pt"
@@ -75,8 +74,13 @@ class TrainResult:
     world_size: int = 1
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "seconds": round(self.seconds, 2), "final_loss": self.final_loss,
-                "resumed_from": self.resumed_from, "world_size": self.world_size}
+        return {
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "final_loss": self.final_loss,
+            "resumed_from": self.resumed_from,
+            "world_size": self.world_size,
+        }
 
 
 class StepRandom:
@@ -117,7 +121,7 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int) -> torch.Tensor
     per_epoch = n // batch_size
     epoch, pos = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A)))
-    return perm[pos * batch_size:(pos + 1) * batch_size]
+    return perm[pos * batch_size : (pos + 1) * batch_size]
 
 
 class Ema:
@@ -156,8 +160,16 @@ class Trainer:
     loss_fn(model, batch, rng) returns the loss (mean over the batch rows), or (loss, logs).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: dict[str, torch.Tensor], config: TrainConfig,
-                 *, dist: DistContext | None = None, config_record: dict | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: dict[str, torch.Tensor],
+        config: TrainConfig,
+        *,
+        dist: DistContext | None = None,
+        config_record: dict | None = None,
+    ):
         self.cfg = config
         self.dist = dist or DistContext()
         self.loss_fn = loss_fn
@@ -168,8 +180,9 @@ class Trainer:
         if config.batch_size > self.n:
             raise EdgediffError(f"training: batch_size {config.batch_size} exceeds the {self.n} training examples")
         if config.batch_size % self.dist.world_size:
-            raise EdgediffError(f"training: batch_size {config.batch_size} does not split evenly over "
-                                f"{self.dist.world_size} processes")
+            raise EdgediffError(
+                f"training: batch_size {config.batch_size} does not split evenly over {self.dist.world_size} processes"
+            )
         self.data = data
         self.model = model.to(self.dist.device).train()
         self.ema = Ema(self.model, config.ema_decay) if config.ema_decay > 0 else None
@@ -205,9 +218,15 @@ class Trainer:
             return
         if self.dist.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
-            state = {"step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                     "sched": self.sched.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-                     "config": asdict(self.cfg), "record": self.record}
+            state = {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None,
+                "config": asdict(self.cfg),
+                "record": self.record,
+            }
             tmp = path.with_suffix(".tmp")
             torch.save(state, tmp)
             tmp.replace(path)
@@ -225,13 +244,14 @@ class Trainer:
         saved = state.get("config", {})
         for key in ("batch_size", "seed", "steps"):
             if saved.get(key) != getattr(self.cfg, key):
-                raise EdgediffError(f"{path}: checkpoint was written with {key}={saved.get(key)!r}, this run has "
-                                    f"{key}={getattr(self.cfg, key)!r}; use the same settings or another folder")
+                raise EdgediffError(
+                    f"{path}: checkpoint was written with {key}={saved.get(key)!r}, this run has "
+                    f"{key}={getattr(self.cfg, key)!r}; use the same settings or another folder"
+                )
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
-            raise EdgediffError(f"{path}: checkpoint weights do not fit this model: "
-                                f"{str(e).splitlines()[0]}") from None
+            raise EdgediffError(f"{path}: checkpoint weights do not fit this model: {str(e).splitlines()[0]}") from None
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         if self.ema and state.get("ema"):
@@ -255,18 +275,24 @@ class Trainer:
             per_rank = cfg.batch_size // dist.world_size
             rows = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
             losses: list[float] = []
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.desc, dynamic_ncols=True,
-                       disable=not (cfg.progress and dist.is_main))
+            bar = tqdm(
+                total=cfg.steps,
+                initial=self.step,
+                desc=cfg.desc,
+                dynamic_ncols=True,
+                disable=not (cfg.progress and dist.is_main),
+            )
             t0 = time.perf_counter()
             while self.step < end:
                 idx = batch_indices(cfg.seed, self.step, self.n, cfg.batch_size)[rows]
                 batch = {k: v[idx].to(dist.device) for k, v in self.data.items()}
                 rng = StepRandom(cfg.seed, self.step, cfg.batch_size, rows)
                 out = self.loss_fn(self.wrapped, batch, rng)
-                loss, logs = (out if isinstance(out, tuple) else (out, {}))
+                loss, logs = out if isinstance(out, tuple) else (out, {})
                 if not torch.isfinite(loss):
-                    raise EdgediffError(f"training: the loss became {loss.item()} at step {self.step}; "
-                                        "lower --lr or check the data")
+                    raise EdgediffError(
+                        f"training: the loss became {loss.item()} at step {self.step}; lower --lr or check the data"
+                    )
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -283,8 +309,9 @@ class Trainer:
                 losses.append(float(value))
                 bar.update(1)
                 if len(losses) % 10 == 0 or self.step == end:
-                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}",
-                                    **{k: f"{float(v):.4g}" for k, v in logs.items()})
+                    bar.set_postfix(
+                        loss=f"{np.mean(losses[-50:]):.4f}", **{k: f"{float(v):.4g}" for k, v in logs.items()}
+                    )
                 if self.step % cfg.checkpoint_every == 0 or self.step == end:
                     self.save_checkpoint()
             bar.close()
@@ -294,13 +321,24 @@ class Trainer:
             self.model.eval()
         finally:
             torch.set_num_threads(prev_threads)
-        tail = losses[-max(1, len(losses) // 10):]
-        return TrainResult(steps=self.step, seconds=seconds, losses=losses,
-                           final_loss=float(np.mean(tail)) if tail else float("nan"),
-                           resumed_from=resumed, world_size=dist.world_size)
+        tail = losses[-max(1, len(losses) // 10) :]
+        return TrainResult(
+            steps=self.step,
+            seconds=seconds,
+            losses=losses,
+            final_loss=float(np.mean(tail)) if tail else float("nan"),
+            resumed_from=resumed,
+            world_size=dist.world_size,
+        )
 
 
-def train(model: nn.Module, loss_fn: LossFn, data: dict[str, torch.Tensor], config: TrainConfig,
-          *, dist: DistContext | None = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: dict[str, torch.Tensor],
+    config: TrainConfig,
+    *,
+    dist: DistContext | None = None,
+) -> TrainResult:
     """Train `model` in place (EMA weights left in it); see Trainer."""
     return Trainer(model, loss_fn, data, config, dist=dist).run()

@@ -1,24 +1,25 @@
 """Builtin models: `builtin:NAME` sources, weights shipped inside the package.
 
-    load_builtin("digits")     -> BuiltinModel (trained UNet2DModel, weights/digits_unet.safetensors)
-    load_builtin("cifar-arch") -> BuiltinModel (DDPM CIFAR-10 architecture, seeded random weights)
-    load_builtin("digits-pruned") -> BuiltinModel (digits pruned + fine-tuned, weights/digits_pruned/,
-                                  a pruned folder of src/edgediff/prune/store.py written by `edgediff prune`)
-    load_classifier()          -> DigitsClassifier (weights/digits_classifier.safetensors)
+load_builtin("digits")     -> BuiltinModel (trained UNet2DModel, weights/digits_unet.safetensors)
+load_builtin("cifar-arch") -> BuiltinModel (DDPM CIFAR-10 architecture, seeded random weights)
+load_builtin("digits-pruned") -> BuiltinModel (digits pruned + fine-tuned, weights/digits_pruned/,
+                              a pruned folder of src/edgediff/prune/store.py written by `edgediff prune`)
+load_classifier()          -> DigitsClassifier (weights/digits_classifier.safetensors)
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from safetensors.torch import load_file
 from torch import nn
 
 from edgediff.core.errors import EdgediffError
-
+from edgediff.distill.distill import STUDENT_FILE
+from edgediff.prune.store import load_pruned
 from edgediff.zoo.models import (
     CIFAR_SCHEDULER_CONFIG,
     DIGITS_SCHEDULER_CONFIG,
@@ -28,8 +29,6 @@ from edgediff.zoo.models import (
     build_classifier,
     build_digits_unet,
 )
-from edgediff.distill.distill import STUDENT_FILE
-from edgediff.prune.store import load_pruned
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -59,7 +58,7 @@ def _digits() -> BuiltinModel:
         num_classes=NUM_DIGIT_CLASSES,
         weights_sha256=sha256_file(path),
         description="class-conditional UNet2DModel (1.11 M params) trained on scikit-learn digits, "
-                    "16x16 grayscale in [-1, 1], labels 0-9, null label 10 for classifier-free guidance",
+        "16x16 grayscale in [-1, 1], labels 0-9, null label 10 for classifier-free guidance",
         trained=True,
     )
 
@@ -73,7 +72,7 @@ def _cifar_arch() -> BuiltinModel:
         num_classes=None,
         weights_sha256=None,
         description="google/ddpm-cifar10-32 architecture (35.7 M params, 6.1 G MACs/step) with seeded "
-                    "random weights: for speed and size figures only, its images are noise",
+        "random weights: for speed and size figures only, its images are noise",
         trained=False,
     )
 
@@ -82,9 +81,11 @@ def _digits_pruned() -> BuiltinModel:
 
     root = WEIGHTS_DIR / "digits_pruned"
     if not (root / "pruned_shapes.json").is_file():
-        raise EdgediffError(f"{root}: pruned weights missing; create them with "
-                            "`edgediff prune builtin:digits --ratio 0.5 --layer-ratio 'down_blocks.0.*=0.25' "
-                            f"--layer-ratio 'up_blocks.2.*=0.25' --finetune-steps 700 -o {root}`")
+        raise EdgediffError(
+            f"{root}: pruned weights missing; create them with "
+            "`edgediff prune builtin:digits --ratio 0.5 --layer-ratio 'down_blocks.0.*=0.25' "
+            f"--layer-ratio 'up_blocks.2.*=0.25' --finetune-steps 700 -o {root}`"
+        )
     unet, _, data = load_pruned(root)
     rec = data["record"]
     return BuiltinModel(
@@ -95,10 +96,10 @@ def _digits_pruned() -> BuiltinModel:
         num_classes=NUM_DIGIT_CLASSES,
         weights_sha256=sha256_file(root / "diffusion_pytorch_model.safetensors"),
         description=f"builtin:digits with {rec['ratio']:g} of its channels pruned"
-                    + "".join(f", {r:g} in {p}" for p, r in rec.get("layer_ratios") or ())
-                    + f" ({rec['importance']} importance, "
-                    f"-{100 * rec['macs_reduction']:.0f} % MACs) and a {rec.get('finetune', {}).get('steps', 0)}-step "
-                    "recovery fine-tune against the unpruned model",
+        + "".join(f", {r:g} in {p}" for p, r in rec.get("layer_ratios") or ())
+        + f" ({rec['importance']} importance, "
+        f"-{100 * rec['macs_reduction']:.0f} % MACs) and a {rec.get('finetune', {}).get('steps', 0)}-step "
+        "recovery fine-tune against the unpruned model",
         trained=True,
         pruning=rec,
     )
@@ -134,12 +135,16 @@ def _load_into(module: nn.Module, path: Path, command: str) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise EdgediffError(f"{path}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                            f"recreate it with `{command}`")
+        raise EdgediffError(
+            f"{path}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            f"recreate it with `{command}`"
+        )
     bad = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
     if bad:
-        raise EdgediffError(f"{path}: tensor {bad[0]!r} has shape {tuple(state[bad[0]].shape)}, "
-                            f"expected {tuple(expected[bad[0]].shape)}; recreate it with `{command}`")
+        raise EdgediffError(
+            f"{path}: tensor {bad[0]!r} has shape {tuple(state[bad[0]].shape)}, "
+            f"expected {tuple(expected[bad[0]].shape)}; recreate it with `{command}`"
+        )
     module.load_state_dict(state)
 
 

@@ -62,8 +62,11 @@ def _hooks():
     from diffusers.models.attention_processor import Attention
 
     # kind -> (module type, counter, is_pre_hook)
-    return {"conv": (nn.Conv2d, _conv, False), "linear": (nn.Linear, _linear, False),
-            "attention": (Attention, _attention, True)}
+    return {
+        "conv": (nn.Conv2d, _conv, False),
+        "linear": (nn.Linear, _linear, False),
+        "attention": (Attention, _attention, True),
+    }
 
 
 @torch.no_grad()
@@ -76,12 +79,16 @@ def count_macs(model: nn.Module, *inputs, **kwargs) -> MacCount:
             if not isinstance(m, typ):
                 continue
             if pre:
+
                 def hook(mod, args, kw, kind=kind, fn=fn):
                     totals[kind] += fn(mod, args, kw)
+
                 handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
             else:
+
                 def hook(mod, args, out, kind=kind, fn=fn):
                     totals[kind] += fn(mod, args, out)
+
                 handles.append(m.register_forward_hook(hook))
     try:
         model(*inputs, **kwargs)

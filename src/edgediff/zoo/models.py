@@ -125,11 +125,17 @@ class DigitsClassifier(nn.Module):
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
 
         self.body = nn.Sequential(
-            *conv(1, w), *conv(w, w), nn.AvgPool2d(2),
-            *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.AvgPool2d(2),
+            *conv(1, w),
+            *conv(w, w),
+            nn.AvgPool2d(2),
+            *conv(w, 2 * w),
+            *conv(2 * w, 2 * w),
+            nn.AvgPool2d(2),
             *conv(2 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(4 * w, self.FEATURE_DIM), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * w, self.FEATURE_DIM),
+            nn.SiLU(),
         )
         self.head = nn.Linear(self.FEATURE_DIM, NUM_DIGIT_CLASSES)
 

@@ -30,10 +30,9 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgediff.training.trainer import Ema as _Ema
-
-from edgediff.zoo.builtin import sha256_file
 from edgediff.training.data import digits_splits
+from edgediff.training.trainer import Ema as _Ema
+from edgediff.zoo.builtin import sha256_file
 from edgediff.zoo.models import (
     DIGITS_SCHEDULER_CONFIG,
     NULL_LABEL,
@@ -134,23 +133,43 @@ def train_digits_unet(
         ema.copy_to(model)
     model.eval()
 
-    result = TrainResult(path=Path(out_path) if out_path else None, steps=steps, seed=seed,
-                         final_loss=_tail_mean(losses), seconds=seconds, losses=losses)
+    result = TrainResult(
+        path=Path(out_path) if out_path else None,
+        steps=steps,
+        seed=seed,
+        final_loss=_tail_mean(losses),
+        seconds=seconds,
+        losses=losses,
+    )
     if progress:
         tqdm.write(f"digits unet: {steps} steps in {seconds:.0f} s, final loss {result.final_loss:.4f}")
     if out_path:
-        _save(model, Path(out_path), result, {
-            "model": "digits_unet",
-            "reproduce": "edgediff zoo train digits",
-            "unet_config": digits_unet_config(),
-            "scheduler_config": DIGITS_SCHEDULER_CONFIG,
-            "training": {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr,
-                         "warmup": warmup, "lr_schedule": "linear warmup + cosine to 0",
-                         "optimizer": "AdamW(weight_decay=0)", "ema_decay": ema_decay,
-                         "label_dropout": label_dropout, "null_label": NULL_LABEL,
-                         "loss": "MSE(eps_pred, eps), t ~ U{0..999}", "saved": "EMA weights",
-                         "data": f"digits_splits(size=16, seed=0)['diffusion'] ({len(y_all)} images)"},
-        })
+        _save(
+            model,
+            Path(out_path),
+            result,
+            {
+                "model": "digits_unet",
+                "reproduce": "edgediff zoo train digits",
+                "unet_config": digits_unet_config(),
+                "scheduler_config": DIGITS_SCHEDULER_CONFIG,
+                "training": {
+                    "steps": steps,
+                    "batch_size": batch_size,
+                    "seed": seed,
+                    "lr": lr,
+                    "warmup": warmup,
+                    "lr_schedule": "linear warmup + cosine to 0",
+                    "optimizer": "AdamW(weight_decay=0)",
+                    "ema_decay": ema_decay,
+                    "label_dropout": label_dropout,
+                    "null_label": NULL_LABEL,
+                    "loss": "MSE(eps_pred, eps), t ~ U{0..999}",
+                    "saved": "EMA weights",
+                    "data": f"digits_splits(size=16, seed=0)['diffusion'] ({len(y_all)} images)",
+                },
+            },
+        )
     return result
 
 
@@ -200,30 +219,57 @@ def train_digits_classifier(
         model.eval()
         acc = accuracy(model, x_test.numpy(), y_test.numpy())
 
-    result = TrainResult(path=Path(out_path) if out_path else None, steps=steps, seed=seed,
-                         final_loss=_tail_mean(losses), seconds=seconds, losses=losses,
-                         heldout_accuracy=acc)
+    result = TrainResult(
+        path=Path(out_path) if out_path else None,
+        steps=steps,
+        seed=seed,
+        final_loss=_tail_mean(losses),
+        seconds=seconds,
+        losses=losses,
+        heldout_accuracy=acc,
+    )
     if progress:
-        tqdm.write(f"digits classifier: {steps} steps in {seconds:.0f} s, final loss {result.final_loss:.4f}, "
-                   f"heldout accuracy {acc:.4f}")
+        tqdm.write(
+            f"digits classifier: {steps} steps in {seconds:.0f} s, final loss {result.final_loss:.4f}, "
+            f"heldout accuracy {acc:.4f}"
+        )
     if out_path:
-        _save(model, Path(out_path), result, {
-            "model": "digits_classifier",
-            "reproduce": "edgediff zoo train classifier",
-            "feature_dim": DigitsClassifier.FEATURE_DIM,
-            "heldout_accuracy": acc,
-            "training": {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr,
-                         "warmup": warmup, "lr_schedule": "linear warmup + cosine to 0",
-                         "optimizer": "AdamW(weight_decay=1e-4)", "label_smoothing": 0.05,
-                         "augmentation": "affine (shift<=1.5px, rot<=10deg, scale 0.9..1.1) + noise sigma<=0.15",
-                         "data": f"digits_splits(size=16, seed=0)['classifier'] ({len(y_all)} images)",
-                         "test": f"digits_splits(size=16, seed=0)['heldout'] ({len(y_test)} images)"},
-        })
+        _save(
+            model,
+            Path(out_path),
+            result,
+            {
+                "model": "digits_classifier",
+                "reproduce": "edgediff zoo train classifier",
+                "feature_dim": DigitsClassifier.FEATURE_DIM,
+                "heldout_accuracy": acc,
+                "training": {
+                    "steps": steps,
+                    "batch_size": batch_size,
+                    "seed": seed,
+                    "lr": lr,
+                    "warmup": warmup,
+                    "lr_schedule": "linear warmup + cosine to 0",
+                    "optimizer": "AdamW(weight_decay=1e-4)",
+                    "label_smoothing": 0.05,
+                    "augmentation": "affine (shift<=1.5px, rot<=10deg, scale 0.9..1.1) + noise sigma<=0.15",
+                    "data": f"digits_splits(size=16, seed=0)['classifier'] ({len(y_all)} images)",
+                    "test": f"digits_splits(size=16, seed=0)['heldout'] ({len(y_test)} images)",
+                },
+            },
+        )
     return result
 
 
-def augment_digits(x: torch.Tensor, g: torch.Generator, *, shift_px: float = 1.5, rot_deg: float = 10.0,
-                   scale: tuple[float, float] = (0.9, 1.1), noise: float = 0.15) -> torch.Tensor:
+def augment_digits(
+    x: torch.Tensor,
+    g: torch.Generator,
+    *,
+    shift_px: float = 1.5,
+    rot_deg: float = 10.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    noise: float = 0.15,
+) -> torch.Tensor:
     """Random affine warp (background stays -1) plus Gaussian noise, drawn from `g`."""
     b, _, h, w = x.shape
     u = torch.rand(5, b, generator=g)
@@ -241,12 +287,15 @@ def augment_digits(x: torch.Tensor, g: torch.Generator, *, shift_px: float = 1.5
 @torch.no_grad()
 def accuracy(classifier: nn.Module, images: np.ndarray, labels: np.ndarray, batch: int = 512) -> float:
     """Fraction of `images` (float32 (N,1,16,16) in [-1,1]) classified as `labels`."""
-    preds = [classifier(torch.from_numpy(np.ascontiguousarray(images[i:i + batch]))).argmax(1)
-             for i in range(0, len(images), batch)]
+    preds = [
+        classifier(torch.from_numpy(np.ascontiguousarray(images[i : i + batch]))).argmax(1)
+        for i in range(0, len(images), batch)
+    ]
     return float((torch.cat(preds).numpy() == labels).mean())
 
 
 # --- helpers ---------------------------------------------------------------------------
+
 
 def _alphas_cumprod(cfg: dict) -> torch.Tensor:
     """alpha_bar_t, t = 0..T-1, as float32 (accumulated in float64; diffusers accumulates in
@@ -264,7 +313,7 @@ def _batches(n: int, batch_size: int, g: torch.Generator):
     while True:
         perm = torch.randperm(n, generator=g)
         for i in range(0, n - batch_size + 1, batch_size):
-            yield perm[i:i + batch_size]
+            yield perm[i : i + batch_size]
 
 
 def _warmup_cosine(opt, warmup: int, steps: int):
@@ -291,7 +340,7 @@ class _threads:
 
 
 def _tail_mean(losses: list[float]) -> float:
-    return float(np.mean(losses[-max(1, len(losses) // 10):]))
+    return float(np.mean(losses[-max(1, len(losses) // 10) :]))
 
 
 def _save(model: nn.Module, path: Path, result: TrainResult, record: dict) -> None:
@@ -314,10 +363,16 @@ def _save(model: nn.Module, path: Path, result: TrainResult, record: dict) -> No
         "final_loss": result.final_loss,
         "final_loss_definition": "mean training loss over the last 10% of steps",
         "train_seconds": round(result.seconds, 1),
-        "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                        "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-                        "python": platform.python_version(), "machine": platform.machine(),
-                        "processor": platform.processor() or platform.machine(), "threads": THREADS},
+        "environment": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+            "threads": THREADS,
+        },
     }
     path.with_suffix(".json").write_text(json.dumps(_jsonable(record), indent=2) + "\n")
 
@@ -332,6 +387,16 @@ def _jsonable(x):
     return x
 
 
-__all__ = ["train_digits_unet", "train_digits_classifier", "TrainResult", "augment_digits", "accuracy",
-           "UNET_STEPS", "UNET_BATCH_SIZE", "UNET_SEED", "CLASSIFIER_STEPS", "CLASSIFIER_BATCH_SIZE",
-           "CLASSIFIER_SEED"]
+__all__ = [
+    "train_digits_unet",
+    "train_digits_classifier",
+    "TrainResult",
+    "augment_digits",
+    "accuracy",
+    "UNET_STEPS",
+    "UNET_BATCH_SIZE",
+    "UNET_SEED",
+    "CLASSIFIER_STEPS",
+    "CLASSIFIER_BATCH_SIZE",
+    "CLASSIFIER_SEED",
+]

@@ -13,12 +13,37 @@ so the compiler's quantize pass can import it without a cycle.
 
 from edgediff.quantize.calibration.activations import collect_activations, match_layers, step_groups
 from edgediff.quantize.calibration.observers import OBSERVERS, Observer, QuantRange, make_range, observe
-from edgediff.quantize.calibration.record import (CalibrationMeta, CalibrationSet, deployment_plan, load_calibration,
-                                         record_trajectories)
-from edgediff.quantize.calibration.select import SELECTORS, select_indices
-from edgediff.quantize.calibration.select import select  # after the module import: the name is the function
+from edgediff.quantize.calibration.record import (
+    CalibrationMeta,
+    CalibrationSet,
+    deployment_plan,
+    load_calibration,
+    record_trajectories,
+)
+from edgediff.quantize.calibration.select import (
+    SELECTORS,
+    select,  # after the module import: the name is the function
+    select_indices,
+)
 from edgediff.quantize.calibration.sensitivity import SensitivityTable, layer_sensitivity
 
-__all__ = ["OBSERVERS", "SELECTORS", "CalibrationMeta", "CalibrationSet", "Observer", "QuantRange",
-           "SensitivityTable", "collect_activations", "deployment_plan", "layer_sensitivity", "load_calibration",
-           "make_range", "match_layers", "observe", "record_trajectories", "select", "select_indices", "step_groups"]
+__all__ = [
+    "OBSERVERS",
+    "SELECTORS",
+    "CalibrationMeta",
+    "CalibrationSet",
+    "Observer",
+    "QuantRange",
+    "SensitivityTable",
+    "collect_activations",
+    "deployment_plan",
+    "layer_sensitivity",
+    "load_calibration",
+    "make_range",
+    "match_layers",
+    "observe",
+    "record_trajectories",
+    "select",
+    "select_indices",
+    "step_groups",
+]

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgediff.core.errors import EdgediffError
 from edgediff.quantize.calibration.observers import Observer
 from edgediff.quantize.calibration.record import CalibrationSet
-from edgediff.core.errors import EdgediffError
 
 # Layer types observed by default, with the axis of their weight's output channels.
 # To quantize a new layer type, add it here (sensitivity.py uses the same table).
@@ -35,8 +35,9 @@ WEIGHT_AXIS: dict[type, int] = {
 WHICH = ("input", "output")
 
 
-def match_layers(module: nn.Module, patterns: list[str] | None = None,
-                 types: tuple[type, ...] = tuple(WEIGHT_AXIS)) -> list[str]:
+def match_layers(
+    module: nn.Module, patterns: list[str] | None = None, types: tuple[type, ...] = tuple(WEIGHT_AXIS)
+) -> list[str]:
     """Names of the submodules of `types` that match any glob in `patterns` (all when None).
 
     A pattern that matches nothing is an error naming it, so a typo never silently observes
@@ -49,8 +50,10 @@ def match_layers(module: nn.Module, patterns: list[str] | None = None,
     for p in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
         if not hits:
-            raise EdgediffError(f"layer pattern {p!r} matches no {'/'.join(t.__name__ for t in types)} layer; "
-                                f"there are {len(names)} such layers, e.g. {', '.join(names[:4])}")
+            raise EdgediffError(
+                f"layer pattern {p!r} matches no {'/'.join(t.__name__ for t in types)} layer; "
+                f"there are {len(names)} such layers, e.g. {', '.join(names[:4])}"
+            )
         chosen += [n for n in hits if n not in chosen]
     return [n for n in names if n in chosen]  # model order
 
@@ -76,10 +79,20 @@ def split_key(key: str) -> tuple[str, str]:
     return layer, which
 
 
-def collect_activations(model, calib: CalibrationSet, *, kind: str = "minmax", groups: int = 1,
-                        layers: list[str] | None = None, which: tuple[str, ...] = WHICH, bits: int = 8,
-                        symmetric: bool = False, batch_size: int = 64, progress=None,
-                        **observer_options) -> dict[str, dict[int, Observer]]:
+def collect_activations(
+    model,
+    calib: CalibrationSet,
+    *,
+    kind: str = "minmax",
+    groups: int = 1,
+    layers: list[str] | None = None,
+    which: tuple[str, ...] = WHICH,
+    bits: int = 8,
+    symmetric: bool = False,
+    batch_size: int = 64,
+    progress=None,
+    **observer_options,
+) -> dict[str, dict[int, Observer]]:
     """Run every row of `calib` through `model` (a ModelSpec or torch module) and observe
     the inputs and/or outputs of the matched layers, per timestep group.
 
@@ -98,14 +111,19 @@ def collect_activations(model, calib: CalibrationSet, *, kind: str = "minmax", g
     for g in range(groups):
         if not (row_group == g).any():
             steps = np.nonzero(group_of_step == g)[0]
-            raise EdgediffError(f"timestep group {g} (steps {steps[0]}..{steps[-1]}) has no rows in the calibration "
-                                "set; record or select rows at those steps, or use fewer groups")
+            raise EdgediffError(
+                f"timestep group {g} (steps {steps[0]}..{steps[-1]}) has no rows in the calibration "
+                "set; record or select rows at those steps, or use fewer groups"
+            )
     names = match_layers(module, layers)
     if not names:
         raise EdgediffError("the model has no Conv/Linear layers to observe")
     Observer(kind, bits=bits, symmetric=symmetric, **observer_options)  # unknown kind/option: fail before running
-    stats = {f"{n}:{w}": {g: Observer(kind, bits=bits, symmetric=symmetric, **observer_options)
-                          for g in range(groups)} for n in names for w in which}
+    stats = {
+        f"{n}:{w}": {g: Observer(kind, bits=bits, symmetric=symmetric, **observer_options) for g in range(groups)}
+        for n in names
+        for w in which
+    }
     current = {"group": 0}
 
     def make_hook(name):
@@ -118,6 +136,7 @@ def collect_activations(model, calib: CalibrationSet, *, kind: str = "minmax", g
                     stats[f"{name}:output"][g].update(output.detach().float().cpu().numpy())
             except EdgediffError as e:
                 raise EdgediffError(f"layer {name} (timestep group {g}): {e}") from None
+
         return hook
 
     subs = dict(module.named_modules())
@@ -128,7 +147,7 @@ def collect_activations(model, calib: CalibrationSet, *, kind: str = "minmax", g
                 current["group"] = g
                 rows = np.nonzero(row_group == g)[0]
                 for start in range(0, rows.size, batch_size):
-                    chunk = rows[start:start + batch_size]
+                    chunk = rows[start : start + batch_size]
                     module(*calib.model_args(chunk))
                     if progress is not None:
                         progress(chunk.size)

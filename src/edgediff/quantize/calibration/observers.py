@@ -69,9 +69,15 @@ class QuantRange:
         return v.reshape(shape)
 
     def to_dict(self) -> dict:
-        return {"scale": np.asarray(self.scale).tolist(), "zero_point": np.asarray(self.zero_point).tolist(),
-                "min": np.asarray(self.min).tolist(), "max": np.asarray(self.max).tolist(),
-                "bits": self.bits, "symmetric": self.symmetric, "axis": self.axis}
+        return {
+            "scale": np.asarray(self.scale).tolist(),
+            "zero_point": np.asarray(self.zero_point).tolist(),
+            "min": np.asarray(self.min).tolist(),
+            "max": np.asarray(self.max).tolist(),
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "axis": self.axis,
+        }
 
 
 def make_range(lo, hi, *, bits: int = 8, symmetric: bool = False, axis: int | None = None) -> QuantRange:
@@ -90,13 +96,20 @@ def make_range(lo, hi, *, bits: int = 8, symmetric: bool = False, axis: int | No
         safe = np.where(scale > 0, scale, 1.0)
         zp = np.clip(np.round(qmin - lo / safe), qmin, qmax)
     scale = np.where(scale > 0, scale, 1.0)  # an all-zero tensor or channel: any scale is exact
-    return QuantRange(scale=np.asarray(scale, np.float32), zero_point=np.asarray(zp, np.int32),
-                      min=np.asarray(lo, np.float32), max=np.asarray(hi, np.float32), bits=bits, symmetric=symmetric,
-                      axis=axis)
+    return QuantRange(
+        scale=np.asarray(scale, np.float32),
+        zero_point=np.asarray(zp, np.int32),
+        min=np.asarray(lo, np.float32),
+        max=np.asarray(hi, np.float32),
+        bits=bits,
+        symmetric=symmetric,
+        axis=axis,
+    )
 
 
-def _qdq_error(values: np.ndarray, weights: np.ndarray | None, lo: np.ndarray, hi: np.ndarray, bits: int,
-               symmetric: bool) -> np.ndarray:
+def _qdq_error(
+    values: np.ndarray, weights: np.ndarray | None, lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool
+) -> np.ndarray:
     """Sum of squared quantize-dequantize errors of `values` (..., n) for candidate ranges.
 
     lo, hi: (K, ...) candidates broadcasting against values[..., 0]; returns (K, ...).
@@ -163,7 +176,7 @@ class Histogram(_Stats):
         while amax >= half * self.width:
             merged = self.counts.reshape(half, 2).sum(axis=1)
             self.counts = np.zeros(self.bins, np.int64)
-            self.counts[self.bins // 4: self.bins // 4 + half] = merged
+            self.counts[self.bins // 4 : self.bins // 4 + half] = merged
             self.width *= 2.0
         idx = np.clip(np.floor(x / self.width).astype(np.int64) + half, 0, self.bins - 1)
         self.counts += np.bincount(idx, minlength=self.bins)
@@ -227,8 +240,9 @@ class ChannelValues(_Stats):
             raise EdgediffError(f"observer axis {self.axis} out of range for an array of shape {x.shape}")
         m = np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
         if self.parts and m.shape[0] != self.parts[0].shape[0]:
-            raise EdgediffError(f"observer axis {self.axis}: got {m.shape[0]} channels, "
-                                f"earlier {self.parts[0].shape[0]}")
+            raise EdgediffError(
+                f"observer axis {self.axis}: got {m.shape[0]} channels, earlier {self.parts[0].shape[0]}"
+            )
         self.parts.append(m)
 
     @property
@@ -323,8 +337,16 @@ class Observer:
     keeping the values (weights). Raises EdgediffError on NaN/inf input.
     """
 
-    def __init__(self, kind: str = "minmax", *, axis: int | None = None, bits: int = 8, symmetric: bool = False,
-                 bins: int = 8192, **options):
+    def __init__(
+        self,
+        kind: str = "minmax",
+        *,
+        axis: int | None = None,
+        bits: int = 8,
+        symmetric: bool = False,
+        bins: int = 8192,
+        **options,
+    ):
         _check_kind(kind, options)
         if not isinstance(bits, int) or not 2 <= bits <= 16:
             raise EdgediffError(f"observer bits must be an integer in 2..16, got {bits!r}")
@@ -336,7 +358,7 @@ class Observer:
         s = self.stats
         return s.n if isinstance(s, Histogram) else sum(p.size for p in s.parts)
 
-    def update(self, x) -> "Observer":
+    def update(self, x) -> Observer:
         x = np.asarray(x)
         if x.size and not np.isfinite(x).all():
             raise EdgediffError(f"observer got non-finite values (NaN or inf) in an array of shape {x.shape}")
@@ -348,8 +370,15 @@ class Observer:
         return make_range(lo, hi, bits=self.bits, symmetric=self.symmetric, axis=self.axis)
 
 
-def observe(samples: np.ndarray, kind: str = "minmax", *, axis: int | None = None, bits: int = 8,
-            symmetric: bool = False, **options) -> QuantRange:
+def observe(
+    samples: np.ndarray,
+    kind: str = "minmax",
+    *,
+    axis: int | None = None,
+    bits: int = 8,
+    symmetric: bool = False,
+    **options,
+) -> QuantRange:
     """One-shot: the QuantRange of `samples` (per tensor, or per channel along `axis`).
 
     Activations: axis=None (asymmetric by default). Weights: axis=0 (output channels of

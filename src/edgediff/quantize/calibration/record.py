@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-from edgediff.core.spec import ModelSpec, torch_denoiser
 from edgediff.core.errors import EdgediffError
+from edgediff.core.spec import ModelSpec, torch_denoiser
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.samplers import Plan, get_solver
 from edgediff.runtimes.sampling import sample
@@ -68,7 +67,7 @@ class CalibrationMeta:
         object.__setattr__(self, "sample_shape", tuple(int(s) for s in self.sample_shape))
 
     @classmethod
-    def from_dict(cls, d) -> "CalibrationMeta":
+    def from_dict(cls, d) -> CalibrationMeta:
         if not isinstance(d, dict):
             raise EdgediffError(f"metadata must be a JSON object, got {type(d).__name__}")
         known = [f.name for f in fields(cls)]
@@ -81,10 +80,21 @@ class CalibrationMeta:
         if d.get("format", FORMAT) != FORMAT:
             raise EdgediffError(f"metadata field 'format' is {d['format']!r}, expected {FORMAT!r}")
         if d.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise EdgediffError(f"metadata field 'format_version' is {d['format_version']!r}; "
-                                f"this edgediff reads version {FORMAT_VERSION}")
-        kinds = {"source": str, "source_sha256": str, "sampler": str, "spacing": str, "steps": int, "seed": int,
-                 "num_samples": int, "guidance": (int, float), "plan": dict}
+            raise EdgediffError(
+                f"metadata field 'format_version' is {d['format_version']!r}; "
+                f"this edgediff reads version {FORMAT_VERSION}"
+            )
+        kinds = {
+            "source": str,
+            "source_sha256": str,
+            "sampler": str,
+            "spacing": str,
+            "steps": int,
+            "seed": int,
+            "num_samples": int,
+            "guidance": (int, float),
+            "plan": dict,
+        }
         for name, kind in kinds.items():
             if not isinstance(d[name], kind) or isinstance(d[name], bool):
                 raise EdgediffError(f"metadata field {name!r} has the wrong type ({type(d[name]).__name__})")
@@ -151,14 +161,15 @@ class CalibrationSet:
         """The plan steps that have at least one row here (all of them unless selected)."""
         return np.unique(self.step)
 
-    def subset(self, indices, *, selection: dict | None = None) -> "CalibrationSet":
+    def subset(self, indices, *, selection: dict | None = None) -> CalibrationSet:
         """Rows `indices` (in that order) as a new set; `selection` is recorded in the metadata."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise EdgediffError(f"subset index out of range 0..{len(self) - 1}")
         meta = self.meta if selection is None else CalibrationMeta(**{**asdict(self.meta), "selection": selection})
-        return CalibrationSet(self.x[idx], self.t[idx], None if self.cond is None else self.cond[idx],
-                              self.step[idx], meta)
+        return CalibrationSet(
+            self.x[idx], self.t[idx], None if self.cond is None else self.cond[idx], self.step[idx], meta
+        )
 
     def model_args(self, indices=None) -> tuple[torch.Tensor, ...]:
         """Rows as the model's positional inputs (sample, timestep[, cond]); for an
@@ -177,8 +188,10 @@ class CalibrationSet:
     def check_model(self, model: ModelSpec, *, where: str = "calibration set") -> None:
         """EdgediffError unless the rows fit `model`'s inputs (sample shape and conditioning)."""
         if tuple(model.sample_shape) != self.meta.sample_shape:
-            raise EdgediffError(f"{where}: field 'sample_shape' is {list(self.meta.sample_shape)} but the model "
-                                f"{model.source} takes {list(model.sample_shape)}")
+            raise EdgediffError(
+                f"{where}: field 'sample_shape' is {list(self.meta.sample_shape)} but the model "
+                f"{model.source} takes {list(model.sample_shape)}"
+            )
         mine, theirs = self.meta.conditioning, model.conditioning.to_dict()
         same_null = mine["kind"] != "class" or mine.get("null_label") == theirs["null_label"]
         if mine["kind"] != theirs["kind"] or not same_null:
@@ -189,8 +202,10 @@ class CalibrationSet:
         if plan.solver != self.plan.solver:
             raise EdgediffError(f"{where}: recorded with solver {self.plan.solver!r}, the bundle runs {plan.solver!r}")
         if not np.array_equal(plan.model_timesteps, self.timesteps):
-            raise EdgediffError(f"{where}: recorded at timesteps {self.timesteps.tolist()}, the bundle visits "
-                                f"{plan.model_timesteps.tolist()}")
+            raise EdgediffError(
+                f"{where}: recorded at timesteps {self.timesteps.tolist()}, the bundle visits "
+                f"{plan.model_timesteps.tolist()}"
+            )
 
     # ------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
@@ -214,7 +229,7 @@ class CalibrationSet:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, model: ModelSpec | None = None) -> "CalibrationSet":
+    def load(cls, path: str | Path, *, model: ModelSpec | None = None) -> CalibrationSet:
         """Read and validate an .npz written by `save`; with `model`, also check that it fits it.
 
         Every problem is an EdgediffError naming the file and the array or field.
@@ -234,8 +249,9 @@ class CalibrationSet:
             names = set(archive.files)
             unknown = sorted(names - set(ARRAYS))
             if unknown:
-                raise EdgediffError(f"{path}: unknown array {unknown[0]!r}; a calibration set holds "
-                                    f"{', '.join(ARRAYS)}")
+                raise EdgediffError(
+                    f"{path}: unknown array {unknown[0]!r}; a calibration set holds {', '.join(ARRAYS)}"
+                )
             for name in ("meta", "x", "t", "step"):
                 if name not in names:
                     raise EdgediffError(f"{path}: array {name!r} is missing")
@@ -277,8 +293,10 @@ def _validate(x, t, cond, step, meta: CalibrationMeta) -> None:
     if n == 0:
         raise EdgediffError("array 'x' is empty: the set has no rows")
     if tuple(x.shape[1:]) != meta.sample_shape:
-        raise EdgediffError(f"array 'x' has samples of shape {list(x.shape[1:])}, but metadata field "
-                            f"'sample_shape' is {list(meta.sample_shape)}")
+        raise EdgediffError(
+            f"array 'x' has samples of shape {list(x.shape[1:])}, but metadata field "
+            f"'sample_shape' is {list(meta.sample_shape)}"
+        )
     if t.dtype != np.float32 or t.shape != (n,):
         raise EdgediffError(f"array 't' must be float32 of shape ({n},), got {t.dtype} with shape {t.shape}")
     if step.dtype != np.int32 or step.shape != (n,):
@@ -289,19 +307,23 @@ def _validate(x, t, cond, step, meta: CalibrationMeta) -> None:
             raise EdgediffError("array 'cond' is missing (the model takes class labels)")
         if not isinstance(cond, np.ndarray) or cond.dtype != np.int64 or cond.shape != (n,):
             got = getattr(cond, "dtype", type(cond).__name__)
-            raise EdgediffError(f"array 'cond' must be int64 of shape ({n},), got {got} "
-                                f"with shape {getattr(cond, 'shape', '?')}")
+            raise EdgediffError(
+                f"array 'cond' must be int64 of shape ({n},), got {got} with shape {getattr(cond, 'shape', '?')}"
+            )
         null = meta.conditioning.get("null_label")
         top = null if null is not None else (meta.conditioning.get("num_classes") or 1) - 1
         if cond.min() < 0 or cond.max() > top:
             raise EdgediffError(f"array 'cond' has labels outside 0..{top}")
     elif cond is not None:
-        raise EdgediffError(f"array 'cond' is present, but the metadata says the model takes no class labels "
-                            f"(conditioning kind {kind!r})")
+        raise EdgediffError(
+            f"array 'cond' is present, but the metadata says the model takes no class labels "
+            f"(conditioning kind {kind!r})"
+        )
     bad = ~np.isfinite(x).reshape(n, -1).all(axis=1)
     if bad.any():
-        raise EdgediffError(f"array 'x' has non-finite values (NaN or inf) in {int(bad.sum())} rows, "
-                            f"first row {int(np.argmax(bad))}")
+        raise EdgediffError(
+            f"array 'x' has non-finite values (NaN or inf) in {int(bad.sum())} rows, first row {int(np.argmax(bad))}"
+        )
     if not np.isfinite(t).all():
         raise EdgediffError("array 't' has non-finite values (NaN or inf)")
     if step.min() < 0 or step.max() >= meta.steps:
@@ -315,8 +337,10 @@ def _validate(x, t, cond, step, meta: CalibrationMeta) -> None:
     wrong = np.nonzero(t != plan.model_timesteps[step])[0]
     if wrong.size:
         r = int(wrong[0])
-        raise EdgediffError(f"array 't' disagrees with the plan at row {r}: t={float(t[r])} at step {int(step[r])}, "
-                            f"the plan visits {float(plan.model_timesteps[step[r]])}")
+        raise EdgediffError(
+            f"array 't' disagrees with the plan at row {r}: t={float(t[r])} at step {int(step[r])}, "
+            f"the plan visits {float(plan.model_timesteps[step[r]])}"
+        )
 
 
 # ---------------------------------------------------------------- recording
@@ -325,14 +349,24 @@ def deployment_plan(model: ModelSpec, sampler: str, steps: int, spacing: str = "
     if not isinstance(steps, int) or steps <= 0:
         raise EdgediffError(f"steps must be a positive integer (got {steps!r})")
     if steps > model.schedule.num_train_timesteps:
-        raise EdgediffError(f"steps {steps} exceeds the model's {model.schedule.num_train_timesteps} "
-                            "training timesteps")
+        raise EdgediffError(
+            f"steps {steps} exceeds the model's {model.schedule.num_train_timesteps} training timesteps"
+        )
     return get_solver(sampler).plan(model.schedule, steps, spacing=spacing)
 
 
-def record_trajectories(model: ModelSpec, *, sampler: str, steps: int, guidance: float,
-                        spacing: str = "leading", num_samples: int, seed: int = 0, batch_size: int = 64,
-                        progress=None) -> CalibrationSet:
+def record_trajectories(
+    model: ModelSpec,
+    *,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    spacing: str = "leading",
+    num_samples: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress=None,
+) -> CalibrationSet:
     """Run the deployment sampler on the FP32 model and record every denoiser input.
 
     Image k uses noise stream k of `seed` and class label k mod num_classes, so the result
@@ -341,7 +375,9 @@ def record_trajectories(model: ModelSpec, *, sampler: str, steps: int, guidance:
     of images it advanced (the CLI draws a bar with it).
     """
     if not isinstance(model, ModelSpec):
-        raise EdgediffError(f"record_trajectories takes a ModelSpec (load a source with edgediff.compiler.capture.load_source), got {type(model).__name__}")
+        raise EdgediffError(
+            f"record_trajectories takes a ModelSpec (load a source with edgediff.compiler.capture.load_source), got {type(model).__name__}"
+        )
     if not isinstance(num_samples, int) or num_samples <= 0:
         raise EdgediffError(f"num_samples must be a positive integer (got {num_samples!r})")
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -385,9 +421,16 @@ def record_trajectories(model: ModelSpec, *, sampler: str, steps: int, guidance:
                 if progress is not None:
                     progress(_b)
 
-            sample(denoise, plan, NoiseSource(seed=seed, streams=tuple(range(start, stop))), labels=labels,
-                   guidance=guidance, null_label=c.null_label, sample_shape=tuple(model.sample_shape),
-                   callback=on_step)
+            sample(
+                denoise,
+                plan,
+                NoiseSource(seed=seed, streams=tuple(range(start, stop))),
+                labels=labels,
+                guidance=guidance,
+                null_label=c.null_label,
+                sample_shape=tuple(model.sample_shape),
+                callback=on_step,
+            )
 
     blocks = [blk for per_step in rows for per_half in per_step for blk in per_half]
     x = np.concatenate([blk[0] for blk in blocks])
@@ -395,10 +438,19 @@ def record_trajectories(model: ModelSpec, *, sampler: str, steps: int, guidance:
     cond = np.concatenate([blk[2] for blk in blocks]).astype(np.int64) if c.kind == "class" else None
     per_step = num_samples * halves
     step = np.repeat(np.arange(len(plan), dtype=np.int32), per_step)
-    meta = CalibrationMeta(source=model.source, source_sha256=model.source_sha256, sampler=sampler,
-                           steps=len(plan), spacing=spacing, guidance=float(guidance), seed=int(seed),
-                           num_samples=num_samples, sample_shape=tuple(model.sample_shape),
-                           conditioning=c.to_dict(), plan=plan.to_dict())
+    meta = CalibrationMeta(
+        source=model.source,
+        source_sha256=model.source_sha256,
+        sampler=sampler,
+        steps=len(plan),
+        spacing=spacing,
+        guidance=float(guidance),
+        seed=int(seed),
+        num_samples=num_samples,
+        sample_shape=tuple(model.sample_shape),
+        conditioning=c.to_dict(),
+        plan=plan.to_dict(),
+    )
     return CalibrationSet(x, t, cond, step, meta)
 
 

@@ -26,8 +26,8 @@ import math
 import numpy as np
 import torch
 
-from edgediff.quantize.calibration.record import CalibrationSet
 from edgediff.core.errors import EdgediffError
+from edgediff.quantize.calibration.record import CalibrationSet
 
 
 def _rows_by_step(calib: CalibrationSet) -> dict[int, np.ndarray]:
@@ -50,8 +50,9 @@ def select_uniform(calib: CalibrationSet, budget: int, rng: np.random.Generator)
     quota = _equal_quota(sorted(rows), budget, rng)
     for s, k in quota.items():
         if k > rows[s].size:
-            raise EdgediffError(f"selection 'uniform': step {s} has {rows[s].size} rows, its share of the "
-                                f"budget is {k}")
+            raise EdgediffError(
+                f"selection 'uniform': step {s} has {rows[s].size} rows, its share of the budget is {k}"
+            )
     picked = [rng.choice(rows[s], size=k, replace=False) for s, k in quota.items()]
     return np.sort(np.concatenate(picked))
 
@@ -77,8 +78,9 @@ def step_probabilities(calib: CalibrationSet, mean: float, std: float) -> dict[i
     return dict(zip(steps, prob.tolist()))
 
 
-def select_normal(calib: CalibrationSet, budget: int, rng: np.random.Generator, *, mean: float = 0.4,
-                  std: float = 0.4) -> np.ndarray:
+def select_normal(
+    calib: CalibrationSet, budget: int, rng: np.random.Generator, *, mean: float = 0.4, std: float = 0.4
+) -> np.ndarray:
     """Steps drawn from N(mean, std) over t/T (0 = clean end, 1 = pure noise), rows random within a step."""
     if not np.isfinite(mean) or not (np.isfinite(std) and std > 0):
         raise EdgediffError(f"selection 'normal': need a finite mean and std > 0, got mean={mean}, std={std}")
@@ -100,8 +102,9 @@ def select_normal(calib: CalibrationSet, budget: int, rng: np.random.Generator, 
 
 
 # ---------------------------------------------------------------- eda (density + diversity)
-def _features(calib: CalibrationSet, idx: np.ndarray, features, model, layer: str | None, pool: int,
-              batch_size: int = 256) -> np.ndarray:
+def _features(
+    calib: CalibrationSet, idx: np.ndarray, features, model, layer: str | None, pool: int, batch_size: int = 256
+) -> np.ndarray:
     if callable(features):
         return np.asarray(features(calib, idx), np.float64).reshape(idx.size, -1)
     if features == "x":
@@ -117,8 +120,9 @@ def _features(calib: CalibrationSet, idx: np.ndarray, features, model, layer: st
     if layer is None:
         mids = [n for n in names if n.split(".")[-1] == "mid_block"]
         if not mids:
-            raise EdgediffError("selection 'eda': the model has no module named '*.mid_block'; pass layer= "
-                                "(one of its module names)")
+            raise EdgediffError(
+                "selection 'eda': the model has no module named '*.mid_block'; pass layer= (one of its module names)"
+            )
         layer = mids[0]
     if layer not in names:
         raise EdgediffError(f"selection 'eda': the model has no module {layer!r}")
@@ -135,14 +139,15 @@ def _features(calib: CalibrationSet, idx: np.ndarray, features, model, layer: st
     try:
         with torch.inference_mode():
             for start in range(0, idx.size, batch_size):
-                module(*calib.model_args(idx[start:start + batch_size]))
+                module(*calib.model_args(idx[start : start + batch_size]))
     finally:
         handle.remove()
     return torch.cat(out).numpy()
 
 
-def density_diversity(feats: np.ndarray, k: int, *, knn: int = 10, density_weight: float = 1.0,
-                      first: str = "density") -> np.ndarray:
+def density_diversity(
+    feats: np.ndarray, k: int, *, knn: int = 10, density_weight: float = 1.0, first: str = "density"
+) -> np.ndarray:
     """Pick k rows of `feats` (n, d): the densest first, then repeatedly the row maximising
     (distance to the nearest picked row) * density^density_weight.
 
@@ -156,7 +161,7 @@ def density_diversity(feats: np.ndarray, k: int, *, knn: int = 10, density_weigh
     sq = (feats**2).sum(axis=1)
     dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * feats @ feats.T, 0.0))
     kk = max(1, min(knn, n - 1))
-    nearest = np.partition(dist, kk, axis=1)[:, 1:kk + 1]  # column 0 is the row itself (distance 0)
+    nearest = np.partition(dist, kk, axis=1)[:, 1 : kk + 1]  # column 0 is the row itself (distance 0)
     density = 1.0 / (nearest.mean(axis=1) + 1e-12 * (dist.max() + 1e-30))
     density = density / density.max()
     weight = density**density_weight
@@ -173,9 +178,19 @@ def density_diversity(feats: np.ndarray, k: int, *, knn: int = 10, density_weigh
     return np.array(picked, np.int64)
 
 
-def select_eda(calib: CalibrationSet, budget: int, rng: np.random.Generator, *, features="x", model=None,
-               layer: str | None = None, pool: int = 8, knn: int = 10, density_weight: float = 1.0,
-               max_candidates: int = 4096) -> np.ndarray:
+def select_eda(
+    calib: CalibrationSet,
+    budget: int,
+    rng: np.random.Generator,
+    *,
+    features="x",
+    model=None,
+    layer: str | None = None,
+    pool: int = 8,
+    knn: int = 10,
+    density_weight: float = 1.0,
+    max_candidates: int = 4096,
+) -> np.ndarray:
     """Equal quota per visited step, filled by `density_diversity` in a feature space.
 
     features: "x" (the model input, average-pooled to at most pool x pool), "activations" (the
@@ -216,8 +231,9 @@ def _json_safe(v):
     return f"<{type(v).__name__}>"
 
 
-def select_indices(calib: CalibrationSet, strategy: str, budget: int, *, seed: int | np.random.Generator,
-                   **options) -> np.ndarray:
+def select_indices(
+    calib: CalibrationSet, strategy: str, budget: int, *, seed: int | np.random.Generator, **options
+) -> np.ndarray:
     """The sorted row indices `strategy` picks (see SELECTORS)."""
     if strategy not in SELECTORS:
         raise EdgediffError(f"unknown selection strategy {strategy!r}; choose one of {', '.join(SELECTORS)}")
@@ -225,8 +241,9 @@ def select_indices(calib: CalibrationSet, strategy: str, budget: int, *, seed: i
     allowed = list(inspect.signature(fn).parameters)[3:]
     for name in options:
         if name not in allowed:
-            raise EdgediffError(f"selection {strategy!r} has no option {name!r}; "
-                                f"options: {', '.join(allowed) or 'none'}")
+            raise EdgediffError(
+                f"selection {strategy!r} has no option {name!r}; options: {', '.join(allowed) or 'none'}"
+            )
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
         raise EdgediffError(f"selection budget must be a positive integer, got {budget!r}")
     if budget > len(calib):
@@ -237,13 +254,17 @@ def select_indices(calib: CalibrationSet, strategy: str, budget: int, *, seed: i
     return idx
 
 
-def select(calib: CalibrationSet, strategy: str, budget: int, *, seed: int | np.random.Generator,
-           **options) -> CalibrationSet:
+def select(
+    calib: CalibrationSet, strategy: str, budget: int, *, seed: int | np.random.Generator, **options
+) -> CalibrationSet:
     """A `budget`-row subset of `calib` chosen by `strategy`; the choice is recorded in meta.selection."""
     idx = select_indices(calib, strategy, budget, seed=seed, **options)
-    record = {"strategy": strategy, "budget": int(budget),
-              "seed": seed if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None,
-              "options": {k: _json_safe(v) for k, v in sorted(options.items())}}
+    record = {
+        "strategy": strategy,
+        "budget": int(budget),
+        "seed": seed if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None,
+        "options": {k: _json_safe(v) for k, v in sorted(options.items())},
+    }
     if record["seed"] is not None:
         record["seed"] = int(record["seed"])
     return calib.subset(idx, selection=record)

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgediff.core.errors import EdgediffError
 from edgediff.quantize.calibration.activations import WEIGHT_AXIS, collect_activations, match_layers
 from edgediff.quantize.calibration.observers import QuantRange, observe
 from edgediff.quantize.calibration.record import CalibrationSet
-from edgediff.core.errors import EdgediffError
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,13 @@ class SensitivityTable:
         return list(self.layers[:k])
 
     def to_dict(self) -> dict:
-        return {"observer": self.observer, "bits": self.bits, "timesteps": list(self.timesteps),
-                "num_rows": self.num_rows,
-                "layers": [{**asdict(r), "per_step": {str(k): v for k, v in r.per_step.items()}} for r in self.layers]}
+        return {
+            "observer": self.observer,
+            "bits": self.bits,
+            "timesteps": list(self.timesteps),
+            "num_rows": self.num_rows,
+            "layers": [{**asdict(r), "per_step": {str(k): v for k, v in r.per_step.items()}} for r in self.layers],
+        }
 
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -76,8 +80,11 @@ class SensitivityTable:
         ax.barh([r.name for r in rows], [r.rel_error for r in rows], color="#c0504d")
         ax.set_xscale("log")
         ax.set_xlabel("relative output error, this layer alone in int8 (W per-channel, A per-tensor)")
-        ax.set_title(f"quantization sensitivity: top {len(rows)} of {len(self.layers)} layers "
-                     f"({self.observer}, {self.num_rows} rows)", fontsize=9)
+        ax.set_title(
+            f"quantization sensitivity: top {len(rows)} of {len(self.layers)} layers "
+            f"({self.observer}, {self.num_rows} rows)",
+            fontsize=9,
+        )
         ax.tick_params(axis="y", labelsize=7)
         fig.tight_layout()
         path = Path(path)
@@ -90,8 +97,9 @@ class SensitivityTable:
 
 def _fake_weight(w: torch.Tensor, axis: int, bits: int) -> torch.Tensor:
     r = observe(w.detach().float().cpu().numpy(), "minmax", axis=axis, bits=bits, symmetric=True)
-    return torch.fake_quantize_per_channel_affine(w.detach().float(), torch.from_numpy(r.scale),
-                                                  torch.from_numpy(r.zero_point), axis, r.qmin, r.qmax).to(w.dtype)
+    return torch.fake_quantize_per_channel_affine(
+        w.detach().float(), torch.from_numpy(r.scale), torch.from_numpy(r.zero_point), axis, r.qmin, r.qmax
+    ).to(w.dtype)
 
 
 def _fake_input_hook(r: QuantRange):
@@ -105,9 +113,18 @@ def _fake_input_hook(r: QuantRange):
     return pre_hook
 
 
-def layer_sensitivity(model, calib: CalibrationSet, *, observer: str = "minmax", layers: list[str] | None = None,
-                      bits: int = 8, act_symmetric: bool = False, batch_size: int = 64, progress=None,
-                      **observer_options) -> SensitivityTable:
+def layer_sensitivity(
+    model,
+    calib: CalibrationSet,
+    *,
+    observer: str = "minmax",
+    layers: list[str] | None = None,
+    bits: int = 8,
+    act_symmetric: bool = False,
+    batch_size: int = 64,
+    progress=None,
+    **observer_options,
+) -> SensitivityTable:
     """Rank the Conv/Linear layers of `model` (ModelSpec or torch module) by the output error
     that quantizing each one alone causes over the rows of `calib`.
 
@@ -118,8 +135,17 @@ def layer_sensitivity(model, calib: CalibrationSet, *, observer: str = "minmax",
     names = match_layers(module, layers)
     if not names:
         raise EdgediffError("the model has no Conv/Linear layers to rank")
-    ranges = collect_activations(module, calib, kind=observer, layers=names, which=("input",), bits=bits,
-                                 symmetric=act_symmetric, batch_size=batch_size, **observer_options)
+    ranges = collect_activations(
+        module,
+        calib,
+        kind=observer,
+        layers=names,
+        which=("input",),
+        bits=bits,
+        symmetric=act_symmetric,
+        batch_size=batch_size,
+        **observer_options,
+    )
     batches = [np.arange(s, min(len(calib), s + batch_size)) for s in range(0, len(calib), batch_size)]
     with torch.inference_mode():
         reference = [module(*calib.model_args(b)).float() for b in batches]
@@ -153,9 +179,20 @@ def layer_sensitivity(model, calib: CalibrationSet, *, observer: str = "minmax",
                 weight.copy_(original)
         per_step = {s: float(np.sqrt(err_sq[s] / max(ref_sq[s], 1e-30))) for s in visited}
         total = float(np.sqrt(err_sq.sum() / max(ref_sq.sum(), 1e-30)))
-        results.append(LayerSensitivity(name=name, type=type(layer).__name__,
-                                        params=sum(p.numel() for p in layer.parameters(recurse=False)),
-                                        rel_error=total, per_step=per_step))
+        results.append(
+            LayerSensitivity(
+                name=name,
+                type=type(layer).__name__,
+                params=sum(p.numel() for p in layer.parameters(recurse=False)),
+                rel_error=total,
+                per_step=per_step,
+            )
+        )
     results.sort(key=lambda r: r.rel_error, reverse=True)
-    return SensitivityTable(layers=tuple(results), observer=observer, bits=bits,
-                            timesteps=tuple(float(t) for t in calib.timesteps), num_rows=len(calib))
+    return SensitivityTable(
+        layers=tuple(results),
+        observer=observer,
+        bits=bits,
+        timesteps=tuple(float(t) for t in calib.timesteps),
+        num_rows=len(calib),
+    )

@@ -61,11 +61,15 @@ class Plan:
         return np.asarray(self.params.get("model_timesteps", self.timesteps), dtype=np.float32)
 
     def to_dict(self) -> dict:
-        return {"solver": self.solver, "timesteps": self.timesteps.tolist(),
-                "schedule": self.schedule.to_dict(), "params": dict(self.params)}
+        return {
+            "solver": self.solver,
+            "timesteps": self.timesteps.tolist(),
+            "schedule": self.schedule.to_dict(),
+            "params": dict(self.params),
+        }
 
     @classmethod
-    def from_dict(cls, d) -> "Plan":
+    def from_dict(cls, d) -> Plan:
         if not isinstance(d, dict):
             raise EdgediffError(f"plan must be a JSON object, got {type(d).__name__}")
         keys = ("solver", "timesteps", "schedule", "params")
@@ -94,11 +98,15 @@ def check_params(plan: Plan, kinds: dict) -> None:
         value = params[key]
         if kind in (NUMBER, OPTIONAL_NUMBER):
             ok = (value is None and kind == OPTIONAL_NUMBER) or (
-                isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value))
+                isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+            )
         else:
             size = n if kind == PER_STEP else n + 1
-            ok = (isinstance(value, list) and len(value) == size
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+            ok = (
+                isinstance(value, list)
+                and len(value) == size
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            )
         if not ok:
             raise EdgediffError(f"{plan.solver} plan param {key!r} must be {kind} (n={n}), got {value!r}")
 
@@ -116,8 +124,9 @@ class Solver(Protocol):
 
     def uses_noise(self, plan: Plan, i: int) -> bool: ...
 
-    def step(self, plan: Plan, i: int, x: np.ndarray, eps: np.ndarray, carry: Any,
-             noise: np.ndarray | None) -> tuple[np.ndarray, Any]: ...
+    def step(
+        self, plan: Plan, i: int, x: np.ndarray, eps: np.ndarray, carry: Any, noise: np.ndarray | None
+    ) -> tuple[np.ndarray, Any]: ...
 
 
 class Deterministic:

@@ -14,25 +14,47 @@ from __future__ import annotations
 import numpy as np
 
 from edgediff.core.errors import EdgediffError
-from edgediff.runtimes.samplers.base import NUMBER, OPTIONAL_NUMBER, PER_STEP, Deterministic, Plan, f32, to_x0_eps
 from edgediff.core.schedule import NoiseSchedule, timesteps
+from edgediff.runtimes.samplers.base import NUMBER, OPTIONAL_NUMBER, PER_STEP, Deterministic, Plan, f32, to_x0_eps
 
 
 class DDIM(Deterministic):
     name = "ddim"
     stochastic = True  # when eta > 0
-    param_kinds = {"eta": NUMBER, "prev_timesteps": PER_STEP, "final_alpha_cumprod": NUMBER,
-                   "clip_sample": OPTIONAL_NUMBER}
+    param_kinds = {
+        "eta": NUMBER,
+        "prev_timesteps": PER_STEP,
+        "final_alpha_cumprod": NUMBER,
+        "clip_sample": OPTIONAL_NUMBER,
+    }
 
-    def plan(self, schedule: NoiseSchedule, steps: int, *, spacing: str = "leading", steps_offset: int = 0,
-             eta: float = 0.0, set_alpha_to_one: bool = True, clip_sample: float | None = None) -> Plan:
+    def plan(
+        self,
+        schedule: NoiseSchedule,
+        steps: int,
+        *,
+        spacing: str = "leading",
+        steps_offset: int = 0,
+        eta: float = 0.0,
+        set_alpha_to_one: bool = True,
+        clip_sample: float | None = None,
+    ) -> Plan:
         if not eta >= 0:
             raise EdgediffError(f"ddim eta must be >= 0, got {eta!r}")
         ts = timesteps(schedule, steps, spacing, steps_offset)
         prev = ts - schedule.num_train_timesteps // steps
         final = 1.0 if set_alpha_to_one else float(schedule.alphas_cumprod[0])
-        return Plan(self.name, ts, schedule, {"eta": float(eta), "prev_timesteps": prev.tolist(),
-                                              "final_alpha_cumprod": final, "clip_sample": clip_sample})
+        return Plan(
+            self.name,
+            ts,
+            schedule,
+            {
+                "eta": float(eta),
+                "prev_timesteps": prev.tolist(),
+                "final_alpha_cumprod": final,
+                "clip_sample": clip_sample,
+            },
+        )
 
     def uses_noise(self, plan: Plan, i: int) -> bool:
         return plan.params["eta"] > 0

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgediff.runtimes.samplers.base import OPTIONAL_NUMBER, Deterministic, Plan, f32, to_x0_eps
 from edgediff.core.schedule import NoiseSchedule, timesteps
+from edgediff.runtimes.samplers.base import OPTIONAL_NUMBER, Deterministic, Plan, f32, to_x0_eps
 
 
 class DDPM(Deterministic):
@@ -23,8 +23,15 @@ class DDPM(Deterministic):
     stochastic = True
     param_kinds = {"clip_sample": OPTIONAL_NUMBER}
 
-    def plan(self, schedule: NoiseSchedule, steps: int, *, spacing: str = "leading", steps_offset: int = 0,
-             clip_sample: float | None = None) -> Plan:
+    def plan(
+        self,
+        schedule: NoiseSchedule,
+        steps: int,
+        *,
+        spacing: str = "leading",
+        steps_offset: int = 0,
+        clip_sample: float | None = None,
+    ) -> Plan:
         ts = timesteps(schedule, steps, spacing, steps_offset)
         return Plan(self.name, ts, schedule, {"clip_sample": clip_sample})
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgediff.runtimes.samplers.base import PER_STEP_PLUS_ONE, Deterministic, Plan, f32, interp_sigmas, to_x0_eps
 from edgediff.core.schedule import SPACINGS, NoiseSchedule, check_choice, check_steps
+from edgediff.runtimes.samplers.base import PER_STEP_PLUS_ONE, Deterministic, Plan, f32, interp_sigmas, to_x0_eps
 
 
 def dpm_timesteps(schedule: NoiseSchedule, n: int, spacing: str, steps_offset: int = 0) -> np.ndarray:

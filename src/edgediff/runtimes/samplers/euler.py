@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgediff.runtimes.samplers.base import NUMBER, PER_STEP, PER_STEP_PLUS_ONE, Deterministic, Plan, f32, interp_sigmas
 from edgediff.core.schedule import SPACINGS, NoiseSchedule, check_choice, check_steps
+from edgediff.runtimes.samplers.base import NUMBER, PER_STEP, PER_STEP_PLUS_ONE, Deterministic, Plan, f32, interp_sigmas
 
 
 def euler_timesteps(schedule: NoiseSchedule, n: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
@@ -40,8 +40,12 @@ class Euler(Deterministic):
         sigmas = interp_sigmas(schedule, t)
         # diffusers' init_noise_sigma: max sigma, or sqrt(max^2 + 1) for "leading"
         init = max(sigmas) if spacing != "leading" else float(np.sqrt(np.float32(max(sigmas)) ** 2 + np.float32(1)))
-        return Plan(self.name, np.rint(t).astype(np.int64), schedule,
-                    {"sigmas": sigmas, "model_timesteps": t.tolist(), "init_sigma": init})
+        return Plan(
+            self.name,
+            np.rint(t).astype(np.int64),
+            schedule,
+            {"sigmas": sigmas, "model_timesteps": t.tolist(), "init_sigma": init},
+        )
 
     def init_latent(self, plan, noise):
         return f32(plan.params["init_sigma"] * np.asarray(noise, np.float64))

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgediff.runtimes.samplers.base import NUMBER, Deterministic, Plan, f32, to_x0_eps
 from edgediff.core.schedule import NoiseSchedule, check_choice, check_steps
+from edgediff.runtimes.samplers.base import NUMBER, Deterministic, Plan, f32, to_x0_eps
 
 SIGMA_DATA = 0.5
 
@@ -25,16 +25,24 @@ class LCM(Deterministic):
     stochastic = True
     param_kinds = {"original_inference_steps": NUMBER, "timestep_scaling": NUMBER}
 
-    def plan(self, schedule: NoiseSchedule, steps: int, *, spacing: str = "lcm", original_inference_steps: int = 50,
-             timestep_scaling: float = 10.0) -> Plan:
+    def plan(
+        self,
+        schedule: NoiseSchedule,
+        steps: int,
+        *,
+        spacing: str = "lcm",
+        original_inference_steps: int = 50,
+        timestep_scaling: float = 10.0,
+    ) -> Plan:
         check_choice("timestep spacing for lcm", spacing, ("lcm",))
         original = check_steps(schedule, original_inference_steps)
         steps = check_steps(schedule, steps, limit=original)
         k = schedule.num_train_timesteps // original
         grid = (np.arange(1, original + 1) * k - 1)[::-1]
         ts = grid[np.floor(np.linspace(0, original, num=steps, endpoint=False)).astype(np.int64)]
-        return Plan(self.name, ts, schedule,
-                    {"original_inference_steps": original, "timestep_scaling": float(timestep_scaling)})
+        return Plan(
+            self.name, ts, schedule, {"original_inference_steps": original, "timestep_scaling": float(timestep_scaling)}
+        )
 
     def uses_noise(self, plan: Plan, i: int) -> bool:
         return i < len(plan) - 1
