@@ -612,18 +612,14 @@ def kernel_rows(cands, a) -> dict:
     rows = {}
     for name, rs in runs.items():
         classes = {c: min(r["classes"][c] for r in rs) for c in rs[0]["classes"]}
-        wall = min(r["wall_ms"] for r in rs)
-        kern = min(sum(r["classes"].values()) for r in rs)
+        fastest = min(rs, key=lambda r: r["wall_ms"])
         rows[name] = {
-            "wall_ms": wall,
-            "kernels_ms": kern,
+            "wall_ms": fastest["wall_ms"],
+            "kernels_ms": min(sum(r["classes"].values()) for r in rs),
             "classes_ms": classes,
             "rounds": len(rs),
-            # beside its kernels, the fastest round spent:
-            "outside_kernels_ms": (lambda r: r["wall_ms"] - sum(r["classes"].values()))(
-                min(rs, key=lambda r: r["wall_ms"])
-            ),
             "conv_macs": rs[0]["conv_macs"],
+            "outside_kernels_ms": fastest["wall_ms"] - sum(fastest["classes"].values()),  # of the fastest round
         }
     macs = rows["ORT fp32"]["conv_macs"]  # the same convolutions in every candidate
     for r in rows.values():
@@ -684,6 +680,8 @@ def _run_child(code: str, *args) -> list[str]:
 
 def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
     rows = []
+    tflite = importlib.util.find_spec("ai_edge_quantizer") is not None
+    calib_path = calib.save(d / "calib_speed.npz") if tflite else None  # for the pixel-8 compiles
     for g in (1, 4):
         gd = d / f"mem_g{g}"
         gd.mkdir(exist_ok=True)
@@ -701,7 +699,7 @@ def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
             modes.append(("sessions", f"G={g}, one session per group (each packs its own weights)"))
         if importlib.util.find_spec("openvino"):
             modes.append(("openvino", f"G={g}, OpenVINO CPU" + (", one compiled model per group" if g > 1 else "")))
-        if importlib.util.find_spec("ai_edge_quantizer"):  # the same recipe compiled for pixel-8 (TFLite)
+        if tflite:  # the same recipe compiled for pixel-8 (TFLite)
             from edgediff.compiler.pipeline import compile_model
             from edgediff.compiler.recipe import Recipe
 
@@ -715,7 +713,7 @@ def memory_rows(spec, fp32: Path, calib, plan, d: Path) -> list[dict]:
                     guidance=1.0,
                     quantize="w8a8",
                     groups=g,
-                    calib=str(calib.save(d / "calib_speed.npz")),
+                    calib=str(calib_path),
                 ),
             )
             modes.append(("tflite", f"G={g}, LiteRT (pixel-8 bundle)" + (", one flatbuffer" if g > 1 else "")))

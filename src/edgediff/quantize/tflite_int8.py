@@ -237,9 +237,8 @@ def merge_groups(paths: list[Path], out: Path) -> dict:
 
     separate = 0
     for k, m in enumerate(models):
-        remap = {}
         for t in m.subgraphs[0].tensors:
-            t.buffer = remap.setdefault(t.buffer, intern(m, t.buffer))
+            t.buffer = intern(m, t.buffer)
         separate += sum(0 if b.data is None else len(b.data) for b in m.buffers)
     for md in base.metadata or []:  # the converter's metadata entries point at buffers too
         md.buffer = intern(base, md.buffer)
