@@ -258,7 +258,7 @@ def test_good_profile_loads_by_path(tmp_path):
         (lambda t: t + '\n[units.gpu]\ndelegate = "x"\n', ["missing field units.gpu.precisions"]),
         (lambda t: t.replace("static_shapes = true", 'static_shapes = true\ndetect = "cloud"'), ["detect", "cloud"]),
         (lambda t: t.replace("static_shapes = true", "static_shapes = true\ncores = 0"), ["cores", "positive"]),
-        (lambda t: t.replace("[memory]", "[memory"), ["invalid TOML"]),
+        (lambda t: t.replace("[memory]", "[memory"), ["not valid TOML"]),
     ],
 )
 def test_malformed_profile(tmp_path, edit, fragments):
@@ -271,7 +271,7 @@ def test_unknown_target_lists_available():
 
 
 def test_missing_file(tmp_path):
-    expect_error(tmp_path / "gone.toml", "cannot read")
+    expect_error(tmp_path / "gone.toml", "missing (device profile)")
 
 
 def test_query_errors_name_target_and_unit(tmp_path):

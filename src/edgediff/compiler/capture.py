@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.readers import read_json
 from edgediff.core.schedule import NoiseSchedule, schedule_from_diffusers_config
 from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec, sha256_file, sha256_state
 from edgediff.distill.distill import (
@@ -60,18 +60,6 @@ def _load_builtin(spec: str) -> ModelSpec:
 _DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "Transformer2DModel")
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgediffError(f"{path}: missing ({what})") from None
-    except json.JSONDecodeError as e:
-        raise EdgediffError(f"{path}: not valid JSON ({what}): {e.msg} at line {e.lineno}") from None
-    if not isinstance(data, dict):
-        raise EdgediffError(f"{path}: expected a JSON object ({what})")
-    return data
-
-
 def _find_model_dir(root: Path) -> tuple[Path, Path]:
     """Return (model folder, scheduler config file) for a pipeline or a bare model folder."""
     for sub in ("unet", "transformer"):
@@ -91,19 +79,19 @@ def _find_model_dir(root: Path) -> tuple[Path, Path]:
     )
 
 
-def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
+def _load_diffusers_dir(spec: str, *, build=None, allow_extra_tensors: bool = False) -> ModelSpec:
     import diffusers
 
     root = Path(spec)
     model_dir, sched_path = _find_model_dir(root)
-    config = _read_json(model_dir / "config.json", "model config")
+    config = read_json(model_dir / "config.json", "model config")
     cls_name = config.get("_class_name")
     if cls_name not in _DIFFUSERS_CLASSES:
         raise EdgediffError(
             f"{model_dir / 'config.json'}: field _class_name is {cls_name!r}; "
             f"supported: {', '.join(_DIFFUSERS_CLASSES)}"
         )
-    sched_cfg = _read_json(sched_path, "scheduler config")
+    sched_cfg = read_json(sched_path, "scheduler config")
     try:
         schedule = schedule_from_diffusers_config(sched_cfg)
     except EdgediffError as e:
@@ -122,7 +110,10 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
         if build is not None:  # a pruned folder: every layer its own width (src/edgediff/prune/store.py)
             model = build(model_dir)
         elif weights:
-            model = cls.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False)
+            model, info = cls.from_pretrained(
+                model_dir, local_files_only=True, low_cpu_mem_usage=False, output_loading_info=True
+            )
+            _check_complete(info, weights[0] if len(weights) == 1 else model_dir, cls_name, allow_extra_tensors)
         else:  # a config without weights: seeded random init (useful for architecture-only speed work)
             torch_state = torch.random.get_rng_state()
             torch.manual_seed(0)
@@ -154,6 +145,27 @@ def _load_diffusers_dir(spec: str, *, build=None) -> ModelSpec:
     )
 
     return attach_student(spec, root)
+
+
+def _names(keys: list[str], k: int = 4) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:k]) + (f" and {len(keys) - k} more" if len(keys) > k else "")
+
+
+def _check_complete(info: dict, where: Path, cls_name: str, allow_extra: bool) -> None:
+    """Every tensor the config's model has must come from the weights: diffusers only warns and leaves
+    a missing one randomly initialised, and verification against that same model would pass."""
+    missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+    if missing:
+        raise EdgediffError(
+            f"{where}: {len(missing)} tensor(s) of the {cls_name} config are missing from the weights: "
+            f"{_names(missing)}; the model would run with random values there"
+        )
+    if unexpected and not allow_extra:
+        raise EdgediffError(
+            f"{where}: {len(unexpected)} tensor(s) in the weights are not part of the {cls_name} config: "
+            f"{_names(unexpected)}; pass allow_extra_tensors=True (--allow-extra-tensors) to ignore them"
+        )
 
 
 @dataclass(frozen=True)
@@ -303,11 +315,18 @@ LOADERS = {
 }
 
 
-def load_source(spec: str | ModelSpec) -> ModelSpec:
-    """Resolve a source string (or pass a ModelSpec through) to a ModelSpec in eval mode."""
+def load_source(spec: str | ModelSpec, *, allow_extra_tensors: bool = False) -> ModelSpec:
+    """Resolve a source string (or pass a ModelSpec through) to a ModelSpec in eval mode.
+
+    A diffusers folder whose weights lack a tensor of its config is refused; one whose weights hold
+    tensors the config does not use is refused unless `allow_extra_tensors`.
+    """
     if isinstance(spec, ModelSpec):
         return spec
-    return LOADERS[_kind(spec)](spec)
+    kind = _kind(spec)
+    if kind == "diffusers":
+        return _load_diffusers_dir(spec, allow_extra_tensors=allow_extra_tensors)
+    return LOADERS[kind](spec)
 
 
 def resolve_student_folder(source: str) -> Path | None:

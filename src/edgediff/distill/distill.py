@@ -52,6 +52,7 @@ from torch import nn
 
 from edgediff.core.errors import EdgediffError
 from edgediff.core.files import swap_into_place
+from edgediff.core.readers import read_json
 from edgediff.core.spec import DiffusersAdapter, ModelSpec
 from edgediff.prune.store import FORMAT, SHAPES_FILE, changed_shapes
 from edgediff.runtimes.samplers import get_solver
@@ -630,11 +631,8 @@ def read_student_record(folder: str | Path) -> dict | None:
     path = Path(folder) / STUDENT_FILE
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgediffError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}") from None
-    if not isinstance(record, dict) or record.get("format") != STUDENT_FORMAT:
+    record = read_json(path, "the student record")
+    if record.get("format") != STUDENT_FORMAT:
         raise EdgediffError(f"{path}: field format must be {STUDENT_FORMAT!r}")
     for key in ("method", "steps", "sampler", "spacing", "guidance"):
         if key not in record:

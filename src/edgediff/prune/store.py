@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.readers import read_json, read_safetensors
 
 FORMAT = "edgediff-pruned/1"
 SHAPES_FILE = "pruned_shapes.json"
@@ -144,15 +145,9 @@ def is_pruned_dir(path: Path) -> bool:
 
 def read_shapes(root: Path) -> dict:
     path = Path(root) / SHAPES_FILE
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgediffError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise EdgediffError(
-            f"{path}: field format is {data.get('format') if isinstance(data, dict) else None!r}; "
-            f"this edgediff reads {FORMAT!r}"
-        )
+    data = read_json(path, "the pruned shapes")
+    if data.get("format") != FORMAT:
+        raise EdgediffError(f"{path}: field format is {data.get('format')!r}; this edgediff reads {FORMAT!r}")
     if not isinstance(data.get("modules"), dict):
         raise EdgediffError(f"{path}: field modules must be an object {{module name: shapes}}")
     return data
@@ -161,14 +156,10 @@ def read_shapes(root: Path) -> dict:
 def load_pruned(root: Path) -> tuple[nn.Module, dict, dict]:
     """(pruned diffusers model in eval mode, its config, pruned_shapes.json) from a pruned folder."""
     import diffusers
-    from safetensors.torch import load_file
 
     root = Path(root)
     data = read_shapes(root)
-    try:
-        config = json.loads((root / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise EdgediffError(f"{root / 'config.json'}: cannot read the model config ({e})") from None
+    config = read_json(root / "config.json", "the model config")
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, nn.Module):
         raise EdgediffError(
@@ -181,9 +172,7 @@ def load_pruned(root: Path) -> tuple[nn.Module, dict, dict]:
         torch.random.set_rng_state(state)
     apply_shapes(model, data["modules"], where=str(root / SHAPES_FILE))
     weights = root / WEIGHTS_FILE
-    if not weights.is_file():
-        raise EdgediffError(f"{weights}: missing (the pruned weights)")
-    tensors = load_file(str(weights))
+    tensors = read_safetensors(weights, "the pruned weights")
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:

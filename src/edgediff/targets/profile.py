@@ -11,13 +11,13 @@ The field meanings are in src/edgediff/targets/README.md; host-cpu.toml is the s
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.readers import read_toml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 FORMATS = ("onnx", "openvino", "tflite", "coreml")
@@ -375,15 +375,7 @@ def available_targets() -> list[str]:
 def load_profile_file(path: str | Path) -> TargetProfile:
     """Load and validate one profile file (any location)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise EdgediffError(f"{path}: cannot read profile ({e.strerror})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise EdgediffError(f"{path}: invalid TOML: {e}") from None
-    return TargetProfile.from_dict(data, path)
+    return TargetProfile.from_dict(read_toml(path, "device profile"), path)
 
 
 def load_target(name: str | Path) -> TargetProfile:
