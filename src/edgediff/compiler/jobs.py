@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgediff.compiler.capture import load_source
 from edgediff.core.errors import EdgediffError
+from edgediff.core.files import staging
 from edgediff.core.spec import ModelSpec
 from edgediff.prune.prune import (
     FinetuneOptions,
@@ -127,11 +128,9 @@ def prune_to_dir(
             f"final loss {res.final_loss:.4f}"
         )
     if dist.is_main:
-        work = out.parent / f".{out.name}.tmp"
-        if work.exists():
-            shutil.rmtree(work)
-        save_pruned(_inner(student)[0], _inner(teacher)[0], scheduler_config(teacher), work, record=record)
-        publish_dir(work, out)
+        with staging(out) as work:
+            save_pruned(_inner(student)[0], _inner(teacher)[0], scheduler_config(teacher), work / "m", record=record)
+            publish_dir(work / "m", out)
         shutil.rmtree(ckpt, ignore_errors=True)
     dist.barrier()
     return record

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from edgediff.core.errors import EdgediffError
-from edgediff.core.files import swap_into_place
+from edgediff.core.files import staging, swap_into_place
 from edgediff.core.readers import read_json
 from edgediff.core.spec import DiffusersAdapter, ModelSpec
 from edgediff.prune.store import FORMAT, SHAPES_FILE, changed_shapes
@@ -565,9 +565,6 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
 
     Staged in a hidden sibling folder and renamed into place when complete.
     """
-    import shutil
-    import tempfile
-
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -582,9 +579,7 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
         module.load_state_dict(stage.state)
         record["steps"] = steps
         record["stages"] = [s for s in record["stages"] if s["student_steps"] >= steps]
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
-    try:
+    with staging(out) as tmp:
         unet = module.unet if isinstance(module, GuidedStudent) else module.model
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         _save_pruned_shapes(unet, tmp / "unet", student.teacher)
@@ -602,9 +597,6 @@ def save_student(student: Student, out: str | Path, *, steps: int | None = None)
             record["guidance"] = {**record["guidance"], "embedding": embedding}
         (tmp / STUDENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         swap_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.files import write_file_atomic
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -40,10 +42,9 @@ def save_grid(images: np.ndarray, path: str | Path, *, ncols: int | None = None,
     img = Image.fromarray(g[..., 0] if g.shape[2] == 1 else g)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    try:
-        if path.suffix.lower() == ".ppm" and img.mode == "L":
-            img = img.convert("RGB")
-        img.save(path)
-    except OSError as e:
-        raise EdgediffError(f"{path}: cannot write ({e.strerror or e})") from None
+    if path.suffix.lower() == ".ppm" and img.mode == "L":
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format={".png": "PNG", ".pgm": "PPM", ".ppm": "PPM"}[path.suffix.lower()])
+    write_file_atomic(path, buf.getvalue())  # a full disk leaves the old file or none, never a partial one
     return path

@@ -1,4 +1,4 @@
-"""Image-fidelity metrics (DESIGN.md, quality protocol). Images are float arrays in [-1, 1].
+"""Image-fidelity metrics (docs/design.md, quality protocol). Images are float arrays in [-1, 1].
 
 - psnr_db: 10 log10(1 / MSE) over all pixels of all images, after mapping to [0, 1].
 - ssim: mean SSIM with a 7-tap Gaussian window (sigma 1.5, suits 16x16 images), data range 1.
