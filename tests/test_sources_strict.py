@@ -66,3 +66,18 @@ def test_extra_tensor_is_refused_unless_allowed(folder):
         load_source(str(folder))
     spec = load_source(str(folder), allow_extra_tensors=True)
     assert spec.sample_shape == (1, 8, 8)
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(folder):
+    _edit(folder, lambda t: t["conv_out.weight"].view(-1)[:2].fill_(float("nan")))
+    with pytest.raises(EdgediffError, match=r"weight 'model\.conv_out\.weight' has 2 non-finite value") as e:
+        load_source(str(folder))
+    assert "spacing" not in str(e.value)
+
+
+def test_image_count_is_bounded_like_the_c_runner():
+    from edgediff.runtimes.runner import MAX_IMAGES, generate
+
+    for n in (0, -1, MAX_IMAGES + 1, 10**12, 2.5):
+        with pytest.raises(EdgediffError, match=rf"integer in 1\.\.{MAX_IMAGES}"):
+            generate(None, None, n=n, seed=0)

@@ -325,8 +325,22 @@ def load_source(spec: str | ModelSpec, *, allow_extra_tensors: bool = False) -> 
         return spec
     kind = _kind(spec)
     if kind == "diffusers":
-        return _load_diffusers_dir(spec, allow_extra_tensors=allow_extra_tensors)
-    return LOADERS[kind](spec)
+        model = _load_diffusers_dir(spec, allow_extra_tensors=allow_extra_tensors)
+    else:
+        model = LOADERS[kind](spec)
+    check_finite_weights(model)
+    return model
+
+
+def check_finite_weights(model: ModelSpec) -> None:
+    """Refuse weights with NaN or inf, naming the first such tensor (its output would be NaN at every step)."""
+    for name, t in model.module.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise EdgediffError(
+                f"{model.source}: weight {name!r} has {bad} non-finite value(s) (NaN or inf) of {t.numel()}; "
+                "the weights are broken, not the sampler settings"
+            )
 
 
 def resolve_student_folder(source: str) -> Path | None:

@@ -60,6 +60,9 @@ class SamplingSetup:
         )
 
 
+MAX_IMAGES = 1 << 20  # images per call, as edgediff-run's -n (csrc/tools/edgediff_run.c)
+
+
 def default_labels(setup: SamplingSetup, n: int, label: int | None = None) -> np.ndarray | None:
     c = setup.conditioning
     if c["kind"] != "class":
@@ -133,8 +136,8 @@ def generate(
     progress(k) is called once per denoiser step with the number of images it advanced.
     on_call(x, t, cond, eps) sees every denoiser call (used to measure trajectory error).
     """
-    if n <= 0:
-        raise EdgediffError(f"number of images must be positive (got {n})")
+    if not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
+        raise EdgediffError(f"number of images must be an integer in 1..{MAX_IMAGES} (got {n!r})")
     if loop not in LOOPS:
         raise EdgediffError(f"unknown sampling loop {loop!r}; choose one of {', '.join(LOOPS)}")
     run = _c_sample if loop == "c" else sample
