@@ -23,6 +23,7 @@ import torch
 
 from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import ModelSpec, sha256_state
+from edgediff.lower.registry import Lowered
 
 OPSET = 18
 PRECISIONS = ("fp32", "fp16")
@@ -166,8 +167,6 @@ def lower_onnx_bundle(
     weights: str | None = None,
 ):
     """The registry's entry (src/edgediff/lower/registry.py): reuse the fp32 export `ir`, convert, fix shapes."""
-    from edgediff.lower.registry import Lowered
-
     if precision not in PRECISIONS:
         raise EdgediffError(
             f"ONNX lowering: precision {precision!r} is not supported (supported: {', '.join(PRECISIONS)})"

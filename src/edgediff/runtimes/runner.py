@@ -26,6 +26,7 @@ import numpy as np
 from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.backends import open_denoiser
 from edgediff.runtimes.bundle import Bundle
+from edgediff.runtimes.groups import GroupedDenoiser
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.samplers.base import Plan
 from edgediff.runtimes.sampling import sample
@@ -83,7 +84,7 @@ LOOPS = ("c", "python")
 
 def _c_sample(denoise, plan, noise, *, labels, guidance, null_label, sample_shape, callback, steps=None):
     """sampling.sample's signature over the C loop."""
-    try:
+    try:  # deferred: the Python loop (loop="python") works without the compiled extension
         from edgediff.runtimes import _cruntime
     except ImportError as e:  # built by `pip install` (setup.py); never a silent fallback
         raise EdgediffError(
@@ -186,8 +187,6 @@ def generate(
 def bundle_denoiser(bundle: Bundle, *, threads: int = 0):
     groups = bundle.scheduler.get("timestep_groups")
     if groups:  # one graph per group of steps (quantized bundles; src/edgediff/runtimes/groups.py)
-        from edgediff.runtimes.groups import GroupedDenoiser
-
         plan = Plan.from_dict(bundle.scheduler["plan"])
         return GroupedDenoiser(bundle.root, groups, plan.model_timesteps, fmt=bundle.model_format, threads=threads)
     return open_denoiser(bundle.model_path, bundle.model_format, threads=threads)

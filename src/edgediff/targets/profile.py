@@ -225,7 +225,7 @@ class TargetProfile:
         )
         r.done()
         if detect == "host":
-            from edgediff.targets.host import merge_host
+            from edgediff.targets.host import merge_host  # deferred: host.py builds on this module's classes
 
             profile = merge_host(profile)
         return profile

@@ -24,7 +24,7 @@ def training_data(model: ModelSpec, data: str | Path | None = None) -> dict[str,
     """{"x0": images, ["label": labels]} for `model`, checked against its sample shape."""
     if data is None:
         if model.source == "builtin:digits":
-            from edgediff.training.data import digits_splits
+            from edgediff.training.data import digits_splits  # deferred: scikit-learn loads only for builtin:digits
 
             x, y = digits_splits()["diffusion"]
             return {"x0": torch.from_numpy(x), "label": torch.from_numpy(y)}
