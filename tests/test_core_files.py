@@ -134,3 +134,11 @@ def test_sigterm_while_staging_removes_the_staging_folder(tmp_path):
     _, err = p.communicate(timeout=30)
     assert p.returncode != 0 and "Terminated" in err
     assert not os.path.exists(staged) and list(tmp_path.iterdir()) == []
+
+
+def test_diffusers_configs_may_hold_infinity(tmp_path):
+    p = tmp_path / "scheduler_config.json"
+    p.write_text('{"lambda_min_clipped": -Infinity}')  # what diffusers' DPMSolverMultistepScheduler writes
+    assert read_json(p, "scheduler config", nonfinite=True)["lambda_min_clipped"] == float("-inf")
+    with pytest.raises(EdgediffError, match="Infinity is not JSON"):
+        read_json(p, "scheduler config")

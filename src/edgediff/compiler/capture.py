@@ -84,14 +84,14 @@ def _load_diffusers_dir(spec: str, *, build=None, allow_extra_tensors: bool = Fa
 
     root = Path(spec)
     model_dir, sched_path = _find_model_dir(root)
-    config = read_json(model_dir / "config.json", "model config")
+    config = read_json(model_dir / "config.json", "model config", nonfinite=True)
     cls_name = config.get("_class_name")
     if cls_name not in _DIFFUSERS_CLASSES:
         raise EdgediffError(
             f"{model_dir / 'config.json'}: field _class_name is {cls_name!r}; "
             f"supported: {', '.join(_DIFFUSERS_CLASSES)}"
         )
-    sched_cfg = read_json(sched_path, "scheduler config")
+    sched_cfg = read_json(sched_path, "scheduler config", nonfinite=True)
     try:
         schedule = schedule_from_diffusers_config(sched_cfg)
     except EdgediffError as e:

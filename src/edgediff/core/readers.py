@@ -1,7 +1,9 @@
 """The strict readers every package uses for the files a user or a tool hands us.
 
     read_json(path, what)  -> dict    a regular file, UTF-8, one JSON object, nesting <= 64,
-                                      no NaN/Infinity literals (as the C reader, csrc/src/json.c)
+                                      no NaN/Infinity literals (as the C reader, csrc/src/json.c),
+                                      unless nonfinite=True (diffusers' own configs: its
+                                      DPM-Solver writes lambda_min_clipped: -Infinity)
     read_toml(path, what)  -> dict    a regular file, valid TOML
     read_safetensors(path, what) -> {name: torch.Tensor}
 
@@ -62,10 +64,10 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(text: str, where: str):
+def parse_json(text: str, where: str, *, nonfinite: bool = False):
     """Parse JSON text as the C reader does; `where` names the source in messages."""
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=None if nonfinite else _no_constant)
     except json.JSONDecodeError as e:
         raise EdgediffError(f"{where}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:  # NaN / Infinity literals
@@ -77,10 +79,10 @@ def parse_json(text: str, where: str):
     return data
 
 
-def read_json(path: str | Path, what: str) -> dict:
-    """One JSON object from a regular file."""
+def read_json(path: str | Path, what: str, *, nonfinite: bool = False) -> dict:
+    """One JSON object from a regular file (`nonfinite`: accept NaN / Infinity as Python's json writes them)."""
     path = Path(path)
-    data = parse_json(_read_text(path, what), f"{path}")
+    data = parse_json(_read_text(path, what), f"{path}", nonfinite=nonfinite)
     if not isinstance(data, dict):
         raise EdgediffError(f"{path}: expected a JSON object ({what}), found {type(data).__name__}")
     return data

@@ -159,7 +159,7 @@ def load_pruned(root: Path) -> tuple[nn.Module, dict, dict]:
 
     root = Path(root)
     data = read_shapes(root)
-    config = read_json(root / "config.json", "the model config")
+    config = read_json(root / "config.json", "the model config", nonfinite=True)
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, nn.Module):
         raise EdgediffError(
