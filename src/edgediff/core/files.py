@@ -70,8 +70,8 @@ class Terminated(BaseException):
 @contextlib.contextmanager
 def _sigterm_unwinds():
     """While the block runs in the main thread, SIGTERM raises Terminated so that `finally` clauses run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield  # not ours to change: another thread, or the application handles SIGTERM itself
         return
 
     def handler(signum, frame):
