@@ -846,7 +846,7 @@ edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
     for (k = 0; k < b->num_files; k++) {
         const file_entry *f = &b->files[k];
         const file_part *p = f->parts;
-        char *path, hex[65], note[128] = "";
+        char *path, hex[65], note[384] = "";
         int fd, bad;
         if (f->package)
             return edd__fail(err, err_size, EDD_ERR_IO,
@@ -864,7 +864,7 @@ edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
         }
         if (!f->sha256 || strcmp(hex, f->sha256) != 0) {
             if (p->size != f->bytes)
-                snprintf(note, sizeof note, "; it is %llu bytes where files['%.32s'].bytes says %llu",
+                snprintf(note, sizeof note, "; it is %llu bytes where files['%.300s'].bytes says %llu",
                          (unsigned long long)p->size, f->name, (unsigned long long)f->bytes);
             edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE,
                       "%s: sha256 %.12s... does not match manifest.json files['%s'].sha256 %.12s...; the file changed "
