@@ -10,7 +10,29 @@
  *
  * Every refusal names the file and the field ("scheduler.json: plan.timesteps[3] must be an
  * integer"). edd_bundle_verify checks the files' sha256 against manifest.json "files".
+ *
+ * The box (the rule of src/edgediff/runtimes/bundle.py; tests/bundle_cases.py runs both loaders
+ * on the same damaged bundles): edd_bundle_load checks every file manifest.json lists before
+ * anything is hashed:
+ *
+ *   name      a files key is a relative path: "/"-separated, no leading "/", no "", "." or ".."
+ *             component, no NUL byte
+ *   missing   DIR/NAME must exist (a dangling symlink counts as missing)
+ *   inside    realpath(DIR/NAME) lies strictly inside realpath(DIR): a symlink within the bundle
+ *             to another file within it is followed, one that leaves the bundle is refused
+ *   regular   it resolves to a regular file (stat, never opened first): not a FIFO, device,
+ *             socket or directory. The one folder allowed is a NAME ending in .mlpackage; each
+ *             entry inside it is a folder, a regular file or a symlink to a regular file inside
+ *             the bundle (this runtime checks such a package but does not hash it)
+ *   size      st_size (a package: the sum of its files') <= files[NAME].bytes; a smaller file is
+ *             then refused by its sha256
+ *
+ * manifest.json and scheduler.json themselves: regular files inside DIR of at most 64 MiB,
+ * opened with O_NONBLOCK and checked again with fstat before a byte is read (a FIFO never
+ * blocks). Files are hashed through the real path checked at load, after an O_NONBLOCK open
+ * and fstat confirm it is still the same regular file.
  */
+#define _XOPEN_SOURCE 700 /* POSIX 2008 + XSI: realpath, lstat, O_NONBLOCK, opendir (the bundle is a POSIX folder) */
 #include "internal.h"
 
 #include <errno.h>
@@ -18,16 +40,36 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if !defined(_WIN32)
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+#endif
 
 #include "json.h"
 
 #define MANIFEST "manifest.json"
 #define SCHEDULER "scheduler.json"
 #define MAX_FILE_BYTES (64u << 20) /* a scheduler.json of 1000 steps is ~50 kB; refuse absurd files */
+#define MAX_PACKAGE_DEPTH 32       /* folders within a .mlpackage */
+
+typedef struct file_part {
+    char *rel;                   /* its name inside a .mlpackage; NULL for a plain file */
+    char *path;                  /* its real path (symlinks resolved), checked by edd_bundle_load */
+    uint64_t size;
+    uint64_t dev, ino;           /* identity when checked: hashing refuses another file */
+} file_part;
 
 typedef struct file_entry {
     char *name;                  /* relative to the bundle, as listed under manifest.json files */
     char *sha256;                /* the recorded digest, or NULL if the entry has none */
+    int has_bytes;               /* files[name].bytes was given */
+    uint64_t bytes;              /* ... and is this many bytes: the most that will be read */
+    int package;                 /* a .mlpackage folder */
+    file_part *parts;            /* edd_bundle_load: the file, or the package's files */
+    size_t num_parts, cap_parts;
 } file_entry;
 
 struct edd_bundle {
@@ -92,6 +134,19 @@ static edd_status only_keys(const char *file, const char *where, const edd_json 
 static int is_int64(const edd_json *v) {
     return v->type == EDD_JSON_NUMBER && isfinite(v->number) && v->number == floor(v->number) &&
            fabs(v->number) < 9.2e18;
+}
+
+/* a relative path inside the bundle: "/"-separated, no leading "/", no "", "." or ".." part */
+static int clean_relative(const char *s, size_t len) {
+    const char *p = s, *end = s + len;
+    if (len == 0 || strlen(s) != len) return 0;
+    for (;;) {
+        const char *q = memchr(p, '/', (size_t)(end - p));
+        size_t n = (size_t)((q ? q : end) - p);
+        if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) return 0;
+        if (!q) return 1;
+        p = q + 1;
+    }
 }
 
 /* an array of numbers -> malloc'd doubles (count may be 0: returns a 1-element buffer) */
@@ -265,18 +320,24 @@ static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, siz
     b->files = (file_entry *)calloc(files->len ? files->len : 1, sizeof *b->files);
     if (!b->files) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
     for (k = 0; k < files->len; k++) {
-        const edd_json *rec = &files->items[k], *digest = edd__json_get(rec, "sha256");
+        const edd_json *rec = &files->items[k], *digest, *size;
+        if (!clean_relative(rec->key, rec->key_len))
+            return BAD(MANIFEST ": files[\"%.128s\"] must be a relative path inside the bundle", rec->key);
         if (rec->type != EDD_JSON_OBJECT)
-            return BAD(MANIFEST ": files['%.128s'] must be an object, got %s", rec->key, edd__json_type_name(rec));
-        if (strlen(rec->key) != rec->key_len || rec->key_len == 0 || rec->key[0] == '/' || strstr(rec->key, ".."))
-            return BAD(MANIFEST ": files key '%.128s' must be a relative path inside the bundle", rec->key);
+            return BAD(MANIFEST ": files[\"%.128s\"] must be an object, got %s", rec->key, edd__json_type_name(rec));
+        digest = edd__json_get(rec, "sha256");
+        size = edd__json_get(rec, "bytes");
+        if (size && !(is_int64(size) && size->number >= 0)) /* absent: refused by edd_bundle_load */
+            return BAD(MANIFEST ": files[\"%.128s\"].bytes must be a non-negative integer", rec->key);
         if (!(b->files[k].name = dup_str(rec->key)))
             return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
         b->num_files = k + 1;
+        b->files[k].has_bytes = size != NULL;
+        b->files[k].bytes = size ? (uint64_t)size->number : 0;
         if (digest && digest->type == EDD_JSON_STRING && !(b->files[k].sha256 = dup_str(digest->string)))
             return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
     }
-    if (mfile->len == 0 || strlen(mfile->string) != mfile->len || mfile->string[0] == '/' || strstr(mfile->string, ".."))
+    if (!clean_relative(mfile->string, mfile->len))
         return BAD(MANIFEST ": model.file '%.128s' must be a relative path inside the bundle", mfile->string);
     if ((st = tensors("model.inputs", inputs, info->inputs, &info->num_inputs, err, err_size)) ||
         (st = tensors("model.outputs", outputs, info->outputs, &info->num_outputs, err, err_size)))
@@ -493,47 +554,6 @@ done:
     return EDD_OK;
 }
 
-/* the whole file, NUL-terminated; EDD_ERR_IO with the path on failure */
-static edd_status read_file(const char *path, char **text, size_t *len, char *err, size_t err_size) {
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    *text = NULL;
-    if (!f) return edd__fail(err, err_size, EDD_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
-    for (;;) {
-        size_t got;
-        if (n == cap) {
-            char *nb;
-            if (cap >= MAX_FILE_BYTES) {
-                fclose(f);
-                free(buf);
-                return edd__fail(err, err_size, EDD_ERR_IO, "%s: larger than %u MiB", path, MAX_FILE_BYTES >> 20);
-            }
-            cap = cap ? cap * 2 : 1 << 16;
-            nb = (char *)realloc(buf, cap + 1);
-            if (!nb) {
-                fclose(f);
-                free(buf);
-                return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
-            }
-            buf = nb;
-        }
-        got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    if (ferror(f)) {
-        fclose(f);
-        free(buf);
-        return edd__fail(err, err_size, EDD_ERR_IO, "%s: read error", path);
-    }
-    fclose(f);
-    buf[n] = '\0';
-    *text = buf;
-    *len = n;
-    return EDD_OK;
-}
-
 static char *join(const char *dir, const char *name) {
     size_t a = strlen(dir), c = strlen(name);
     char *p = (char *)malloc(a + c + 2);
@@ -544,57 +564,275 @@ static char *join(const char *dir, const char *name) {
     return p;
 }
 
+#if !defined(_WIN32)
+/* NULL for a regular file, else what it is instead */
+static const char *kind_of(mode_t m) {
+    if (S_ISREG(m)) return NULL;
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    return "not a file";
+}
+
+/* real lies strictly inside the folder root_real (both from realpath) */
+static int inside(const char *root_real, const char *real) {
+    size_t n = strlen(root_real);
+    while (n > 0 && root_real[n - 1] == '/') n--; /* "/" */
+    return strncmp(real, root_real, n) == 0 && real[n] == '/' && real[n + 1] != '\0';
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), c = strlen(suffix);
+    return a >= c && strcmp(s + a - c, suffix) == 0;
+}
+
+/* an O_NONBLOCK descriptor of `path` if it is still the regular file (dev, ino); -1 otherwise */
+static int open_checked(const char *path, uint64_t dev, uint64_t ino) {
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return -1;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    return fd;
+}
+
+/* DIR/name (manifest.json, scheduler.json): a regular file inside DIR, whole and NUL-terminated */
+static edd_status read_json_file(const char *dir, const char *root_real, const char *name, char **text, size_t *len,
+                                 char *err, size_t err_size) {
+    char *path = join(dir, name), *real = NULL, *buf = NULL;
+    const char *what;
+    struct stat st;
+    size_t n = 0;
+    int fd = -1;
+    edd_status st_ = EDD_OK;
+    *text = NULL;
+    if (!path) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    if (!root_real || stat(path, &st) != 0) {
+        st_ = edd__fail(err, err_size, EDD_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+        goto done;
+    }
+    if (!(real = realpath(path, NULL))) {
+        st_ = edd__fail(err, err_size, EDD_ERR_IO, "%s: cannot be resolved (%s)", path, strerror(errno));
+        goto done;
+    }
+    if (!inside(root_real, real)) {
+        st_ = edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, "%s: resolves outside the bundle (to %s)", path, real);
+        goto done;
+    }
+    if ((what = kind_of(st.st_mode)) != NULL) {
+        st_ = edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, "%s: %s, not a regular file", path, what);
+        goto done;
+    }
+    if ((uint64_t)st.st_size > MAX_FILE_BYTES) {
+        st_ = edd__fail(err, err_size, EDD_ERR_IO, "%s: larger than %u MiB", path, MAX_FILE_BYTES >> 20);
+        goto done;
+    }
+    if ((fd = open_checked(real, (uint64_t)st.st_dev, (uint64_t)st.st_ino)) < 0) {
+        st_ = edd__fail(err, err_size, EDD_ERR_IO, "%s: cannot open as the regular file checked (%s)", path,
+                        strerror(errno));
+        goto done;
+    }
+    if (!(buf = (char *)malloc((size_t)st.st_size + 2))) {
+        st_ = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+        goto done;
+    }
+    for (;;) { /* at most st_size + 1 bytes: one more means it grew */
+        ssize_t got = read(fd, buf + n, (size_t)st.st_size + 1 - n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            st_ = edd__fail(err, err_size, EDD_ERR_IO, "%s: read error (%s)", path, strerror(errno));
+            goto done;
+        }
+        if (got == 0) break;
+        n += (size_t)got;
+        if (n > (size_t)st.st_size) {
+            st_ = edd__fail(err, err_size, EDD_ERR_IO, "%s: grew while it was read", path);
+            goto done;
+        }
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    buf = NULL;
+done:
+    if (fd >= 0) close(fd);
+    free(buf);
+    free(real);
+    free(path);
+    return st_;
+}
+
+static edd_status add_part(file_entry *f, const char *rel, const char *real, const struct stat *st, char *err,
+                           size_t err_size) {
+    file_part *p;
+    if (f->num_parts == f->cap_parts) {
+        size_t cap = f->cap_parts ? 2 * f->cap_parts : 4;
+        file_part *np = (file_part *)realloc(f->parts, cap * sizeof *np);
+        if (!np) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        f->parts = np;
+        f->cap_parts = cap;
+    }
+    p = &f->parts[f->num_parts];
+    memset(p, 0, sizeof *p);
+    if ((rel && !(p->rel = dup_str(rel))) || !(p->path = dup_str(real))) {
+        free(p->rel);
+        return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    p->size = (uint64_t)st->st_size;
+    p->dev = (uint64_t)st->st_dev;
+    p->ino = (uint64_t)st->st_ino;
+    f->num_parts++;
+    return EDD_OK;
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* the files of a .mlpackage folder, depth first in sorted order (sha256_path's order), each checked */
+static edd_status walk_package(file_entry *f, const char *root_real, const char *where, const char *folder,
+                               const char *prefix, int depth, char *err, size_t err_size) {
+    DIR *d;
+    struct dirent *e;
+    char **names = NULL;
+    size_t n = 0, cap = 0, k;
+    edd_status st = EDD_OK;
+    if (depth > MAX_PACKAGE_DEPTH)
+        return BAD("%s holds folders nested deeper than %d at %s", where, MAX_PACKAGE_DEPTH, prefix);
+    if (!(d = opendir(folder))) return edd__fail(err, err_size, EDD_ERR_IO, "%s holds %s, which cannot be read (%s)",
+                                                 where, prefix[0] ? prefix : ".", strerror(errno));
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (n == cap) {
+            char **nn = (char **)realloc(names, (cap = cap ? 2 * cap : 16) * sizeof *nn);
+            if (!nn) {
+                st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+                goto done;
+            }
+            names = nn;
+        }
+        if (!(names[n] = dup_str(e->d_name))) {
+            st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+            goto done;
+        }
+        n++;
+    }
+    if (n) qsort(names, n, sizeof *names, cmp_names);
+    for (k = 0; k < n && st == EDD_OK; k++) {
+        char *path = join(folder, names[k]), *rel = (char *)malloc(strlen(prefix) + strlen(names[k]) + 2), *real = NULL;
+        struct stat sb;
+        const char *what;
+        if (!path || !rel) {
+            st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        } else if (sprintf(rel, "%s%s", prefix, names[k]) < 0 || lstat(path, &sb) != 0) {
+            st = edd__fail(err, err_size, EDD_ERR_IO, "%s holds %s, which cannot be read (%s)", where, rel,
+                           strerror(errno));
+        } else if (S_ISDIR(sb.st_mode)) {
+            strcat(rel, "/");
+            st = walk_package(f, root_real, where, path, rel, depth + 1, err, err_size);
+        } else {
+            if (S_ISLNK(sb.st_mode)) {
+                if (!(real = realpath(path, NULL)) || stat(real, &sb) != 0) {
+                    st = edd__fail(err, err_size, EDD_ERR_IO, "%s holds %s, which cannot be read (%s)", where, rel,
+                                   strerror(errno));
+                } else if (!inside(root_real, real)) {
+                    st = BAD("%s holds %s, which resolves outside the bundle (to %s)", where, rel, real);
+                }
+            }
+            if (st == EDD_OK && (what = kind_of(sb.st_mode)) != NULL)
+                st = BAD("%s holds %s, which is %s, not a regular file", where, rel, what);
+            if (st == EDD_OK) st = add_part(f, rel, real ? real : path, &sb, err, err_size);
+        }
+        free(real);
+        free(rel);
+        free(path);
+    }
+done:
+    closedir(d);
+    for (k = 0; k < n; k++) free(names[k]);
+    free(names);
+    return st;
+}
+
+/* the box rule for manifest.json files[f->name]; fills f->parts */
+static edd_status check_entry(const char *dir, const char *root_real, file_entry *f, char *err, size_t err_size) {
+    char where[640], *path = join(dir, f->name), *real = NULL;
+    const char *what;
+    struct stat st;
+    uint64_t total = 0;
+    size_t k;
+    edd_status s = EDD_OK;
+    snprintf(where, sizeof where, "%s/" MANIFEST ": files[\"%.256s\"]", dir, f->name);
+    if (!path) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    if (!f->has_bytes) {
+        s = BAD("%s.bytes must be a non-negative integer", where);
+    } else if (stat(path, &st) != 0) {
+        s = errno == ENOENT ? edd__fail(err, err_size, EDD_ERR_IO, "%s: listed in manifest.json files but missing", path)
+                            : edd__fail(err, err_size, EDD_ERR_IO, "%s cannot be resolved (%s)", where, strerror(errno));
+    } else if (!(real = realpath(path, NULL))) {
+        s = edd__fail(err, err_size, EDD_ERR_IO, "%s cannot be resolved (%s)", where, strerror(errno));
+    } else if (!inside(root_real, real)) {
+        s = BAD("%s resolves outside the bundle (to %s)", where, real);
+    } else if ((what = kind_of(st.st_mode)) != NULL && !(S_ISDIR(st.st_mode) && ends_with(f->name, ".mlpackage"))) {
+        s = BAD("%s is %s, not a regular file", where, what);
+    } else if (S_ISDIR(st.st_mode)) {
+        f->package = 1;
+        s = walk_package(f, root_real, where, real, "", 0, err, err_size);
+    } else {
+        s = add_part(f, NULL, real, &st, err, err_size);
+    }
+    for (k = 0; s == EDD_OK && k < f->num_parts; k++) total += f->parts[k].size;
+    if (s == EDD_OK && total > f->bytes)
+        s = BAD("%s is %llu bytes on disk, more than its bytes field (%llu); not hashed", where,
+                (unsigned long long)total, (unsigned long long)f->bytes);
+    free(real);
+    free(path);
+    return s;
+}
+
 edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t err_size) {
-    char *mpath = NULL, *spath = NULL, *mtext = NULL, *stext = NULL;
-    size_t mlen = 0, slen = 0;
+    char *root_real = NULL, *mtext = NULL, *stext = NULL;
+    size_t mlen = 0, slen = 0, k;
     edd_status st;
     char perr[400];
     if (err && err_size) err[0] = '\0';
     if (!out) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "edd_bundle_load: out is NULL");
     *out = NULL;
     if (!dir) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "edd_bundle_load: dir is NULL");
-    mpath = join(dir, MANIFEST);
-    spath = join(dir, SCHEDULER);
-    if (!mpath || !spath) {
-        st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
-        goto done;
-    }
-    if ((st = read_file(mpath, &mtext, &mlen, err, err_size)) || (st = read_file(spath, &stext, &slen, err, err_size)))
+    root_real = realpath(dir, NULL); /* NULL: reported as DIR/manifest.json: cannot open (...) */
+    if ((st = read_json_file(dir, root_real, MANIFEST, &mtext, &mlen, err, err_size)) ||
+        (st = read_json_file(dir, root_real, SCHEDULER, &stext, &slen, err, err_size)))
         goto done;
     if ((st = edd_bundle_parse(mtext, mlen, stext, slen, out, perr, sizeof perr)) != EDD_OK) {
         edd__fail(err, err_size, st, "%s/%s", dir, perr); /* "DIR/scheduler.json: plan.timesteps ..." */
         goto done;
     }
-    (*out)->model_path = join(dir, (*out)->model_file);
-    if (!(*out)->model_path) {
-        edd_bundle_free(*out);
-        *out = NULL;
-        st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
-        goto done;
-    }
+    for (k = 0; k < (*out)->num_files; k++)
+        if ((st = check_entry(dir, root_real, &(*out)->files[k], err, err_size)) != EDD_OK) goto fail;
+    st = EDD_ERR_OUT_OF_MEMORY;
+    if (!((*out)->model_path = join(dir, (*out)->model_file))) goto oom;
     (*out)->info.model_path = (*out)->model_path;
     if ((*out)->info.num_groups) {
         edd_bundle *b = *out;
         size_t g;
         int ok = (b->group_paths = (char **)calloc(b->info.num_groups, sizeof(char *))) != NULL;
         for (g = 0; ok && g < b->info.num_groups; g++) ok = (b->group_paths[g] = join(dir, b->group_files[g])) != NULL;
-        if (!ok) {
-            edd_bundle_free(b);
-            *out = NULL;
-            st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
-            goto done;
-        }
+        if (!ok) goto oom;
         b->info.group_paths = (const char *const *)b->group_paths;
     }
-    if (!((*out)->dir = dup_str(dir))) {
-        edd_bundle_free(*out);
-        *out = NULL;
-        st = edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
-        goto done;
-    }
+    if (!((*out)->dir = dup_str(dir))) goto oom;
+    st = EDD_OK;
+    goto done;
+oom:
+    edd__fail(err, err_size, st, "out of memory");
+fail:
+    edd_bundle_free(*out);
+    *out = NULL;
 done:
-    free(mpath);
-    free(spath);
+    free(root_real);
     free(mtext);
     free(stext);
     return st;
@@ -607,17 +845,30 @@ edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "edd_bundle_verify: needs a bundle from edd_bundle_load");
     for (k = 0; k < b->num_files; k++) {
         const file_entry *f = &b->files[k];
-        char *path = join(b->dir, f->name), hex[65];
-        if (!path) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
-        if (edd__sha256_file(path, hex) != 0) {
+        const file_part *p = f->parts;
+        char *path, hex[65], note[384] = "";
+        int fd, bad;
+        if (f->package)
+            return edd__fail(err, err_size, EDD_ERR_IO,
+                             "%s/" MANIFEST ": files[\"%s\"] is a .mlpackage folder, which this runtime does not hash",
+                             b->dir, f->name);
+        if (!(path = join(b->dir, f->name))) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        /* the real path checked at load, still that regular file (a swapped-in FIFO would block fopen) */
+        fd = f->num_parts == 1 ? open_checked(p->path, p->dev, p->ino) : -1;
+        bad = fd < 0 || edd__sha256_file(p->path, hex) != 0;
+        if (fd >= 0) close(fd);
+        if (bad) {
             edd__fail(err, err_size, EDD_ERR_IO, "%s: listed in manifest.json files but missing or unreadable", path);
             free(path);
             return EDD_ERR_IO;
         }
         if (!f->sha256 || strcmp(hex, f->sha256) != 0) {
+            if (p->size != f->bytes)
+                snprintf(note, sizeof note, "; it is %llu bytes where files['%.300s'].bytes says %llu",
+                         (unsigned long long)p->size, f->name, (unsigned long long)f->bytes);
             edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE,
                       "%s: sha256 %.12s... does not match manifest.json files['%s'].sha256 %.12s...; the file changed "
-                      "after compile", path, hex, f->name, f->sha256 ? f->sha256 : "(none)");
+                      "after compile%s", path, hex, f->name, f->sha256 ? f->sha256 : "(none)", note);
             free(path);
             return EDD_ERR_BAD_BUNDLE;
         }
@@ -626,12 +877,32 @@ edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
     return EDD_OK;
 }
 
+#else
+edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t err_size) {
+    (void)dir;
+    if (out) *out = NULL;
+    return edd__fail(err, err_size, EDD_ERR_IO,
+                     "edd_bundle_load: bundle folders are checked on POSIX systems only; read manifest.json and "
+                     "scheduler.json yourself and call edd_bundle_parse");
+}
+
+edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
+    (void)b;
+    return edd__fail(err, err_size, EDD_ERR_IO, "edd_bundle_verify: bundle folders are checked on POSIX systems only");
+}
+#endif
+
 void edd_bundle_free(edd_bundle *b) {
-    size_t k;
+    size_t k, j;
     if (!b) return;
     for (k = 0; k < b->num_files; k++) {
         free(b->files[k].name);
         free(b->files[k].sha256);
+        for (j = 0; j < b->files[k].num_parts; j++) {
+            free(b->files[k].parts[j].rel);
+            free(b->files[k].parts[j].path);
+        }
+        free(b->files[k].parts);
     }
     free(b->files);
     for (k = 0; k < b->info.num_groups; k++) {

@@ -4,7 +4,8 @@
  *                [--bench [--runs R] [--warmup W] [--json FILE]] [--threads T] [--precision f32|bf16|default]
  *                [--backend openvino|fake] [--raw samples.f32] [--trace steps.f32] [--no-verify]
  *
- *   BUNDLE/manifest.json + scheduler.json ─edd_bundle_load─► plan, info
+ *   BUNDLE/manifest.json + scheduler.json ─edd_bundle_load─► plan, info; every file the manifest
+ *                        lists checked before use (inside BUNDLE, a regular file, <= its bytes)
  *   every file listed in the manifest ─edd_bundle_verify─► sha256 checked (--no-verify skips)
  *   info.model_path ─edd_ov_create─► OpenVINO backend      (or --backend fake: a formula)
  *   edd_context_sample (N images, streams 0..N-1, labels 0,1,2,.. or --label) ─► samples

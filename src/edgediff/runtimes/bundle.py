@@ -10,13 +10,16 @@
 
 `load_bundle` refuses anything that does not match: wrong format or version, a file whose
 sha256 differs from the manifest, a model whose inputs/outputs differ from the recorded
-signature. Each refusal names the file and the field.
+signature, and any listed file that is not a regular file inside the bundle folder (see
+"the box" below). Each refusal names the file and the field.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +73,184 @@ class Bundle:
         return tuple(self.manifest["model"]["inputs"][0]["shape"][1:])
 
 
-def _read_json(root: Path, name: str) -> dict:
+# ---- the box: every file a bundle names stays inside it -----------------------------------------
+#
+# The rule, shared with csrc/src/bundle.c (tests/bundle_cases.py holds the cases both loaders
+# are run on, with the message each must print):
+#
+#   name      a files key is a relative path: "/"-separated, no leading "/", no "", "." or ".."
+#             component, no NUL byte
+#   missing   ROOT/NAME must exist (a dangling symlink counts as missing)
+#   inside    its real path (every symlink on the way resolved) lies strictly inside the real
+#             bundle folder; a symlink within the bundle to another file within it is allowed
+#   regular   what it resolves to is a regular file: never a FIFO, device, socket or directory.
+#             The one folder allowed is a NAME ending in .mlpackage (hashed as one entry); each
+#             entry inside it is a folder or a regular file, or a symlink to a regular file that
+#             is itself inside the bundle
+#   size      its size (a package: the sum of its files') is at most files[NAME].bytes, checked
+#             before a byte is hashed; a smaller file is then refused by its sha256
+#
+# manifest.json and scheduler.json themselves must be regular files inside the bundle, at most
+# 64 MiB; they are opened with O_NONBLOCK and checked with fstat, so a FIFO never blocks.
+
+MAX_JSON_BYTES = 64 << 20  # as csrc/src/bundle.c's MAX_FILE_BYTES
+_CHUNK = 1 << 20
+
+
+def _kind(mode: int) -> str | None:
+    """None for a regular file, else what it is instead ("a FIFO")."""
+    for test, what in (
+        (stat.S_ISREG, None),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return what
+    return "not a file"
+
+
+def _bad_name(name) -> bool:
+    return (
+        not isinstance(name, str)
+        or not name
+        or name.startswith("/")
+        or "\0" in name
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    )
+
+
+def _inside(root_real: str, real: str) -> bool:
+    return real.startswith(root_real.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One regular file to hash: `rel` is its name inside a .mlpackage (None for a plain file)."""
+
+    rel: str | None
+    path: str  # the real path, symlinks resolved
+    size: int
+    ident: tuple[int, int]  # (st_dev, st_ino) when it was checked
+
+
+def _package(root_real: str, top: str, where: str) -> list[_Part]:
+    """The files of a .mlpackage folder in sha256_path's order, each checked against the rule."""
+    parts: list[_Part] = []
+
+    def walk(folder: str, prefix: str) -> None:
+        for entry in sorted(os.listdir(folder)):
+            path, rel = os.path.join(folder, entry), prefix + entry
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                walk(path, rel + "/")
+                continue
+            real = path
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(path)
+                if not _inside(root_real, real):
+                    raise EdgediffError(f"{where} holds {rel}, which resolves outside the bundle (to {real})")
+                try:
+                    st = os.stat(real)
+                except OSError as e:
+                    raise EdgediffError(f"{where} holds {rel}, which cannot be read ({e.strerror})") from None
+            what = _kind(st.st_mode)
+            if what:
+                raise EdgediffError(f"{where} holds {rel}, which is {what}, not a regular file")
+            parts.append(_Part(rel, real, st.st_size, (st.st_dev, st.st_ino)))
+
+    walk(top, "")
+    return parts
+
+
+def check_entry(root: Path, name, rec, *, root_real: str | None = None) -> list[_Part]:
+    """Apply the box rule to manifest.json files[name]; the files to hash, or EdgediffError."""
+    where = f'{root / MANIFEST}: files["{name}"]'
+    if _bad_name(name):
+        raise EdgediffError(f"{where} must be a relative path inside the bundle")
+    if not isinstance(rec, dict):
+        raise EdgediffError(f"{where} must be an object, got {type(rec).__name__}")
+    limit = rec.get("bytes")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise EdgediffError(f"{where}.bytes must be a non-negative integer")
+    root_real = root_real or os.path.realpath(root)
     path = root / name
-    if not path.is_file():
-        raise EdgediffError(f"{path}: missing; not an edgediff bundle")
     try:
-        data = json.loads(path.read_text())
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise EdgediffError(f"{path}: listed in manifest.json files but missing") from None
+    except OSError as e:
+        raise EdgediffError(f"{where} cannot be resolved ({e.strerror})") from None
+    real = os.path.realpath(path)
+    if not _inside(root_real, real):
+        raise EdgediffError(f"{where} resolves outside the bundle (to {real})")
+    what = _kind(st.st_mode)
+    if what == "a directory" and name.endswith(".mlpackage"):
+        parts = _package(root_real, real, where)
+    elif what:
+        raise EdgediffError(f"{where} is {what}, not a regular file")
+    else:
+        parts = [_Part(None, real, st.st_size, (st.st_dev, st.st_ino))]
+    size = sum(p.size for p in parts)
+    if size > limit:
+        raise EdgediffError(f"{where} is {size} bytes on disk, more than its bytes field ({limit}); not hashed")
+    return parts
+
+
+def _open_checked(part_path: str, ident: tuple[int, int] | None, where: str) -> int:
+    """An O_NONBLOCK descriptor of a regular file (the one checked, when `ident` is given)."""
+    fd = os.open(part_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    st = os.fstat(fd)
+    what = _kind(st.st_mode)
+    if what or (ident is not None and (st.st_dev, st.st_ino) != ident):
+        os.close(fd)
+        raise EdgediffError(f"{where} is {what or 'another file'}, not the regular file that was checked")
+    return fd
+
+
+def _hash_parts(parts: list[_Part], limit: int, where: str) -> tuple[str, int]:
+    """sha256_path's digest of the checked parts, reading at most `limit` bytes in all."""
+    h, left = hashlib.sha256(), limit
+    for part in parts:
+        if part.rel is not None:
+            h.update(part.rel.encode() + b"\0")
+        fd = _open_checked(part.path, part.ident, where)
+        try:
+            while chunk := os.read(fd, min(_CHUNK, left + 1)):
+                left -= len(chunk)
+                if left < 0:
+                    raise EdgediffError(f"{where} grew past its bytes field ({limit}) while it was hashed")
+                h.update(chunk)
+        finally:
+            os.close(fd)
+    return h.hexdigest(), limit - left
+
+
+def _read_json(root: Path, name: str, root_real: str | None = None) -> dict:
+    path = root / name
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise EdgediffError(f"{path}: missing; not an edgediff bundle") from None
+    except OSError as e:
+        raise EdgediffError(f"{path}: cannot be read ({e.strerror})") from None
+    real = os.path.realpath(path)
+    if not _inside(root_real or os.path.realpath(root), real):
+        raise EdgediffError(f"{path}: resolves outside the bundle (to {real})")
+    what = _kind(st.st_mode)
+    if what:
+        raise EdgediffError(f"{path}: {what}, not a regular file")
+    if st.st_size > MAX_JSON_BYTES:
+        raise EdgediffError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB")
+    fd = _open_checked(real, (st.st_dev, st.st_ino), str(path))
+    with os.fdopen(fd, "rb") as fh:
+        raw = fh.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise EdgediffError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB")
+    try:
+        data = json.loads(raw.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgediffError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -90,10 +265,16 @@ def _field(d: dict, key: str, where: str):
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Read a bundle folder. Every file manifest.json lists is checked against the box rule
+    above (inside the folder, a regular file, no larger than its bytes field); with `verify`
+    each is then hashed and compared with its sha256, and the model's signature with the
+    manifest's. A symlink is followed only when it resolves to a regular file inside the
+    bundle: a bundle may link model/b.onnx to model/a.onnx, never to a file outside."""
     root = Path(path)
     if not root.is_dir():
         raise EdgediffError(f"{root}: no such bundle folder")
-    manifest = _read_json(root, MANIFEST)
+    root_real = os.path.realpath(root)
+    manifest = _read_json(root, MANIFEST, root_real)
     where = f"{root / MANIFEST}"
     fmt = _field(manifest, "format", where)
     if fmt != FORMAT:
@@ -104,6 +285,8 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             f"{where}: field format_version is {version!r}; this edgediff reads version {FORMAT_VERSION}"
         )
     files = _field(manifest, "files", where)
+    if not isinstance(files, dict):
+        raise EdgediffError(f"{where}: files must be an object, got {type(files).__name__}")
     model = _field(manifest, "model", where)
     for key in ("format", "file", "inputs", "outputs"):
         _field(model, key, f"{where} (model)")
@@ -113,21 +296,24 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     for name in (SCHEDULER, REPORT):
         if name not in files:
             raise EdgediffError(f"{where}: files has no entry for {name}")
+    scheduler = _read_json(root, SCHEDULER, root_real)  # read before the files, as the C loader does
+    checked = {name: check_entry(root, name, rec, root_real=root_real) for name, rec in files.items()}
     if verify:
-        for name, rec in files.items():
-            fpath = root / name
-            if not fpath.exists():
-                raise EdgediffError(f"{fpath}: listed in manifest.json files but missing")
-            digest = sha256_path(fpath)
+        for name, parts in checked.items():
+            rec = files[name]
+            digest, size = _hash_parts(parts, rec["bytes"], f'{where}: files["{name}"]')
             if digest != rec.get("sha256"):
-                raise EdgediffError(
-                    f"{fpath}: sha256 {digest[:12]}… does not match manifest.json "
-                    f"files[{name!r}].sha256 {str(rec.get('sha256'))[:12]}…; the file changed "
-                    "after compile"
+                note = (
+                    f"; it is {size} bytes where files[{name!r}].bytes says {rec['bytes']}"
+                    if size != rec["bytes"]
+                    else ""
                 )
-    bundle = Bundle(
-        root=root, manifest=manifest, scheduler=_read_json(root, SCHEDULER), report=_read_json(root, REPORT)
-    )
+                raise EdgediffError(
+                    f"{root / name}: sha256 {digest[:12]}… does not match manifest.json "
+                    f"files[{name!r}].sha256 {str(rec.get('sha256'))[:12]}…; the file changed "
+                    f"after compile{note}"
+                )
+    bundle = Bundle(root=root, manifest=manifest, scheduler=scheduler, report=_read_json(root, REPORT, root_real))
     if verify:
         check_signature(bundle)
     return bundle
