@@ -68,7 +68,7 @@ def generic_rows(name: str):
     yield "extra", 1, "plan has unknown key 'extra'", FRAGMENT
     for key in ("solver", "timesteps", "schedule", "params"):
         yield key, DELETE, f"plan is missing the key '{key}'", EXACT
-    yield "solver", "heun", "unknown solver 'heun'; choose one of ddpm, ddim, dpmpp-2m, euler, lcm", EXACT
+    yield "solver", "heun", f"unknown solver 'heun'; choose one of {', '.join(SOLVERS)}", EXACT  # same registry
     yield "solver", 3, "plan field 'solver' must be a string", EXACT
     yield "timesteps[0]", T, f"plan field 'timesteps' must descend within 0..{T - 1}; plan.timesteps[0] is {T}", EXACT
     yield (
