@@ -152,8 +152,8 @@ static edd_status build(edd_plan *plan, const edd_plan_desc *d, char *err, size_
     for (i = 0; i < n; i++)
         if (d->timesteps[i] < 0 || (uint64_t)d->timesteps[i] >= T || (i && d->timesteps[i] > d->timesteps[i - 1]))
             return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                             "plan field 'timesteps' must descend within 0..%lu; plan.timesteps[%lu] is %lld", (unsigned long)(T - 1),
-                             (unsigned long)i, (long long)d->timesteps[i]);
+                             "plan field 'timesteps' must descend within 0..%lu; plan.timesteps[%lu] is %lld",
+                             (unsigned long)(T - 1), (unsigned long)i, (long long)d->timesteps[i]);
     plan->num_train_timesteps = T;
     plan->num_steps = n;
     plan->alphas_cumprod = (double *)malloc(T * sizeof(double));
