@@ -199,7 +199,7 @@ def test_both_refuse(name, path, value, fragment, exact):
 def test_every_solver_check_has_rows():
     """A solver with a check of its own has rows in SOLVER_ROWS (the generic rows cover the rest)."""
     checked = [name for name in SOLVERS if type(get_solver(name)).check is not Deterministic.check]
-    assert checked == list(SOLVERS)  # each of today's five refuses something of its own
+    assert {"ddim", "dpmpp-2m", "euler"} <= set(checked)
     for name in checked:
         assert any(row[0] == name for row in SOLVER_ROWS), f"{name} has a check but no rows in SOLVER_ROWS"
 
