@@ -67,16 +67,32 @@ struct edd_plan {
     edd_param_value params[EDD_MAX_PARAMS];  /* in the order of solver->params */
 };
 
-/* A solver: its plan params (by index into plan->params, in declaration order) and its
- * methods. NULL methods take the defaults of the Python reference's `Deterministic`:
- * init_latent and model_input copy, uses_noise is false, check accepts. */
+/* What a solver's replan fills in for edd_plan_with_steps: the new plan's timesteps and
+ * params (edd_plan_create then validates them like any other plan, check included). */
+typedef struct edd_replan {
+    size_t n;                                /* the new number of steps */
+    const char *spacing;                     /* never NULL ("leading" when the caller gave none) */
+    int64_t *timesteps;                      /* n values, to fill */
+    double *scratch[2];                      /* two zeroed buffers of n + 1 doubles, for array params */
+    edd_plan_param params[EDD_MAX_PARAMS];   /* to fill, any order (edd__replan_* below) */
+    size_t num_params;
+} edd_replan;
+
+/* A solver, one file each in src/solvers/ (mirroring runtimes/samplers/<name>.py): its plan
+ * params (by index into plan->params, in declaration order) and its methods. NULL methods
+ * take the defaults of the Python reference's `Deterministic`: check accepts, init_latent
+ * and model_input copy, uses_noise is false; a NULL replan refuses edd_plan_with_steps.
+ * The registry is the list in plan.c. */
 struct edd_solver {
     const char *name;
     const edd_param_spec *params;
     size_t num_params;
     int has_carry;
-    /* extra validation after the generic one; write a message to err and return non-OK */
+    /* the solver's own validation, after the generic one (kinds, counts, finiteness) has
+     * passed: Solver.check in Python, message for message; write to err, return non-OK */
     edd_status (*check)(const edd_plan *plan, char *err, size_t err_size);
+    /* Solver.plan for r->n steps with plan's schedule and options (edd_plan_with_steps) */
+    edd_status (*replan)(const edd_plan *plan, edd_replan *r, char *err, size_t err_size);
     void (*init_latent)(const edd_plan *plan, const float *noise, size_t n, float *x);
     void (*model_input)(const edd_plan *plan, size_t i, const float *x, size_t n, float *x_in);
     int (*uses_noise)(const edd_plan *plan, size_t i);
@@ -84,8 +100,23 @@ struct edd_solver {
                  const float *noise, float *x_out, float *carry_out);
 };
 
-/* the registry (plan.c) and the solvers (one file each) */
-extern const edd_solver edd__ddpm, edd__ddim, edd__dpmpp_2m, edd__euler, edd__lcm;
+/* ---- planning helpers shared by the solvers' replan (replan.c) ---- */
+
+/* np.linspace(0, stop, num, endpoint)[i] */
+double edd__linspace(double stop, size_t num, int endpoint, size_t i);
+/* np.arange(T, 0, -T / n) (float), value i; *len gets its length */
+double edd__arange_down(double T, size_t n, size_t i, size_t *len);
+/* the n int64 timesteps of schedule.timesteps (dpm = 0) or dpmpp_2m.dpm_timesteps (dpm = 1) */
+edd_status edd__timesteps(size_t T, size_t n, const char *spacing, int dpm, int64_t *ts, char *err, size_t err_size);
+/* the refusal of an unknown spacing, worded as schedule.check_choice words it */
+edd_status edd__bad_spacing(const char *spacing, char *err, size_t err_size);
+/* base.interp_sigmas: sigmas at (possibly fractional) t[0..n-1], then a final 0 (n + 1 values) */
+void edd__interp_sigmas(const edd_plan *plan, const double *t, size_t n, double *sigmas);
+/* append a param to r: a number, an array (values must outlive the call: r->scratch), or a
+ * copy of plan's number-or-null param k (an option the new plan keeps) */
+void edd__replan_number(edd_replan *r, const char *key, double value);
+void edd__replan_array(edd_replan *r, const char *key, const double *values, size_t count);
+void edd__replan_copy(edd_replan *r, const edd_plan *plan, size_t k);
 
 /* ---- helpers ---- */
 

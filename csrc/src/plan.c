@@ -1,9 +1,8 @@
 /* plan.c — the solver registry, plan validation and the solver primitives' dispatch.
  *
- * To add a solver: write src/solvers/<name>.c (one `const edd_solver edd__<name>` with its
- * param table and methods, mirroring runtimes/samplers/<name>.py), declare it in
- * internal.h and add it to SOLVERS below. The Makefile and setup.py compile every
- * .c file under src/solvers/.
+ * Validation is the generic part (solver, prediction type, schedule, timesteps, every param's
+ * kind, count and finiteness: base.check_params in Python) and then the solver's own check;
+ * each message is the one the Python Plan raises for the same plan.
  */
 #include "internal.h"
 
@@ -11,7 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const edd_solver *const SOLVERS[] = {&edd__ddpm, &edd__ddim, &edd__dpmpp_2m, &edd__euler, &edd__lcm};
+/* The solver registry. To add a solver, write src/solvers/<name>.c (one `const edd_solver
+ * edd__<name>`, mirroring runtimes/samplers/<name>.py) and add <name> to this list; the
+ * Makefile and setup.py compile every .c file under src/solvers/. */
+#define EDD_SOLVERS(X) X(ddpm) X(ddim) X(dpmpp_2m) X(euler) X(lcm)
+
+#define EDD_DECLARE_SOLVER(name) extern const edd_solver edd__##name;
+#define EDD_SOLVER_ADDRESS(name) &edd__##name,
+EDD_SOLVERS(EDD_DECLARE_SOLVER)
+static const edd_solver *const SOLVERS[] = {EDD_SOLVERS(EDD_SOLVER_ADDRESS)};
 #define NUM_SOLVERS (sizeof SOLVERS / sizeof SOLVERS[0])
 
 static const char *kind_text(edd_param_kind kind) {
@@ -30,33 +37,26 @@ static const edd_solver *find_solver(const char *name) {
     return NULL;
 }
 
-static int all_finite(const double *v, size_t n) {
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (!isfinite(v[i])) return 0;
-    return 1;
+/* Append ", item" (or "item" to an empty buf) if it fits, for lists in messages: "a, b, c". */
+static void list_append(char *buf, size_t size, const char *item) {
+    size_t used = strlen(buf), len = strlen(item), sep = used ? 2 : 0;
+    if (used + sep + len + 1 > size) return;
+    if (sep) strcpy(buf + used, ", ");
+    strcpy(buf + used + sep, item);
 }
 
-/* A list of the solver's valid keys, for messages: "a, b, c". */
+/* The solver's valid keys, in declaration order. */
 static void key_list(const edd_solver *s, char *buf, size_t size) {
-    size_t k, used = 0;
+    size_t k;
     buf[0] = '\0';
-    for (k = 0; k < s->num_params && used + 1 < size; k++) {
-        size_t len = strlen(s->params[k].key);
-        const char *sep = k ? ", " : "";
-        if (used + strlen(sep) + len + 1 > size) break;
-        strcpy(buf + used, sep);
-        used += strlen(sep);
-        strcpy(buf + used, s->params[k].key);
-        used += len;
-    }
+    for (k = 0; k < s->num_params; k++) list_append(buf, size, s->params[k].key);
 }
 
 /* check_params of samplers/base.py, and the copy into plan->params */
 static edd_status take_params(edd_plan *plan, const edd_plan_desc *d, char *err, size_t err_size) {
     const edd_solver *s = plan->solver;
     const char *name = s->name;
-    size_t n = plan->num_steps, j, k;
+    size_t n = plan->num_steps, i, j, k;
     int seen[EDD_MAX_PARAMS] = {0};
     char keys[256];
     key_list(s, keys, sizeof keys);
@@ -82,10 +82,13 @@ static edd_status take_params(edd_plan *plan, const edd_plan_desc *d, char *err,
                 v->is_null = 1;
             } else if (p->kind == EDD_VALUE_NUMBER && isfinite(p->number)) {
                 v->number = p->number;
+            } else if (p->kind == EDD_VALUE_ARRAY) {
+                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be %s (n=%lu), got %lu values",
+                                 name, p->key, kind_text(kind), (unsigned long)n, (unsigned long)p->count);
             } else {
-                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be %s (n=%lu)%s", name,
+                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be %s (n=%lu), got %s", name,
                                  p->key, kind_text(kind), (unsigned long)n,
-                                 p->kind == EDD_VALUE_NUMBER ? ", got a non-finite number" : "");
+                                 p->kind == EDD_VALUE_NUMBER ? "a non-finite number" : "null");
             }
         } else {
             size_t want = kind == EDD_KIND_PER_STEP ? n : n + 1;
@@ -99,9 +102,11 @@ static edd_status take_params(edd_plan *plan, const edd_plan_desc *d, char *err,
             if (!p->values)
                 return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "%s plan param '%s' has NULL values", name,
                                  p->key);
-            if (!all_finite(p->values, want))
-                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be finite numbers", name,
-                                 p->key);
+            for (i = 0; i < want; i++)
+                if (!isfinite(p->values[i]))
+                    return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
+                                     "%s plan param '%s' must be finite numbers; plan.params.%s[%lu] is %g", name, p->key,
+                                     p->key, (unsigned long)i, p->values[i]);
             v->values = (double *)malloc(want * sizeof(double));
             if (!v->values) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory copying '%s'", p->key);
             memcpy(v->values, p->values, want * sizeof(double));
@@ -119,11 +124,8 @@ static edd_status build(edd_plan *plan, const edd_plan_desc *d, char *err, size_
     if (!d->solver) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "plan solver is NULL");
     plan->solver = find_solver(d->solver);
     if (!plan->solver) {
-        char names[128] = "";
-        for (k = 0; k < NUM_SOLVERS; k++) {
-            if (k) strcat(names, ", ");
-            strcat(names, SOLVERS[k]->name);
-        }
+        char names[256] = "";
+        for (k = 0; k < NUM_SOLVERS; k++) list_append(names, sizeof names, SOLVERS[k]->name);
         return edd__fail(err, err_size, EDD_ERR_UNKNOWN_SOLVER, "unknown solver '%.64s'; choose one of %s", d->solver,
                          names);
     }
@@ -150,8 +152,8 @@ static edd_status build(edd_plan *plan, const edd_plan_desc *d, char *err, size_
     for (i = 0; i < n; i++)
         if (d->timesteps[i] < 0 || (uint64_t)d->timesteps[i] >= T || (i && d->timesteps[i] > d->timesteps[i - 1]))
             return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                             "plan field 'timesteps' must descend within 0..%lu; [%lu] is %lld", (unsigned long)(T - 1),
-                             (unsigned long)i, (long long)d->timesteps[i]);
+                             "plan field 'timesteps' must descend within 0..%lu; plan.timesteps[%lu] is %lld",
+                             (unsigned long)(T - 1), (unsigned long)i, (long long)d->timesteps[i]);
     plan->num_train_timesteps = T;
     plan->num_steps = n;
     plan->alphas_cumprod = (double *)malloc(T * sizeof(double));

@@ -18,19 +18,35 @@ static const edd_param_spec PARAMS[] = {{"eta", EDD_KIND_NUMBER},
 
 static edd_status check(const edd_plan *plan, char *err, size_t err_size) {
     const double *prev = plan->params[PREV_TIMESTEPS].values;
-    double final = plan->params[FINAL_ALPHA_CUMPROD].number;
+    double eta = plan->params[ETA].number, final = plan->params[FINAL_ALPHA_CUMPROD].number;
+    const edd_param_value *clip = &plan->params[CLIP_SAMPLE];
     size_t i;
-    if (!(plan->params[ETA].number >= 0))
-        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "ddim plan param 'eta' must be >= 0, got %g",
-                         plan->params[ETA].number);
-    if (!(final > 0 && final <= 1))
-        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "ddim plan param 'final_alpha_cumprod' must lie in (0, 1], got %g",
-                         final);
+    if (!(eta >= 0)) return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "ddim plan param 'eta' must be >= 0, got %g", eta);
     for (i = 0; i < plan->num_steps; i++)
         if (prev[i] != floor(prev[i]) || prev[i] >= (double)plan->num_train_timesteps)
             return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                             "ddim plan param 'prev_timesteps' must be integers below %lu; [%lu] is %g",
+                             "ddim plan param 'prev_timesteps' must be integers below %lu; plan.params.prev_timesteps[%lu] "
+                             "is %g",
                              (unsigned long)plan->num_train_timesteps, (unsigned long)i, prev[i]);
+    if (!(final > 0 && final <= 1))
+        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
+                         "ddim plan param 'final_alpha_cumprod' must lie in (0, 1], got %g", final);
+    if (!clip->is_null && !(clip->number > 0))
+        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "ddim plan param 'clip_sample' must be > 0 or null, got %g",
+                         clip->number);
+    return EDD_OK;
+}
+
+/* DDIM.plan: schedule.timesteps, prev = t - T // n, the same eta, final_alpha_cumprod and clip_sample */
+static edd_status replan(const edd_plan *plan, edd_replan *r, char *err, size_t err_size) {
+    size_t T = plan->num_train_timesteps, i;
+    edd_status st = edd__timesteps(T, r->n, r->spacing, 0, r->timesteps, err, err_size);
+    if (st != EDD_OK) return st;
+    for (i = 0; i < r->n; i++) r->scratch[0][i] = (double)(r->timesteps[i] - (int64_t)(T / r->n));
+    edd__replan_copy(r, plan, ETA);
+    edd__replan_array(r, "prev_timesteps", r->scratch[0], r->n);
+    edd__replan_copy(r, plan, FINAL_ALPHA_CUMPROD);
+    edd__replan_copy(r, plan, CLIP_SAMPLE);
     return EDD_OK;
 }
 
@@ -64,4 +80,12 @@ static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const
     }
 }
 
-const edd_solver edd__ddim = {"ddim", PARAMS, sizeof PARAMS / sizeof PARAMS[0], 0, check, NULL, NULL, uses_noise, step};
+const edd_solver edd__ddim = {
+    .name = "ddim",
+    .params = PARAMS,
+    .num_params = sizeof PARAMS / sizeof PARAMS[0],
+    .check = check,
+    .replan = replan,
+    .uses_noise = uses_noise,
+    .step = step,
+};

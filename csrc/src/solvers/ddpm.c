@@ -13,6 +13,22 @@
 enum { CLIP_SAMPLE };
 static const edd_param_spec PARAMS[] = {{"clip_sample", EDD_KIND_OPTIONAL_NUMBER}};
 
+static edd_status check(const edd_plan *plan, char *err, size_t err_size) {
+    const edd_param_value *clip = &plan->params[CLIP_SAMPLE];
+    if (!clip->is_null && !(clip->number > 0))
+        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "ddpm plan param 'clip_sample' must be > 0 or null, got %g",
+                         clip->number);
+    return EDD_OK;
+}
+
+/* DDPM.plan: schedule.timesteps, the same clip_sample */
+static edd_status replan(const edd_plan *plan, edd_replan *r, char *err, size_t err_size) {
+    edd_status st = edd__timesteps(plan->num_train_timesteps, r->n, r->spacing, 0, r->timesteps, err, err_size);
+    if (st != EDD_OK) return st;
+    edd__replan_copy(r, plan, CLIP_SAMPLE);
+    return EDD_OK;
+}
+
 static int uses_noise(const edd_plan *plan, size_t i) { return plan->timesteps[i] > 0; }
 
 static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const float *eps, const float *carry,
@@ -42,4 +58,12 @@ static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const
     }
 }
 
-const edd_solver edd__ddpm = {"ddpm", PARAMS, sizeof PARAMS / sizeof PARAMS[0], 0, NULL, NULL, NULL, uses_noise, step};
+const edd_solver edd__ddpm = {
+    .name = "ddpm",
+    .params = PARAMS,
+    .num_params = sizeof PARAMS / sizeof PARAMS[0],
+    .check = check,
+    .replan = replan,
+    .uses_noise = uses_noise,
+    .step = step,
+};

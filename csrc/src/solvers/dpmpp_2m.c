@@ -16,14 +16,27 @@ static const edd_param_spec PARAMS[] = {{"sigmas", EDD_KIND_PER_STEP_PLUS_ONE}};
 
 static edd_status check(const edd_plan *plan, char *err, size_t err_size) {
     const double *sig = plan->params[SIGMAS].values;
-    size_t i;
-    for (i = 0; i < plan->num_steps; i++)
+    size_t i, n = plan->num_steps;
+    for (i = 0; i < n; i++)
         if (!(sig[i] > 0))
             return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                             "dpmpp-2m plan param 'sigmas' must be > 0 before the last; [%lu] is %g", (unsigned long)i,
-                             sig[i]);
-    if (!(sig[plan->num_steps] >= 0))
-        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "dpmpp-2m plan param 'sigmas' must end in a value >= 0");
+                             "dpmpp-2m plan param 'sigmas' must be > 0 before the last; plan.params.sigmas[%lu] is %g",
+                             (unsigned long)i, sig[i]);
+    if (!(sig[n] >= 0))
+        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
+                         "dpmpp-2m plan param 'sigmas' must end in a value >= 0; plan.params.sigmas[%lu] is %g",
+                         (unsigned long)n, sig[n]);
+    return EDD_OK;
+}
+
+/* DPMSolverPP2M.plan: dpm_timesteps (n + 1 points, the last dropped), their sigmas */
+static edd_status replan(const edd_plan *plan, edd_replan *r, char *err, size_t err_size) {
+    size_t i;
+    edd_status st = edd__timesteps(plan->num_train_timesteps, r->n, r->spacing, 1, r->timesteps, err, err_size);
+    if (st != EDD_OK) return st;
+    for (i = 0; i < r->n; i++) r->scratch[1][i] = (double)r->timesteps[i];
+    edd__interp_sigmas(plan, r->scratch[1], r->n, r->scratch[0]);
+    edd__replan_array(r, "sigmas", r->scratch[0], r->n + 1);
     return EDD_OK;
 }
 
@@ -49,4 +62,12 @@ static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const
     }
 }
 
-const edd_solver edd__dpmpp_2m = {"dpmpp-2m", PARAMS, sizeof PARAMS / sizeof PARAMS[0], 1, check, NULL, NULL, NULL, step};
+const edd_solver edd__dpmpp_2m = {
+    .name = "dpmpp-2m",
+    .params = PARAMS,
+    .num_params = sizeof PARAMS / sizeof PARAMS[0],
+    .has_carry = 1,
+    .check = check,
+    .replan = replan,
+    .step = step,
+};

@@ -9,6 +9,7 @@
 #include "../internal.h"
 
 #include <math.h>
+#include <string.h>
 
 enum { SIGMAS, MODEL_TIMESTEPS, INIT_SIGMA };
 static const edd_param_spec PARAMS[] = {{"sigmas", EDD_KIND_PER_STEP_PLUS_ONE},
@@ -21,7 +22,45 @@ static edd_status check(const edd_plan *plan, char *err, size_t err_size) {
     for (i = 0; i < plan->num_steps; i++)
         if (!(sig[i] > 0))
             return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                             "euler plan param 'sigmas' must be > 0 before the last; [%lu] is %g", (unsigned long)i, sig[i]);
+                             "euler plan param 'sigmas' must be > 0 before the last; plan.params.sigmas[%lu] is %g",
+                             (unsigned long)i, sig[i]);
+    return EDD_OK;
+}
+
+/* Euler.plan: euler_timesteps (float32, fractional for "linspace"), their sigmas, and
+ * diffusers' init_noise_sigma (max sigma, or sqrt(max^2 + 1) in float32 for "leading") */
+static edd_status replan(const edd_plan *plan, edd_replan *r, char *err, size_t err_size) {
+    size_t T = plan->num_train_timesteps, n = r->n, i, len;
+    double *sigmas = r->scratch[0], *t = r->scratch[1], top = 0;
+    const char *spacing = r->spacing;
+    int linspace = strcmp(spacing, "linspace") == 0, leading = strcmp(spacing, "leading") == 0;
+    if (!linspace && !leading && strcmp(spacing, "trailing") != 0) return edd__bad_spacing(spacing, err, err_size);
+    for (i = 0; i < n; i++) {
+        float ti;
+        if (linspace) {
+            ti = (float)edd__linspace((double)(T - 1), n, 1, n - 1 - i);
+        } else if (leading) {
+            ti = (float)((n - 1 - i) * (T / n));
+        } else {
+            double v = edd__arange_down((double)T, n, i, &len);
+            if (i >= len)
+                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "trailing spacing yields fewer than %lu steps",
+                                 (unsigned long)n);
+            ti = (float)rint(v) - 1.0f;
+        }
+        t[i] = (double)ti;
+        r->timesteps[i] = (int64_t)rintf(ti);
+    }
+    edd__interp_sigmas(plan, t, n, sigmas);
+    for (i = 0; i < n; i++) top = sigmas[i] > top ? sigmas[i] : top;
+    if (leading) {
+        float m = (float)top;
+        float sq = m * m;
+        top = (double)sqrtf(sq + 1.0f);
+    }
+    edd__replan_array(r, "sigmas", sigmas, n + 1);
+    edd__replan_array(r, "model_timesteps", t, n);
+    edd__replan_number(r, "init_sigma", top);
     return EDD_OK;
 }
 
@@ -59,5 +98,13 @@ static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const
     }
 }
 
-const edd_solver edd__euler = {"euler", PARAMS, sizeof PARAMS / sizeof PARAMS[0], 0, check, init_latent, model_input,
-                               NULL, step};
+const edd_solver edd__euler = {
+    .name = "euler",
+    .params = PARAMS,
+    .num_params = sizeof PARAMS / sizeof PARAMS[0],
+    .check = check,
+    .replan = replan,
+    .init_latent = init_latent,
+    .model_input = model_input,
+    .step = step,
+};

@@ -16,6 +16,33 @@ static const edd_param_spec PARAMS[] = {{"original_inference_steps", EDD_KIND_NU
 
 #define SIGMA_DATA_SQ 0.25 /* 0.5^2 */
 
+static edd_status check(const edd_plan *plan, char *err, size_t err_size) {
+    double original = plan->params[ORIGINAL_INFERENCE_STEPS].number;
+    size_t T = plan->num_train_timesteps;
+    if (!(original == floor(original) && original >= 1 && original <= (double)T))
+        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
+                         "lcm plan param 'original_inference_steps' must be an integer in 1..%lu, got %g", (unsigned long)T,
+                         original);
+    return EDD_OK;
+}
+
+/* LCM.plan: the distillation grid k - 1, 2k - 1, ... (k = T // original) reversed, at
+ * indices floor(linspace(0, original, n, endpoint=False)), whatever the spacing; the same
+ * original and scaling */
+static edd_status replan(const edd_plan *plan, edd_replan *r, char *err, size_t err_size) {
+    size_t orig = (size_t)plan->params[ORIGINAL_INFERENCE_STEPS].number, k = plan->num_train_timesteps / orig, i;
+    if (r->n > orig)
+        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "lcm: steps must be an integer in 1..%lu, got %lu",
+                         (unsigned long)orig, (unsigned long)r->n);
+    for (i = 0; i < r->n; i++) {
+        size_t g = (size_t)floor(edd__linspace((double)orig, r->n, 0, i));
+        r->timesteps[i] = (int64_t)((orig - g) * k) - 1;
+    }
+    edd__replan_copy(r, plan, ORIGINAL_INFERENCE_STEPS);
+    edd__replan_copy(r, plan, TIMESTEP_SCALING);
+    return EDD_OK;
+}
+
 static int uses_noise(const edd_plan *plan, size_t i) { return i + 1 < plan->num_steps; }
 
 static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const float *eps, const float *carry,
@@ -40,4 +67,12 @@ static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const
     }
 }
 
-const edd_solver edd__lcm = {"lcm", PARAMS, sizeof PARAMS / sizeof PARAMS[0], 0, NULL, NULL, NULL, uses_noise, step};
+const edd_solver edd__lcm = {
+    .name = "lcm",
+    .params = PARAMS,
+    .num_params = sizeof PARAMS / sizeof PARAMS[0],
+    .check = check,
+    .replan = replan,
+    .uses_noise = uses_noise,
+    .step = step,
+};

@@ -1,8 +1,11 @@
 """Reference samplers: one solver per file, registered by name.
 
-To add a solver, write runtimes/samplers/<name>.py (one class, see base.Solver) and add it to
-SOLVERS below; tests/test_samplers.py then runs it through the common battery once it has
-a diffusers twin in REFERENCES there.
+To add a solver, write runtimes/samplers/<name>.py (one class, see base.Solver: its
+param_kinds, plan, check and step) and add it to SOLVERS below. Its C twin is
+csrc/src/solvers/<name>.c plus one name in the registry list of csrc/src/plan.c. Tests:
+tests/test_samplers.py runs it through the common battery once it has a diffusers twin in
+REFERENCES there; tests/test_plan_check.py feeds every bad plan to both sides (the generic
+rows come from param_kinds; rows for its own check go in SOLVER_ROWS).
 """
 
 from __future__ import annotations

@@ -11,11 +11,23 @@ the next visited timestep); s < 0 means abar_s = final_alpha_cumprod::
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edgediff.core.errors import EdgediffError
 from edgediff.core.schedule import NoiseSchedule, timesteps
-from edgediff.runtimes.samplers.base import NUMBER, OPTIONAL_NUMBER, PER_STEP, Deterministic, Plan, f32, to_x0_eps
+from edgediff.runtimes.samplers.base import (
+    NUMBER,
+    OPTIONAL_NUMBER,
+    PER_STEP,
+    Deterministic,
+    Plan,
+    check_positive_or_null,
+    f32,
+    g,
+    to_x0_eps,
+)
 
 
 class DDIM(Deterministic):
@@ -56,13 +68,28 @@ class DDIM(Deterministic):
             },
         )
 
+    def check(self, plan: Plan) -> None:
+        p, T = plan.params, plan.schedule.num_train_timesteps
+        if not p["eta"] >= 0:
+            raise EdgediffError(f"ddim plan param 'eta' must be >= 0, got {g(p['eta'])}")
+        for i, s in enumerate(p["prev_timesteps"]):
+            if s != math.floor(s) or s >= T:
+                raise EdgediffError(
+                    f"ddim plan param 'prev_timesteps' must be integers below {T}; plan.params.prev_timesteps[{i}] is {g(s)}"
+                )
+        if not 0 < p["final_alpha_cumprod"] <= 1:
+            raise EdgediffError(
+                f"ddim plan param 'final_alpha_cumprod' must lie in (0, 1], got {g(p['final_alpha_cumprod'])}"
+            )
+        check_positive_or_null(plan, "clip_sample")
+
     def uses_noise(self, plan: Plan, i: int) -> bool:
         return plan.params["eta"] > 0
 
     def step(self, plan, i, x, eps, carry, noise):
         p, ac = plan.params, plan.schedule.alphas_cumprod
         abar_t = ac[plan.timesteps[i]]
-        s = p["prev_timesteps"][i]
+        s = int(p["prev_timesteps"][i])  # an integral float from JSON indexes too, as in C
         abar_s = ac[s] if s >= 0 else p["final_alpha_cumprod"]
         x0, e = to_x0_eps(plan.schedule.prediction_type, x, eps, np.sqrt(abar_t), np.sqrt(1 - abar_t))
         if p["clip_sample"] is not None:

@@ -15,7 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from edgediff.core.schedule import NoiseSchedule, timesteps
-from edgediff.runtimes.samplers.base import OPTIONAL_NUMBER, Deterministic, Plan, f32, to_x0_eps
+from edgediff.runtimes.samplers.base import (
+    OPTIONAL_NUMBER,
+    Deterministic,
+    Plan,
+    check_positive_or_null,
+    f32,
+    to_x0_eps,
+)
 
 
 class DDPM(Deterministic):
@@ -34,6 +41,9 @@ class DDPM(Deterministic):
     ) -> Plan:
         ts = timesteps(schedule, steps, spacing, steps_offset)
         return Plan(self.name, ts, schedule, {"clip_sample": clip_sample})
+
+    def check(self, plan: Plan) -> None:
+        check_positive_or_null(plan, "clip_sample")  # np.clip and C's clip differ on a negative range
 
     def uses_noise(self, plan: Plan, i: int) -> bool:
         return bool(plan.timesteps[i] > 0)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgediff.core.errors import EdgediffError
 from edgediff.core.schedule import SPACINGS, NoiseSchedule, check_choice, check_steps
-from edgediff.runtimes.samplers.base import PER_STEP_PLUS_ONE, Deterministic, Plan, f32, interp_sigmas, to_x0_eps
+from edgediff.runtimes.samplers.base import PER_STEP_PLUS_ONE, Deterministic, Plan, f32, g, interp_sigmas, to_x0_eps
 
 
 def dpm_timesteps(schedule: NoiseSchedule, n: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
@@ -41,6 +42,18 @@ class DPMSolverPP2M(Deterministic):
         check_choice("timestep spacing", spacing, SPACINGS)
         ts = dpm_timesteps(schedule, steps, spacing, steps_offset)
         return Plan(self.name, ts, schedule, {"sigmas": interp_sigmas(schedule, ts)})
+
+    def check(self, plan: Plan) -> None:
+        sig, n = plan.params["sigmas"], len(plan)
+        for i in range(n):
+            if not sig[i] > 0:
+                raise EdgediffError(
+                    f"dpmpp-2m plan param 'sigmas' must be > 0 before the last; plan.params.sigmas[{i}] is {g(sig[i])}"
+                )
+        if not sig[n] >= 0:
+            raise EdgediffError(
+                f"dpmpp-2m plan param 'sigmas' must end in a value >= 0; plan.params.sigmas[{n}] is {g(sig[n])}"
+            )
 
     def step(self, plan, i, x, eps, carry, noise):
         sig = plan.params["sigmas"]

@@ -15,8 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgediff.core.errors import EdgediffError
 from edgediff.core.schedule import SPACINGS, NoiseSchedule, check_choice, check_steps
-from edgediff.runtimes.samplers.base import NUMBER, PER_STEP, PER_STEP_PLUS_ONE, Deterministic, Plan, f32, interp_sigmas
+from edgediff.runtimes.samplers.base import (
+    NUMBER,
+    PER_STEP,
+    PER_STEP_PLUS_ONE,
+    Deterministic,
+    Plan,
+    f32,
+    g,
+    interp_sigmas,
+)
 
 
 def euler_timesteps(schedule: NoiseSchedule, n: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
@@ -46,6 +56,14 @@ class Euler(Deterministic):
             schedule,
             {"sigmas": sigmas, "model_timesteps": t.tolist(), "init_sigma": init},
         )
+
+    def check(self, plan: Plan) -> None:
+        sig = plan.params["sigmas"]
+        for i in range(len(plan)):
+            if not sig[i] > 0:
+                raise EdgediffError(
+                    f"euler plan param 'sigmas' must be > 0 before the last; plan.params.sigmas[{i}] is {g(sig[i])}"
+                )
 
     def init_latent(self, plan, noise):
         return f32(plan.params["init_sigma"] * np.asarray(noise, np.float64))

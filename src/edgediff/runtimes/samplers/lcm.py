@@ -12,10 +12,13 @@ Step i at t = timesteps[i], with s = timesteps[i + 1]::
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from edgediff.core.errors import EdgediffError
 from edgediff.core.schedule import NoiseSchedule, check_choice, check_steps
-from edgediff.runtimes.samplers.base import NUMBER, Deterministic, Plan, f32, to_x0_eps
+from edgediff.runtimes.samplers.base import NUMBER, Deterministic, Plan, f32, g, to_x0_eps
 
 SIGMA_DATA = 0.5
 
@@ -43,6 +46,13 @@ class LCM(Deterministic):
         return Plan(
             self.name, ts, schedule, {"original_inference_steps": original, "timestep_scaling": float(timestep_scaling)}
         )
+
+    def check(self, plan: Plan) -> None:
+        original, T = plan.params["original_inference_steps"], plan.schedule.num_train_timesteps
+        if not (original == math.floor(original) and 1 <= original <= T):
+            raise EdgediffError(
+                f"lcm plan param 'original_inference_steps' must be an integer in 1..{T}, got {g(original)}"
+            )
 
     def uses_noise(self, plan: Plan, i: int) -> bool:
         return i < len(plan) - 1
