@@ -234,9 +234,13 @@ def write(s: State) -> dict:
     """Drop the export, write scheduler.json, report.json and manifest.json, verify and rename
     the bundle into place (compiler/bundle.py). The record lists the model files and their bytes."""
     shutil.rmtree(s.export.parent)  # the export is not part of the bundle
-    model_dir = s.work / "model"
-    files = {p.relative_to(s.work).as_posix(): size_bytes(p) for p in sorted(model_dir.iterdir())}
-    s.records["write"] = {"files": files, "bytes": sum(files.values())}
+    files = {}  # as manifest.json lists them: a .mlpackage folder is one entry
+    for p in sorted(s.work.rglob("*")):
+        in_package = any(d.suffix == ".mlpackage" for d in p.relative_to(s.work).parents)
+        if (p.is_file() and not in_package) or (p.is_dir() and p.suffix == ".mlpackage"):
+            files[p.relative_to(s.work).as_posix()] = size_bytes(p)
+    model_bytes = sum(size_bytes(f) for f in (s.work / "model").iterdir())
+    s.records["write"] = {"files": files, "bytes": sum(files.values()), "model_bytes": model_bytes}
     s.timings["total"] = time.perf_counter() - s.t_start  # report.json is written below: its own time is not in it
     bundle_io.publish(s.work, s.out, manifest=_manifest(s), scheduler=_scheduler(s), report=_report(s))
     return s.records["write"]
@@ -279,7 +283,7 @@ def _report(s: State) -> dict:
             "params": s.records["capture"]["params"],
             "macs_per_step": s.records["capture"]["macs_per_step"],
             "forward_passes_per_step": 2 if _guided(s) else 1,
-            "size_bytes": s.records["write"]["bytes"],
+            "size_bytes": s.records["write"]["model_bytes"],
         },
         **s.records,
         "timings_s": {k: round(v, 3) for k, v in s.timings.items()},
