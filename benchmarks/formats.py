@@ -122,8 +122,8 @@ def w8a8_rows(name: str, model, n_images: int, repeats: int, ref_images, tmp: Pa
             "bytes": size_bytes(b.root / "model"),
             "lower_s": round(time.perf_counter() - t0, 1),
             "runtime": getattr(denoise, "label", fmt),
-            "max_rel_error": report["verification"]["max_rel_error"],
-            "trajectory_rel_error": report["quantization"]["trajectory"]["mean_rel_error"],
+            "max_rel_error": report["verify"]["max_rel_error"],
+            "trajectory_rel_error": report["quantize"]["trajectory"]["mean_rel_error"],
             "ms_per_step": time_step(denoise, model, repeats),
             "psnr_db": psnr_db(images(denoise, model, n_images), ref_images) if ref_images is not None else None,
         }

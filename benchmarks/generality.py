@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from generality_models import VARIANTS  # noqa: E402
 
 from edgediff.compiler.capture import load_source  # noqa: E402
-from edgediff.compiler.pipeline import QUANTIZED_FORMATS, compile_model  # noqa: E402
+from edgediff.compiler.pipeline import compile_model  # noqa: E402
 from edgediff.compiler.recipe import Recipe  # noqa: E402
+from edgediff.compiler.routes import formats_for  # noqa: E402
 from edgediff.core.errors import EdgediffError  # noqa: E402
 from edgediff.targets import available_targets, load_target  # noqa: E402
 
@@ -41,7 +42,7 @@ def run_one(src, out: Path, target: str, recipe: Recipe, expect: str | None) -> 
             raise src
         b = compile_model(src, out, target=target, recipe=recipe)
         row["precision"] = b.manifest["model"]["precision"]
-        v = b.report["verification"]
+        v = b.report["verify"]
         row["max_rel_error"] = v.get("max_rel_error", "structural")
         if expect is not None:
             row["status"] = f"UNEXPECTED ok (expected an error naming {expect})"
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
                 fmt = load_target(target).format
                 base = dict(sampler="ddim", steps=2, guidance=2.0, **(v.recipe or {}))
                 recipes = [("default", Recipe(**base))]
-                if not args.no_w8a8 and fmt in QUANTIZED_FORMATS and "int8" in load_target(target).precisions:
+                if not args.no_w8a8 and fmt in formats_for("w8a8") and "int8" in load_target(target).precisions:
                     recipes.append(("w8a8", Recipe(**base, quantize="w8a8", calib_samples=4)))
                 for label, recipe in recipes:
                     out = Path(tmp) / "bundles" / f"{name}-{target}-{label}"

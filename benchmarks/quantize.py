@@ -294,7 +294,7 @@ def quality_rows(steps: int, a, work: Path, judge: DigitsJudge) -> list[dict]:
                     sampler="dpmpp-2m", steps=steps, guidance=3.0, quantize="w8a8", groups=g, calib=str(calib_path)
                 ),
             )
-            merged = b.report["quantization"]["tflite"].get("groups")
+            merged = b.report["quantize"]["tflite"].get("groups")
             run(
                 f"edgediff W8A8 G={g} TFLite",
                 bundle_denoiser(b),

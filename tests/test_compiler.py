@@ -44,7 +44,7 @@ def test_onnx_opset_and_dynamic_batch(tiny_bundle):
 
 
 def test_report_records_verification(tiny_bundle):
-    v = tiny_bundle.report["verification"]
+    v = tiny_bundle.report["verify"]
     assert v["num_timesteps"] >= 8
     ts = [r["timestep"] for r in v["per_timestep"]]
     assert min(ts) == 0 and max(ts) == 99  # spans the whole schedule
@@ -83,7 +83,7 @@ def test_fp16_bundle(tmp_path):
     model = onnx.load(str(b.model_path))
     dtypes = {init.data_type for init in model.graph.initializer if len(init.dims) >= 2}
     assert onnx.TensorProto.FLOAT16 in dtypes and onnx.TensorProto.FLOAT not in dtypes
-    assert 1e-7 < b.report["verification"]["max_rel_error"] <= 2e-2
+    assert 1e-7 < b.report["verify"]["max_rel_error"] <= 2e-2
 
 
 def test_verification_failure_names_timestep():
@@ -175,7 +175,7 @@ def test_diffusers_folder_source(tmp_path):
     assert spec.schedule.num_train_timesteps == 50
     b = compile_model(str(root), tmp_path / "b", recipe=Recipe(sampler="ddim", steps=4))
     assert b.manifest["source"]["sha256"] == spec.source_sha256
-    assert b.report["verification"]["max_rel_error"] < 1e-4
+    assert b.report["verify"]["max_rel_error"] < 1e-4
 
 
 def test_dit_folder_source(tmp_path):
@@ -199,7 +199,7 @@ def test_dit_folder_source(tmp_path):
     assert spec.sample_shape == (2, 8, 8) and spec.conditioning.null_label == 10
     b = compile_model(str(root), tmp_path / "b", recipe=Recipe(sampler="ddim", steps=3))
     assert b.manifest["model"]["outputs"][0]["shape"][1:] == [2, 8, 8]  # learned-sigma half dropped
-    assert b.report["verification"]["max_rel_error"] < 1e-4
+    assert b.report["verify"]["max_rel_error"] < 1e-4
 
 
 def test_factory_must_return_model_spec():

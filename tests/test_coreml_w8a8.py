@@ -33,9 +33,9 @@ def test_kit_files_hashed_in_the_bundle(cq):
     for name in ("w8a8/calibration.npz", "w8a8/recipe.json", "w8a8/finish_w8a8.py"):
         assert name in files and (cq.root / name).is_file()
     assert "finish on macOS" in cq.manifest["quantization"]["activations"]
-    assert cq.report["quantization"]["coreml"]["numerics"] == "not run: needs macOS"
-    assert cq.report["verification"]["numerics"].startswith("not run")
-    assert cq.report["verification"]["compression_ops"].get("constexpr_affine_dequantize", 0) > 0  # int8 weights
+    assert cq.report["quantize"]["coreml"]["numerics"] == "not run: needs macOS"
+    assert cq.report["verify"]["numerics"].startswith("not run")
+    assert cq.report["verify"]["compression_ops"].get("constexpr_affine_dequantize", 0) > 0  # int8 weights
 
 
 def test_script_compiles_and_recipe_parses(cq, tmp_path):

@@ -90,7 +90,7 @@ def test_unsupported_folder_is_one_line_naming_the_field(folders, name, tmp_path
 def _check(bundle, target):
     fmt = load_target(target).format
     assert bundle.model_format == fmt and bundle.manifest["target"] == target
-    v = bundle.report["verification"]
+    v = bundle.report["verify"]
     if fmt in BACKENDS:
         assert v["num_timesteps"] >= 8 and 0 <= v["max_rel_error"] <= v["bound"]
     else:
@@ -110,7 +110,7 @@ def test_variant_compiles(folders, name, target, tmp_path):
             *spec.sample_shape,
         ]
     if name == "unet-skip" and target in ("iphone-15-pro", "pixel-8"):
-        assert b.report["lowering"]["rewrites"] == ["diffusers upfirdn2d_native (6-D tensors)"]
+        assert b.report["lower"]["rewrites"] == ["diffusers upfirdn2d_native (6-D tensors)"]
 
 
 def test_fourier_model_is_undefined_at_t0(folders, tmp_path):
@@ -122,7 +122,7 @@ def test_fourier_model_is_undefined_at_t0(folders, tmp_path):
     b = compile_model(
         spec, tmp_path / "b", target="host-cpu", recipe=Recipe(sampler="ddim", steps=2, spacing="trailing")
     )
-    per_t = b.report["verification"]["per_timestep"]
+    per_t = b.report["verify"]["per_timestep"]
     assert per_t[0]["timestep"] == 0 and per_t[0]["nonfinite_in_pytorch"] > 0
     assert all(np.isfinite(r["max_rel_error"]) for r in per_t)
 

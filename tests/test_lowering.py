@@ -85,9 +85,9 @@ class TestFormatBattery:
 
     def test_format_and_files(self, fmt_bundle):
         fmt, b = fmt_bundle
-        assert b.model_format == fmt == b.report["lowering"]["format"]
+        assert b.model_format == fmt == b.report["lower"]["format"]
         assert b.model_path.name == FILES[fmt] and b.model_path.exists()
-        assert b.report["model"]["size_bytes"] >= b.report["lowering"]["bytes"] > 0
+        assert b.report["model"]["size_bytes"] >= b.report["lower"]["bytes"] > 0
         # no conversion scratch (the ONNX export used for coverage) inside the bundle
         assert not (b.root / "ir").exists() and not [f for f in b.manifest["files"] if f.startswith("ir/")]
 
@@ -115,7 +115,7 @@ class TestFormatBattery:
 
     def test_verification(self, fmt_bundle):
         fmt, b = fmt_bundle
-        v = b.report["verification"]
+        v = b.report["verify"]
         if fmt in BACKENDS:
             assert v["num_timesteps"] >= 8
             assert v["max_rel_error"] <= v["bound"]
@@ -126,7 +126,7 @@ class TestFormatBattery:
             assert v["numerics"].startswith("not run: needs macOS")
             assert v["inputs"] == ["sample", "timestep", "class_labels"] and v["ops"] > 10
             assert v["compression_ops"]["constexpr_lut_to_dense"] > 0  # palette6 asked for
-            assert b.report["lowering"]["weights"] == "palette6"
+            assert b.report["lower"]["weights"] == "palette6"
 
     def test_runs_like_pytorch_on_any_batch(self, fmt_bundle):
         fmt, b = fmt_bundle
@@ -179,7 +179,7 @@ def test_precision_the_target_lacks_is_refused(tmp_path):
 def test_host_cpu_bundle_stays_dynamic(tiny_bundle):
     assert tiny_bundle.manifest["model"]["inputs"][0]["shape"][0] == "batch"
     assert tiny_bundle.manifest["model"]["runtime"]["static_batch"] is None
-    assert "note" not in tiny_bundle.report["verification"]  # host-cpu is this machine
+    assert "note" not in tiny_bundle.report["verify"]  # host-cpu is this machine
 
 
 # ---------------------------------------------------------------- coverage
@@ -282,7 +282,7 @@ def test_diffusers_folder_compiles_for_target(kind, target, tmp_path):
     b = compile_model(str(src), tmp_path / "b", target=target, recipe=Recipe(sampler="ddim", steps=2))
     fmt = load_target(target).format
     assert b.model_format == fmt and b.manifest["target"] == target
-    v = b.report["verification"]
+    v = b.report["verify"]
     if fmt in BACKENDS:
         assert v["num_timesteps"] >= 8 and v["max_rel_error"] <= v["bound"]
     else:
@@ -299,10 +299,10 @@ def test_openvino_fp16_compresses_weights_and_records_hints(tmp_path_factory):
     b = battery_bundle("openvino", tmp_path_factory)  # intel-core-ultra-npu's default: fp16
     assert b.manifest["model"]["precision"] == "fp16"
     assert b.manifest["model"]["runtime"]["inference_precision_hint"] == "f16"
-    assert b.report["lowering"]["compress_to_fp16"] is True
-    assert "INFERENCE_PRECISION_HINT f32" in b.report["verification"]["runtime"]
+    assert b.report["lower"]["compress_to_fp16"] is True
+    assert "INFERENCE_PRECISION_HINT f32" in b.report["verify"]["runtime"]
     assert open_denoiser(b.model_path, "openvino").inner.hint == "f32"
-    assert 1e-7 < b.report["verification"]["max_rel_error"] <= 2e-2  # weights really are rounded
+    assert 1e-7 < b.report["verify"]["max_rel_error"] <= 2e-2  # weights really are rounded
     xml = b.model_path.read_text()
     assert 'element_type="f16"' in xml
 

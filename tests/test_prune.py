@@ -158,7 +158,7 @@ def test_pruned_folder_round_trip(tmp_path, make):
     from edgediff.compiler.recipe import Recipe
 
     b = compile_model(str(tmp_path / "p"), tmp_path / "b", recipe=Recipe(sampler="ddim", steps=2))
-    assert b.report["verification"]["max_rel_error"] <= 1e-4 and b.manifest["pruning"]["ratio"] == 0.4
+    assert b.report["verify"]["max_rel_error"] <= 1e-4 and b.manifest["pruning"]["ratio"] == 0.4
     assert b.report["model"]["params"] == r.record["params_after"]
     first = next(iter(shapes["modules"]))
     shapes["modules"][first]["type"] = "Embedding"  # a wrong layer type is named, not loaded
@@ -213,7 +213,7 @@ def test_prune_then_compile_verifies(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "protect conv_in" in r.stdout and "-> conv_in" in r.stdout
     b = compile_model(str(tmp_path / "p"), tmp_path / "bundle", target="host-cpu", recipe=Recipe(steps=4))
-    v = b.report["verification"]
+    v = b.report["verify"]
     assert v["max_rel_error"] < v["bound"]
     assert b.report["model"]["params"] < sum(p.numel() for p in tiny_unet().module.parameters())
 

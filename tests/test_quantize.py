@@ -73,7 +73,7 @@ def _optimized_ops(path, tmp_path, **session_kwargs):
 
 def test_int8_kernels_really_run(q1, tmp_path):
     ops = _optimized_ops(q1.model_path, tmp_path)
-    q = q1.report["quantization"]
+    q = q1.report["quantize"]
     # every quantized Conv became ONNX Runtime's integer QLinearConv; only the float layers stay Conv
     float_convs = sum(1 for row in q["layers"] if row["op"] == "Conv" and row["precision"] == "fp32")
     int8_convs = sum(1 for row in q["layers"] if row["op"] == "Conv" and row["precision"] == "int8")
@@ -96,12 +96,12 @@ def test_bundle_records_quantization(q1):
     assert whys["model.conv_in"].startswith("first layer")
     assert whys["model.conv_out"].startswith("last layer")
     assert whys["model.time_embedding.linear_1"].startswith("timestep")
-    layer = next(row for row in r["quantization"]["layers"] if row["precision"] == "int8" and row["op"] == "Conv")
+    layer = next(row for row in r["quantize"]["layers"] if row["precision"] == "int8" and row["op"] == "Conv")
     assert layer["input"][0]["scale"] > 0 and 0 <= layer["input"][0]["zero_point"] <= 255
     assert layer["weight"]["channels"] > 1 and layer["weight"]["scale_min"] > 0
-    v = r["verification"]
+    v = r["verify"]
     assert v["precision"] == "w8a8" and v["max_rel_error"] < v["bound"]  # the W8A8 bound, not TFLite int8's
-    traj = r["quantization"]["trajectory"]
+    traj = r["quantize"]["trajectory"]
     assert len(traj["per_step"]) == 4 and 0 < traj["max_rel_error"] < 0.5
 
 
@@ -122,9 +122,7 @@ def test_groups_share_one_copy_of_the_weights(q1, q2, tmp_path):
         int8 = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
         assert int8 and all(i.data_location == onnx.TensorProto.EXTERNAL and not i.raw_data for i in int8)
     # each group has its own activation scales
-    layer = next(
-        row for row in q2.report["quantization"]["layers"] if row["precision"] == "int8" and row["op"] == "Conv"
-    )
+    layer = next(row for row in q2.report["quantize"]["layers"] if row["precision"] == "int8" and row["op"] == "Conv")
     assert len(layer["input"]) == 2 and layer["input"][0]["scale"] != layer["input"][1]["scale"]
     # each group's session reads weights.bin itself and still runs ONNX Runtime's int8 kernels
     assert _optimized_ops(root / groups["files"][1], tmp_path)["QLinearConv"] > 0
@@ -312,13 +310,18 @@ def test_openvino_int8_runs_our_scales(q1, tiny_bundle, tmp_path):
     assert not list((tmp_path / "ov" / "model").glob("*.onnx"))
     ir = ov.Core().read_model(str(tmp_path / "ov" / m["file"]))
     ops = Counter(op.get_type_name() for op in ir.get_ops())
-    n_int8 = b.report["quantization"]["num_int8"]
+    n_int8 = b.report["quantize"]["num_int8"]
     assert ops["FakeQuantize"] >= n_int8  # at least the input of every int8 layer
+    # the route lowers fp32 ONNX, the pass writes QDQ, the route's lowering step makes the IR
+    assert (
+        b.report["lower"]["lowering"] == "onnx"
+        and b.report["quantize"]["lowered"]["fake_quantize"] == ops["FakeQuantize"]
+    )
     int8_weights = [
         op for op in ir.get_ops() if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
     ]
     assert len(int8_weights) == n_int8  # the weights stay int8 constants, not float copies
-    assert b.report["verification"]["max_rel_error"] <= b.report["verification"]["bound"]
+    assert b.report["verify"]["max_rel_error"] <= b.report["verify"]["bound"]
 
     from edgediff.runtimes.backends import open_denoiser
 

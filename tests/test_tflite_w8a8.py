@@ -37,7 +37,7 @@ def _details(path):
 
 
 def test_int8_convs_on_xnnpack(tq):
-    q = tq.report["quantization"]
+    q = tq.report["quantize"]
     it, tensors = _details(tq.model_path)
     int8 = {"CONV_2D": 0, "FULLY_CONNECTED": 0}
     for op in it._get_ops_details():
@@ -54,7 +54,7 @@ def test_int8_convs_on_xnnpack(tq):
 
 
 def test_float_layers_stay_float_with_their_weights(tq):
-    q = tq.report["quantization"]
+    q = tq.report["quantize"]
     spec = __import__("tiny_models").tiny_unet()
     floats = [f["layer"] for f in q["float_layers"]]
     assert "model.conv_in" in floats and "model.conv_out" in floats
@@ -68,7 +68,7 @@ def test_float_layers_stay_float_with_their_weights(tq):
 
 def test_activation_scales_are_ours(tq):
     """The scale of every int8 conv's input tensor is one the quantize pass computed."""
-    q = tq.report["quantization"]
+    q = tq.report["quantize"]
     ours = np.array(sorted({e["input"][0]["scale"] for e in q["layers"] if e["precision"] == "int8"}))
     it, tensors = _details(tq.model_path)
     seen = 0
@@ -82,10 +82,10 @@ def test_activation_scales_are_ours(tq):
 
 
 def test_verified_and_generates(tq):
-    v = tq.report["verification"]
+    v = tq.report["verify"]
     assert v["precision"] == "w8a8" and "LiteRT" in v["runtime"] and v["max_rel_error"] < 1.0
     assert tq.manifest["model"]["precision"] == "int8" and tq.manifest["model"]["format"] == "tflite"
-    assert tq.report["quantization"]["trajectory"]["max_rel_error"] < 0.5  # random tiny weights; a broken graph: ~1
+    assert tq.report["quantize"]["trajectory"]["max_rel_error"] < 0.5  # random tiny weights; a broken graph: ~1
     setup = SamplingSetup.from_bundle(tq)
     labels = np.array([0, 1, 2, 3])
     ours = generate(bundle_denoiser(tq), setup, n=4, seed=0, labels=labels)
@@ -156,14 +156,14 @@ def test_groups_in_one_flatbuffer(tmp_path):
     tg = b.scheduler["timestep_groups"]
     assert tg["files"] == ["model/denoiser.tflite"] * 2 and tg["step_group"] == [0, 0, 1, 1]
     assert sorted(p.name for p in (b.root / "model").iterdir()) == ["denoiser.tflite"]
-    q = b.report["quantization"]
+    q = b.report["quantize"]
     assert q["groups"] == 2 and q["tflite"]["groups"]["signatures"] == ["group0", "group1"]
     # the int8 weights once: the merged buffers hold far less than two separate flatbuffers' buffers
     assert q["tflite"]["groups"]["buffer_bytes"] < 0.65 * q["tflite"]["groups"]["buffer_bytes_if_separate"]
     outs = _signature_outputs(b.model_path, 300.0)
     assert not np.array_equal(outs["group0"], outs["group1"])  # each group its own activation scales
     assert q["trajectory"]["max_rel_error"] < 0.5
-    assert "2 timestep groups" in b.report["verification"]["runtime"]
+    assert "2 timestep groups" in b.report["verify"]["runtime"]
     setup = SamplingSetup.from_bundle(b)
     imgs = generate(bundle_denoiser(b), setup, n=2, seed=0, labels=np.array([0, 1]))
     assert imgs.shape[0] == 2 and np.isfinite(imgs).all()

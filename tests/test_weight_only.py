@@ -28,7 +28,7 @@ def w4(tmp_path_factory):
 
 def test_linear_layers_run_the_4bit_kernel(w4, tmp_path):
     path = Path(w4.root) / w4.manifest["model"]["file"]
-    q = w4.report["quantization"]
+    q = w4.report["quantize"]
     assert w4.manifest["model"]["precision"] == "int4" and q["calibration"] is None
     proto = onnx.load(str(path))
     ops = Counter(n.op_type for n in proto.graph.node)
@@ -54,9 +54,9 @@ def test_linear_layers_run_the_4bit_kernel(w4, tmp_path):
 
 def test_smaller_and_close_to_fp32(w4, tiny_bundle):
     fp32 = Path(tiny_bundle.root) / tiny_bundle.manifest["model"]["file"]
-    q = w4.report["quantization"]
+    q = w4.report["quantize"]
     assert q["bytes"] < q["bytes_fp32"] == fp32.stat().st_size
-    v = w4.report["verification"]
+    v = w4.report["verify"]
     assert v["precision"] == "w4" and v["max_rel_error"] <= v["bound"]
     # sampling with the 4-bit bundle follows the fp32 model's trajectory (same plan, same noise;
     # the random tiny UNet drives many pixels to the clip at +-1, so a few flip sign)
@@ -72,7 +72,7 @@ def test_keep_float_and_refusals(tmp_path):
         tmp_path / "k",
         recipe=Recipe(**RECIPE, quantize="w4", quant_options={"keep_float": ["*conv_out"]}),
     )
-    kept = [row for row in b.report["quantization"]["layers"] if row["precision"] == "fp32"]
+    kept = [row for row in b.report["quantize"]["layers"] if row["precision"] == "fp32"]
     assert [row["layer"] for row in kept] == ["model.conv_out"] and "pattern" in kept[0]["why"]
     with pytest.raises(EdgediffError, match="matches no quantizable layer"):
         compile_model(
@@ -101,9 +101,9 @@ def test_openvino_4bit_weights(tmp_path):
     assert m["format"] == "openvino" and m["precision"] == "int4" and m["runtime"]["inference_precision_hint"] == "f32"
     ir = ov.Core().read_model(str(tmp_path / "ov" / m["file"]))
     types = Counter(op.get_element_type().get_type_name() for op in ir.get_ops() if op.get_type_name() == "Constant")
-    q = b.report["quantization"]
+    q = b.report["quantize"]
     assert types["i4"] + types["u4"] == q["int4_constants"] > 0 and q["int8_constants"] > 0
-    assert b.report["verification"]["max_rel_error"] <= b.report["verification"]["bound"]
+    assert b.report["verify"]["max_rel_error"] <= b.report["verify"]["bound"]
     x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
     t, y = np.array([40.0, 70.0], np.float32), np.array([1, 2], np.int64)
     out = open_denoiser(tmp_path / "ov" / m["file"], "openvino")(x, t, y)

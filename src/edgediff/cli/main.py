@@ -105,7 +105,7 @@ def cmd_compile(a) -> int:
 
 def format_report(b) -> str:
     r, m = b.report, b.manifest
-    v = r["verification"]
+    v = r["verify"]
     lines = [
         f"bundle      {b.root}",
         f"source      {m['source']['spec']}  (sha256 {m['source']['sha256'][:12]}…)",
@@ -117,7 +117,7 @@ def format_report(b) -> str:
         _format_verified(v),
         "timings     " + "  ".join(f"{k} {t:.2f}s" for k, t in r["timings_s"].items()),
     ]
-    q = r.get("quantization")
+    q = r.get("quantize")
     if q and q["scheme"] == "w4":
         packed = (
             f"{q['matmulnbits']} linear layers 4-bit (MatMulNBits), {q['conv_int8']} convolutions int8"

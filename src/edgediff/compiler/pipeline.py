@@ -1,13 +1,15 @@
 """The compile pipeline: a source in, a verified bundle out.
 
-    capture -> plan -> coverage -> lower -> quantize -> verify -> write
+    capture -> plan -> calibrate -> coverage -> lower -> quantize -> verify -> write
 
-The target profile picks the format (LOWERINGS in lowering.py), the precision (the recipe's,
-else the first the profile lists that the lowering writes) and whether shapes are static.
-`--quantize w8a8` lowers the fp32 ONNX graph and the quantize pass turns it into int8.
+`plan` resolves the route for (recipe.quantize, profile.format) in ROUTES (routes.py): what the
+lower stage writes, the quantize function, the lowering step after it and the route's
+constraints; the precision is the scheme's, else the recipe's, else the first the profile lists
+that the lowering writes.
 
-Each stage is a function from the compile state to the next state plus a record for the
-report; `compile_model` runs them in order and times each one.
+Each stage is a function from the compile state to the next state plus a record;
+`compile_model` runs them in order, times each one, and report.json holds every stage's record
+under the stage's name.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from edgediff.compiler.capture import load_source
 from edgediff.compiler.coverage import coverage as op_coverage
 from edgediff.compiler.coverage import onnx_op_counts
 from edgediff.compiler.recipe import Recipe
+from edgediff.compiler.routes import QuantizeJob, Route, resolve
 from edgediff.compiler.verify import verify
 from edgediff.core.errors import EdgediffError
 from edgediff.core.files import staging
@@ -35,36 +38,14 @@ from edgediff.core.spec import ModelSpec
 from edgediff.core.stats import count_macs, count_params
 from edgediff.distill.distill import bind_guidance
 from edgediff.lower.onnx import export_onnx
-from edgediff.lower.openvino import lower_openvino_int8
-from edgediff.lower.registry import (
-    LOWERINGS,
-    check_precision,
-    check_weights,
-    get_lowering,
-    runnable_here,
-    static_batch_for,
-)
+from edgediff.lower.registry import LOWERINGS, Lowered, runnable_here, static_batch_for
 from edgediff.quantize.calibration.record import record_trajectories
-from edgediff.quantize.w8a8 import (
-    COREML_GROUPS,
-    QuantizedModel,
-    load_calib_for,
-    quantize,
-    quantize_coreml,
-    quantize_tflite,
-)
-from edgediff.quantize.weight_only import SCHEME_TEXT, quantize_w4_onnx, quantize_w4_openvino
+from edgediff.quantize.w8a8 import QuantizedModel, load_calib_for
 from edgediff.runtimes.backends import model_signature, open_denoiser
 from edgediff.runtimes.bundle import Bundle, load_bundle, size_bytes
 from edgediff.runtimes.groups import grouped_denoiser
 from edgediff.runtimes.samplers import get_solver
 from edgediff.targets import TargetProfile, load_target
-
-# where the quantize pass's int8 graph can go (coreml: int8 weights + the kit that finishes W8A8 on macOS)
-QUANTIZED_FORMATS = ("onnx", "openvino", "tflite", "coreml")
-# Weight-only 4-bit (src/edgediff/quantize/weight_only.py) needs ONNX Runtime's CPU MatMulNBits kernel or OpenVINO.
-W4_RUNTIMES = ("onnxruntime", "openvino")
-SCHEME_PRECISION = {"w8a8": "int8", "w4": "int4"}  # the profile precision each scheme needs
 
 
 @dataclass
@@ -73,14 +54,21 @@ class State:
     target: TargetProfile
     recipe: Recipe
     work: Path
+    out: Path | None = None
+    records: dict = field(default_factory=dict)  # stage name -> its record
+    timings: dict = field(default_factory=dict)  # stage name -> seconds
+    t_start: float = 0.0  # time.perf_counter() when the compile began (timings_s "total")
+    extra_manifest: dict | None = None
+    distilled: dict | None = None  # scheduler.json "distilled" (a step-distilled student)
+    deploy_recipe: Recipe | None = None  # the recipe as asked (the manifest's); `recipe` is what runs
     plan: object = None
+    route: Route | None = None
+    precision: str | None = None  # the bundle's precision (int8 / int4 for a quantize scheme)
+    calib: object = None  # the recipe's calibration set (CalibrationSet), from the calibrate stage
+    export: Path | None = None  # fp32 ONNX export (dynamic batch): op types for coverage, input to lowerings
+    lowered: Lowered | None = None
     model_file: Path | None = None
-    records: dict | None = None
-    precision: str | None = None
-    ir: Path | None = None  # fp32 ONNX export (dynamic batch): op types for coverage, input to onnx/openvino
-    lowered: object = None
-    quantized: object = None  # quantize.QuantizedModel when the recipe quantizes
-    calib: object = None  # the recipe's calibration set (CalibrationSet), loaded at plan
+    quantized: QuantizedModel | None = None
 
 
 def capture(s: State) -> dict:
@@ -104,9 +92,17 @@ def plan(s: State) -> dict:
         )
     s.plan = get_solver(r.sampler).plan(s.model.schedule, r.steps, spacing=r.spacing)
     _check_finite_at_last_step(s)
-    if r.quantize and r.calib:  # a bad calibration file fails before the export, not after
-        s.calib = load_calib_for(r.calib, s.model, s.plan)
-    return {"solver": r.sampler, "steps": r.steps, "timesteps": [int(t) for t in s.plan.timesteps]}
+    s.route, s.precision = resolve(
+        s.target, scheme=r.quantize, precision=r.precision, weights=r.weights, groups=r.groups
+    )
+    return {
+        "solver": r.sampler,
+        "steps": r.steps,
+        "timesteps": [int(t) for t in s.plan.timesteps],
+        "scheme": r.quantize,
+        "format": s.target.format,
+        "precision": s.precision,
+    }
 
 
 def _check_finite_at_last_step(s: State) -> None:
@@ -124,63 +120,36 @@ def _check_finite_at_last_step(s: State) -> None:
         )
 
 
-def choose_precision(target: TargetProfile, recipe: Recipe) -> str:
-    fmt = target.format
-    low = get_lowering(fmt, target.name)
-    if recipe.quantize:  # int8 / int4 come from the quantize pass (which lowers fp32 ONNX first)
-        precision = SCHEME_PRECISION[recipe.quantize]
-        target.check_precision(precision)
-        if recipe.quantize == "w4" and target.runtime not in W4_RUNTIMES:
-            raise EdgediffError(
-                f"target {target.name}: --quantize w4 runs on ONNX Runtime's CPU kernels "
-                f"(MatMulNBits) or OpenVINO; this target's runtime is {target.runtime}"
-            )
-        if recipe.quantize == "w8a8":
-            _check_quantized_format(target, recipe)
-        check_weights(fmt, recipe.weights, target.name)
-        return precision
-    if recipe.precision is not None:
-        target.check_precision(recipe.precision)  # names the precision and the target
-        check_precision(fmt, recipe.precision, target.name)
-        precision = recipe.precision
+def calibrate(s: State) -> dict | None:
+    """The quantize pass's data: the user's calib.npz (checked against the plan) or trajectories
+    of the recipe's own sampler recorded here. None for routes that need no activation ranges."""
+    r = s.recipe
+    if not s.route.calibrate:
+        return None
+    if r.calib:
+        s.calib = load_calib_for(r.calib, s.model, s.plan)
     else:
-        usable = [p for p in target.precisions if p in low.precisions]
-        if not usable:
-            raise EdgediffError(
-                f"target {target.name}: none of its precisions ({', '.join(target.precisions)}) "
-                f"can be written by the {fmt} lowering ({', '.join(low.precisions)})"
-            )
-        precision = usable[0]
-    check_weights(fmt, recipe.weights, target.name)
-    return precision
-
-
-def _check_quantized_format(target: TargetProfile, recipe: Recipe) -> None:
-    """Before any export: can the quantize pass write this target's format with these groups?"""
-    fmt = target.format
-    if fmt not in QUANTIZED_FORMATS:
-        raise EdgediffError(
-            f"target {target.name}: --quantize {recipe.quantize} writes "
-            f"{', '.join(QUANTIZED_FORMATS)} only; the {fmt} format has no int8 path from "
-            "the quantize pass yet"
+        s.calib = record_trajectories(
+            s.model,
+            sampler=r.sampler,
+            steps=r.steps,
+            guidance=r.guidance,
+            spacing=r.spacing,
+            num_samples=r.calib_samples,
+            seed=r.quant_options.seed,
         )
-    if fmt == "openvino" and recipe.groups > 1:
-        raise EdgediffError(
-            f"target {target.name}: timestep groups (--groups {recipe.groups}) share one "
-            "weight file across ONNX graphs; OpenVINO IR takes --groups 1"
-        )
-    if fmt == "coreml" and recipe.groups > 1:
-        raise EdgediffError(f"target {target.name}: --groups {recipe.groups}: {COREML_GROUPS}")
+    meta = s.calib.meta.to_dict()
+    keep = ("source", "sampler", "steps", "guidance", "seed", "num_samples")
+    return {"file": r.calib, "rows": len(s.calib), **{k: meta[k] for k in keep if k in meta}}
 
 
 def coverage(s: State) -> dict:
-    s.precision = choose_precision(s.target, s.recipe)
-    s.ir = s.work / "ir" / "denoiser.onnx"
-    s.ir.parent.mkdir()
-    export_onnx(s.model, s.ir)
+    s.export = s.work / "ir" / "denoiser.onnx"
+    s.export.parent.mkdir()
+    export_onnx(s.model, s.export)
     return op_coverage(
         s.target,
-        onnx_op_counts(s.ir),
+        onnx_op_counts(s.export),
         precision=s.precision,
         fmt=s.target.format,
         decomposes=LOWERINGS[s.target.format].decomposes,
@@ -192,25 +161,17 @@ def _guided(s: State) -> bool:
 
 
 def lower(s: State) -> dict:
-    fmt = s.target.format
-    low = LOWERINGS[fmt]
-    precision = s.precision
-    if s.recipe.quantize:  # the quantize pass starts from the fp32 ONNX graph
-        if s.recipe.quantize == "w4":  # weight_only.py rewrites the fp32 ONNX graph
-            precision, low = "fp32", LOWERINGS["onnx"]
-        else:
-            precision = "int8" if fmt == "coreml" else "fp32"  # Core ML: int8 weights; activations on macOS
-            if fmt not in ("tflite", "coreml"):  # these convert from PyTorch; the pass writes into their model
-                low = LOWERINGS["onnx"]
+    low = LOWERINGS[s.route.lowers]
+    precision = s.route.writes or s.precision
     static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
     s.lowered = low(
-        s.model, s.work / "model", precision=precision, ir=s.ir, static_batch=static, weights=s.recipe.weights
+        s.model, s.work / "model", precision=precision, ir=s.export, static_batch=static, weights=s.recipe.weights
     )
-    if not (s.recipe.quantize and fmt in ("tflite", "coreml")):  # their quantize pass still reads the export
-        shutil.rmtree(s.ir.parent)  # the export is not part of the bundle
+    s.lowered = replace(s.lowered, runtime=s.lowered.runtime | s.route.runtime)
     s.model_file = s.lowered.file
     return {
-        "format": fmt,
+        "format": s.target.format,
+        "lowering": s.route.lowers,
         "precision": precision,
         "weights": s.recipe.weights,
         "file": s.model_file.relative_to(s.work).as_posix(),
@@ -220,98 +181,25 @@ def lower(s: State) -> dict:
 
 
 def quantize_stage(s: State) -> dict | None:
-    r = s.recipe
-    if r.quantize is None:
+    route, r = s.route, s.recipe
+    if route.quantize is None:
         return None
-    if r.quantize == "w4":
-        return _quantize_w4(s)
-    if s.calib is not None:
-        calib = s.calib
-    else:
-        calib = record_trajectories(
-            s.model,
-            sampler=r.sampler,
-            steps=r.steps,
-            guidance=r.guidance,
-            spacing=r.spacing,
-            num_samples=r.calib_samples,
-            seed=r.quant_options.seed,
-        )
-    if s.target.format == "tflite":  # our plan and ranges, written into the fp32 TFLite model
-        s.quantized = quantize_tflite(
-            s.model,
-            calib,
-            onnx_path=s.ir,
-            tflite_path=s.model_file,
-            plan=s.plan,
-            scheme=r.quantize,
-            groups=r.groups,
-            options=r.quant_options,
-        )
-        shutil.rmtree(s.ir.parent)
-        s.quantized.record["tflite"]["lowering"] = s.lowered.record
-        return s.quantized.record
-    if s.target.format == "coreml":  # int8 weights here, the activation kit for macOS in the bundle
-        s.quantized = quantize_coreml(
-            s.model,
-            calib,
-            onnx_path=s.ir,
-            package=s.model_file,
-            plan=s.plan,
-            static_batch=s.lowered.runtime["static_batch"],
-            scheme=r.quantize,
-            options=r.quant_options,
-        )
-        shutil.rmtree(s.ir.parent)
-        return s.quantized.record
-    s.quantized = quantize(
-        s.model,
-        calib,
-        onnx_path=s.model_file,
+    job = QuantizeJob(
+        model=s.model,
+        calib=s.calib,
+        export=s.export,
+        lowered=s.lowered,
         plan=s.plan,
-        scheme=r.quantize,
         groups=r.groups,
         options=r.quant_options,
-        target_features=s.target.features,
+        target_features=tuple(s.target.features or ()),
     )
+    s.quantized = route.quantize(job)
+    if route.then is not None:  # a lowering step of the route after the pass (OpenVINO IR from QDQ)
+        s.lowered = route.then(s.quantized, s.lowered)
+        s.quantized.record["lowered"] = s.lowered.record
     s.model_file = s.quantized.files[0]
-    if s.target.format == "openvino":  # our scales, as FakeQuantize in the IR
-        s.lowered = lower_openvino_int8(
-            s.model_file, s.model_file.parent, static_batch=s.lowered.runtime.get("static_batch")
-        )
-        s.model_file = s.lowered.file
-        s.quantized.files[0] = s.model_file
-        s.quantized.record["files"] = [s.model_file.name]
-        s.quantized.record["openvino"] = s.lowered.record
     return s.quantized.record
-
-
-def _quantize_w4(s: State) -> dict:
-    """Weight-only 4-bit: no calibration, one graph (src/edgediff/quantize/weight_only.py)."""
-
-    keep = s.recipe.quant_options.keep_float
-    if s.target.format == "openvino":
-        s.model_file, rec = quantize_w4_openvino(
-            s.model_file, s.model_file.parent, keep_float=keep, static_batch=s.lowered.runtime.get("static_batch")
-        )
-        s.lowered.runtime["inference_precision_hint"] = "f32"
-    else:
-        rec = quantize_w4_onnx(s.model_file, keep_float=keep)
-    record = {
-        "scheme": "w4",
-        "precision": "int4",
-        "weights": SCHEME_TEXT,
-        "weight_bits": 4,
-        "activations": "fp32 (weight-only)",
-        "groups": 1,
-        "step_group": [0] * len(s.plan),
-        "files": [s.model_file.name],
-        "shared_weights": None,
-        "calibration": None,
-        **rec,
-    }
-    s.quantized = QuantizedModel(files=[s.model_file], shared=None, step_group=record["step_group"], record=record)
-    return record
 
 
 def check(s: State) -> dict:
@@ -342,14 +230,86 @@ def _groups_entry(s: State) -> dict | None:
     }
 
 
+def write(s: State) -> dict:
+    """Drop the export, write scheduler.json, report.json and manifest.json, verify and rename
+    the bundle into place (compiler/bundle.py). The record lists the model files and their bytes."""
+    shutil.rmtree(s.export.parent)  # the export is not part of the bundle
+    files = {}  # as manifest.json lists them: a .mlpackage folder is one entry
+    for p in sorted(s.work.rglob("*")):
+        in_package = any(d.suffix == ".mlpackage" for d in p.relative_to(s.work).parents)
+        if (p.is_file() and not in_package) or (p.is_dir() and p.suffix == ".mlpackage"):
+            files[p.relative_to(s.work).as_posix()] = size_bytes(p)
+    model_bytes = sum(size_bytes(f) for f in (s.work / "model").iterdir())
+    s.records["write"] = {"files": files, "bytes": sum(files.values()), "model_bytes": model_bytes}
+    s.timings["total"] = time.perf_counter() - s.t_start  # report.json is written below: its own time is not in it
+    bundle_io.publish(s.work, s.out, manifest=_manifest(s), scheduler=_scheduler(s), report=_report(s))
+    return s.records["write"]
+
+
 STAGES = [
     ("capture", capture),
     ("plan", plan),
+    ("calibrate", calibrate),
     ("coverage", coverage),
     ("lower", lower),
     ("quantize", quantize_stage),
     ("verify", check),
+    ("write", write),
 ]
+
+
+def _scheduler(s: State) -> dict:
+    asked = s.deploy_recipe
+    scheduler = {
+        "solver": asked.sampler,
+        "spacing": asked.spacing,
+        "plan": s.plan.to_dict(),
+        "guidance_scale": s.recipe.guidance,
+        "timestep_groups": _groups_entry(s),
+        "cache_schedule": None,
+    }
+    if s.distilled is not None:
+        scheduler["distilled"] = s.distilled
+    return scheduler
+
+
+def _report(s: State) -> dict:
+    """report.json: every stage's record under its name, the model's size, the stage timings."""
+    model = s.model
+    return {
+        "source": model.source,
+        "target": s.target.name,
+        "model": {
+            "params": s.records["capture"]["params"],
+            "macs_per_step": s.records["capture"]["macs_per_step"],
+            "forward_passes_per_step": 2 if _guided(s) else 1,
+            "size_bytes": s.records["write"]["model_bytes"],
+        },
+        **s.records,
+        "timings_s": {k: round(v, 3) for k, v in s.timings.items()},
+    }
+
+
+def _manifest(s: State) -> dict:
+    model = s.model
+    return {
+        "created_by": f"edgediff {__version__}",
+        "source": {"spec": model.source, "sha256": model.source_sha256, "description": model.description},
+        "target": s.target.name,
+        "recipe": asdict(s.deploy_recipe) | {"precision": s.precision},
+        "model": {
+            "format": s.target.format,
+            "file": s.model_file.relative_to(s.work).as_posix(),
+            "precision": s.precision,
+            "runtime": s.lowered.runtime,
+            **model_signature(s.model_file, s.target.format),
+        },
+        "conditioning": model.conditioning.to_dict(),
+        "quantization": _manifest_quantization(s.records["quantize"]),
+        "pruning": model.pruning,
+        "provenance": _provenance(),
+        **(s.extra_manifest or {}),
+    }
 
 
 def _manifest_quantization(record: dict | None) -> dict | None:
@@ -433,68 +393,26 @@ def compile_model(
     t_start = time.perf_counter()
     model = load_source(source)
     timings = {"load": time.perf_counter() - t_start}
-    c = model.conditioning
-    if recipe.guidance != 1.0 and c.kind != "class":
+    if recipe.guidance != 1.0 and model.conditioning.kind != "class":
         recipe = Recipe(**{**asdict(recipe), "guidance": 1.0})  # no null condition to guide against
     model, run_recipe, distilled = _bind_student(model, recipe)
     with staging(out) as work:
-        s = State(model=model, target=profile, recipe=run_recipe, work=work, records={})
+        s = State(
+            model=model,
+            target=profile,
+            recipe=run_recipe,
+            work=work,
+            out=out,
+            timings=timings,
+            t_start=t_start,
+            extra_manifest=extra_manifest,
+            distilled=distilled,
+            deploy_recipe=recipe,
+        )
         for name, stage in STAGES:
             if progress:
                 progress(name)
             t0 = time.perf_counter()
             s.records[name] = stage(s)
-            timings[name] = time.perf_counter() - t0
-        sig = model_signature(s.model_file, profile.format)
-        precision = (
-            SCHEME_PRECISION[run_recipe.quantize] if s.quantized is not None else s.records["lower"]["precision"]
-        )
-        model_bytes = sum(size_bytes(f) for f in (s.work / "model").iterdir())
-        scheduler = {
-            "solver": recipe.sampler,
-            "spacing": recipe.spacing,
-            "plan": s.plan.to_dict(),
-            "guidance_scale": run_recipe.guidance,
-            "timestep_groups": _groups_entry(s),
-            "cache_schedule": None,
-        }
-        if distilled is not None:
-            scheduler["distilled"] = distilled
-        report = {
-            "source": model.source,
-            "target": profile.name,
-            "model": {
-                "params": s.records["capture"]["params"],
-                "macs_per_step": s.records["capture"]["macs_per_step"],
-                "forward_passes_per_step": 2 if (run_recipe.guidance != 1.0 and c.kind == "class") else 1,
-                "size_bytes": model_bytes,
-            },
-            "lowering": s.records["lower"],
-            "coverage": s.records["coverage"],
-            "quantization": s.records["quantize"],
-            "verification": s.records["verify"],
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        }
-        manifest = {
-            "created_by": f"edgediff {__version__}",
-            "source": {"spec": model.source, "sha256": model.source_sha256, "description": model.description},
-            "target": profile.name,
-            "recipe": asdict(recipe) | {"precision": precision},
-            "model": {
-                "format": profile.format,
-                "file": s.model_file.relative_to(s.work).as_posix(),
-                "precision": precision,
-                "runtime": s.lowered.runtime,
-                **sig,
-            },
-            "conditioning": c.to_dict(),
-            "quantization": _manifest_quantization(s.records["quantize"]),
-            "pruning": model.pruning,
-            "provenance": _provenance(),
-            **(extra_manifest or {}),
-        }
-        if progress:
-            progress("write")
-        report["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
-        bundle_io.publish(work, out, manifest=manifest, scheduler=scheduler, report=report)
+            s.timings[name] = time.perf_counter() - t0
     return load_bundle(out)

@@ -30,7 +30,7 @@ class Lowered:
     """What a lowering wrote."""
 
     file: Path  # the model file (or .mlpackage folder) inside the bundle's model/ folder
-    record: dict  # format-specific facts for report.json["lowering"]
+    record: dict  # format-specific facts for report.json["lower"]
     runtime: dict = field(default_factory=dict)  # hints the runtime needs, copied into manifest.json model.runtime
 
 

@@ -42,6 +42,7 @@ from edgediff.quantize.qdq_onnx import (
     trim_metadata,
     weighted_nodes,
 )
+from edgediff.quantize.w8a8 import QuantizedModel
 
 BLOCK = 32  # weights per 4-bit scale (along the input dimension)
 SCHEME_TEXT = (
@@ -222,3 +223,22 @@ def quantize_w4_openvino(
         "bytes": path.stat().st_size + path.with_suffix(".bin").stat().st_size,
     }
     return path, record
+
+
+def weight_only_model(path: Path, rec: dict, *, steps: int) -> QuantizedModel:
+    """The w4 pass's result as the compile pipeline holds every quantized model: one graph for
+    every step (no timestep groups), no calibration; `rec` from quantize_w4_onnx / _openvino."""
+    record = {
+        "scheme": "w4",
+        "precision": "int4",
+        "weights": SCHEME_TEXT,
+        "weight_bits": 4,
+        "activations": "fp32 (weight-only)",
+        "groups": 1,
+        "step_group": [0] * steps,
+        "files": [path.name],
+        "shared_weights": None,
+        "calibration": None,
+        **rec,
+    }
+    return QuantizedModel(files=[path], shared=None, step_group=record["step_group"], record=record)
