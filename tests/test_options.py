@@ -243,3 +243,19 @@ def test_targets_prints_through_the_listing(capsys, monkeypatch):
     import json
 
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(targets_json(profiles)))
+
+
+def test_calibrate_takes_a_students_defaults_as_compile_does(tmp_path, capsys):
+    import json
+
+    from edgediff.compiler.capture import recipe_defaults
+    from edgediff.quantize.calibration import load_calibration
+
+    source = "builtin:digits-lcm-4"
+    student = recipe_defaults(source)
+    assert student["sampler"] != Recipe().sampler and student["steps"] != Recipe().steps
+    out = tmp_path / "c.npz"
+    assert main(["calibrate", source, "--samples", "1", "--batch-size", "1", "-o", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["steps"] == student["steps"]
+    assert load_calibration(out).meta.sampler == student["sampler"]

@@ -14,6 +14,10 @@
     edgediff prune SOURCE --ratio 0.4 [--layer-ratio PATTERN=R] [--importance taylor|magnitude] [--finetune-steps N]
                    [--nproc N] -o DIR
 
+The flags of compile, calibrate, prune and distill are the fields of their options dataclasses
+(Recipe, QuantizeOptions, PruneOptions, FinetuneOptions, DistillOptions), added and read back by
+src/edgediff/core/options.py: names, defaults, choices and help are written there once.
+
 User errors (EdgediffError) print as one line and exit with status 2; anything else is a
 bug and keeps its traceback.
 """

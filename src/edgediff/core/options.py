@@ -95,16 +95,6 @@ def positive_float(text: str) -> float:
     return v
 
 
-def nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return v
-
-
 def pattern_value(text: str) -> tuple[str, float]:
     """'PATTERN=R' -> (PATTERN, R)."""
     pattern, sep, r = text.rpartition("=")
@@ -244,7 +234,7 @@ def add_options(parser, cls, *, only=None, prefix: str = "", unset=(), unset_not
                 kw["choices"] = choices
             if m.get("metavar"):
                 kw["metavar"] = m["metavar"]
-        actions.append(parser.add_argument(o.flag, help=help_text, **kw))
+        actions.append(parser.add_argument(o.flag, help=help_text.replace("%", "%%"), **kw))
         record.append((o.field.name, o.dest, o.seq))
     parser.set_defaults(**{_key(cls, prefix): tuple(record)})
     return actions
