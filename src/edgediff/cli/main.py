@@ -495,11 +495,11 @@ def cmd_prune(a) -> int:
     from edgediff.prune.prune import FinetuneOptions, PruneOptions, check_ratio
     from edgediff.training import DistContext, relaunch_under_torchrun
 
-    check_ratio(a.ratio)  # before relaunching, so a bad ratio is one clear line
-    if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return relaunch_under_torchrun(a.nproc)
+    check_ratio(a.ratio)  # before relaunching, so a bad ratio (or option) is one clear line
     options = options_from_args(PruneOptions, a)
     tune = options_from_args(FinetuneOptions, a)
+    if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return relaunch_under_torchrun(a.nproc)
     dist = DistContext.from_env()
     if tune.threads:  # the Taylor pass too, not only the fine-tune: 2 OpenMP threads crawl on a loaded machine
         import torch
