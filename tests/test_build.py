@@ -90,3 +90,23 @@ def test_recipe_errors_name_the_field(tmp_path, data_npz):
         read_recipe(bad)
     with pytest.raises(EdgediffError, match="no such recipe file"):
         read_recipe(tmp_path / "missing.toml")
+
+
+def test_recipe_values_are_checked_before_any_stage_runs(tmp_path):
+    bad = tmp_path / "bad.toml"
+    cases = [
+        ("[prune]\nratio = 0.2\nfinetune_steps = -1\n", r"bad.toml \[prune\]: field finetune_steps: must be >= 0"),
+        ('[prune]\nratio = "a lot"\n', r"bad.toml \[prune\]: field ratio must be a number"),
+        ('[distill]\nmethod = "progressive"\nsteps = 2.5\n', r"bad.toml \[distill\]: field steps must be an integer"),
+        ("[distill]\nlr = 0\n", r"bad.toml \[distill\]: field lr: must be a positive number"),
+        ('[distill]\ncheckpoint_dir = "x"\n', r"unknown field 'checkpoint_dir'"),  # the build keeps them in .stages
+        ('[compile]\nobserver = "median"\n', r"bad.toml \[compile\]: field observer is 'median'; choose one of minmax"),
+        ("[compile]\nquant_options = {seed = 1}\n", r"unknown field 'quant_options'"),  # calib_seed = 1 is the key
+    ]
+    for text, match in cases:
+        bad.write_text('source = "tiny_models:tiny_unet"\n' + text)
+        with pytest.raises(EdgediffError, match=match):
+            read_recipe(bad)
+    # the compile section takes the quantize flags' names, as `edgediff compile` does
+    bad.write_text('source = "tiny_models:tiny_unet"\n[compile]\ncalib_seed = 3\nfloat_layers = 1\ndefaults = "none"\n')
+    assert read_recipe(bad)["compile"]["calib_seed"] == 3

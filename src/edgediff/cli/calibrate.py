@@ -3,8 +3,9 @@
     edgediff calibrate SOURCE --sampler S --steps N --guidance G --samples M [--seed S] -o calib.npz
 
 src/edgediff/cli/main.py wires it in with `add_calibrate_parser(subparsers)`; the command runs
-`cmd_calibrate(args)`. Defaults match `edgediff compile`, so a calibration set recorded with
-the same flags follows the trajectory of the bundle that compile writes.
+`cmd_calibrate(args)`. --sampler, --steps, --guidance and --spacing are the Recipe's flags with
+the same defaults as `edgediff compile` (a distilled student's own, else the Recipe's), so a
+calibration set recorded with the same flags follows the trajectory of the bundle compile writes.
 """
 
 from __future__ import annotations
@@ -16,41 +17,29 @@ import time
 from pathlib import Path
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.options import add_options, nonneg_int, options_from_args, positive_int, verb_defaults
 
-
-def positive_int(text: str) -> int:
-    """argparse type shared by every `edgediff` subcommand (src/edgediff/cli/main.py imports it)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+# recipe fields a distilled student records (compiler.capture.recipe_defaults): their flags default
+# to the student's value, else to the Recipe default
+SOURCE_DEFAULTS = ("sampler", "steps", "guidance", "spacing")
+SOURCE_NOTE = "or what a distilled student records"
+HELP = "record calibration data along the deployment sampler's trajectory"
+SAMPLES = 64  # trajectories `edgediff calibrate` records unless told
 
 
 def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
-    from edgediff.runtimes.samplers import SOLVERS
+    from edgediff.compiler.recipe import Recipe
+    from edgediff.quantize.calibration.record import record_trajectories
 
-    c = subparsers.add_parser("calibrate", help="record calibration data along the deployment sampler's trajectory")
+    rec = verb_defaults(record_trajectories)
+    c = subparsers.add_parser("calibrate", help=HELP)
     c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
-    c.add_argument("--sampler", default="dpmpp-2m", choices=sorted(SOLVERS))
-    c.add_argument("--steps", type=positive_int, default=20)
-    c.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    c.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
-    c.add_argument("--samples", type=positive_int, default=64, help="images (trajectories) to record")
-    c.add_argument("--seed", type=nonneg_int, default=0)
-    c.add_argument("--batch-size", type=positive_int, default=64)
+    add_options(c, Recipe, only=SOURCE_DEFAULTS, unset=SOURCE_DEFAULTS, unset_note=SOURCE_NOTE)
+    c.add_argument(
+        "--samples", type=positive_int, default=SAMPLES, help=f"images (trajectories) to record (default {SAMPLES})"
+    )
+    c.add_argument("--seed", type=nonneg_int, default=rec["seed"], help=f"noise seed (default {rec['seed']})")
+    c.add_argument("--batch-size", type=positive_int, default=rec["batch_size"], help="images per denoiser call")
     c.add_argument("-o", "--output", required=True, help="calibration set to write (.npz)")
     c.add_argument("--json", action="store_true", help="print a summary as JSON")
     c.set_defaults(func=cmd_calibrate)
@@ -60,7 +49,8 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_calibrate(a) -> int:
     from tqdm import tqdm
 
-    from edgediff.compiler.capture import load_source
+    from edgediff.compiler.capture import load_source, recipe_defaults
+    from edgediff.compiler.recipe import Recipe
     from edgediff.quantize.calibration.record import record_trajectories
 
     out = Path(a.output)
@@ -68,15 +58,16 @@ def cmd_calibrate(a) -> int:
         raise EdgediffError(f"{out}: output must end in .npz")
     if not out.resolve().parent.is_dir():
         raise EdgediffError(f"{out}: folder {out.resolve().parent} does not exist")
+    r = options_from_args(Recipe, a, fill=recipe_defaults(a.source))
     model = load_source(a.source)
-    guidance = a.guidance
+    guidance = r.guidance
     if model.student is not None and model.student["guidance"]["mode"] == "distilled":
         # a guidance-distilled student runs with w folded in and one pass per step, as compile does
         from edgediff.distill.distill import bind_guidance
 
-        model, guidance = bind_guidance(model, a.guidance), 1.0
+        model, guidance = bind_guidance(model, r.guidance), 1.0
     bar = tqdm(
-        total=a.samples * a.steps,
+        total=a.samples * r.steps,
         desc="calibrate",
         unit="img·step",
         file=sys.stderr,
@@ -88,10 +79,10 @@ def cmd_calibrate(a) -> int:
     try:
         calib = record_trajectories(
             model,
-            sampler=a.sampler,
-            steps=a.steps,
+            sampler=r.sampler,
+            steps=r.steps,
             guidance=guidance,
-            spacing=a.spacing,
+            spacing=r.spacing,
             num_samples=a.samples,
             seed=a.seed,
             batch_size=a.batch_size,
@@ -118,6 +109,6 @@ def cmd_calibrate(a) -> int:
         halves = " x 2 (CFG halves)" if calib.meta.guidance != 1.0 else ""
         print(
             f"wrote {out}: {len(calib)} rows = {calib.num_steps} steps x {a.samples} samples{halves}, "
-            f"{a.sampler}, seed {a.seed}, {dt:.2f} s"
+            f"{r.sampler}, seed {a.seed}, {dt:.2f} s"
         )
     return 0

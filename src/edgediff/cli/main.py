@@ -14,6 +14,10 @@
     edgediff prune SOURCE --ratio 0.4 [--layer-ratio PATTERN=R] [--importance taylor|magnitude] [--finetune-steps N]
                    [--nproc N] -o DIR
 
+The flags of compile, calibrate, prune and distill are the fields of their options dataclasses
+(Recipe, QuantizeOptions, PruneOptions, FinetuneOptions, DistillOptions), added and read back by
+src/edgediff/core/options.py: names, defaults, choices and help are written there once.
+
 User errors (EdgediffError) print as one line and exit with status 2; anything else is a
 bug and keeps its traceback.
 """
@@ -24,10 +28,19 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from edgediff.cli.calibrate import nonneg_int, positive_int
+from edgediff.cli.calibrate import SOURCE_DEFAULTS, SOURCE_NOTE
 from edgediff.core.errors import EdgediffError
+from edgediff.core.options import (
+    add_options,
+    nonneg_int,
+    options_from_args,
+    pattern_value,
+    positive_int,
+    verb_defaults,
+)
 
 
 def _bar(total: int, desc: str, unit: str):
@@ -61,31 +74,8 @@ def cmd_compile(a) -> int:
     from edgediff.quantize.w8a8 import QuantizeOptions
 
     # a distilled student records its sampler, steps, spacing and guidance: those are its defaults
-    defaults = {"sampler": "dpmpp-2m", "steps": 20, "guidance": 3.0, "spacing": "leading"} | recipe_defaults(a.source)
-    for key, value in defaults.items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
-    opts = QuantizeOptions(
-        observer=a.observer,
-        keep_float=tuple(a.keep_float or ()),
-        sensitive_float=a.float_layers,
-        defaults="none" if a.no_float_defaults else "literature",
-        seed=a.calib_seed,
-        weight_range=a.weight_range,
-    )
-    recipe = Recipe(
-        sampler=a.sampler,
-        steps=a.steps,
-        guidance=a.guidance,
-        spacing=a.spacing,
-        precision=a.precision,
-        weights=a.weights,
-        quantize=a.quantize,
-        groups=a.groups,
-        calib=a.calib,
-        calib_samples=a.calib_samples,
-        quant_options=opts,
-    )
+    recipe = options_from_args(Recipe, a, fill=recipe_defaults(a.source))
+    recipe = replace(recipe, quant_options=options_from_args(QuantizeOptions, a))
     bar = _bar(len(STAGES) + 1, "compile", "stage")
 
     def progress(stage):
@@ -261,23 +251,13 @@ def cmd_distill(a) -> int:
         raise EdgediffError(f"{out}: exists and is a file; choose another output folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "edgediff_student.json").exists():
         raise EdgediffError(f"{out}: exists and is not a student folder; refusing to replace it")
-    if a.guidance_range is not None and not a.guidance_distill:
+    opts = options_from_args(DistillOptions, a)
+    if opts.guidance_range is not None and not a.guidance_distill:
         raise EdgediffError("--guidance-range needs --guidance-distill")
     if a.data is not None and not Path(a.data).is_file():
         raise EdgediffError(f"--data {a.data}: no such file")
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return relaunch_under_torchrun(a.nproc)
-    opts = DistillOptions(
-        train_steps=a.train_steps,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        seed=a.seed,
-        teacher_steps=a.teacher_steps,
-        guidance_range=a.guidance_range,
-        checkpoint_dir=a.checkpoint_dir,
-        threads=a.threads,
-        progress=not a.quiet,
-    )
     dist = DistContext.from_env()
     try:
         student = distill(
@@ -307,74 +287,47 @@ def cmd_distill(a) -> int:
     return 0
 
 
-def _guidance_range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
-    if not 1.0 <= lo <= hi:
-        raise argparse.ArgumentTypeError(f"need 1 <= LO <= HI, got {text!r}")
-    return lo, hi
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
+DISTILL_HELP = "distil a model into a 1-8 step student (progressive or consistency)"
 
 
 def add_distill_parser(sub) -> None:
-    d = sub.add_parser("distill", help="distil a model into a 1-8 step student (progressive or consistency)")
+    from edgediff.distill.distill import METHODS, DistillOptions, distill
+
+    verb = verb_defaults(distill)
+    d = sub.add_parser("distill", help=DISTILL_HELP)
     d.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory (the teacher)")
-    d.add_argument("--method", required=True, choices=["progressive", "consistency"])
-    d.add_argument("--steps", type=positive_int, default=4, help="the student's sampling steps (default 4)")
+    d.add_argument(
+        "--method",
+        required=True,
+        choices=METHODS,
+        help="progressive: halve the steps stage by stage; consistency: one consistency-training run",
+    )
+    d.add_argument(
+        "--steps",
+        type=positive_int,
+        default=verb["steps"],
+        help=f"the student's sampling steps (default {verb['steps']})",
+    )
     d.add_argument(
         "--guidance-distill",
         action="store_true",
+        default=verb["guidance_distill"],
         help="the student takes the guidance scale as an input: one forward pass per step",
     )
     d.add_argument(
         "--guidance",
         type=float,
-        default=3.0,
-        help="the teacher's classifier-free guidance scale (default 3); the student's default",
+        default=verb["guidance"],
+        help=f"the teacher's classifier-free guidance scale (default {verb['guidance']:g}); the student's default",
     )
-    d.add_argument(
-        "--guidance-range",
-        type=_guidance_range,
-        default=None,
-        metavar="LO,HI",
-        help="w drawn from this range in training (default guidance-1,guidance+1)",
-    )
-    d.add_argument(
-        "--train-steps",
-        type=positive_int,
-        default=500,
-        help="training steps per progressive stage (consistency: in all)",
-    )
-    d.add_argument(
-        "--teacher-steps",
-        type=positive_int,
-        default=None,
-        help="progressive: the teacher's DDIM steps, steps x a power of two (default 4 x steps)",
-    )
-    d.add_argument("--batch-size", type=positive_int, default=64, help="global batch (split over processes)")
-    d.add_argument("--lr", type=_positive_float, default=1e-4)
-    d.add_argument("--seed", type=nonneg_int, default=0)
     d.add_argument(
         "--data",
-        default=None,
+        default=verb["data"],
         metavar="NPZ",
         help="training images: 'images' (N,C,H,W) in [-1,1] [+ 'labels']; builtin:digits has its own",
     )
+    add_options(d, DistillOptions)
     d.add_argument("--nproc", type=positive_int, default=1, help="processes (DDP under torchrun, gloo on CPU)")
-    d.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
-    d.add_argument("--checkpoint-dir", default=None, help="resumable: checkpoints per stage here")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.add_argument("-o", "--output", required=True, help="student model folder to write")
     d.set_defaults(func=cmd_distill)
 
@@ -396,26 +349,13 @@ def cmd_inspect(a) -> int:
 
 def cmd_targets(a) -> int:
     from edgediff.targets import available_targets, load_target
+    from edgediff.targets.listing import format_targets_table, targets_json
 
     profiles = [load_target(n) for n in available_targets()]
     if a.json:
-        _write_json(
-            {
-                p.name: {
-                    "format": p.format,
-                    "runtime": p.runtime,
-                    "units": {u: list(v) for u, v in p.units.items()},
-                    "static_shapes": p.static_shapes,
-                    "description": p.description,
-                }
-                for p in profiles
-            },
-            None,
-        )
-        return 0
-    for p in profiles:
-        units = "; ".join(f"{u}: {','.join(v)}" for u, v in p.units.items())
-        print(f"{p.name:24} {p.format:9} {p.runtime:14} {units:30} {p.description}")
+        _write_json(targets_json(profiles), None)
+    else:
+        print(format_targets_table(profiles))
     return 0
 
 
@@ -555,26 +495,16 @@ def cmd_prune(a) -> int:
     from edgediff.prune.prune import FinetuneOptions, PruneOptions, check_ratio
     from edgediff.training import DistContext, relaunch_under_torchrun
 
-    check_ratio(a.ratio)  # before relaunching, so a bad ratio is one clear line
+    check_ratio(a.ratio)  # before relaunching, so a bad ratio (or option) is one clear line
+    options = options_from_args(PruneOptions, a)
+    tune = options_from_args(FinetuneOptions, a)
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return relaunch_under_torchrun(a.nproc)
-    options = PruneOptions(
-        importance=a.importance,
-        scope=a.scope,
-        protect=tuple(a.protect or ()),
-        seed=a.seed,
-        taylor_threshold=a.taylor_threshold,
-        taylor_stride=a.taylor_stride,
-        layer_ratios=tuple(a.layer_ratio or ()),
-    )
-    tune = FinetuneOptions(
-        steps=a.finetune_steps, batch_size=a.batch_size, lr=a.lr, distill_weight=a.distill_weight, threads=a.threads
-    )
     dist = DistContext.from_env()
-    if a.threads:  # the Taylor pass too, not only the fine-tune: 2 OpenMP threads crawl on a loaded machine
+    if tune.threads:  # the Taylor pass too, not only the fine-tune: 2 OpenMP threads crawl on a loaded machine
         import torch
 
-        torch.set_num_threads(a.threads)
+        torch.set_num_threads(tune.threads)
     try:
         log = print if dist.is_main else (lambda *_: None)
         prune_to_dir(a.source, a.output, ratio=a.ratio, options=options, finetune=tune, data=a.data, dist=dist, log=log)
@@ -584,153 +514,66 @@ def cmd_prune(a) -> int:
     return 0
 
 
-def layer_ratio(text: str) -> tuple[str, float]:
-    pattern, sep, r = text.rpartition("=")
-    try:
-        if sep and pattern:
-            return pattern, float(r)
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"{text!r}: expected PATTERN=RATIO, e.g. 'down_blocks.0.*=0.25'")
+layer_ratio = pattern_value  # PATTERN=R (benchmarks/prune.py parses its flag with it)
+
+
+PRUNE_HELP = "structured pruning (+ recovery fine-tune) into a folder compile reads"
 
 
 def add_prune_parser(sub) -> None:
-    p = sub.add_parser("prune", help="structured pruning (+ recovery fine-tune) into a folder compile reads")
+    from edgediff.compiler.jobs import prune_to_dir
+    from edgediff.prune.prune import FinetuneOptions, PruneOptions
+
+    verb = verb_defaults(prune_to_dir)
+    p = sub.add_parser("prune", help=PRUNE_HELP)
     p.add_argument("source", help="builtin:NAME or a diffusers folder (UNet2DModel, DiTTransformer2DModel)")
     p.add_argument("--ratio", type=float, required=True, help="fraction of channels removed, in (0, 1)")
-    p.add_argument(
-        "--importance",
-        default="taylor",
-        choices=["taylor", "magnitude"],
-        help="taylor: Diff-Pruning's gradient importance over timesteps; magnitude: weight norms",
-    )
-    p.add_argument(
-        "--scope",
-        default="uniform",
-        choices=["uniform", "global"],
-        help="the same ratio in every layer, or one ranking over the whole network",
-    )
-    p.add_argument(
-        "--protect",
-        action="append",
-        metavar="PATTERN",
-        help="keep the output channels of layers whose names match (fnmatch; repeatable)",
-    )
-    p.add_argument(
-        "--layer-ratio",
-        action="append",
-        type=layer_ratio,
-        metavar="PATTERN=R",
-        help="layers whose names match lose the fraction R instead of --ratio (repeatable)",
-    )
-    p.add_argument(
-        "--taylor-threshold",
-        type=float,
-        default=0.05,
-        help="stop summing gradients at the first t with L_t < this x max L",
-    )
-    p.add_argument("--taylor-stride", type=positive_int, default=1, help="visit every k-th timestep")
-    p.add_argument("--finetune-steps", type=nonneg_int, default=0, help="recovery fine-tune steps (0: none)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="global batch over all processes")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the teacher-output loss")
-    p.add_argument("--data", default=None, metavar="NPZ", help="training images (builtin:digits has its own)")
-    p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (Taylor pass and fine-tune)")
+    add_options(p, PruneOptions)
+    add_options(p, FinetuneOptions)
+    p.add_argument("--data", default=verb["data"], metavar="NPZ", help="training images (builtin:digits has its own)")
     p.add_argument("--nproc", type=positive_int, default=1, help="processes (relaunches under torchrun, DDP)")
     p.add_argument("-o", "--output", required=True, help="pruned model folder to write")
     p.set_defaults(func=cmd_prune)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from edgediff.runtimes.samplers import SOLVERS
+COMPILE_HELP = "compile a model source into a verified bundle"
+
+
+def add_compile_parser(sub) -> None:
+    from edgediff.compiler.pipeline import compile_model
+    from edgediff.compiler.recipe import Recipe
+    from edgediff.quantize.w8a8 import QuantizeOptions
+
+    target = verb_defaults(compile_model)["target"]
+    c = sub.add_parser("compile", help=COMPILE_HELP)
+    c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
+    c.add_argument("--target", default=target, help=f"device profile (see `edgediff targets`; default {target})")
+    add_options(c, Recipe, unset=SOURCE_DEFAULTS, unset_note=SOURCE_NOTE)
+    c.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
+    q = c.add_argument_group("quantization (src/edgediff/quantize/w8a8.py)")
+    add_options(q, QuantizeOptions)
+    c.set_defaults(func=cmd_compile)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; given `command`, the compile, calibrate, distill and prune parsers
+    are filled in only for that command (their options dataclasses live in modules that import
+    torch and the converters, which `edgediff generate` or `edgediff --help` need not wait for)."""
+    from edgediff.cli import calibrate
 
     p = argparse.ArgumentParser(prog="edgediff", description="Deployment compiler for diffusion models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("compile", help="compile a model source into a verified bundle")
-    c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
-    c.add_argument("--target", default="host-cpu", help="device profile (see `edgediff targets`)")
-    c.add_argument(
-        "--sampler", default=None, choices=sorted(SOLVERS), help="default dpmpp-2m, or what a distilled student records"
-    )
-    c.add_argument("--steps", type=positive_int, default=None, help="default 20, or the student's")
-    c.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        help="classifier-free guidance scale (1 = off; default 3, or the student's)",
-    )
-    c.add_argument(
-        "--spacing",
-        default=None,
-        choices=["leading", "trailing", "linspace", "lcm"],
-        help="default leading, or the student's",
-    )
-    c.add_argument(
-        "--precision",
-        default=None,
-        help="fp32 | fp16 | int8 (default: the target's first that its format's lowering writes)",
-    )
-    c.add_argument(
-        "--weights",
-        default=None,
-        choices=["int8", "palette4", "palette6"],
-        help="Core ML weight compression: int8 linear, 4- or 6-bit palettization",
-    )
-    c.add_argument("-o", "--output", required=True, help="bundle folder to write")
-    c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
-    q = c.add_argument_group("quantization (src/edgediff/quantize/w8a8.py)")
-    q.add_argument(
-        "--quantize",
-        default=None,
-        choices=["w8a8", "w4"],
-        help="w8a8: int8 weights and activations; w4: weight-only, 4-bit linear layers and int8 "
-        "convolutions, float activations (no calibration)",
-    )
-    q.add_argument(
-        "--groups",
-        type=positive_int,
-        default=1,
-        help="timestep groups with their own activation scales (one copy of the int8 weights)",
-    )
-    q.add_argument(
-        "--calib",
-        default=None,
-        metavar="NPZ",
-        help="calibration set from `edgediff calibrate` (default: record one along this recipe's trajectory)",
-    )
-    q.add_argument("--calib-samples", type=positive_int, default=32, help="trajectories to record (no --calib)")
-    q.add_argument("--calib-seed", type=nonneg_int, default=0)
-    q.add_argument(
-        "--observer", default="minmax", choices=["minmax", "percentile", "mse"], help="activation range observer"
-    )
-    q.add_argument(
-        "--float-layers",
-        type=nonneg_int,
-        default=0,
-        metavar="N",
-        help="also keep the N most quantization-sensitive layers in float (mixed precision)",
-    )
-    q.add_argument("--keep-float", action="append", metavar="GLOB", help="torch layer names to keep float")
-    q.add_argument(
-        "--weight-range",
-        default="auto",
-        choices=["auto", "full", "reduced"],
-        help="int8 weights on the full range, or 7-bit for x86 CPUs without VNNI (auto: from the target)",
-    )
-    q.add_argument(
-        "--no-float-defaults",
-        action="store_true",
-        help="quantize the first/last layer and the timestep-embedding path too",
-    )
-    c.set_defaults(func=cmd_compile)
+    def heavy(name: str, add, help_text: str) -> None:
+        if command is None or command == name:
+            add(sub)
+        else:
+            sub.add_parser(name, help=help_text)  # listed by `edgediff --help`
 
-    from edgediff.cli.calibrate import add_calibrate_parser
-
-    add_calibrate_parser(sub)
-
-    add_distill_parser(sub)
+    heavy("compile", add_compile_parser, COMPILE_HELP)
+    heavy("calibrate", calibrate.add_calibrate_parser, calibrate.HELP)
+    heavy("distill", add_distill_parser, DISTILL_HELP)
 
     g = sub.add_parser("generate", help="sample images from a bundle")
     g.add_argument("bundle")
@@ -775,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("-o", "--output", default=None, help="weights file (default: the package's own)")
     zt.set_defaults(func=cmd_zoo_train)
 
-    add_prune_parser(sub)
+    heavy("prune", add_prune_parser, PRUNE_HELP)
 
     bd = sub.add_parser("build", help="run a recipe's stages in order: prune -> distill -> compile (quantize + lower)")
     bd.add_argument(
@@ -824,8 +667,9 @@ def _quiet_optional_packages() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_optional_packages()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((x for x in argv if not x.startswith("-")), "")  # the top level takes no valued option
+    args = build_parser(command).parse_args(argv)
     try:
         return args.func(args)
     except EdgediffError as e:

@@ -13,9 +13,15 @@
     guidance = 3.0
     guidance_distill = true
     train_steps = 300
-    [compile]                    # src/edgediff/compiler/pipeline.py: target + any Recipe field
+    [compile]                    # src/edgediff/compiler/recipe.py and quantize/w8a8.py (QuantizeOptions)
     target = "host-cpu"
     quantize = "w8a8"
+
+A section's keys are the flags of the matching command with underscores for dashes (`edgediff
+prune --finetune-steps` is [prune] finetune_steps, `edgediff compile --calib-seed` is [compile]
+calib_seed), with the same defaults and choices: all come from the options dataclasses
+(src/edgediff/core/options.py). A repeatable flag is a list (protect = ["mid_block*"]); a switch
+sets its field (defaults = "none" for --no-float-defaults, progress = false for --quiet).
 
 Each stage's output is a model folder the next stage reads, kept in BUNDLE.stages/ (pruned/,
 student/): a second run of the same recipe reuses a finished stage instead of training again
@@ -28,44 +34,36 @@ from __future__ import annotations
 import json
 import shutil
 import tomllib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.options import option_names, options_from_table, verb_defaults
 from edgediff.distill.distill import DistillOptions, distill, save_student
 from edgediff.prune.prune import FinetuneOptions, PruneOptions
 
-PRUNE_KEYS = {
-    "ratio",
-    "importance",
-    "scope",
-    "protect",
-    "finetune_steps",
-    "batch_size",
-    "lr",
-    "distill_weight",
-    "data",
-    "seed",
-}
-DISTILL_KEYS = {
-    "method",
-    "steps",
-    "guidance",
-    "guidance_distill",
-    "train_steps",
-    "batch_size",
-    "lr",
-    "teacher_steps",
-    "data",
-    "seed",
-}
+# Each section's keys are the matching command's flags (dashes as underscores): the verb's own
+# arguments, then its options dataclasses' fields (src/edgediff/core/options.py).
+PRUNE_VERB = ("ratio", "data")  # compiler.jobs.prune_to_dir
+DISTILL_VERB = ("method", "steps", "guidance", "guidance_distill", "data")  # distill.distill
+BUILD_SETS = {"checkpoint_dir"}  # DistillOptions field the build points at BUNDLE.stages/
 TOP_KEYS = {"source", "prune", "distill", "compile"}
 
 
-def _compile_keys() -> set[str]:
-    from edgediff.compiler.recipe import Recipe
+def _distill_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(DistillOptions) if f.name not in BUILD_SETS)
 
-    return {f.name for f in fields(Recipe)} | {"target"}
+
+def section_keys(section: str) -> set[str]:
+    """The keys a recipe section takes."""
+    from edgediff.compiler.recipe import Recipe
+    from edgediff.quantize.w8a8 import QuantizeOptions
+
+    if section == "prune":
+        return set(PRUNE_VERB) | option_names(PruneOptions) | option_names(FinetuneOptions)
+    if section == "distill":
+        return set(DISTILL_VERB) | option_names(DistillOptions, only=_distill_fields())
+    return {"target"} | option_names(Recipe) | option_names(QuantizeOptions)
 
 
 def _check(section: dict, allowed: set[str], where: str) -> dict:
@@ -77,8 +75,53 @@ def _check(section: dict, allowed: set[str], where: str) -> dict:
     return section
 
 
+def _verb_args(fn, section: dict, names, where: str) -> dict:
+    """The verb arguments `section` sets, checked against the type of the verb's default."""
+    defaults = verb_defaults(fn)
+    out = {}
+    for name in names:
+        if name not in section:
+            continue
+        v, default = section[name], defaults.get(name)
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise EdgediffError(f"{where}: field {name} must be true or false, got {v!r}")
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            if not ok or (isinstance(default, int) and isinstance(v, float)):
+                kind = "an integer" if isinstance(default, int) else "a number"
+                raise EdgediffError(f"{where}: field {name} must be {kind}, got {v!r}")
+            v = type(default)(v)
+        if default is None or isinstance(default, str):
+            if not isinstance(v, str):
+                raise EdgediffError(f"{where}: field {name} must be a string, got {v!r}")
+        out[name] = v
+    return out
+
+
+def prune_stage_args(p: dict, where: str) -> tuple[dict, PruneOptions, FinetuneOptions]:
+    """[prune] -> (prune_to_dir's ratio and data, its options, the fine-tune's options)."""
+    from edgediff.compiler.jobs import prune_to_dir
+
+    if "ratio" not in p:
+        raise EdgediffError(f"{where}: field ratio is required")
+    verb = _verb_args(prune_to_dir, p, ("data",), where)
+    if isinstance(p["ratio"], bool) or not isinstance(p["ratio"], int | float):
+        raise EdgediffError(f"{where}: field ratio must be a number in (0, 1), got {p['ratio']!r}")
+    verb["ratio"] = float(p["ratio"])
+    return verb, options_from_table(PruneOptions, p, where), options_from_table(FinetuneOptions, p, where)
+
+
+def distill_stage_args(d: dict, where: str, checkpoints: str | None = None) -> tuple[dict, DistillOptions]:
+    """[distill] -> (distill's method, steps, guidance, guidance_distill and data; its options)."""
+    verb = _verb_args(distill, d, DISTILL_VERB, where)
+    fill = {"checkpoint_dir": checkpoints} if checkpoints else None
+    return verb, options_from_table(DistillOptions, d, where, only=_distill_fields(), fill=fill)
+
+
 def read_recipe(path: str | Path) -> dict:
-    """The recipe TOML, every section checked for unknown fields (named with the file)."""
+    """The recipe TOML, every section checked for unknown fields and bad values (named with the file)."""
+    from edgediff.quantize.w8a8 import QuantizeOptions
+
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -89,13 +132,18 @@ def read_recipe(path: str | Path) -> dict:
     _check(data, TOP_KEYS, str(path))
     if not isinstance(data.get("source"), str):
         raise EdgediffError(f"{path}: field source is required (builtin:NAME, a model folder, or module:factory)")
+    # every stage's options are built now, so a bad value fails before hours of training
     if "prune" in data:
-        _check(data["prune"], PRUNE_KEYS, f"{path} [prune]")
-        if "ratio" not in data["prune"]:
-            raise EdgediffError(f"{path} [prune]: field ratio is required")
+        where = f"{path} [prune]"
+        prune_stage_args(_check(data["prune"], section_keys("prune"), where), where)
     if "distill" in data:
-        _check(data["distill"], DISTILL_KEYS, f"{path} [distill]")
-    _check(data.get("compile", {}), _compile_keys(), f"{path} [compile]")
+        where = f"{path} [distill]"
+        distill_stage_args(_check(data["distill"], section_keys("distill"), where), where)
+    where = f"{path} [compile]"
+    comp = _check(data.get("compile", {}), section_keys("compile"), where)
+    options_from_table(QuantizeOptions, comp, where)  # the Recipe itself waits for the student's defaults
+    if "target" in comp and not isinstance(comp["target"], str):
+        raise EdgediffError(f"{where}: field target must be a string, got {comp['target']!r}")
     return data
 
 
@@ -123,49 +171,22 @@ def _stage(name: str, source: str, section: dict, dest: Path, run, log) -> str:
     return str(dest)
 
 
-def _prune(source: str, p: dict, dest: Path, log) -> str:
+def _prune(source: str, p: dict, dest: Path, log, where: str) -> str:
     from edgediff.compiler.jobs import prune_to_dir
 
     def run(dest, checkpoints):
-        options = PruneOptions(
-            importance=p.get("importance", "taylor"),
-            scope=p.get("scope", "uniform"),
-            protect=tuple(p.get("protect", ())),
-            seed=int(p.get("seed", 0)),
-        )
-        tune = FinetuneOptions(
-            steps=int(p.get("finetune_steps", 0)),
-            batch_size=int(p.get("batch_size", 64)),
-            lr=float(p.get("lr", 5e-4)),
-            distill_weight=float(p.get("distill_weight", 1.0)),
-        )
-        prune_to_dir(source, dest, ratio=float(p["ratio"]), options=options, finetune=tune, data=p.get("data"), log=log)
+        verb, options, tune = prune_stage_args(p, where)
+        prune_to_dir(source, dest, **verb, options=options, finetune=tune, log=log)
 
     return _stage("prune", source, p, dest, run, log)
 
 
-def _distill(source: str, d: dict, dest: Path, log) -> str:
+def _distill(source: str, d: dict, dest: Path, log, where: str) -> str:
     from edgediff.compiler.capture import load_source
 
     def run(dest, checkpoints):
-        opts = DistillOptions(
-            train_steps=int(d.get("train_steps", 500)),
-            batch_size=int(d.get("batch_size", 64)),
-            lr=float(d.get("lr", 1e-4)),
-            seed=int(d.get("seed", 0)),
-            teacher_steps=d.get("teacher_steps"),
-            checkpoint_dir=str(checkpoints),
-        )
-        student = distill(
-            load_source(source),
-            method=d.get("method", "progressive"),
-            steps=int(d.get("steps", 4)),
-            guidance=float(d.get("guidance", 3.0)),
-            guidance_distill=bool(d.get("guidance_distill", False)),
-            data=d.get("data"),
-            options=opts,
-        )
-        save_student(student, dest)
+        verb, opts = distill_stage_args(d, where, checkpoints=str(checkpoints))
+        save_student(distill(load_source(source), **verb, options=opts), dest)
 
     return _stage("distill", source, d, dest, run, log)
 
@@ -176,6 +197,7 @@ def build(recipe_path: str | Path, out: str | Path, *, log=print, progress=None)
     from edgediff.compiler.capture import recipe_defaults
     from edgediff.compiler.pipeline import compile_model
     from edgediff.compiler.recipe import Recipe
+    from edgediff.quantize.w8a8 import QuantizeOptions
 
     data = read_recipe(recipe_path)
     out = Path(out)
@@ -185,13 +207,15 @@ def build(recipe_path: str | Path, out: str | Path, *, log=print, progress=None)
     source = data["source"]
     if "prune" in data:
         log(f"[1/3] prune {source} by {data['prune']['ratio']}")
-        source = _prune(source, data["prune"], stages / "pruned", log)
+        source = _prune(source, data["prune"], stages / "pruned", log, f"{recipe_path} [prune]")
     if "distill" in data:
-        log(f"[2/3] distill {source} to {data['distill'].get('steps', 4)} steps")
-        source = _distill(source, data["distill"], stages / "student", log)
-    comp = dict(data.get("compile", {}))
-    target = comp.pop("target", "host-cpu")
-    recipe = Recipe.from_dict({**recipe_defaults(source), **comp})
+        steps = data["distill"].get("steps", verb_defaults(distill)["steps"])
+        log(f"[2/3] distill {source} to {steps} steps")
+        source = _distill(source, data["distill"], stages / "student", log, f"{recipe_path} [distill]")
+    comp, where = data.get("compile", {}), f"{recipe_path} [compile]"
+    target = comp.get("target", verb_defaults(compile_model)["target"])
+    recipe = options_from_table(Recipe, comp, where, fill=recipe_defaults(source))
+    recipe = replace(recipe, quant_options=options_from_table(QuantizeOptions, comp, where))
     log(f"[3/3] compile {source} for {target}")
     record = {
         "build": {

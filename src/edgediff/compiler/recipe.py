@@ -1,35 +1,75 @@
 """The recipe: what to build (sampler, steps, guidance, precision, quantization).
 
 Recipe(...)            the Python API; validated on construction
-Recipe.from_dict(d)    a recipe TOML's [compile] table / the CLI's options; unknown keys refused
+Recipe.from_dict(d)    from a dict of field names; unknown keys refused
+
+Each field's help, choices and default are the `edgediff compile` flag's and the recipe TOML
+[compile] key's (src/edgediff/core/options.py); QuantizeOptions' fields are flags of their own.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgediff.core.errors import EdgediffError, check_known_keys
+from edgediff.core.options import option, positive_int
+from edgediff.core.schedule import SPACINGS
 from edgediff.quantize.w8a8 import SCHEMES, QuantizeOptions
-from edgediff.runtimes.samplers import get_solver
+from edgediff.runtimes.samplers import SOLVERS, get_solver
+
+
+def spacings() -> tuple[str, ...]:
+    """The timestep spacings: the schedule's (core.schedule.SPACINGS), then those a solver plans alone
+    (its `plan(spacing=...)` default, e.g. lcm's own grid)."""
+    own = (inspect.signature(cls.plan).parameters["spacing"].default for cls in SOLVERS.values())
+    return SPACINGS + tuple(dict.fromkeys(s for s in own if s not in SPACINGS))
+
+
+def weight_compressions() -> tuple[str, ...]:
+    """Every weight compression some lowering writes (lower.registry.LOWERINGS)."""
+    from edgediff.lower.registry import LOWERINGS
+
+    return tuple(dict.fromkeys(w for lo in LOWERINGS.values() for w in (lo.weights or ())))
 
 
 @dataclass(frozen=True)
 class Recipe:
     """What to build: the sampler the app will run and the precision of the model."""
 
-    sampler: str = "dpmpp-2m"
-    steps: int = 20
-    guidance: float = 3.0
-    spacing: str = "leading"
-    precision: str | None = None  # None: the target's first precision that its format's lowering writes
-    weights: str | None = None  # weight compression on top of the precision (Core ML: int8, palette4, palette6)
-    quantize: str | None = None  # "w8a8": int8 weights and activations (src/edgediff/quantize/w8a8.py)
-    groups: int = 1  # timestep groups, each with its own activation scales, one set of int8 weights
-    calib: str | None = None  # calibration .npz (`edgediff calibrate`); None: record it here
-    calib_samples: int = 32  # trajectories recorded when calib is None
-    quant_options: QuantizeOptions = QuantizeOptions()
+    sampler: str = option("dpmpp-2m", choices=lambda: tuple(SOLVERS), help="the sampler the app runs")
+    steps: int = option(20, parse=positive_int, help="sampling steps")
+    guidance: float = option(3.0, help="classifier-free guidance scale (1 = off)")
+    spacing: str = option("leading", choices=spacings, help="where the sampler's timesteps lie")
+    # None: the target's first precision that its format's lowering writes
+    precision: str | None = option(
+        None, help="fp32, fp16, int8, ... (default: the target's first that its format's lowering writes)"
+    )
+    # weight compression on top of the precision (Core ML: int8 linear, 4- or 6-bit palettization)
+    weights: str | None = option(
+        None, choices=weight_compressions, help="weight compression (Core ML: int8, 4- or 6-bit palettes)"
+    )
+    # "w8a8": int8 weights and activations (src/edgediff/quantize/w8a8.py); "w4": weight-only
+    quantize: str | None = option(
+        None,
+        choices=SCHEMES,
+        help="w8a8: int8 weights and activations; w4: weight-only, 4-bit linear layers and int8 "
+        "convolutions, float activations (no calibration)",
+    )
+    groups: int = option(
+        1, parse=positive_int, help="timestep groups with their own activation scales (one copy of the int8 weights)"
+    )
+    calib: str | None = option(
+        None,
+        metavar="NPZ",
+        help="calibration set from `edgediff calibrate` (default: record one along this recipe's trajectory)",
+    )
+    calib_samples: int = option(32, parse=positive_int, help="trajectories to record when no calib is given")
+    quant_options: QuantizeOptions = option(
+        QuantizeOptions(), cli=False, help="the rarer quantize knobs (their own flags: QuantizeOptions)"
+    )
 
     def __post_init__(self):
         get_solver(self.sampler)  # unknown name -> EdgediffError listing the solvers

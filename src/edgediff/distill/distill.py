@@ -52,6 +52,7 @@ from torch import nn
 
 from edgediff.core.errors import EdgediffError
 from edgediff.core.files import staging, swap_into_place
+from edgediff.core.options import nonneg_int, number_range, option, positive_float, positive_int
 from edgediff.core.readers import read_json
 from edgediff.core.spec import DiffusersAdapter, ModelSpec
 from edgediff.prune.store import FORMAT, SHAPES_FILE, changed_shapes
@@ -73,19 +74,35 @@ SIGMA_DATA = 0.5  # as src/edgediff/runtimes/samplers/lcm.py
 class DistillOptions:
     """Rare knobs of `distill`; every field has a working default."""
 
-    train_steps: int = 500  # per progressive stage; the whole run for consistency
-    batch_size: int = 64
-    lr: float = 1e-4
-    warmup: int = 50
-    ema_decay: float = 0.999
-    seed: int = 0
-    teacher_steps: int | None = None  # progressive: the teacher's DDIM steps (default 4 x steps, at least 8)
-    guidance_range: tuple[float, float] | None = None  # w drawn uniformly in it (default guidance ± 1, >= 1)
-    label_dropout: float = 0.1  # guidance mode "cfg": keep the unconditional output trained
-    huber_c: float | None = None  # consistency pseudo-Huber constant (default 0.00054 sqrt(pixels), iCT)
-    threads: int | None = None
-    checkpoint_dir: str | None = None  # resumable: one sub-folder per stage
-    progress: bool = True
+    train_steps: int = option(
+        500, parse=positive_int, help="training steps per progressive stage (consistency: in all)"
+    )
+    batch_size: int = option(64, parse=positive_int, help="global batch (split over processes)")
+    lr: float = option(1e-4, parse=positive_float, help="learning rate")
+    warmup: int = option(50, parse=nonneg_int, help="learning-rate warm-up steps")
+    ema_decay: float = option(0.999, help="decay of the student weights' moving average")
+    seed: int = option(0, parse=nonneg_int, help="seed of the training noise, timesteps and batches")
+    # progressive: the teacher's DDIM steps (default 4 x steps, at least 8)
+    teacher_steps: int | None = option(
+        None,
+        parse=positive_int,
+        help="progressive: the teacher's DDIM steps, steps x a power of two (default 4 x steps)",
+    )
+    # w drawn uniformly in it (default guidance ± 1, >= 1)
+    guidance_range: tuple[float, float] | None = option(
+        None,
+        parse=number_range,
+        metavar="LO,HI",
+        help="guidance distillation: w drawn from this range in training (default guidance-1,guidance+1)",
+    )
+    label_dropout: float = option(
+        0.1, help='guidance "cfg": fraction of labels dropped, to train the unconditional output'
+    )
+    # consistency pseudo-Huber constant (default 0.00054 sqrt(pixels), iCT)
+    huber_c: float | None = option(None, help="consistency: pseudo-Huber constant (default 0.00054 sqrt(pixels))")
+    threads: int | None = option(None, parse=positive_int, help="torch threads per process")
+    checkpoint_dir: str | None = option(None, help="resumable: checkpoints per stage here")
+    progress: bool = option(True, switch=("quiet", False), help="no progress bars")
 
     def __post_init__(self):
         for name in ("train_steps", "batch_size"):

@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.options import nonneg_int, option, pattern_value, positive_float, positive_int
 from edgediff.core.spec import DiffusersAdapter, ModelSpec
 from edgediff.core.stats import count_macs, count_params
+from edgediff.prune.importance import IMPORTANCES
 
 Scope = Literal["uniform", "global"]
 
@@ -44,19 +46,33 @@ DEFAULT_PROTECT = {
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """Rare knobs of `prune`; the CLI sets importance, scope and protect."""
+    """Rare knobs of `prune`; each field is an `edgediff prune` flag and a recipe [prune] key."""
 
-    importance: Literal["taylor", "magnitude"] = "taylor"
-    scope: Scope = "uniform"
-    protect: tuple[str, ...] = ()  # extra fnmatch patterns on module names
-    default_protect: bool = True
-    max_ratio: float = 0.8  # global scope: no group loses more than this fraction
-    taylor_threshold: float = 0.05  # stop accumulating once L_t < threshold * max L
-    taylor_batch: int = 32
-    taylor_stride: int = 1
-    seed: int = 0
+    importance: Literal["taylor", "magnitude"] = option(
+        "taylor",
+        choices=lambda: tuple(IMPORTANCES),
+        help="taylor: Diff-Pruning's gradient importance over timesteps; magnitude: weight norms",
+    )
+    scope: Scope = option("uniform", help="the same ratio in every layer, or one ranking over the whole network")
+    protect: tuple[str, ...] = option(
+        (), metavar="PATTERN", help="keep the output channels of layers whose names match (fnmatch)"
+    )
+    default_protect: bool = option(True, help="also protect the model class's DEFAULT_PROTECT layers")
+    max_ratio: float = option(0.8, help="global scope: no group loses more than this fraction")
+    taylor_threshold: float = option(
+        0.05, help="stop summing gradients at the first t with L_t < this x max L (Taylor importance)"
+    )
+    taylor_batch: int = option(32, parse=positive_int, help="images per timestep in the Taylor pass")
+    taylor_stride: int = option(1, parse=positive_int, help="visit every k-th timestep (Taylor importance)")
+    seed: int = option(0, parse=nonneg_int, help="seed of the Taylor pass and the fine-tune")
     # (fnmatch pattern, ratio): the layers a pattern matches lose this fraction instead of `ratio`
-    layer_ratios: tuple[tuple[str, float], ...] = ()
+    layer_ratios: tuple[tuple[str, float], ...] = option(
+        (),
+        name="layer_ratio",
+        parse=pattern_value,
+        metavar="PATTERN=R",
+        help="layers whose names match lose the fraction R instead of the ratio",
+    )
 
     def __post_init__(self):
         if self.importance not in ("taylor", "magnitude"):
@@ -303,11 +319,12 @@ def scheduler_config(model: ModelSpec) -> dict:
 class FinetuneOptions:
     """The recovery fine-tune (src/edgediff/prune/recover.py) that `prune_to_dir` runs after pruning."""
 
-    steps: int = 0  # 0: no fine-tune
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup: int = 50
-    ema_decay: float = 0.995  # short runs: a 0.999 average would still remember the first steps
-    distill_weight: float = 1.0
-    threads: int | None = None
-    progress: bool = True
+    steps: int = option(0, name="finetune_steps", parse=nonneg_int, help="recovery fine-tune steps (0: none)")
+    batch_size: int = option(64, parse=positive_int, help="global batch over all processes")
+    lr: float = option(5e-4, parse=positive_float, help="fine-tune learning rate")
+    warmup: int = option(50, parse=nonneg_int, help="learning-rate warm-up steps")
+    # short runs: a 0.999 average would still remember the first steps
+    ema_decay: float = option(0.995, help="decay of the weights' moving average")
+    distill_weight: float = option(1.0, help="weight of the teacher-output loss")
+    threads: int | None = option(None, parse=positive_int, help="torch threads (Taylor pass and fine-tune)")
+    progress: bool = option(True, switch=("quiet", False), help="no progress bars")

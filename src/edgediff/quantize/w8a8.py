@@ -34,6 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgediff.core.errors import EdgediffError, check_known_keys
+from edgediff.core.options import nonneg_int, option, positive_int
 from edgediff.core.spec import ModelSpec, torch_denoiser
 from edgediff.lower.registry import converter_output
 from edgediff.quantize.calibration.activations import collect_activations, match_layers, step_groups
@@ -61,17 +62,39 @@ SHARED_WEIGHTS = "weights.bin"
 class QuantizeOptions:
     """The rarer knobs of `quantize` (the recipe carries scheme, groups and the calibration)."""
 
-    observer: str = "minmax"  # activation ranges: minmax | percentile | mse (calibration.observers)
-    defaults: Literal["literature", "none"] = "literature"  # structural float layers (module docstring)
-    keep_float: tuple[str, ...] = ()  # globs of torch layer names kept float
-    sensitive_float: int = 0  # also keep the N layers that the sensitivity ranking finds worst
-    sensitivity_rows: int = 128  # calibration rows the sensitivity ranking runs (uniform over steps)
+    observer: str = option("minmax", help="activation range observer", choices=lambda: tuple(OBSERVERS))
+    # structural float layers (module docstring): the first/last layer and the timestep-embedding path
+    defaults: Literal["literature", "none"] = option(
+        "literature",
+        switch=("no-float-defaults", "none"),
+        help="quantize the first/last layer and the timestep-embedding path too",
+    )
+    keep_float: tuple[str, ...] = option((), metavar="GLOB", help="torch layer names to keep float (globs)")
+    sensitive_float: int = option(
+        0,
+        name="float_layers",
+        parse=nonneg_int,
+        metavar="N",
+        help="also keep the N most quantization-sensitive layers in float (mixed precision)",
+    )
+    sensitivity_rows: int = option(
+        128, parse=positive_int, help="calibration rows the sensitivity ranking runs (uniform over steps)"
+    )
     # int8 weights on the full 8-bit range, or 7-bit (|q| <= 63) for x86 CPUs without VNNI, whose
     # u8 x s8 kernels saturate an int16 sum of two products; "auto" decides from the target's features.
-    weight_range: Literal["auto", "full", "reduced"] = "auto"
-    selection: str | None = None  # subset the calibration set: uniform | normal | eda (None: all rows)
-    selection_budget: int = 0
-    seed: int = 0
+    weight_range: Literal["auto", "full", "reduced"] = option(
+        "auto", help="int8 weights on the full range, or 7-bit for x86 CPUs without VNNI (auto: from the target)"
+    )
+    selection: str | None = option(
+        None, choices=lambda: tuple(SELECTORS), help="use a subset of the calibration rows (default: all rows)"
+    )
+    selection_budget: int = option(0, parse=nonneg_int, help="rows the selection keeps")
+    seed: int = option(
+        0,
+        name="calib_seed",
+        parse=nonneg_int,
+        help="seed of the recorded calibration trajectories and of the row selection",
+    )
 
     def __post_init__(self):
         if self.observer not in OBSERVERS:
