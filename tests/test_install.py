@@ -7,8 +7,8 @@
   (its rpath finds the openvino wheel's libraries) and samples the tiny bundle as the Python
   path does;
 - without a usable libopenvino_c the console script runs the core for --help and --backend
-  fake, and otherwise fails with one line; `edgediff bench` picks the installed runner, or the
-  checkout's, or says why neither;
+  fake, and otherwise fails with one line; a core-only build runs only with --backend fake;
+  `edgediff bench` picks the installed runner, or the checkout's, or says why neither;
 - (slow) a wheel built from this tree carries the runner, the extension and no C sources.
 The fresh-venv install of that wheel is .ci/run's (it takes minutes).
 """
@@ -119,6 +119,20 @@ def test_console_script_without_openvino(tmp_path, monkeypatch, capfd):
     )
     assert cli_run.main([str(tmp_path), "-o", str(tmp_path / "x.png")]) == 1
     assert capfd.readouterr().err == "edgediff-run: needs libopenvino_c.so.1 (test)\n"
+
+
+def test_console_script_of_a_core_build_runs_the_fake_backend_only_by_name(tmp_path, monkeypatch, capfd):
+    from edgediff.cli import run as cli_run
+
+    note = "runner core, fake backend only: the openvino package was not importable at build time"
+    monkeypatch.setattr(cli_run, "build_info", lambda: {"backend": "fake", "note": note})
+    monkeypatch.setattr(
+        cli_run, "installed_runner", lambda name="edgediff-run": runner.installed_runner("edgediff-run-core")
+    )
+    assert cli_run.main([str(tmp_path), "-o", str(tmp_path / "x.png")]) == 1
+    assert capfd.readouterr().err.startswith(f"edgediff-run: this build is the {note}; pass --backend fake")
+    assert cli_run.main(["--help"]) == 0
+    assert capfd.readouterr().out.rstrip().endswith(note)
 
 
 def test_bench_finds_the_installed_runner_then_the_checkouts(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
     edgediff-run ARGS ──► edgediff/bin/edgediff-run ARGS        LD_LIBRARY_PATH += site-packages/openvino/libs
                      └──► edgediff/bin/edgediff-run-core ARGS   openvino missing and only --help or
                                                                 --backend fake asked for
+    a core-only build (no OpenVINO at build time) runs only for --help and --backend fake
     edgediff-run --version   what was built (runner.json), no binary run
     edgediff-run --help      the runner's usage, then the same line
 
@@ -55,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"edgediff-run: {problem}", file=sys.stderr)
             return 1
+    elif not (wants_help or _wants_fake(args)):
+        # the core's default backend is a formula, not the bundle's model: only when asked for by name
+        print(
+            f"edgediff-run: this build is the {info.get('note')}; pass --backend fake to run it anyway, "
+            "or reinstall edgediff where the openvino wheel is importable at build time",
+            file=sys.stderr,
+        )
+        return 1
     if wants_help:
         sys.stdout.flush()
         code = subprocess.run([str(exe), *args], env=env).returncode
