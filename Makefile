@@ -11,15 +11,18 @@ OUT ?= out
 install: $(VENV)/.installed
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# constraints.txt holds every step to versions that the later steps accept (pip prints a resolver
+# ERROR otherwise). The editable install builds the C extension and edgediff-run (setup.py).
+PIP := $(PY) -m pip install -q -c constraints.txt
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
 	# The [tflite] extra's packages, installed on top: resolved together with the rest, pip
 	# backtracks for over ten minutes (litert-torch pins an older typing-extensions); on top of an
 	# installed environment it takes under a minute. Keep this list equal to the extra in pyproject.toml.
-	$(PY) -m pip install -q 'litert-torch>=0.10' 'ai-edge-litert>=2.3' 'ai-edge-quantizer>=0.10'
+	$(PIP) 'litert-torch>=0.10' 'ai-edge-litert>=2.3' 'ai-edge-quantizer>=0.10'
 	touch $@
 
 demo: install
@@ -31,4 +34,5 @@ test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(OUT) build *.egg-info
+	rm -rf $(OUT) build *.egg-info src/*.egg-info
+	rm -f src/edgediff/bin/edgediff-run src/edgediff/bin/edgediff-run-core src/edgediff/bin/runner.json

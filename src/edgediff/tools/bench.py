@@ -30,6 +30,7 @@ from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.bundle import Bundle, load_bundle, size_bytes
 from edgediff.targets import available_targets, load_target
 from edgediff.targets.host import detect_host
+from edgediff.tools.runner import CHECKOUT_RUNNER, build_info, installed_runner, openvino_problem
 
 STAT_KEYS = ("count", "min", "avg", "std", "p5", "p50", "p90", "p95", "p99", "max")
 PERCENTILES = {"p5": 5, "p50": 50, "p90": 90, "p95": 95, "p99": 99}
@@ -227,17 +228,27 @@ def measure_host_python(bundle: Bundle, *, warmup_runs: int, num_runs: int, thre
 
 
 def default_runner() -> Path:
-    return Path(__file__).resolve().parents[3] / "csrc" / "build" / "edgediff-run"
+    """The runner installed with the package when it has the OpenVINO backend, else a checkout's
+    csrc/build/edgediff-run (`make -C csrc runner`)."""
+    exe = installed_runner()
+    if exe is not None and build_info().get("backend") == "openvino":
+        return exe
+    return CHECKOUT_RUNNER
 
 
 def find_runner(path: str | None) -> Path:
     exe = Path(path) if path else default_runner()
-    if not exe.is_file():
-        raise EdgediffError(
-            f"{exe}: edgediff-run not found; build it with `make -C csrc runner "
-            f"PYTHON={sys.executable}` or pass --runner-binary PATH"
-        )
-    return exe
+    if exe.is_file():
+        if not path and exe == installed_runner() and (problem := openvino_problem(build_info())):
+            if not CHECKOUT_RUNNER.is_file():
+                raise EdgediffError(f"{exe}: {problem}")
+            return CHECKOUT_RUNNER
+        return exe
+    installed = "" if path else f" (the installed one: {build_info().get('note')})"
+    raise EdgediffError(
+        f"{exe}: edgediff-run not found{installed}; build it with `make -C csrc runner "
+        f"PYTHON={sys.executable}` or pass --runner-binary PATH"
+    )
 
 
 def runner_args(bundle_dir: str, *, warmup_runs: int, num_runs: int, json_path: str, threads: int = 0) -> list[str]:
