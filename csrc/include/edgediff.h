@@ -7,101 +7,31 @@
  * and reproduces its noise (rng.py) bit for bit.
  *
  * ---------------------------------------------------------------------------------------
- * WHAT IT READS: the sampler section of a bundle's scheduler.json
+ * WHAT IT READS: a bundle folder's manifest.json and scheduler.json
  * ---------------------------------------------------------------------------------------
- * The compiler writes scheduler.json as
+ * The bundle format is specified in docs/bundle-format.md (every field, its meaning and its
+ * checks). In short, edd_bundle_load reads
  *
- *   {
- *     "solver":   "ddim",            informational (the plan's "solver" is the one used)
- *     "spacing":  "leading",         informational (the timesteps are already in the plan)
- *     "plan": {                      -> edd_plan_desc, see edd_plan_create()
- *       "solver":    "ddim",                         -> desc.solver
- *       "timesteps": [981, 961, ...],                -> desc.timesteps (n ints, descending,
- *                                                       in 0..T-1): the training-grid step
- *                                                       of each sampling step
- *       "schedule": {
- *         "alphas_cumprod":  [0.9999, ...],          -> desc.alphas_cumprod (T numbers in (0, 1])
- *         "prediction_type": "epsilon"               -> desc.prediction_type ("epsilon",
- *       },                                              "v_prediction" or "sample")
- *       "params": { ... }                            -> desc.params (key, value) pairs; the
- *     },                                                keys each solver takes are below
- *     "guidance_scale":  2.0,        -> edd_params.guidance (1.0 = no guidance)
- *     "timestep_groups": null or {   quantized bundles: one graph per group of steps
- *         "files": ["model/denoiser.g0.onnx", ...],  -> info.group_files (1..EDD_MAX_GROUPS
- *                                                       relative paths, each listed under
- *                                                       manifest.json "files")
- *         "step_group": [0, 0, 1, 1],                -> info.step_group -> edd_params.step_group
- *                                                       (one group index per plan step, each
- *                                                       < len(files)) -> edd_denoise_args.group
- *         "shared_weights": "model/weights.bin"      -> info.shared_weights (the int8 weights
- *     },                                                the group graphs share; may be null)
- *     "cache_schedule": null or      feature caching (DeepCache-style), exactly one of:
- *         {"interval": N}            N >= 1: step i runs the full model when i % N == 0 and may
- *                                    reuse the cached deep features otherwise (N = 1: never)
- *         {"steps": ["full", "cached", ...]}   one entry per plan step; steps[0] is "full"
- *                                    -> info.cache_flags -> edd_params.cache_flags
- *                                    -> edd_denoise_args.cached (1 = "cached"). The backend
- *                                    decides what to do with it: the bundled backends and the
- *                                    Python reference run the full model at every step.
- *   }
+ *   manifest.json   "format" ("edgediff-bundle"), "format_version" (= EDD_BUNDLE_FORMAT_VERSION),
+ *                   "files" (sha256 of every file, checked by edd_bundle_verify; must list
+ *                   model.file and scheduler.json), "model" {format, file, inputs, outputs}
+ *                   -> edd_bundle_info, "conditioning" {kind, null_label} -> edd_params.null_label;
+ *                   any other key is ignored
+ *   scheduler.json  "plan" {solver, timesteps, schedule {alphas_cumprod, prediction_type},
+ *                   params} -> edd_plan_desc (see edd_plan_create; the keys each solver takes are
+ *                   in docs/bundle-format.md), "guidance_scale" -> edd_params.guidance,
+ *                   "spacing" -> info.spacing (what edd_plan_with_steps replans with),
+ *                   "timestep_groups" -> info.group_files / step_group / shared_weights
+ *                   -> edd_denoise_args.group, "cache_schedule" -> info.cache_flags
+ *                   -> edd_denoise_args.cached; "solver" is not read
  *
- * plan.params, per solver (n = number of steps; every key is required, no others allowed):
- *
- *   solver      key                       kind            meaning
- *   ddpm        clip_sample               number or null  clip the x0 prediction to +-value
- *   ddim        eta                       number >= 0     noise scale (0 = deterministic)
- *               prev_timesteps            n integers      step i goes from timesteps[i] to
- *                                                         prev_timesteps[i]; < 0 means "before
- *                                                         0", where abar = final_alpha_cumprod
- *               final_alpha_cumprod       number          see above
- *               clip_sample               number or null  as for ddpm
- *   dpmpp-2m    sigmas                    n + 1 numbers   sqrt((1 - abar) / abar) per step,
- *                                                         then a final 0
- *   euler       sigmas                    n + 1 numbers   as for dpmpp-2m (interpolated at
- *                                                         possibly fractional timesteps)
- *               model_timesteps           n numbers       the t fed to the model (fractional
- *                                                         for "linspace" spacing)
- *               init_sigma                number          x_T = init_sigma * unit noise
- *   lcm         original_inference_steps  number          the distillation grid (informational)
- *               timestep_scaling          number          c_skip / c_out scaling (10 in LCM)
- *
- * The runtime computes no schedule of its own (except edd_plan_with_steps, on request):
- * every per-step number comes from the plan.
- * The timestep fed to the model at step i is model_timesteps[i] when the solver has that
- * parameter, and (float)timesteps[i] otherwise.
- *
- * scheduler.json's "spacing" goes to edd_bundle_info.spacing (what edd_plan_with_steps
- * replans with); "solver" is not read. timestep_groups and cache_schedule are made for the
+ * The runtime computes no schedule of its own (except edd_plan_with_steps, on request): every
+ * per-step number comes from the plan. timestep_groups and cache_schedule are made for the
  * plan's own steps: edd_context_create refuses their tables for a plan of another length.
- * edd_bundle_load reads both files (edd_plan_create stays for plans built in code) and takes
- * from manifest.json (-> edd_bundle_info):
- *
- *   {
- *     "format": "edgediff-bundle",   must be exactly this
- *     "format_version": 1,           must equal EDD_BUNDLE_FORMAT_VERSION
- *     "files": {"model/denoiser.onnx": {"sha256": "6cb9..."}, "scheduler.json": {...}, ...}
- *                                    must list model.file and scheduler.json; every entry's
- *                                    sha256 is checked by edd_bundle_verify
- *     "model": {
- *       "format":  "onnx",           -> info.model_format (the backend picks by it)
- *       "file":    "model/denoiser.onnx"   -> info.model_file / model_path (relative, no "..")
- *       "inputs":  [{"name": "sample", "dtype": "float32", "shape": ["batch", 1, 16, 16]},
- *                   {"name": "timestep", ...}, {"name": "class_labels", "dtype": "int64", ...}]
- *                                    -> info.inputs; inputs[0].shape[1:] is the sample shape
- *                                       (-> edd_params.sample_shape, fixed sizes required)
- *       "outputs": [{"name": "eps", ...}]  -> info.outputs
- *     },
- *     "conditioning": {"kind": "class", "num_classes": 10, "null_label": 10, "shape": null}
- *                                    kind "none" | "class" | "embedding"; for "class",
- *                                    null_label -> edd_params.null_label
- *   }
- *
- * Any other manifest key is ignored. The model's own signature (input / output names, element
- * types, shapes) is the backend's to check against info.inputs / info.outputs: the OpenVINO
- * backend does, and refuses a mismatch by name before the first step. Unknown keys inside
- * "plan", "plan.schedule", "timestep_groups" and "cache_schedule" are refused (as the Python
- * Plan does). The JSON reader is strict RFC 8259 (no NaN, no
- * comments, no trailing commas; nesting depth <= 64) and fuzzed (csrc/fuzz/).
+ * The model's own signature is the backend's to check against info.inputs / info.outputs.
+ * Unknown keys inside "plan", "plan.schedule", "timestep_groups" and "cache_schedule" are
+ * refused. The JSON reader is strict RFC 8259 (no NaN, no comments, no trailing commas;
+ * nesting depth <= 64) and fuzzed (csrc/fuzz/).
  *
  * ---------------------------------------------------------------------------------------
  * HOW IT IS USED
