@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 
@@ -132,3 +133,15 @@ def test_cases_cover_the_issue():
         "symlink-inside",
     ):
         assert want in names
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("[" * 65 + "]" * 65, "nested too deeply"), ('{"a": NaN}', "NaN is not JSON")],
+)
+def test_bundle_json_is_read_as_the_c_reader_reads_it(tiny_bundle, tmp_path, text, message):
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle.root, copy)
+    (copy / "manifest.json").write_text(text)
+    with pytest.raises(EdgediffError, match=message):
+        load_bundle(copy, verify=False)

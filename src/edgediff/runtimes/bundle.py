@@ -17,13 +17,13 @@ signature, and any listed file that is not a regular file inside the bundle fold
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.readers import parse_json
 
 FORMAT = "edgediff-bundle"
 FORMAT_VERSION = 1
@@ -250,9 +250,10 @@ def _read_json(root: Path, name: str, root_real: str | None = None) -> dict:
     if len(raw) > MAX_JSON_BYTES:
         raise EdgediffError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB")
     try:
-        data = json.loads(raw.decode())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgediffError(f"{path}: not valid JSON ({e})") from None
+        text = raw.decode()
+    except UnicodeDecodeError as e:
+        raise EdgediffError(f"{path}: not UTF-8 text: invalid byte at offset {e.start}") from None
+    data = parse_json(text, str(path))  # the C reader's rules: nesting <= 64, no NaN literals
     if not isinstance(data, dict):
         raise EdgediffError(f"{path}: expected a JSON object")
     return data
