@@ -6,6 +6,7 @@ import onnx
 import pytest
 
 from edgediff.core.errors import EdgediffError
+from edgediff.lower.registry import LOWERINGS
 from edgediff.targets import (
     PRECISIONS,
     available_targets,
@@ -15,7 +16,6 @@ from edgediff.targets import (
     targets_json,
 )
 from edgediff.targets.host import INTERESTING, detect_host, merge_host
-from edgediff.targets.profile import FORMATS
 
 ONNX_OPS = {s.name for s in onnx.defs.get_all_schemas() if s.domain == ""}
 EXPECTED = {"host-cpu", "intel-core-ultra-npu", "iphone-15-pro", "pixel-8", "snapdragon-8-gen-3", "raspberry-pi-5"}
@@ -35,7 +35,7 @@ def profile(request):
 
 def test_required_fields(profile):
     assert profile.name == profile.path.stem
-    assert profile.format in FORMATS
+    assert profile.format in LOWERINGS
     assert profile.runtime and profile.description
     assert isinstance(profile.static_shapes, bool)
     assert profile.units, "at least one unit"
@@ -250,7 +250,6 @@ def test_good_profile_loads_by_path(tmp_path):
             lambda t: t.replace('supported = ["Conv"', 'default = "maybe"\nsupported = ["Conv"'),
             ["units.cpu.ops.default", "maybe"],
         ),
-        (lambda t: t.replace('format = "onnx"', 'format = "gguf"'), ["format", "gguf"]),
         (lambda t: t.replace('runtime = "onnxruntime"\n', ""), ["missing field runtime"]),
         (lambda t: t.replace('name = "{name}"', 'name = "other"'), ["other", "must match"]),
         (lambda t: t.split("[units.cpu]")[0], ["missing field units"]),
@@ -282,3 +281,18 @@ def test_query_errors_name_target_and_unit(tmp_path):
         p.peak_ops("cpu", "fp16")
     with pytest.raises(EdgediffError, match="target dev: precision 'int4' is not supported"):
         p.unit_for("int4")
+
+
+def test_unknown_format_refused_naming_file_and_field(tmp_path):
+    """The lowering registry is the one list of formats: a profile naming another format loads
+    (targets sit below lower) and is refused, one line naming the file and the field, as soon as
+    a compile resolves its route, before any export."""
+    from edgediff.compiler.routes import resolve
+
+    path = write(tmp_path, GOOD.replace('format = "onnx"', 'format = "gguf"'))
+    with pytest.raises(EdgediffError) as e:
+        resolve(load_target(path), scheme=None, precision=None, weights=None, groups=1)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg
+    for fragment in ("field format", "gguf", "onnx, openvino, tflite, coreml"):
+        assert fragment in msg, msg

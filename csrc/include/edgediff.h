@@ -3,7 +3,7 @@
  *
  * The runtime runs a diffusion sampler (DDPM, DDIM, DPM-Solver++ 2M, Euler, LCM multistep)
  * over a denoiser that the application supplies through a backend callback. It mirrors the
- * Python reference in edgediff/runtimes (samplers/<solver>.py, sampling.py) formula for formula,
+ * Python reference in src/edgediff/runtimes (samplers/<solver>.py, sampling.py) formula for formula,
  * and reproduces its noise (rng.py) bit for bit.
  *
  * ---------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ EDD_API int edd_plan_has_carry(const edd_plan *plan);                   /* 1 if 
 
 /* The same solver, schedule and options (eta, clip_sample, final_alpha_cumprod, LCM's
  * original_inference_steps and timestep_scaling) planned for num_steps steps: the timesteps
- * and per-step params are recomputed as runtimes/samplers/<solver>.py's plan() does for
+ * and per-step params are recomputed as src/edgediff/runtimes/samplers/<solver>.py's plan() does for
  * `spacing` ("leading" | "trailing" | "linspace", scheduler.json's "spacing"; NULL =
  * "leading"; LCM has its own grid) with steps_offset 0. This is the one place the runtime
  * computes a schedule; a bundle whose model was distilled or quantized for its own steps

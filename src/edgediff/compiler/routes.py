@@ -191,6 +191,7 @@ def get_route(scheme: str | None, fmt: str, target: str) -> Route:
 
 def resolve(target: TargetProfile, *, scheme: str | None, precision: str | None, weights: str | None, groups: int):
     """(route, the bundle's precision) for a recipe on a target; every check before any export."""
+    get_lowering(target.format, str(target.path) if target.path else f"target {target.name}")  # a known format
     if scheme is not None:
         target.check_precision(SCHEME_PRECISION[scheme])  # names the precision and the target
     route = get_route(scheme, target.format, target.name)

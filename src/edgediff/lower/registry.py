@@ -85,8 +85,11 @@ LOWERINGS: dict[str, Lowering] = {
 
 
 def get_lowering(fmt: str, target: str) -> Lowering:
+    """The lowering for a profile's format; `target` is what the error names (the profile's file)."""
     if fmt not in LOWERINGS:
-        raise EdgediffError(f"target {target}: format {fmt!r} has no lowering (available: {', '.join(LOWERINGS)})")
+        raise EdgediffError(
+            f"{target}: field format is {fmt!r}; one of {', '.join(LOWERINGS)} (the formats with a lowering)"
+        )
     return LOWERINGS[fmt]
 
 

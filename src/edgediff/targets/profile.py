@@ -20,7 +20,6 @@ from edgediff.core.errors import EdgediffError
 from edgediff.core.readers import read_toml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
-FORMATS = ("onnx", "openvino", "tflite", "coreml")
 # fp32/fp16/bf16: float weights and compute. int8: 8-bit weights and activations.
 # int16: 16-bit activations, 8-bit weights (QNN's "a16w8"). int4: 4-bit weights.
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int16", "int4")
@@ -197,9 +196,7 @@ class TargetProfile:
             raise EdgediffError(
                 f"{path}: field name is {name!r} but the file is {path.name} (they must match: name = {path.stem!r})"
             )
-        fmt = r.take("format", str)
-        if fmt not in FORMATS:
-            raise EdgediffError(f"{path}: field format is {fmt!r}; one of {', '.join(FORMATS)}")
+        fmt = r.take("format", str)  # checked against the lowering registry where it is used (compiler/routes.py)
         detect = r.take("detect", str, "none")
         if detect not in DETECT:
             raise EdgediffError(f"{path}: field detect is {detect!r}; one of {', '.join(DETECT)}")
