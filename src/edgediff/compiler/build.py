@@ -37,10 +37,16 @@ import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 
+from edgediff.compiler import bundle as bundle_io
+from edgediff.compiler.capture import load_source, recipe_defaults
+from edgediff.compiler.jobs import prune_to_dir
+from edgediff.compiler.pipeline import compile_model
+from edgediff.compiler.recipe import Recipe
 from edgediff.core.errors import EdgediffError
 from edgediff.core.options import option_names, options_from_table, verb_defaults
 from edgediff.distill.distill import DistillOptions, distill, save_student
 from edgediff.prune.prune import FinetuneOptions, PruneOptions
+from edgediff.quantize.w8a8 import QuantizeOptions
 
 # Each section's keys are the matching command's flags (dashes as underscores): the verb's own
 # arguments, then its options dataclasses' fields (src/edgediff/core/options.py).
@@ -56,8 +62,6 @@ def _distill_fields() -> tuple[str, ...]:
 
 def section_keys(section: str) -> set[str]:
     """The keys a recipe section takes."""
-    from edgediff.compiler.recipe import Recipe
-    from edgediff.quantize.w8a8 import QuantizeOptions
 
     if section == "prune":
         return set(PRUNE_VERB) | option_names(PruneOptions) | option_names(FinetuneOptions)
@@ -100,7 +104,6 @@ def _verb_args(fn, section: dict, names, where: str) -> dict:
 
 def prune_stage_args(p: dict, where: str) -> tuple[dict, PruneOptions, FinetuneOptions]:
     """[prune] -> (prune_to_dir's ratio and data, its options, the fine-tune's options)."""
-    from edgediff.compiler.jobs import prune_to_dir
 
     if "ratio" not in p:
         raise EdgediffError(f"{where}: field ratio is required")
@@ -120,7 +123,6 @@ def distill_stage_args(d: dict, where: str, checkpoints: str | None = None) -> t
 
 def read_recipe(path: str | Path) -> dict:
     """The recipe TOML, every section checked for unknown fields and bad values (named with the file)."""
-    from edgediff.quantize.w8a8 import QuantizeOptions
 
     path = Path(path)
     try:
@@ -172,7 +174,6 @@ def _stage(name: str, source: str, section: dict, dest: Path, run, log) -> str:
 
 
 def _prune(source: str, p: dict, dest: Path, log, where: str) -> str:
-    from edgediff.compiler.jobs import prune_to_dir
 
     def run(dest, checkpoints):
         verb, options, tune = prune_stage_args(p, where)
@@ -182,7 +183,6 @@ def _prune(source: str, p: dict, dest: Path, log, where: str) -> str:
 
 
 def _distill(source: str, d: dict, dest: Path, log, where: str) -> str:
-    from edgediff.compiler.capture import load_source
 
     def run(dest, checkpoints):
         verb, opts = distill_stage_args(d, where, checkpoints=str(checkpoints))
@@ -193,11 +193,6 @@ def _distill(source: str, d: dict, dest: Path, log, where: str) -> str:
 
 def build(recipe_path: str | Path, out: str | Path, *, log=print, progress=None):
     """Run the recipe's stages in order; returns the compiled bundle."""
-    from edgediff.compiler import bundle as bundle_io
-    from edgediff.compiler.capture import recipe_defaults
-    from edgediff.compiler.pipeline import compile_model
-    from edgediff.compiler.recipe import Recipe
-    from edgediff.quantize.w8a8 import QuantizeOptions
 
     data = read_recipe(recipe_path)
     out = Path(out)
