@@ -37,10 +37,13 @@ from edgediff.core.errors import EdgediffError, check_known_keys
 from edgediff.core.options import nonneg_int, option, positive_int
 from edgediff.core.spec import ModelSpec, torch_denoiser
 from edgediff.lower.registry import converter_output
+from edgediff.quantize import tflite_int8
 from edgediff.quantize.calibration.activations import collect_activations, match_layers, step_groups
 from edgediff.quantize.calibration.observers import OBSERVERS, QuantRange
 from edgediff.quantize.calibration.record import CalibrationSet
 from edgediff.quantize.calibration.select import SELECTORS, select
+from edgediff.quantize.calibration.sensitivity import layer_sensitivity
+from edgediff.quantize.coreml_w8a8 import FINISH, write_kit
 from edgediff.quantize.qdq_onnx import (
     QuantWeight,
     WeightedNode,
@@ -174,8 +177,6 @@ def float_plan(
         reasons.setdefault(k, v)
     ranking = None
     if opts.sensitive_float:
-        from edgediff.quantize.calibration.sensitivity import layer_sensitivity
-
         rows = calib
         if len(calib) > opts.sensitivity_rows:
             rows = select(calib, "uniform", opts.sensitivity_rows, seed=opts.seed)
@@ -389,16 +390,14 @@ def quantize_tflite(
 
     `onnx_path`: the fp32 ONNX export of `model`, from which the float layers are found as for
     ONNX. With `groups` > 1 each group is written with its own ranges and the G flatbuffers are
-    merged into one (quant_tflite.merge_groups: a subgraph and signature "group{k}" per group,
+    merged into one (tflite_int8.merge_groups: a subgraph and signature "group{k}" per group,
     every buffer stored once, so one copy of the int8 weights).
     """
-    from edgediff.quantize.tflite_int8 import int8_census, match_layers, merge_groups, tflite_ops, write_w8a8
-
     qp = plan_quantization(
         model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=groups, options=options, progress=progress
     )
     layers = sorted({wn.layer for wn in qp.chosen})
-    ops = match_layers(model.module, layers, tflite_ops(tflite_path))
+    ops = tflite_int8.match_layers(model.module, layers, tflite_int8.tflite_ops(tflite_path))
     fp32 = tflite_path.with_name(tflite_path.stem + ".fp32.tflite")
     tflite_path.rename(fp32)
     parts = (
@@ -410,15 +409,15 @@ def quantize_tflite(
     try:
         with converter_output("TFLite W8A8 (ai-edge-quantizer)"):
             for g, part in enumerate(parts):
-                written = write_w8a8(fp32, part, ops, qp.layer_ranges(g))
+                written = tflite_int8.write_w8a8(fp32, part, ops, qp.layer_ranges(g))
         if groups > 1:
-            merged = merge_groups(parts, tflite_path)
+            merged = tflite_int8.merge_groups(parts, tflite_path)
     finally:
         fp32.unlink()
         for part in parts:
             if part != tflite_path:
                 part.unlink(missing_ok=True)
-    census = int8_census(tflite_path)
+    census = tflite_int8.int8_census(tflite_path)
     record = _record(
         scheme,
         groups,
@@ -481,8 +480,6 @@ def quantize_coreml(
     """Core ML W8A8 prepared for macOS (src/edgediff/quantize/coreml_w8a8.py): the package keeps its int8 weights;
     the bundle gets the calibration rows, the activation-quantization recipe with the pass's float
     layers as skipped MIL ops, and the script that finishes it where Core ML predicts."""
-    from edgediff.quantize.coreml_w8a8 import FINISH, write_kit
-
     qp = plan_quantization(
         model, calib, onnx_path=onnx_path, plan=plan, scheme=scheme, groups=1, options=options, progress=progress
     )
