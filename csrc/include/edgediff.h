@@ -368,6 +368,55 @@ EDD_API const edd_bundle_info *edd_bundle_get_info(const edd_bundle *bundle); /*
  * schedules are made for the bundle's own steps. */
 EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *params);
 
+
+/* ---- the CLIP tokenizer: text -> token ids (tokenizer.c) ------------------------------------
+ *
+ * transformers' CLIPTokenizer in C: the special tokens cut out of the raw text, NFC, lower
+ * case, the CLIP word / number / punctuation split, byte-level BPE with "</w>" word ends,
+ * then BOS + ids + EOS, truncated to max_len (EOS kept last) and padded with the pad token.
+ * The Unicode data is Python 3.11's unicodedata (Unicode 14.0.0), generated into
+ * src/unicode_tables.c. A tokenizer is immutable once loaded: share it between threads;
+ * encode allocates its scratch per call (about 60 bytes per input byte) and frees it. */
+
+typedef struct edd_tokenizer edd_tokenizer;   /* opaque */
+
+/* The special tokens, in the order the config keys are read (bos_token, eos_token, ...). */
+typedef enum edd_special_token { EDD_TOKEN_BOS = 0, EDD_TOKEN_EOS = 1, EDD_TOKEN_UNK = 2, EDD_TOKEN_PAD = 3 } edd_special_token;
+
+/* Longest text edd_tokenizer_encode accepts, in bytes (16 MiB). */
+#define EDD_TOKENIZER_MAX_TEXT ((size_t)1 << 24)
+
+/* Load a tokenizer folder (a bundle's tokenizer/, or a pipeline's): vocab.json + merges.txt,
+ * or tokenizer.json's model.vocab / model.merges when those two are absent; then, if present,
+ * tokenizer_config.json and special_tokens_map.json (read in that order, the later wins):
+ * model_max_length and bos_token / eos_token / unk_token / pad_token (a string or
+ * {"content": ...}). Defaults are CLIP's: "<|startoftext|>", "<|endoftext|>" for the other
+ * three, 77. Every special token must be in the vocabulary. Errors name the file and the line
+ * (merges.txt) or the field: EDD_ERR_IO (missing, unreadable), EDD_ERR_BAD_BUNDLE (malformed),
+ * EDD_ERR_OUT_OF_MEMORY. The caller frees *out with edd_tokenizer_free. */
+EDD_API edd_status edd_tokenizer_load(const char *dir, edd_tokenizer **out, char *err, size_t err_size);
+
+/* The same from the texts of vocab.json and merges.txt (need not be NUL-terminated), with the
+ * CLIP special tokens and length; messages name "vocab.json" / "merges.txt". */
+EDD_API edd_status edd_tokenizer_parse(const char *vocab_json, size_t vocab_len, const char *merges_txt,
+                                       size_t merges_len, edd_tokenizer **out, char *err, size_t err_size);
+
+EDD_API void edd_tokenizer_free(edd_tokenizer *tok);  /* NULL is a no-op */
+
+/* Tokenize len bytes of UTF-8 (need not be NUL-terminated) into ids[0..max_len): BOS, the
+ * first max_len - 2 content ids, EOS, then the pad id to the end (max_len >= 2; pass
+ * edd_tokenizer_max_length(tok) for the model's). *full_len (may be NULL) gets the length
+ * before truncation, BOS and EOS included, so the caller can warn when it exceeds max_len.
+ * Text that is not UTF-8 is EDD_ERR_INVALID_ARGUMENT naming the byte offset; ids is then
+ * unspecified. The caller owns ids. */
+EDD_API edd_status edd_tokenizer_encode(const edd_tokenizer *tok, const char *utf8, size_t len, int32_t *ids,
+                                        size_t max_len, size_t *full_len, char *err, size_t err_size);
+
+EDD_API size_t edd_tokenizer_max_length(const edd_tokenizer *tok);  /* model_max_length (default 77) */
+EDD_API size_t edd_tokenizer_vocab_size(const edd_tokenizer *tok);  /* distinct tokens in the vocabulary */
+/* the id of a special token, or -1 for an invalid argument */
+EDD_API int32_t edd_tokenizer_special_id(const edd_tokenizer *tok, edd_special_token which);
+
 #ifdef __cplusplus
 }
 #endif

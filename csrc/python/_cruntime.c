@@ -884,6 +884,92 @@ done:
     return result;
 }
 
+/* ---- tokenizer ---------------------------------------------------------------------------- */
+
+/* one text (str or bytes) -> (ids list, full length), or NULL with the error set */
+static PyObject *tokenize_one(module_state *st, const edd_tokenizer *tok, PyObject *text, size_t max_len,
+                              int32_t *ids) {
+    const char *data;
+    Py_ssize_t len;
+    size_t full = 0;
+    char err[512];
+    edd_status status;
+    PyObject *list, *out;
+    if (PyUnicode_Check(text)) {
+        data = PyUnicode_AsUTF8AndSize(text, &len);
+        if (!data) return NULL;
+    } else if (PyBytes_Check(text)) {
+        data = PyBytes_AsString(text);
+        len = PyBytes_Size(text);
+        if (!data || len < 0) return NULL;
+    } else {
+        PyErr_SetString(PyExc_TypeError, "tokenize: a text must be str or bytes");
+        return NULL;
+    }
+    status = edd_tokenizer_encode(tok, data, (size_t)len, ids, max_len, &full, err, sizeof err);
+    if (status != EDD_OK) return raise_status(st, status, err);
+    list = PyList_New((Py_ssize_t)max_len);
+    if (!list) return NULL;
+    for (size_t i = 0; i < max_len; i++) {
+        PyObject *v = PyLong_FromLong((long)ids[i]);
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SetItem(list, (Py_ssize_t)i, v);
+    }
+    out = Py_BuildValue("(Nn)", list, (Py_ssize_t)full);
+    return out;
+}
+
+static PyObject *py_tokenize(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"dir", "texts", "max_len", NULL};
+    module_state *st = get_state(module);
+    const char *dir;
+    PyObject *texts, *omax = Py_None, *result = NULL;
+    edd_tokenizer *tok = NULL;
+    char err[512];
+    edd_status status;
+    size_t max_len;
+    int32_t *ids;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO|O:tokenize", kwlist, &dir, &texts, &omax)) return NULL;
+    status = edd_tokenizer_load(dir, &tok, err, sizeof err);
+    if (status != EDD_OK) return raise_status(st, status, err);
+    max_len = edd_tokenizer_max_length(tok);
+    if (omax != Py_None) {
+        Py_ssize_t m = PyNumber_AsSsize_t(omax, PyExc_OverflowError);
+        if (m == -1 && PyErr_Occurred()) goto done;
+        if (m < 2 || m > 1048576) {
+            PyErr_Format(st->error, "tokenize: max_len must be in 2..1048576, got %zd", m);
+            goto done;
+        }
+        max_len = (size_t)m;
+    }
+    ids = PyMem_Malloc(max_len * sizeof *ids);
+    if (!ids) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (PyList_Check(texts)) {
+        Py_ssize_t n = PyList_Size(texts);
+        result = PyList_New(n);
+        for (Py_ssize_t i = 0; result && i < n; i++) {
+            PyObject *one = tokenize_one(st, tok, PyList_GetItem(texts, i), max_len, ids);
+            if (!one) {
+                Py_CLEAR(result);
+                break;
+            }
+            PyList_SetItem(result, i, one);
+        }
+    } else {
+        result = tokenize_one(st, tok, texts, max_len, ids);
+    }
+    PyMem_Free(ids);
+done:
+    edd_tokenizer_free(tok);
+    return result;
+}
+
 /* ---- module ------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -901,6 +987,11 @@ static PyMethodDef methods[] = {
      "callback(i, t, x_in, eps) sees each step's model input and (guided) output.\n"
      "step_group (one group index < num_groups per plan step) and cache_flags (one 0/1 per step,\n"
      "0 first): denoise is then called as denoise(x, t, labels, step=(i, group, cached))."},
+    {"tokenize", (PyCFunction)(void (*)(void))py_tokenize, METH_VARARGS | METH_KEYWORDS,
+     "tokenize(dir, texts, max_len=None) -> (ids, full_len), or a list of them for a list of texts\n\n"
+     "The C CLIP tokenizer (edd_tokenizer_load(dir), edd_tokenizer_encode): texts are str or bytes\n"
+     "(bytes need not be UTF-8: invalid input raises EdgediffError naming the byte); ids has\n"
+     "max_len entries (default: the folder's model_max_length, else 77)."},
     {NULL, NULL, 0, NULL},
 };
 
