@@ -71,10 +71,7 @@ def lower_tables():
         for stride in (1, 2):
             n = 1
             while (
-                i + n < len(single)
-                and single[i + n][0] == cp + n * stride
-                and single[i + n][1] == delta
-                and n < 0xFFFF
+                i + n < len(single) and single[i + n][0] == cp + n * stride and single[i + n][1] == delta and n < 0xFFFF
             ):
                 n += 1
             if n > best[0]:
