@@ -110,6 +110,11 @@ def nfc_tables():
     return decomp, comp
 
 
+def struct(values, kinds):
+    """A C initializer: x = hexadecimal, d = decimal."""
+    return "{" + ", ".join(f"0x{v:X}" if k == "x" else str(v) for v, k in zip(values, kinds)) + "},"
+
+
 def rows(items, per_line, fmt):
     lines, line = [], []
     for it in items:
@@ -157,39 +162,39 @@ def generate():
         f'const char edd__unicode_version[] = "{unicodedata.unidata_version}";',
         "",
         f"const edd_uc_range edd__uc_classes[{len(classes)}] = {{",
-        rows(classes, 4, lambda r: "{0x%X, 0x%X, %d}," % r),
+        rows(classes, 4, lambda r: struct(r, "xxd")),
         "};",
         f"const size_t edd__uc_classes_len = {len(classes)};",
         "",
         f"const edd_uc_range edd__uc_ccc[{len(ccc)}] = {{",
-        rows(ccc, 4, lambda r: "{0x%X, 0x%X, %d}," % r),
+        rows(ccc, 4, lambda r: struct(r, "xxd")),
         "};",
         f"const size_t edd__uc_ccc_len = {len(ccc)};",
         "",
         f"const edd_uc_lower edd__uc_lower[{len(lower)}] = {{",
-        rows(lower, 4, lambda r: "{0x%X, %d, %d, %d}," % r),
+        rows(lower, 4, lambda r: struct(r, "xddd")),
         "};",
         f"const size_t edd__uc_lower_len = {len(lower)};",
         "",
         f"const edd_uc_seq edd__uc_lower_multi[{len(multi_rows)}] = {{",
-        rows(multi_rows, 4, lambda r: "{0x%X, %d, %d}," % r),
+        rows(multi_rows, 4, lambda r: struct(r, "xdd")),
         "};",
         f"const size_t edd__uc_lower_multi_len = {len(multi_rows)};",
         f"const unsigned edd__uc_lower_max = {max([1] + [len(q) for _, q in multi])};",
         f"const uint32_t edd__uc_lower_pool[{len(mpool)}] = {{",
-        rows(mpool, 8, lambda c: "0x%X," % c),
+        rows(mpool, 8, lambda c: f"0x{c:X},"),
         "};",
         "",
         f"const edd_uc_seq edd__uc_decomp[{len(dec_rows)}] = {{",
-        rows(dec_rows, 4, lambda r: "{0x%X, %d, %d}," % r),
+        rows(dec_rows, 4, lambda r: struct(r, "xdd")),
         "};",
         f"const size_t edd__uc_decomp_len = {len(dec_rows)};",
         f"const uint32_t edd__uc_decomp_pool[{len(pool)}] = {{",
-        rows(pool, 8, lambda c: "0x%X," % c),
+        rows(pool, 8, lambda c: f"0x{c:X},"),
         "};",
         "",
         f"const edd_uc_pair edd__uc_comp[{len(comp)}] = {{",
-        rows(comp, 4, lambda r: "{0x%X, 0x%X, 0x%X}," % r),
+        rows(comp, 4, lambda r: struct(r, "xxx")),
         "};",
         f"const size_t edd__uc_comp_len = {len(comp)};",
         "",
