@@ -9,6 +9,8 @@ CLIPTokenizer's on every string. In transformers 5 `CLIPTokenizerFast` is the sa
 
 import json
 import random
+import re
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -351,3 +353,32 @@ def test_unicode_tables_are_current():
         [sys.executable, str(ROOT / "csrc" / "tools" / "gen_unicode.py"), "--check"], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
+
+
+def _libfuzzer_works() -> bool:
+    if not (shutil.which("make") and shutil.which("clang")):
+        return False
+    r = subprocess.run(
+        ["clang", "-fsanitize=fuzzer", "-x", "c", "-", "-o", "/dev/null"],
+        input="#include <stdint.h>\n#include <stddef.h>\n"
+        "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n",
+        capture_output=True,
+        text=True,
+    )
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _libfuzzer_works(), reason="no clang with libFuzzer (apt-get install clang libclang-rt-dev)")
+def test_tokenizer_fuzz_short_run(tmp_path):
+    """csrc/fuzz/fuzz_tokenizer.c: a few seconds of libFuzzer (ASan + UBSan) on encode and on
+    the vocab.json / merges.txt parser find nothing."""
+    r = subprocess.run(
+        ["make", "-s", "-C", str(ROOT / "csrc"), "fuzz-tokenizer", f"BUILD={tmp_path}", "FUZZ_SECONDS=3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    runs = re.search(r"Done (\d+) runs", r.stderr)
+    assert runs and int(runs.group(1)) > 1000, r.stderr[-2000:]
+    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
