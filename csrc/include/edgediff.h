@@ -381,7 +381,12 @@ EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *
 typedef struct edd_tokenizer edd_tokenizer;   /* opaque */
 
 /* The special tokens, in the order the config keys are read (bos_token, eos_token, ...). */
-typedef enum edd_special_token { EDD_TOKEN_BOS = 0, EDD_TOKEN_EOS = 1, EDD_TOKEN_UNK = 2, EDD_TOKEN_PAD = 3 } edd_special_token;
+typedef enum edd_special_token {
+    EDD_TOKEN_BOS = 0,
+    EDD_TOKEN_EOS = 1,
+    EDD_TOKEN_UNK = 2,
+    EDD_TOKEN_PAD = 3
+} edd_special_token;
 
 /* Longest text edd_tokenizer_encode accepts, in bytes (16 MiB). */
 #define EDD_TOKENIZER_MAX_TEXT ((size_t)1 << 24)

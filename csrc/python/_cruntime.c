@@ -895,6 +895,7 @@ static PyObject *tokenize_one(module_state *st, const edd_tokenizer *tok, PyObje
     char err[512];
     edd_status status;
     PyObject *list, *out;
+    PyThreadState *ts;
     if (PyUnicode_Check(text)) {
         data = PyUnicode_AsUTF8AndSize(text, &len);
         if (!data) return NULL;
@@ -906,7 +907,9 @@ static PyObject *tokenize_one(module_state *st, const edd_tokenizer *tok, PyObje
         PyErr_SetString(PyExc_TypeError, "tokenize: a text must be str or bytes");
         return NULL;
     }
+    ts = PyEval_SaveThread(); /* text stays alive: the caller holds it */
     status = edd_tokenizer_encode(tok, data, (size_t)len, ids, max_len, &full, err, sizeof err);
+    PyEval_RestoreThread(ts);
     if (status != EDD_OK) return raise_status(st, status, err);
     list = PyList_New((Py_ssize_t)max_len);
     if (!list) return NULL;
@@ -932,8 +935,11 @@ static PyObject *py_tokenize(PyObject *module, PyObject *args, PyObject *kwargs)
     edd_status status;
     size_t max_len;
     int32_t *ids;
+    PyThreadState *ts;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO|O:tokenize", kwlist, &dir, &texts, &omax)) return NULL;
+    ts = PyEval_SaveThread();
     status = edd_tokenizer_load(dir, &tok, err, sizeof err);
+    PyEval_RestoreThread(ts);
     if (status != EDD_OK) return raise_status(st, status, err);
     max_len = edd_tokenizer_max_length(tok);
     if (omax != Py_None) {

@@ -428,8 +428,8 @@ static edd_status read_merges_txt(edd_tokenizer *t, const char *text, size_t len
                 return edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, "%s: line %zu contains a NUL byte", file, line);
             if (spaces != 1 || sp == 0 || sp == n - 1)
                 return edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE,
-                                 "%s: line %zu must be two tokens separated by one space, got \"%.40s\"", file, line,
-                                 n ? "" : "");
+                                 "%s: line %zu must be two tokens separated by one space, got \"%.*s\"%s", file,
+                                 line, (int)(n > 40 ? 40 : n), text + pos, n > 40 ? "..." : "");
             snprintf(where, sizeof where, "line %zu", line);
             if ((st = add_merge(t, text + pos, sp, text + pos + sp + 1, n - sp - 1, rank++, file, where, err,
                                 err_size)) != EDD_OK)

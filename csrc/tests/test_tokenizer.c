@@ -138,7 +138,8 @@ static void test_parse_errors(void) {
     parse_fails("{", MERGES, EDD_ERR_BAD_BUNDLE, "vocab.json: ");
     parse_fails("[]", MERGES, EDD_ERR_BAD_BUNDLE, "vocab.json: the top level must be an object");
     parse_fails("{\"a\": 1.5}", "", EDD_ERR_BAD_BUNDLE, "vocab.json: the top level[\"a\"] must be an integer id");
-    parse_fails(VOCAB, "#version: 0.2\na b\nab\n", EDD_ERR_BAD_BUNDLE, "merges.txt: line 3 must be two tokens");
+    parse_fails(VOCAB, "#version: 0.2\na b\nab\n", EDD_ERR_BAD_BUNDLE,
+                "merges.txt: line 3 must be two tokens separated by one space, got \"ab\"");
     parse_fails(VOCAB, "a  b\n", EDD_ERR_BAD_BUNDLE, "merges.txt: line 1 must be two tokens");
     parse_fails(VOCAB, "a b\n\n", EDD_ERR_BAD_BUNDLE, "merges.txt: line 2 must be two tokens");
     parse_fails(VOCAB, "a q\n", EDD_ERR_BAD_BUNDLE, "merges.txt: line 1: token \"q\" is not in the vocabulary");
@@ -209,8 +210,8 @@ static void test_load(void) {
     remove_file(dir, "merges.txt");
     {
         char json[2048];
-        snprintf(json, sizeof json, "{\"model\": {\"type\": \"BPE\", \"vocab\": %s, \"merges\": [\"a b\", [\"ab\", \"c</w>\"]]}}",
-                 VOCAB);
+        snprintf(json, sizeof json,
+                 "{\"model\": {\"type\": \"BPE\", \"vocab\": %s, \"merges\": [\"a b\", [\"ab\", \"c</w>\"]]}}", VOCAB);
         write_file(dir, "tokenizer.json", json);
         CHECK(edd_tokenizer_load(dir, &t, err, sizeof err) == EDD_OK);
         CHECK(edd_tokenizer_encode(t, "abc", 3, ids, 4, NULL, NULL, 0) == EDD_OK && ids[1] == 9);
