@@ -245,6 +245,18 @@ def test_c_equals_clip_tokenizer_on_many_strings(folder):
     assert any(n > 77 for _, n in ref) and any(n == 2 for _, n in ref)
 
 
+def test_c_equals_clip_tokenizer_with_merges_learnt_on_mixed_scripts(tmp_path):
+    """A second vocabulary, learnt on the generated strings themselves, so that long merges
+    over accents, CJK, emoji bytes and punctuation runs apply (not only byte tokens)."""
+    rng = random.Random(5)
+    d = write_clip_folder(tmp_path / "mixed", learn_merges(generated(rng, 400), 4000))
+    texts = generated(rng, 300) + fixed_strings()
+    ref = reference(d, texts)
+    assert C.tokenize(str(d), texts) == ref
+    vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+    assert len(vocab) > 2000 and sum(n for _, n in ref) < 0.7 * sum(len(t.encode()) + 2 for t in texts)
+
+
 def test_truncation_keeps_eos_and_reports_full_length(folder):
     texts = ["word " * 100, "a b", "x" * 40]
     for max_len in (2, 3, 5, 16, 77, 200):
