@@ -50,6 +50,7 @@ struct edd_tokenizer {
     size_t merges_cap, merges_len;
     char *special[NUM_SPECIAL];
     int32_t special_id[NUM_SPECIAL];
+    size_t special_len[NUM_SPECIAL];
     size_t max_length;
     uint32_t byte_char[256]; /* the byte-to-unicode table */
 };
@@ -75,8 +76,21 @@ static uint32_t range_value(const edd_uc_range *t, size_t n, uint32_t cp) {
     return 0;
 }
 
-static uint32_t uc_class(uint32_t cp) { return range_value(edd__uc_classes, edd__uc_classes_len, cp); }
-static uint32_t uc_ccc(uint32_t cp) { return range_value(edd__uc_ccc, edd__uc_ccc_len, cp); }
+/* ASCII is most of any prompt: answered without a search (test_tokenizer.c checks the fast
+ * paths against the tables) */
+static uint32_t uc_class(uint32_t cp) {
+    if (cp < 0x80) {
+        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') return EDD_UC_LETTER;
+        if (cp >= '0' && cp <= '9') return EDD_UC_NUMBER;
+        if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D)) return EDD_UC_SPACE;
+        return EDD_UC_OTHER;
+    }
+    return range_value(edd__uc_classes, edd__uc_classes_len, cp);
+}
+
+static uint32_t uc_ccc(uint32_t cp) {
+    return cp < edd__uc_ccc[0].first ? 0 : range_value(edd__uc_ccc, edd__uc_ccc_len, cp);
+}
 
 static const edd_uc_seq *seq_find(const edd_uc_seq *t, size_t n, uint32_t cp) {
     size_t lo = 0, hi = n;
@@ -94,8 +108,12 @@ static const edd_uc_seq *seq_find(const edd_uc_seq *t, size_t n, uint32_t cp) {
 
 /* lower case of cp into out (at most 3 code points); returns the count */
 static size_t uc_lower(uint32_t cp, uint32_t *out) {
-    const edd_uc_seq *m = seq_find(edd__uc_lower_multi, edd__uc_lower_multi_len, cp);
+    const edd_uc_seq *m = cp < 0x80 ? NULL : seq_find(edd__uc_lower_multi, edd__uc_lower_multi_len, cp);
     size_t lo = 0, hi = edd__uc_lower_len;
+    if (cp < 0x80) {
+        out[0] = cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
+        return 1;
+    }
     if (m) {
         for (size_t k = 0; k < m->len; k++) out[k] = edd__uc_lower_pool[m->offset + k];
         return m->len;
@@ -140,7 +158,7 @@ static size_t uc_decompose(uint32_t cp, uint32_t *out) {
         }
         return t ? 3 : 2;
     } else {
-        const edd_uc_seq *d = seq_find(edd__uc_decomp, edd__uc_decomp_len, cp);
+        const edd_uc_seq *d = cp < edd__uc_decomp[0].cp ? NULL : seq_find(edd__uc_decomp, edd__uc_decomp_len, cp);
         if (!d) {
             if (out) out[0] = cp;
             return 1;
@@ -154,6 +172,7 @@ static size_t uc_decompose(uint32_t cp, uint32_t *out) {
 /* the primary composite of (a, b), or 0 */
 static uint32_t uc_compose(uint32_t a, uint32_t b) {
     size_t lo = 0, hi = edd__uc_comp_len;
+    if (b < edd__uc_comp_min_second) return 0;
     if (a >= HANGUL_L && a < HANGUL_L + HANGUL_LC && b >= HANGUL_V && b < HANGUL_V + HANGUL_VC)
         return HANGUL_S + ((a - HANGUL_L) * HANGUL_VC + (b - HANGUL_V)) * HANGUL_TC;
     if (a >= HANGUL_S && a < HANGUL_S + HANGUL_SC && (a - HANGUL_S) % HANGUL_TC == 0 && b > HANGUL_T &&
@@ -531,7 +550,8 @@ static edd_status new_tokenizer(edd_tokenizer **out, char *err, size_t err_size)
 
 static edd_status resolve_special(edd_tokenizer *t, const char *where, char *err, size_t err_size) {
     for (int k = 0; k < NUM_SPECIAL; k++) {
-        t->special_id[k] = vocab_id(t, t->special[k], strlen(t->special[k]));
+        t->special_len[k] = strlen(t->special[k]);
+        t->special_id[k] = vocab_id(t, t->special[k], t->special_len[k]);
         if (t->special_id[k] < 0)
             return edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, "%s: %s \"%.40s\" is not in the vocabulary", where,
                              SPECIAL_KEY[k], t->special[k]);
@@ -835,10 +855,13 @@ static size_t piece_len(const uint32_t *cp, size_t n, int *cut) {
     uint32_t c = uc_class(cp[0]);
     size_t k = 1;
     *cut = 0;
-    if (starts_ascii(cp, n, "<|startoftext|>")) return *cut = 1, 15;
-    if (starts_ascii(cp, n, "<|endoftext|>")) return *cut = 1, 13;
-    for (size_t i = 0; i < sizeof contractions / sizeof *contractions; i++)
-        if (starts_ascii(cp, n, contractions[i])) return strlen(contractions[i]);
+    if (cp[0] == '<') {
+        if (starts_ascii(cp, n, "<|startoftext|>")) return *cut = 1, 15;
+        if (starts_ascii(cp, n, "<|endoftext|>")) return *cut = 1, 13;
+    }
+    if (cp[0] == '\'')
+        for (size_t i = 0; i < sizeof contractions / sizeof *contractions; i++)
+            if (starts_ascii(cp, n, contractions[i])) return strlen(contractions[i]);
     if (c == EDD_UC_NUMBER) return 1;
     if (c == EDD_UC_LETTER) {
         while (k < n && uc_class(cp[k]) == EDD_UC_LETTER) k++;
@@ -884,8 +907,9 @@ static int special_at(const edd_tokenizer *t, const char *s, size_t n, size_t *l
     int best = -1;
     size_t best_len = 0;
     for (int k = 0; k < NUM_SPECIAL; k++) {
-        size_t m = strlen(t->special[k]);
-        if (m <= n && m > best_len && memcmp(s, t->special[k], m) == 0) best = k, best_len = m;
+        size_t m = t->special_len[k];
+        if (m <= n && m > best_len && s[0] == t->special[k][0] && memcmp(s, t->special[k], m) == 0)
+            best = k, best_len = m;
     }
     *len = best_len;
     return best;

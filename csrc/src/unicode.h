@@ -44,5 +44,6 @@ extern const size_t edd__uc_decomp_len;
 extern const uint32_t edd__uc_decomp_pool[];
 extern const edd_uc_pair edd__uc_comp[];
 extern const size_t edd__uc_comp_len;
+extern const uint32_t edd__uc_comp_min_second; /* no composite has a smaller second code point */
 
 #endif /* EDD_UNICODE_H */

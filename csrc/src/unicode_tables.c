@@ -1556,3 +1556,4 @@ const edd_uc_pair edd__uc_comp[941] = {
     {0x11935, 0x11930, 0x11938},
 };
 const size_t edd__uc_comp_len = 941;
+const uint32_t edd__uc_comp_min_second = 0x300;

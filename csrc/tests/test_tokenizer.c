@@ -231,7 +231,33 @@ static int ranges_sorted(const edd_uc_range *r, size_t n) {
     return 1;
 }
 
+static uint32_t table_class(uint32_t cp) {
+    for (size_t i = 0; i < edd__uc_classes_len; i++)
+        if (cp >= edd__uc_classes[i].first && cp <= edd__uc_classes[i].last) return edd__uc_classes[i].value;
+    return EDD_UC_OTHER;
+}
+
+static uint32_t table_lower(uint32_t cp) {
+    for (size_t i = 0; i < edd__uc_lower_len; i++) {
+        const edd_uc_lower *r = &edd__uc_lower[i];
+        if (cp >= r->first && (cp - r->first) % r->stride == 0 && (cp - r->first) / r->stride < r->count)
+            return (uint32_t)((int64_t)cp + r->delta);
+    }
+    return cp;
+}
+
 static void test_tables(void) {
+    /* tokenizer.c answers ASCII without the tables: the tables must say the same */
+    for (uint32_t cp = 0; cp < 0x80; cp++) {
+        uint32_t want = ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z')   ? EDD_UC_LETTER
+                        : (cp >= '0' && cp <= '9')                   ? EDD_UC_NUMBER
+                        : (cp == ' ' || (cp >= 0x09 && cp <= 0x0D)) ? EDD_UC_SPACE
+                                                                     : EDD_UC_OTHER;
+        CHECK(table_class(cp) == want);
+        CHECK(table_lower(cp) == (cp >= 'A' && cp <= 'Z' ? cp + 32 : cp));
+    }
+    for (size_t i = 0; i < edd__uc_lower_multi_len; i++) CHECK(edd__uc_lower_multi[i].cp >= 0x80);
+    for (size_t i = 0; i < edd__uc_comp_len; i++) CHECK(edd__uc_comp[i].second >= edd__uc_comp_min_second);
     CHECK(strcmp(edd__unicode_version, "14.0.0") == 0);
     CHECK(ranges_sorted(edd__uc_classes, edd__uc_classes_len));
     CHECK(ranges_sorted(edd__uc_ccc, edd__uc_ccc_len));

@@ -197,6 +197,7 @@ def generate():
         rows(comp, 4, lambda r: struct(r, "xxx")),
         "};",
         f"const size_t edd__uc_comp_len = {len(comp)};",
+        f"const uint32_t edd__uc_comp_min_second = 0x{min(c[1] for c in comp):X};",
         "",
     ]
     return "\n".join(out)
