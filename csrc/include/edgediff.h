@@ -376,7 +376,7 @@ EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *
  * then BOS + ids + EOS, truncated to max_len (EOS kept last) and padded with the pad token.
  * The Unicode data is Python 3.11's unicodedata (Unicode 14.0.0), generated into
  * src/unicode_tables.c. A tokenizer is immutable once loaded: share it between threads;
- * encode allocates its scratch per call (about 60 bytes per input byte) and frees it. */
+ * encode allocates its scratch per call (at most about 300 bytes per input byte) and frees it. */
 
 typedef struct edd_tokenizer edd_tokenizer;   /* opaque */
 
@@ -412,7 +412,8 @@ EDD_API void edd_tokenizer_free(edd_tokenizer *tok);  /* NULL is a no-op */
  * first max_len - 2 content ids, EOS, then the pad id to the end (max_len >= 2; pass
  * edd_tokenizer_max_length(tok) for the model's). *full_len (may be NULL) gets the length
  * before truncation, BOS and EOS included, so the caller can warn when it exceeds max_len.
- * Text that is not UTF-8 is EDD_ERR_INVALID_ARGUMENT naming the byte offset; ids is then
+ * Text that is not UTF-8 is EDD_ERR_INVALID_ARGUMENT naming the byte offset where the first
+ * invalid sequence starts (Python's UnicodeDecodeError.start); ids is then
  * unspecified. The caller owns ids. */
 EDD_API edd_status edd_tokenizer_encode(const edd_tokenizer *tok, const char *utf8, size_t len, int32_t *ids,
                                         size_t max_len, size_t *full_len, char *err, size_t err_size);

@@ -232,7 +232,8 @@ static size_t nfc(const uint32_t *cp, size_t n, uint32_t *out) {
 /* ---- UTF-8 ---- */
 
 /* decode s[0..n) (strict: no overlong forms, surrogates or values over U+10FFFF) into cp;
- * returns the count, or (size_t)-1 with *bad the offset of the first invalid byte */
+ * returns the count, or (size_t)-1 with *bad the offset where the first invalid sequence
+ * starts (what Python's UnicodeDecodeError.start says) */
 static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp, size_t *bad) {
     size_t i = 0, k = 0;
     while (i < n) {
@@ -260,7 +261,7 @@ static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp, size_t
         for (j = 1; j < len; j++) {
             unsigned d = i + j < n ? s[i + j] : 0;
             if ((d & 0xC0) != 0x80) {
-                *bad = i + j < n ? i + j : i;
+                *bad = i;
                 return (size_t)-1;
             }
             if (j == 1 && ((c == 0xE0 && d < 0xA0) || (c == 0xED && d > 0x9F) || (c == 0xF0 && d < 0x90) ||
@@ -938,7 +939,7 @@ edd_status edd_tokenizer_encode(const edd_tokenizer *t, const char *text, size_t
     if (n == (size_t)-1) {
         free(cp);
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
-                         "the text is not valid UTF-8: byte %zu (0x%02X) is not part of a valid sequence", bad,
+                         "the text is not valid UTF-8: the sequence at byte %zu (0x%02X) is invalid", bad,
                          (unsigned)(unsigned char)text[bad]);
     }
     /* the sizes: NFC gives at most the decomposed length, lower case multiplies by at most

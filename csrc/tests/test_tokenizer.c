@@ -98,9 +98,9 @@ static void test_encode(void) {
         size_t full = 99;
         char err[256] = "";
         CHECK(edd_tokenizer_encode(t, "ab\xff", 3, ids, 8, &full, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
-        CHECK(strstr(err, "byte 2 (0xFF)") != NULL && full == 0);
+        CHECK(strstr(err, "at byte 2 (0xFF) is invalid") != NULL && full == 0);
         CHECK(edd_tokenizer_encode(t, "\xe2\x82", 2, ids, 8, NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
-        CHECK(strstr(err, "byte 0") != NULL);
+        CHECK(strstr(err, "at byte 0 (0xE2)") != NULL);
         CHECK(edd_tokenizer_encode(t, "abc", 3, ids, 1, NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
         CHECK(edd_tokenizer_encode(t, NULL, 3, ids, 8, NULL, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
         CHECK(edd_tokenizer_encode(t, NULL, 0, ids, 8, NULL, NULL, 0) == EDD_OK && ids[0] == 0 && ids[1] == 1);
