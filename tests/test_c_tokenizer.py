@@ -385,6 +385,7 @@ def _libfuzzer_works() -> bool:
     return r.returncode == 0
 
 
+@pytest.mark.slow  # ~15 s of clang ASan + UBSan compile, then 3 s of fuzzing
 @pytest.mark.skipif(not _libfuzzer_works(), reason="no clang with libFuzzer (apt-get install clang libclang-rt-dev)")
 def test_tokenizer_fuzz_short_run(tmp_path):
     """csrc/fuzz/fuzz_tokenizer.c: a few seconds of libFuzzer (ASan + UBSan) on encode and on
