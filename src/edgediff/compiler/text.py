@@ -23,6 +23,7 @@ from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import ModelSpec
 from edgediff.lower.components import FORMATS, components, lower_component
 from edgediff.runtimes.backends import Graph, load_tokenizer, model_signature, open_denoiser, tokenize
+from edgediff.runtimes.images import to_unit
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.runner import SamplingSetup, TextPipeline, generate_text
 from edgediff.runtimes.samplers import get_solver
@@ -166,11 +167,6 @@ def reference_images(model: ModelSpec, recipe, prompts, latents: np.ndarray, *, 
             output_type="np",
         )
     return np.asarray(out.images, np.float32)
-
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) in [0, 1], as diffusers' output_type="np"."""
-    return np.clip(images / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1).astype(np.float32)
 
 
 def verify_images(s) -> dict:

@@ -393,7 +393,7 @@ def tokenize(tokenizer, prompts: list[str], max_length: int, *, warn=None) -> np
     """input_ids int64 (len(prompts), max_length): padded, and truncated as CLIP does (the
     start token, the first max_length - 2 tokens, the end token); warn(message) per truncated prompt."""
     for p in prompts:
-        n = len(tokenizer(p, truncation=False).input_ids)
+        n = len(tokenizer(p, truncation=False, verbose=False).input_ids)
         if n > max_length and warn is not None:
             short = p if len(p) <= 60 else p[:57] + "..."
             warn(f"prompt {short!r} is {n} tokens; truncated to {max_length} as CLIP does")
