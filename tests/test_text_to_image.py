@@ -294,9 +294,9 @@ def test_closed_box_covers_components_and_tokenizer(sd1_bundle, tmp_path):
 
 
 @pytest.mark.slow
-def test_c_runner_refuses_a_text_bundle_in_one_line(c_runner_build, sd1_bundle):
+def test_c_runner_refuses_a_text_bundle_in_one_line(c_runner_build, sd1_bundle, tmp_path):
     r = subprocess.run(
-        [str(c_runner_build / "edgediff-run-core"), str(sd1_bundle.root), "-n", "1", "-o", "/dev/null"],
+        [str(c_runner_build / "edgediff-run-core"), str(sd1_bundle.root), "-n", "1", "-o", str(tmp_path / "g.png")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -156,6 +156,16 @@ def _format_verified(v: dict) -> str:
         f"verified    {v['runtime']} vs PyTorch at {v['num_timesteps']} timesteps: max rel error "
         f"{v['max_rel_error']:.2e} (bound {v['bound']:g})"
     )
+    for name, c in (v.get("components") or {}).items():  # a text-to-image bundle's other graphs
+        line += f"\n            {name}: max rel error {c['max_rel_error']:.2e} (bound {c['bound']:g})"
+    im = v.get("images")
+    if im:
+        line += (
+            f"\n            images vs diffusers StableDiffusionPipeline: max abs error {im['max_abs_error']:.2e} "
+            f"on [0, 1] (bound {im['bound']:g})"
+            if im["run"]
+            else f"\n            images vs diffusers: not run ({im['why']})"
+        )
     return line + (f"\n            {v['note']}" if v.get("note") else "")
 
 
