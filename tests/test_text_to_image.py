@@ -26,7 +26,8 @@ from edgediff.compiler.text import reference_images, reference_scheduler
 from edgediff.core.errors import EdgediffError
 from edgediff.runtimes.bundle import load_bundle
 from edgediff.runtimes.images import to_unit
-from edgediff.runtimes.runner import SamplingSetup, generate_text, text_pipeline
+from edgediff.runtimes.rng import NoiseSource
+from edgediff.runtimes.runner import SamplingSetup, TextPipeline, generate_text, text_pipeline
 from edgediff.runtimes.samplers import get_solver
 
 PROMPTS = ["a handwritten 7", "the digit one in thin strokes", "seven"]
@@ -172,6 +173,45 @@ def test_prompts_file_not_utf8_names_file_and_offset(tmp_path):
         read_prompts(str(f))
     f.write_text("one\n\n  seven  \n")
     assert read_prompts(str(f)) == ["one", "seven"]
+
+
+def _torch_pipeline(m):
+    """The runtime's TextPipeline over the source's PyTorch modules (no lowering: fast)."""
+    import torch
+
+    from edgediff.core.spec import torch_denoiser
+    from edgediff.runtimes.backends import load_tokenizer
+
+    def run(module):
+        def f(x):
+            with torch.inference_mode():
+                return module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+        return f
+
+    t = m.text
+    return TextPipeline(
+        load_tokenizer(t.tokenizer_dir), t.max_length, run(t.text_encoder), torch_denoiser(m), run(t.vae_decoder)
+    )
+
+
+@pytest.mark.parametrize(
+    "which, sampler, guidance",
+    [("sd1", "ddim", 7.5), ("sd2", "dpmpp-2m", 5.0), ("sd2", "euler", 1.0), ("sd1-tiny-vae", "ddim", 3.0)],
+)
+def test_runtime_loop_over_pytorch_modules_equals_diffusers_pipeline(folders, tmp_path, which, sampler, guidance):
+    """The runtime's text path (tokenizer, one text-encoder call, label -> embedding table, the C loop,
+    decoder) against StableDiffusionPipeline on the same PyTorch modules; AutoencoderTiny too."""
+    folder = tp.sd1_folder(tmp_path / "tiny", tiny_vae=True) if which == "sd1-tiny-vae" else folders[which]
+    m = load_source(str(folder))
+    recipe = Recipe(sampler=sampler, steps=5, **(recipe_defaults(str(folder)) | {"guidance": guidance}))
+    plan = get_solver(sampler).plan(m.schedule, 5, spacing=recipe.spacing, **plan_options(m, sampler))
+    setup = SamplingSetup(plan, guidance, m.conditioning.to_dict(), m.text.latent_shape)
+    ours = to_unit(generate_text(_torch_pipeline(m), setup, prompts=PROMPTS[:2], seed=3))
+    latents = NoiseSource(seed=3, streams=(0, 1)).draw(0, m.text.latent_shape)
+    ref = reference_images(m, recipe, PROMPTS[:2], latents, guidance=guidance)
+    assert ours.shape == ref.shape == (2, 16, 16, 3)
+    assert np.abs(ours - ref).max() <= 1e-4
 
 
 # ---- compiled bundles (slow) ------------------------------------------------------------------------
