@@ -166,6 +166,21 @@ def test_guidance_is_never_changed_silently(tmp_path, capsys):
     assert _check_guidance(spec, Recipe(guidance=1.0)).guidance == 1.0
 
 
+def test_unconditional_folder_guidance_flag_refused_by_the_cli(tmp_path, capsys):
+    import diffusers
+
+    folder = tmp_path / "uncond"
+    cfg = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4)
+    cfg |= dict(down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    diffusers.UNet2DModel(**cfg).save_config(folder)
+    (folder / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler"}))
+    assert recipe_defaults(str(folder)) == {"guidance": 1.0}  # no --guidance: no guidance
+    assert main(["compile", str(folder), "--guidance", "3", "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "--guidance 3:" in err and "no null condition" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
 def test_prompts_file_not_utf8_names_file_and_offset(tmp_path):
     f = tmp_path / "p.txt"
     f.write_bytes(b"a handwritten 7\n\xff bad\n")

@@ -75,8 +75,14 @@ def cmd_compile(a) -> int:
     from edgediff.quantize.w8a8 import QuantizeOptions
 
     # a distilled student records its sampler, steps, spacing and guidance: those are its defaults
-    recipe = options_from_args(Recipe, a, fill=recipe_defaults(a.source))
+    fill = recipe_defaults(a.source)
+    recipe = options_from_args(Recipe, a, fill=fill)
     recipe = replace(recipe, quant_options=options_from_args(QuantizeOptions, a))
+    if fill.get("guidance") == 1.0 and recipe.guidance != 1.0:  # asked for, on a model that cannot use it
+        raise EdgediffError(
+            f"--guidance {recipe.guidance:g}: {a.source} has no null condition to guide against; "
+            "omit --guidance (or pass --guidance 1)"
+        )
     bar = _bar(len(STAGES) + 1, "compile", "stage")
 
     def progress(stage):

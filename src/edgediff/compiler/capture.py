@@ -285,8 +285,21 @@ _NEEDED = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 DIGITS_SD = Path(__file__).resolve().parents[1] / "zoo" / "weights" / "digits_sd"
 
 
+_TEXT_KEYS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "controlnet")
+
+
 def is_pipeline_dir(path: Path) -> bool:
-    return (Path(path) / "model_index.json").is_file()
+    """A folder whose model_index.json names a text-to-image pipeline's parts (a text encoder, a
+    tokenizer, a ControlNet): loaded (or refused) as one. A DDPMPipeline or DiTPipeline folder also
+    has a model_index.json; it is a denoiser folder (unet/ or transformer/) as before."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return False
+    try:
+        d = read_json(index, "pipeline index", nonfinite=True)
+    except EdgediffError:
+        return False  # not readable as an index: the denoiser loader decides, as before
+    return isinstance(d, dict) and any(k in d for k in _TEXT_KEYS)
 
 
 class TextEncoderOutput(torch.nn.Module):
@@ -625,6 +638,26 @@ def _check_finite(model: ModelSpec, prefix: str, module) -> None:
             )
 
 
+def _has_null_condition(source: str) -> bool:
+    """False for a diffusers model folder whose config has no labels to guide with (an unconditional
+    UNet2DModel, a bare UNet2DConditionModel): its guidance default is then 1, and an asked-for scale
+    is refused by compile_model. True where the config cannot tell (other sources decide at load)."""
+    root = Path(source)
+    if not root.is_dir() or source.startswith("builtin:"):
+        return True
+    try:
+        model_dir, _ = _find_model_dir(root)
+        config = read_json(model_dir / "config.json", "model config", nonfinite=True)
+    except EdgediffError:
+        return True  # the compile names the problem
+    cls = config.get("_class_name")
+    if cls == "UNet2DModel":
+        return bool(config.get("num_class_embeds")) and config.get("class_embed_type") in (None, "timestep")
+    if cls == "UNet2DConditionModel":
+        return False
+    return True
+
+
 def resolve_student_folder(source: str) -> Path | None:
     """The student folder a source names (a committed builtin student or a folder), else None."""
 
@@ -645,7 +678,7 @@ def recipe_defaults(source: str) -> dict:
     folder = resolve_student_folder(source)
     record = read_student_record(folder) if folder else None
     if record is None:
-        return {}
+        return {} if _has_null_condition(source) else {"guidance": 1.0}
     return {
         "sampler": record["sampler"],
         "steps": int(record["steps"]),
