@@ -22,9 +22,51 @@ from edgediff.core.spec import ModelSpec, sha256_state
 from edgediff.lower.onnx import OPSET, _quiet, fix_batch, to_fp16
 from edgediff.lower.registry import Lowered
 
-FORMATS = ("onnx", "openvino")  # the formats a text-to-image bundle's components are lowered to
+FORMATS = ("onnx", "openvino", "tflite")  # the formats a text-to-image bundle's components are lowered to
 NAMES = ("text_encoder", "vae_decoder")
-SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+
+
+class _TextEncoderInput(torch.nn.Module):
+    """litert-torch names a graph's inputs after forward's parameters."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, input_ids):
+        return self.module(input_ids)
+
+
+class _LatentsInput(_TextEncoderInput):
+    def forward(self, latents):
+        return self.module(latents)
+
+
+_TFLITE_WRAPPERS = {"text_encoder": _TextEncoderInput, "vae_decoder": _LatentsInput}
+
+
+def _lower_tflite(c: Component, out_dir: Path, *, precision: str, source: str, static_batch: int | None) -> Lowered:
+    """litert-torch from PyTorch (static shapes: batch `static_batch`, 1 by default); fp16 weights by
+    the quantizer's float casting, as the denoiser's lowering (lower/tflite.py)."""
+    from importlib.metadata import version
+
+    from edgediff.lower.registry import converter_output, require
+    from edgediff.lower.tflite import _quantize
+
+    lt = require("litert_torch", "tflite", "tflite")
+    batch = static_batch or 1
+    example = c.example[0][:1].repeat(batch, *([1] * (c.example[0].ndim - 1)))
+    path = out_dir / f"{c.name}.tflite"
+    with converter_output(f"TFLite conversion (litert-torch) of {source} component {c.name}"), torch.no_grad():
+        lt.convert(_TFLITE_WRAPPERS[c.name](c.module).eval(), sample_kwargs={c.inputs[0]: example}).export(str(path))
+        if precision != "fp32":
+            _quantize(path, precision)
+    return Lowered(
+        path,
+        {"converter": f"litert-torch {version('litert-torch')}", "static_batch": batch},
+        {"static_batch": batch},
+    )
 
 
 @dataclass(frozen=True)
@@ -98,6 +140,8 @@ def lower_component(
     if precision not in ("fp32", "fp16"):
         raise EdgediffError(f"{c.name}: precision {precision!r} is not supported (supported: fp32, fp16)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "tflite":
+        return _lower_tflite(c, out_dir, precision=precision, source=source, static_batch=static_batch)
     tmp = out_dir / f".{c.name}.export.onnx"
     try:
         proto = export_component(c, tmp, source)

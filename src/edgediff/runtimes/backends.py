@@ -351,6 +351,12 @@ class Graph:
             et = _OV_DTYPES.get(port.get_element_type().get_type_name(), "float32")
             self.input, self.dtype = port.get_any_name(), _cond_dtype(et)
             self.label = f"OpenVINO {ov.__version__.split('-')[0]} CPU plugin"
+        elif fmt == "tflite":
+            self.interpreter, self.runner = _tflite_runner(path, threads)
+            inp = _tflite_describe(self.runner.get_input_details())[0]
+            self.input, self.dtype = inp["name"], _cond_dtype(inp["dtype"])
+            self.output = _tflite_describe(self.runner.get_output_details())[0]["name"]
+            self.label = "LiteRT interpreter (XNNPACK, CPU)"
         elif fmt in NOT_HERE:
             raise EdgediffError(f"{path}: format {fmt!r} cannot run on this host: {NOT_HERE[fmt]}")
         else:
@@ -362,6 +368,9 @@ class Graph:
         x = np.ascontiguousarray(x, self.dtype)
         if self.fmt == "onnx":
             return np.asarray(self.session.run(None, {self.input: x})[0], np.float32)
+        if self.fmt == "tflite":
+            with quiet_output():  # the XNNPACK delegate announces itself from native code
+                return np.array(self.runner(**{self.input: x})[self.output], dtype=np.float32)
         out = self.request.infer({self.input: x})
         return np.array(out[self.compiled.outputs[0]], dtype=np.float32)
 
