@@ -376,6 +376,8 @@ static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, siz
         info->conditioning = EDD_COND_EMBEDDING;
         if (info->num_inputs < 3)
             return BAD(MANIFEST ": conditioning.kind is 'embedding' but model.inputs has no condition input");
+    } else if (strcmp(kind->string, "text") == 0) {
+        return BAD(MANIFEST ": conditioning kind text needs the text-to-image runtime, not in this build");
     } else {
         return BAD(MANIFEST ": conditioning.kind '%.32s' is not one of none, class, embedding", kind->string);
     }

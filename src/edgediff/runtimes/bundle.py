@@ -315,8 +315,10 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                     f"after compile{note}"
                 )
     bundle = Bundle(root=root, manifest=manifest, scheduler=scheduler, report=_read_json(root, REPORT, root_real))
+    check_components(bundle)
     if verify:
         check_signature(bundle)
+        check_component_signatures(bundle)
     return bundle
 
 
@@ -331,3 +333,110 @@ def check_signature(bundle: Bundle) -> None:
             raise EdgediffError(
                 f"{bundle.model_path}: {side} {actual[side]} do not match manifest.json model.{side} {expected[side]}"
             )
+
+
+# ---- a text-to-image bundle's components (conditioning kind "text") -------------------------------
+#
+#   manifest.json  components: {text_encoder: {file, format, precision, runtime, inputs, outputs},
+#                               vae_decoder: {...}, tokenizer: {kind, folder, files, max_length}}
+#   scheduler.json conditioning: "text", latent: {shape: [C, h, w], scaling_factor, image_shape: [3, H, W]}
+
+GRAPHS = ("text_encoder", "vae_decoder")
+
+
+def _positive_ints(v, n: int) -> bool:
+    return (
+        isinstance(v, list) and len(v) == n and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+    )
+
+
+def check_components(bundle: Bundle) -> None:
+    """The components and latent block of a text bundle, strictly; other bundles must have neither."""
+    where, swhere = f"{bundle.root / MANIFEST}", f"{bundle.root / SCHEDULER}"
+    cond = bundle.manifest["conditioning"]
+    kind = cond.get("kind") if isinstance(cond, dict) else None
+    comps = bundle.manifest.get("components")
+    if kind != "text":
+        if comps is not None:
+            raise EdgediffError(f"{where}: field components is set but conditioning.kind is {kind!r}, not 'text'")
+        return
+    if not isinstance(comps, dict):
+        raise EdgediffError(f"{where}: field components must be an object for conditioning kind text")
+    unknown = sorted(set(comps) - {*GRAPHS, "tokenizer"})
+    if unknown:
+        raise EdgediffError(f"{where}: components has unknown key {unknown[0]!r}")
+    files = bundle.manifest["files"]
+    for name in GRAPHS:
+        c = _field(comps, name, f"{where} (components)")
+        if not isinstance(c, dict):
+            raise EdgediffError(f"{where}: components.{name} must be an object")
+        for key in ("file", "format", "inputs", "outputs"):
+            _field(c, key, f"{where} (components.{name})")
+        if c["file"] not in files:
+            raise EdgediffError(f"{where}: components.{name}.file {c['file']!r} is not listed under files")
+        if c["format"] != bundle.model_format:
+            raise EdgediffError(
+                f"{where}: components.{name}.format is {c['format']!r}; the denoiser's is {bundle.model_format!r}"
+            )
+    tok = _field(comps, "tokenizer", f"{where} (components)")
+    folder, tfiles = (
+        tok.get("folder") if isinstance(tok, dict) else None,
+        tok.get("files") if isinstance(tok, dict) else None,
+    )
+    if not isinstance(folder, str) or _bad_name(folder):
+        raise EdgediffError(f"{where}: components.tokenizer.folder must be a relative folder name")
+    if not isinstance(tfiles, list) or not tfiles:
+        raise EdgediffError(f"{where}: components.tokenizer.files must be a non-empty list")
+    for f in tfiles:
+        if not isinstance(f, str) or not f.startswith(folder + "/") or f not in files:
+            raise EdgediffError(
+                f"{where}: components.tokenizer.files entry {f!r} must be a file of {folder}/ listed under files"
+            )
+    names = {f.rsplit("/", 1)[-1] for f in tfiles}
+    if not ({"vocab.json", "merges.txt"} <= names or "tokenizer.json" in names):
+        raise EdgediffError(f"{where}: components.tokenizer.files needs vocab.json and merges.txt (or tokenizer.json)")
+    shape = cond.get("shape")
+    if not _positive_ints(shape, 2):
+        raise EdgediffError(f"{where}: conditioning.shape must be [max_length, hidden] for kind text")
+    if tok.get("max_length") != shape[0]:
+        raise EdgediffError(
+            f"{where}: components.tokenizer.max_length is {tok.get('max_length')!r}; conditioning.shape says {shape[0]}"
+        )
+    if bundle.scheduler.get("conditioning") != "text":
+        raise EdgediffError(
+            f"{swhere}: field conditioning is {bundle.scheduler.get('conditioning')!r}; expected 'text'"
+        )
+    latent = _field(bundle.scheduler, "latent", swhere)
+    if not isinstance(latent, dict):
+        raise EdgediffError(f"{swhere}: field latent must be an object")
+    unknown = sorted(set(latent) - {"shape", "scaling_factor", "image_shape"})
+    if unknown:
+        raise EdgediffError(f"{swhere}: latent has unknown key {unknown[0]!r}")
+    if not _positive_ints(latent.get("shape"), 3) or tuple(latent["shape"]) != bundle.sample_shape:
+        raise EdgediffError(
+            f"{swhere}: latent.shape is {latent.get('shape')!r}; the denoiser's sample is {list(bundle.sample_shape)}"
+        )
+    sf = latent.get("scaling_factor")
+    if isinstance(sf, bool) or not isinstance(sf, (int, float)) or not sf > 0 or sf != sf or sf == float("inf"):
+        raise EdgediffError(f"{swhere}: latent.scaling_factor must be a number > 0, got {sf!r}")
+    image = latent.get("image_shape")
+    if not _positive_ints(image, 3) or image[0] != 3:
+        raise EdgediffError(f"{swhere}: latent.image_shape must be [3, H, W], got {image!r}")
+
+
+def check_component_signatures(bundle: Bundle) -> None:
+    """Each component graph's own inputs/outputs must equal manifest.json components.NAME.inputs/outputs."""
+    from edgediff.runtimes.backends import model_signature
+
+    comps = bundle.manifest.get("components")
+    if not comps:
+        return
+    for name in GRAPHS:
+        c = comps[name]
+        path = bundle.root / c["file"]
+        actual = model_signature(path, c["format"])
+        for side in ("inputs", "outputs"):
+            if actual[side] != c[side]:
+                raise EdgediffError(
+                    f"{path}: {side} {actual[side]} do not match manifest.json components.{name}.{side} {c[side]}"
+                )
