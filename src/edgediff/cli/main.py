@@ -33,6 +33,7 @@ from pathlib import Path
 
 from edgediff.cli.calibrate import SOURCE_DEFAULTS, SOURCE_NOTE
 from edgediff.core.errors import EdgediffError
+from edgediff.core.files import Terminated, check_writable, write_file_atomic
 from edgediff.core.options import (
     add_options,
     nonneg_int,
@@ -54,10 +55,13 @@ def _write_json(data: dict, dest: str | None) -> None:
     if dest in (None, "-"):
         print(text)
         return
-    try:
-        Path(dest).write_text(text + "\n")
-    except OSError as e:
-        raise EdgediffError(f"{dest}: cannot write JSON ({e.strerror})") from None
+    write_file_atomic(Path(dest), text + "\n")  # never a partial file; errors name `dest`
+
+
+def _check_json_dest(dest: str | None) -> None:
+    """A --json file is checked before a long run, not after it."""
+    if dest not in (None, "-"):
+        check_writable(Path(dest))
 
 
 def _load(path: str):
@@ -68,14 +72,17 @@ def _load(path: str):
 
 # ---------------------------------------------------------------- compile
 def cmd_compile(a) -> int:
-    from edgediff.compiler.capture import recipe_defaults
+    from edgediff.compiler.capture import load_source, recipe_defaults
     from edgediff.compiler.pipeline import STAGES, compile_model
-    from edgediff.compiler.recipe import Recipe
+    from edgediff.compiler.recipe import Recipe, SourceOptions
     from edgediff.quantize.w8a8 import QuantizeOptions
 
     # a distilled student records its sampler, steps, spacing and guidance: those are its defaults
     recipe = options_from_args(Recipe, a, fill=recipe_defaults(a.source))
     recipe = replace(recipe, quant_options=options_from_args(QuantizeOptions, a))
+    source = a.source
+    if options_from_args(SourceOptions, a).allow_extra_tensors:  # else compile_model loads it (strict)
+        source = load_source(a.source, allow_extra_tensors=True)
     bar = _bar(len(STAGES) + 1, "compile", "stage")
 
     def progress(stage):
@@ -83,7 +90,7 @@ def cmd_compile(a) -> int:
         bar.update(0 if stage == "capture" else 1)
 
     try:
-        b = compile_model(a.source, a.output, target=a.target, recipe=recipe, progress=progress)
+        b = compile_model(source, a.output, target=a.target, recipe=recipe, progress=progress)
     finally:
         bar.close()
     if a.json:
@@ -199,6 +206,9 @@ def cmd_generate(a) -> int:
 def cmd_eval(a) -> int:
     from edgediff.tools.evaluate import evaluate
 
+    _check_json_dest(a.json)
+    if a.grid:
+        check_writable(Path(a.grid))
     b = _load(a.bundle)
     steps = len(b.scheduler["plan"]["timesteps"])
     bar = _bar(2 * a.num_samples * steps, "eval", "img·step")
@@ -363,6 +373,7 @@ def cmd_targets(a) -> int:
 def cmd_bench(a) -> int:
     from edgediff.tools.bench import bench, format_result
 
+    _check_json_dest(a.json)
     remote = {
         "runner_libs": a.runner_libs,
         "identity": a.identity,
@@ -492,12 +503,14 @@ def cmd_prune(a) -> int:
     import os
 
     from edgediff.compiler.jobs import prune_to_dir
-    from edgediff.prune.prune import FinetuneOptions, PruneOptions, check_ratio
+    from edgediff.prune.prune import FINETUNE_OFF_WARNING, FinetuneOptions, PruneOptions, check_ratio
     from edgediff.training import DistContext, relaunch_under_torchrun
 
     check_ratio(a.ratio)  # before relaunching, so a bad ratio (or option) is one clear line
     options = options_from_args(PruneOptions, a)
     tune = options_from_args(FinetuneOptions, a)
+    if tune.steps == 0 and int(os.environ.get("RANK", "0")) == 0:
+        print(f"edgediff: warning: {FINETUNE_OFF_WARNING}", file=sys.stderr)
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return relaunch_under_torchrun(a.nproc)
     dist = DistContext.from_env()
@@ -541,7 +554,7 @@ COMPILE_HELP = "compile a model source into a verified bundle"
 
 def add_compile_parser(sub) -> None:
     from edgediff.compiler.pipeline import compile_model
-    from edgediff.compiler.recipe import Recipe
+    from edgediff.compiler.recipe import Recipe, SourceOptions
     from edgediff.quantize.w8a8 import QuantizeOptions
 
     target = verb_defaults(compile_model)["target"]
@@ -549,6 +562,7 @@ def add_compile_parser(sub) -> None:
     c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
     c.add_argument("--target", default=target, help=f"device profile (see `edgediff targets`; default {target})")
     add_options(c, Recipe, unset=SOURCE_DEFAULTS, unset_note=SOURCE_NOTE)
+    add_options(c, SourceOptions)
     c.add_argument("-o", "--output", required=True, help="bundle folder to write")
     c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
     q = c.add_argument_group("quantization (src/edgediff/quantize/w8a8.py)")
@@ -678,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgediff: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:  # SIGTERM while writing: staging already removed by the unwinding
+        print(f"edgediff: {e}", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Recipe(...)            the Python API; validated on construction
 Recipe.from_dict(d)    from a dict of field names; unknown keys refused
+SourceOptions          how the source is read (--allow-extra-tensors)
 
 Each field's help, choices and default are the `edgediff compile` flag's and the recipe TOML
 [compile] key's (src/edgediff/core/options.py); QuantizeOptions' fields are flags of their own.
@@ -33,6 +34,26 @@ def weight_compressions() -> tuple[str, ...]:
     from edgediff.lower.registry import LOWERINGS
 
     return tuple(dict.fromkeys(w for lo in LOWERINGS.values() for w in (lo.weights or ())))
+
+
+def _calibrating() -> tuple[str, ...]:
+    """The schemes whose routes record activation ranges (compiler.routes.ROUTES)."""
+    from edgediff.compiler.routes import ROUTES
+
+    return tuple(dict.fromkeys(scheme for (scheme, _), r in ROUTES.items() if r.calibrate and scheme))
+
+
+def _calibrates(scheme: str | None) -> bool:
+    return scheme is not None and scheme in _calibrating()
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How `edgediff compile` reads its source (compiler.capture.load_source); not part of the recipe."""
+
+    allow_extra_tensors: bool = option(
+        False, help="accept a diffusers folder whose weights hold tensors its config does not use"
+    )
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,11 @@ class Recipe:
             raise EdgediffError(
                 "recipe: groups > 1 needs quantize w8a8 (groups hold activation scales; "
                 f"{self.quantize or 'no quantize'} has none)"
+            )
+        if self.calib is not None and not _calibrates(self.quantize):
+            raise EdgediffError(
+                f"recipe: calib (--calib) is given but quantize (--quantize) is {self.quantize or 'not set'}, "
+                f"which does not calibrate; add --quantize {' or '.join(_calibrating())} or drop --calib"
             )
         if not isinstance(self.calib_samples, int) or self.calib_samples <= 0:
             raise EdgediffError(f"recipe: calib_samples must be a positive integer (got {self.calib_samples!r})")
