@@ -72,17 +72,14 @@ def _load(path: str):
 
 # ---------------------------------------------------------------- compile
 def cmd_compile(a) -> int:
-    from edgediff.compiler.capture import load_source, recipe_defaults
+    from edgediff.compiler.capture import recipe_defaults
     from edgediff.compiler.pipeline import STAGES, compile_model
-    from edgediff.compiler.recipe import Recipe, SourceOptions
+    from edgediff.compiler.recipe import Recipe
     from edgediff.quantize.w8a8 import QuantizeOptions
 
     # a distilled student records its sampler, steps, spacing and guidance: those are its defaults
     recipe = options_from_args(Recipe, a, fill=recipe_defaults(a.source))
     recipe = replace(recipe, quant_options=options_from_args(QuantizeOptions, a))
-    source = a.source
-    if options_from_args(SourceOptions, a).allow_extra_tensors:  # else compile_model loads it (strict)
-        source = load_source(a.source, allow_extra_tensors=True)
     bar = _bar(len(STAGES) + 1, "compile", "stage")
 
     def progress(stage):
@@ -90,7 +87,7 @@ def cmd_compile(a) -> int:
         bar.update(0 if stage == "capture" else 1)
 
     try:
-        b = compile_model(source, a.output, target=a.target, recipe=recipe, progress=progress)
+        b = compile_model(a.source, a.output, target=a.target, recipe=recipe, progress=progress)
     finally:
         bar.close()
     if a.json:
@@ -554,7 +551,7 @@ COMPILE_HELP = "compile a model source into a verified bundle"
 
 def add_compile_parser(sub) -> None:
     from edgediff.compiler.pipeline import compile_model
-    from edgediff.compiler.recipe import Recipe, SourceOptions
+    from edgediff.compiler.recipe import Recipe
     from edgediff.quantize.w8a8 import QuantizeOptions
 
     target = verb_defaults(compile_model)["target"]
@@ -562,7 +559,6 @@ def add_compile_parser(sub) -> None:
     c.add_argument("source", help="builtin:NAME, a diffusers folder, or package.module:factory")
     c.add_argument("--target", default=target, help=f"device profile (see `edgediff targets`; default {target})")
     add_options(c, Recipe, unset=SOURCE_DEFAULTS, unset_note=SOURCE_NOTE)
-    add_options(c, SourceOptions)
     c.add_argument("-o", "--output", required=True, help="bundle folder to write")
     c.add_argument("--json", action="store_true", help="print manifest and report as JSON")
     q = c.add_argument_group("quantization (src/edgediff/quantize/w8a8.py)")

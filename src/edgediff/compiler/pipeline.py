@@ -391,7 +391,7 @@ def compile_model(
     profile = load_target(target)
     bundle_io.check_output(out)
     t_start = time.perf_counter()
-    model = load_source(source)
+    model = load_source(source, allow_extra_tensors=recipe.allow_extra_tensors)
     timings = {"load": time.perf_counter() - t_start}
     if recipe.guidance != 1.0 and model.conditioning.kind != "class":
         recipe = Recipe(**{**asdict(recipe), "guidance": 1.0})  # no null condition to guide against

@@ -2,7 +2,6 @@
 
 Recipe(...)            the Python API; validated on construction
 Recipe.from_dict(d)    from a dict of field names; unknown keys refused
-SourceOptions          how the source is read (--allow-extra-tensors)
 
 Each field's help, choices and default are the `edgediff compile` flag's and the recipe TOML
 [compile] key's (src/edgediff/core/options.py); QuantizeOptions' fields are flags of their own.
@@ -48,15 +47,6 @@ def _calibrates(scheme: str | None) -> bool:
 
 
 @dataclass(frozen=True)
-class SourceOptions:
-    """How `edgediff compile` reads its source (compiler.capture.load_source); not part of the recipe."""
-
-    allow_extra_tensors: bool = option(
-        False, help="accept a diffusers folder whose weights hold tensors its config does not use"
-    )
-
-
-@dataclass(frozen=True)
 class Recipe:
     """What to build: the sampler the app will run and the precision of the model."""
 
@@ -88,6 +78,10 @@ class Recipe:
         help="calibration set from `edgediff calibrate` (default: record one along this recipe's trajectory)",
     )
     calib_samples: int = option(32, parse=positive_int, help="trajectories to record when no calib is given")
+    # how the source is read (compiler.capture.load_source): recorded in the manifest's recipe
+    allow_extra_tensors: bool = option(
+        False, help="accept a diffusers folder whose weights hold tensors its config does not use"
+    )
     quant_options: QuantizeOptions = option(
         QuantizeOptions(), cli=False, help="the rarer quantize knobs (their own flags: QuantizeOptions)"
     )
