@@ -186,6 +186,8 @@ def test_cli_errors_name_the_problem(tmp_path):
         "magnitude",
         "--protect",
         "nonexistent*",
+        "--finetune-steps",
+        "0",
         "-o",
         str(tmp_path / "x"),
     )
