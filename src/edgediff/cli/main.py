@@ -34,6 +34,7 @@ from pathlib import Path
 
 from edgediff.cli.calibrate import SOURCE_DEFAULTS, SOURCE_NOTE
 from edgediff.core.errors import EdgediffError
+from edgediff.core.files import Terminated, check_writable, write_file_atomic
 from edgediff.core.options import (
     add_options,
     nonneg_int,
@@ -55,10 +56,13 @@ def _write_json(data: dict, dest: str | None) -> None:
     if dest in (None, "-"):
         print(text)
         return
-    try:
-        Path(dest).write_text(text + "\n")
-    except OSError as e:
-        raise EdgediffError(f"{dest}: cannot write JSON ({e.strerror})") from None
+    write_file_atomic(Path(dest), text + "\n")  # never a partial file; errors name `dest`
+
+
+def _check_json_dest(dest: str | None) -> None:
+    """A --json file is checked before a long run, not after it."""
+    if dest not in (None, "-"):
+        check_writable(Path(dest))
 
 
 def _load(path: str):
@@ -320,6 +324,9 @@ def _generate_text(a, b, out: Path) -> int:
 def cmd_eval(a) -> int:
     from edgediff.tools.evaluate import evaluate
 
+    _check_json_dest(a.json)
+    if a.grid:
+        check_writable(Path(a.grid))
     b = _load(a.bundle)
     steps = len(b.scheduler["plan"]["timesteps"])
     bar = _bar(2 * a.num_samples * steps, "eval", "img·step")
@@ -484,6 +491,7 @@ def cmd_targets(a) -> int:
 def cmd_bench(a) -> int:
     from edgediff.tools.bench import bench, format_result
 
+    _check_json_dest(a.json)
     remote = {
         "runner_libs": a.runner_libs,
         "identity": a.identity,
@@ -613,12 +621,14 @@ def cmd_prune(a) -> int:
     import os
 
     from edgediff.compiler.jobs import prune_to_dir
-    from edgediff.prune.prune import FinetuneOptions, PruneOptions, check_ratio
+    from edgediff.prune.prune import FINETUNE_OFF_WARNING, FinetuneOptions, PruneOptions, check_ratio
     from edgediff.training import DistContext, relaunch_under_torchrun
 
     check_ratio(a.ratio)  # before relaunching, so a bad ratio (or option) is one clear line
     options = options_from_args(PruneOptions, a)
     tune = options_from_args(FinetuneOptions, a)
+    if tune.steps == 0 and int(os.environ.get("RANK", "0")) == 0:
+        print(f"edgediff: warning: {FINETUNE_OFF_WARNING}", file=sys.stderr)
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return relaunch_under_torchrun(a.nproc)
     dist = DistContext.from_env()
@@ -809,6 +819,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgediff: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:  # SIGTERM while writing: staging already removed by the unwinding
+        print(f"edgediff: {e}", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

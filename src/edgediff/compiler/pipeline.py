@@ -422,7 +422,7 @@ def compile_model(
     profile = load_target(target)
     bundle_io.check_output(out)
     t_start = time.perf_counter()
-    model = load_source(source)
+    model = load_source(source, allow_extra_tensors=recipe.allow_extra_tensors)
     timings = {"load": time.perf_counter() - t_start}
     recipe = _check_guidance(model, recipe)
     if model.text is not None:

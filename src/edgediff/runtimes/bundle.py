@@ -265,6 +265,92 @@ def _field(d: dict, key: str, where: str):
     return d[key]
 
 
+MAX_TENSORS = 4  # model inputs / outputs a manifest may describe (EDD_MAX_TENSORS in edgediff.h)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _typed(d: dict, key: str, types, want: str, file: str, where: str = ""):
+    """d[key] of one of `types`; a message as bundle.c's member() writes it."""
+    at = f"{where}." if where else ""
+    if key not in d:
+        raise EdgediffError(f"{file}: {where + ' is ' if where else ''}missing the field {key!r}")
+    v = d[key]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        raise EdgediffError(f"{file}: {at}{key} must be {want}, got {type(v).__name__}")
+    return v
+
+
+def _tensors(items, field: str, file: str) -> None:
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_TENSORS:
+        n = len(items) if isinstance(items, list) else type(items).__name__
+        raise EdgediffError(f"{file}: {field} must list 1..{MAX_TENSORS} tensors, got {n}")
+    for i, t in enumerate(items):
+        where = f"{field}[{i}]"
+        if not isinstance(t, dict):
+            raise EdgediffError(f"{file}: {where} must be an object, got {type(t).__name__}")
+        _typed(t, "name", str, "a string", file, where)
+        _typed(t, "dtype", str, "a string", file, where)
+        shape = _typed(t, "shape", list, "a list", file, where)
+        for k, d in enumerate(shape):
+            if not ((_int(d) and d >= 1) or isinstance(d, str)):
+                raise EdgediffError(f"{file}: {where}.shape[{k}] must be a positive integer or a name")
+
+
+def check_schema(root: Path, manifest: dict, scheduler: dict) -> None:
+    """manifest.json and scheduler.json fields that a runtime needs, checked as the C reader
+    (csrc/src/bundle.c) checks them: a bundle that passes here can be run (load_bundle and
+    `edgediff inspect` call it; the file checks of "the box" are check_entry's)."""
+    from edgediff.runtimes.samplers.base import Plan, is_finite
+    from edgediff.runtimes.steps import StepTable
+
+    mf, sf = str(root / MANIFEST), str(root / SCHEDULER)
+    model = _typed(manifest, "model", dict, "an object", mf)
+    for key in ("format", "file"):
+        _typed(model, key, str, "a string", mf, "model")
+    _tensors(_typed(model, "inputs", list, "a list", mf, "model"), "model.inputs", mf)
+    _tensors(_typed(model, "outputs", list, "a list", mf, "model"), "model.outputs", mf)
+    inputs = model["inputs"]
+    if len(inputs) < 2:
+        raise EdgediffError(f"{mf}: model.inputs must list at least the sample and the timestep, got {len(inputs)}")
+    shape = inputs[0]["shape"]
+    if len(shape) < 2:
+        raise EdgediffError(f"{mf}: model.inputs[0].shape must be (batch, ...sample), got {len(shape)} dimensions")
+    for k, d in enumerate(shape[1:], start=1):
+        if not _int(d):
+            raise EdgediffError(f"{mf}: model.inputs[0].shape[{k}] must be a fixed size")
+    cond = _typed(manifest, "conditioning", dict, "an object", mf)
+    kind = _typed(cond, "kind", str, "a string", mf, "conditioning")
+    if kind == "class":
+        k = _typed(cond, "num_classes", (int, float), "an integer", mf, "conditioning")
+        if not _int(k) or k < 1:
+            raise EdgediffError(f"{mf}: conditioning.num_classes must be a positive integer, got {k!r}")
+        if not _int(_typed(cond, "null_label", (int, float), "an integer", mf, "conditioning")):
+            raise EdgediffError(f"{mf}: conditioning.null_label must be an integer")
+        if len(inputs) < 3:
+            raise EdgediffError(f"{mf}: conditioning.kind is 'class' but model.inputs has no label input")
+    elif kind == "embedding":
+        if len(inputs) < 3:
+            raise EdgediffError(f"{mf}: conditioning.kind is 'embedding' but model.inputs has no condition input")
+    elif kind != "none":
+        raise EdgediffError(f"{mf}: conditioning.kind {kind!r} is not one of none, class, embedding")
+
+    plan = Plan.from_dict(_typed(scheduler, "plan", dict, "an object", sf), where=sf)
+    guidance = _typed(scheduler, "guidance_scale", (int, float), "a number", sf)
+    if not is_finite(guidance):
+        raise EdgediffError(f"{sf}: guidance_scale must be finite, got {guidance!r}")
+    if "spacing" in scheduler and scheduler["spacing"] is not None:
+        _typed(scheduler, "spacing", str, "a string", sf)
+    StepTable.from_scheduler(scheduler, len(plan.model_timesteps), where=sf)
+    groups = scheduler.get("timestep_groups")
+    if isinstance(groups, dict):
+        for k, name in enumerate(groups.get("files", [])):
+            if name not in manifest["files"]:
+                raise EdgediffError(f"{sf}: timestep_groups.files[{k}] {name!r} is not listed under {MANIFEST} files")
+
+
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Read a bundle folder. Every file manifest.json lists is checked against the box rule
     above (inside the folder, a regular file, no larger than its bytes field); with `verify`
@@ -298,6 +384,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         if name not in files:
             raise EdgediffError(f"{where}: files has no entry for {name}")
     scheduler = _read_json(root, SCHEDULER, root_real)  # read before the files, as the C loader does
+    check_schema(root, manifest, scheduler)
     checked = {name: check_entry(root, name, rec, root_real=root_real) for name, rec in files.items()}
     if verify:
         for name, parts in checked.items():
