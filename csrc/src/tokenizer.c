@@ -26,9 +26,9 @@
 #include "json.h"
 #include "unicode.h"
 
-#define MAX_FILE_BYTES ((size_t)1 << 28)
+#define MAX_FILE_BYTES     ((size_t)1 << 28)
 #define DEFAULT_MAX_LENGTH 77
-#define NUM_SPECIAL 4 /* bos, eos, unk, pad */
+#define NUM_SPECIAL        4 /* bos, eos, unk, pad */
 
 typedef struct vocab_entry {
     const char *str; /* into tok->pool */
@@ -39,7 +39,7 @@ typedef struct vocab_entry {
 typedef struct merge_entry {
     uint64_t key; /* (a << 32) | b, a and b token ids; key 0 with rank < 0 is empty */
     int32_t rank;
-    int32_t id;   /* the merged token's id */
+    int32_t id; /* the merged token's id */
 } merge_entry;
 
 struct edd_tokenizer {
@@ -137,10 +137,10 @@ static size_t uc_lower(uint32_t cp, uint32_t *out) {
     return 1;
 }
 
-#define HANGUL_S 0xAC00u
-#define HANGUL_L 0x1100u
-#define HANGUL_V 0x1161u
-#define HANGUL_T 0x11A7u
+#define HANGUL_S  0xAC00u
+#define HANGUL_L  0x1100u
+#define HANGUL_V  0x1161u
+#define HANGUL_T  0x11A7u
 #define HANGUL_LC 19u
 #define HANGUL_VC 21u
 #define HANGUL_TC 28u
@@ -403,9 +403,9 @@ static edd_status add_merge(edd_tokenizer *t, const char *a, size_t na, const ch
     memcpy(cat + na, b, nb);
     im = vocab_id(t, cat, na + nb);
     if (im < 0) {
-        edd_status st = edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE,
-                                  "%s: %s: the merged token \"%.*s\" is not in the vocabulary", file, where,
-                                  (int)(na + nb > 40 ? 40 : na + nb), cat);
+        edd_status st =
+            edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, "%s: %s: the merged token \"%.*s\" is not in the vocabulary",
+                      file, where, (int)(na + nb > 40 ? 40 : na + nb), cat);
         free(cat);
         return st;
     }
@@ -448,8 +448,8 @@ static edd_status read_merges_txt(edd_tokenizer *t, const char *text, size_t len
                 return edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, "%s: line %zu contains a NUL byte", file, line);
             if (spaces != 1 || sp == 0 || sp == n - 1)
                 return edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE,
-                                 "%s: line %zu must be two tokens separated by one space, got \"%.*s\"%s", file,
-                                 line, (int)(n > 40 ? 40 : n), text + pos, n > 40 ? "..." : "");
+                                 "%s: line %zu must be two tokens separated by one space, got \"%.*s\"%s", file, line,
+                                 (int)(n > 40 ? 40 : n), text + pos, n > 40 ? "..." : "");
             snprintf(where, sizeof where, "line %zu", line);
             if ((st = add_merge(t, text + pos, sp, text + pos + sp + 1, n - sp - 1, rank++, file, where, err,
                                 err_size)) != EDD_OK)
@@ -475,8 +475,8 @@ static edd_status read_merges_json(edd_tokenizer *t, const edd_json *m, const ch
             const char *sp = memchr(e->string, ' ', e->len);
             if (!sp || sp == e->string || (size_t)(sp - e->string) == e->len - 1 ||
                 memchr(sp + 1, ' ', e->len - (size_t)(sp - e->string) - 1))
-                return edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE,
-                                 "%s: %s must be two tokens separated by one space", file, where);
+                return edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, "%s: %s must be two tokens separated by one space",
+                                 file, where);
             st = add_merge(t, e->string, (size_t)(sp - e->string), sp + 1, e->len - (size_t)(sp - e->string) - 1,
                            (int32_t)i, file, where, err, err_size);
         } else if (e->type == EDD_JSON_ARRAY && e->len == 2 && e->items[0].type == EDD_JSON_STRING &&
@@ -734,21 +734,25 @@ done:
     return EDD_OK;
 }
 
-size_t edd_tokenizer_max_length(const edd_tokenizer *t) { return t ? t->max_length : 0; }
+size_t edd_tokenizer_max_length(const edd_tokenizer *t) {
+    return t ? t->max_length : 0;
+}
 
 int32_t edd_tokenizer_special_id(const edd_tokenizer *t, edd_special_token which) {
     if (!t || (int)which < 0 || (int)which >= NUM_SPECIAL) return -1;
     return t->special_id[which];
 }
 
-size_t edd_tokenizer_vocab_size(const edd_tokenizer *t) { return t ? t->vocab_len : 0; }
+size_t edd_tokenizer_vocab_size(const edd_tokenizer *t) {
+    return t ? t->vocab_len : 0;
+}
 
 /* ---- encoding ---- */
 
 typedef struct emitter {
-    int32_t *ids;   /* the caller's, content goes to ids[1 .. cap] */
-    size_t cap;     /* max_len - 2 */
-    size_t count;   /* all content ids, kept or not */
+    int32_t *ids; /* the caller's, content goes to ids[1 .. cap] */
+    size_t cap;   /* max_len - 2 */
+    size_t count; /* all content ids, kept or not */
 } emitter;
 
 static void emit(emitter *e, int32_t id) {
@@ -761,7 +765,9 @@ typedef struct heap_item {
     uint32_t pos;
 } heap_item;
 
-static int heap_less(heap_item a, heap_item b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+static int heap_less(heap_item a, heap_item b) {
+    return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos);
+}
 
 static void heap_push(heap_item *h, size_t *n, heap_item it) {
     size_t i = (*n)++;
@@ -788,7 +794,7 @@ static heap_item heap_pop(heap_item *h, size_t *n) {
 }
 
 typedef struct scratch {
-    int32_t *sym;      /* symbol ids, per byte of the piece */
+    int32_t *sym; /* symbol ids, per byte of the piece */
     uint32_t *next, *prev;
     heap_item *heap;
 } scratch;

@@ -8,23 +8,23 @@
 
 enum { EDD_UC_OTHER = 0, EDD_UC_LETTER = 1, EDD_UC_NUMBER = 2, EDD_UC_SPACE = 3 };
 
-typedef struct edd_uc_range {  /* first..last (inclusive) have value */
+typedef struct edd_uc_range { /* first..last (inclusive) have value */
     uint32_t first, last;
-    uint32_t value;            /* a class (EDD_UC_*) or a canonical combining class */
+    uint32_t value; /* a class (EDD_UC_*) or a canonical combining class */
 } edd_uc_range;
 
-typedef struct edd_uc_lower {  /* cp = first + k * stride (k < count) lowers to cp + delta */
+typedef struct edd_uc_lower { /* cp = first + k * stride (k < count) lowers to cp + delta */
     uint32_t first;
     uint16_t count;
     uint16_t stride;
     int32_t delta;
 } edd_uc_lower;
 
-typedef struct edd_uc_seq {    /* cp maps to pool[offset .. offset + len) */
+typedef struct edd_uc_seq { /* cp maps to pool[offset .. offset + len) */
     uint32_t cp, offset, len;
 } edd_uc_seq;
 
-typedef struct edd_uc_pair {   /* first + second compose to composite */
+typedef struct edd_uc_pair { /* first + second compose to composite */
     uint32_t first, second, composite;
 } edd_uc_pair;
 

@@ -12,13 +12,13 @@
 
 static int failures, checks;
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                            \
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        checks++;                                                                                                      \
+        if (!(cond)) {                                                                                                 \
+            failures++;                                                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                                   \
+        }                                                                                                              \
     } while (0)
 
 /* ids: 0 <|startoftext|>, 1 <|endoftext|>; byte characters of a, b, c, Ã (0xC3), © (0xA9),
@@ -249,10 +249,10 @@ static uint32_t table_lower(uint32_t cp) {
 static void test_tables(void) {
     /* tokenizer.c answers ASCII without the tables: the tables must say the same */
     for (uint32_t cp = 0; cp < 0x80; cp++) {
-        uint32_t want = ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z')   ? EDD_UC_LETTER
-                        : (cp >= '0' && cp <= '9')                   ? EDD_UC_NUMBER
+        uint32_t want = ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z')  ? EDD_UC_LETTER
+                        : (cp >= '0' && cp <= '9')                  ? EDD_UC_NUMBER
                         : (cp == ' ' || (cp >= 0x09 && cp <= 0x0D)) ? EDD_UC_SPACE
-                                                                     : EDD_UC_OTHER;
+                                                                    : EDD_UC_OTHER;
         CHECK(table_class(cp) == want);
         CHECK(table_lower(cp) == (cp >= 'A' && cp <= 'Z' ? cp + 32 : cp));
     }
