@@ -331,11 +331,11 @@ def check_schema(root: Path, manifest: dict, scheduler: dict) -> None:
             raise EdgediffError(f"{mf}: conditioning.null_label must be an integer")
         if len(inputs) < 3:
             raise EdgediffError(f"{mf}: conditioning.kind is 'class' but model.inputs has no label input")
-    elif kind == "embedding":
+    elif kind in ("embedding", "text"):  # text: its components and latent block are check_components'
         if len(inputs) < 3:
-            raise EdgediffError(f"{mf}: conditioning.kind is 'embedding' but model.inputs has no condition input")
+            raise EdgediffError(f"{mf}: conditioning.kind is {kind!r} but model.inputs has no condition input")
     elif kind != "none":
-        raise EdgediffError(f"{mf}: conditioning.kind {kind!r} is not one of none, class, embedding")
+        raise EdgediffError(f"{mf}: conditioning.kind {kind!r} is not one of none, class, embedding, text")
 
     plan = Plan.from_dict(_typed(scheduler, "plan", dict, "an object", sf), where=sf)
     guidance = _typed(scheduler, "guidance_scale", (int, float), "a number", sf)
