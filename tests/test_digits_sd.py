@@ -26,8 +26,6 @@ ODD = [
     "x\u00a0y\u200bz",
 ]
 
-pytestmark = pytest.mark.skipif(not (FOLDER / "model_index.json").is_file(), reason="folder not trained")
-
 
 @pytest.fixture(scope="module")
 def pipe():
