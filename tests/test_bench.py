@@ -128,8 +128,9 @@ def test_host_bench_json_schema(host_result, tiny_bundle):
     st = r["step_ms"]
     assert 0 < st["min"] <= st["p5"] <= st["p50"] <= st["p90"] <= st["p95"] <= st["p99"] <= st["max"]
     assert r["iterations_per_s"] == pytest.approx(1e3 / st["avg"])
-    # a run is its steps: the mean run is the mean step x steps (the loop itself adds microseconds)
-    assert r["e2e_ms"]["avg"] == pytest.approx(st["avg"] * steps, rel=0.05)
+    # a run holds its steps: never shorter than their sum (how close it is depends on the machine's
+    # load, a figure benchmarks/host_bench_loop.py prints; a test does not depend on it)
+    assert r["e2e_ms"]["avg"] + 1e-3 >= sum(r["step_ms_samples"]) / r["e2e_ms"]["count"] > 0  # 1e-3: rounding
     assert r["init_ms"] > 0 and r["first_ms"] > 0
     assert r["size_mb"] * 1e6 == pytest.approx(
         sum(p.stat().st_size for p in tiny_bundle.root.rglob("*") if p.is_file())

@@ -325,6 +325,8 @@ def test_tflite_fp16_and_int8_shrink_the_file_and_stay_close(tmp_path_factory, t
         sizes[p] = path.stat().st_size
         errors[p] = verify(spec, open_denoiser(path, "tflite"), precision=p)["max_rel_error"]
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+    # BOUNDS["int8"] (0.1) bounds dynamic-range int8 weight rounding, fixed at conversion; XNNPACK's
+    # AVX2 and VNNI kernels differ by rounding of exact int32 sums, far below it
     assert 0 < errors["fp16"] < errors["int8"] <= BOUNDS["int8"]
 
 

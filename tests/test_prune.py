@@ -20,7 +20,7 @@ from edgediff.core.errors import EdgediffError
 from edgediff.core.schedule import make_schedule
 from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec
 from edgediff.prune.importance import accumulate_taylor_gradients
-from edgediff.prune.prune import PruneOptions, _inner, prune, scheduler_config
+from edgediff.prune.prune import FinetuneOptions, PruneOptions, _inner, prune, scheduler_config
 from edgediff.prune.store import save_pruned
 
 HERE = Path(__file__).parent
@@ -186,6 +186,8 @@ def test_cli_errors_name_the_problem(tmp_path):
         "magnitude",
         "--protect",
         "nonexistent*",
+        "--finetune-steps",
+        "0",
         "-o",
         str(tmp_path / "x"),
     )
@@ -209,8 +211,20 @@ def test_prune_then_compile_verifies(tmp_path):
     from edgediff.compiler.pipeline import compile_model
     from edgediff.compiler.recipe import Recipe
 
-    r = _cli("prune", "tiny_models:tiny_unet", "--ratio", "0.4", "--importance", "magnitude", "-o", str(tmp_path / "p"))
+    r = _cli(
+        "prune",
+        "tiny_models:tiny_unet",
+        "--ratio",
+        "0.4",
+        "--importance",
+        "magnitude",
+        "--finetune-steps",
+        "0",
+        "-o",
+        str(tmp_path / "p"),
+    )
     assert r.returncode == 0, r.stderr
+    assert "warning: no recovery fine-tune" in r.stderr  # --finetune-steps 0 says what it costs
     assert "protect conv_in" in r.stdout and "-> conv_in" in r.stdout
     b = compile_model(str(tmp_path / "p"), tmp_path / "bundle", target="host-cpu", recipe=Recipe(steps=4))
     v = b.report["verify"]
@@ -258,13 +272,15 @@ def test_leftover_checkpoints_resume_or_are_refused(tmp_path):
 
     from edgediff.compiler.jobs import prune_to_dir
 
-    opts = PruneOptions(importance="magnitude")
-    prune_to_dir("tiny_models:tiny_unet", tmp_path / "a", ratio=0.4, options=opts, log=lambda *_: None)
+    opts, none = PruneOptions(importance="magnitude"), FinetuneOptions(steps=0)
+    prune_to_dir("tiny_models:tiny_unet", tmp_path / "a", ratio=0.4, options=opts, finetune=none, log=lambda *_: None)
     shutil.copytree(tmp_path / "a", tmp_path / "b.checkpoints" / "pruned-init")  # as an interrupted run leaves it
     with pytest.raises(EdgediffError, match="ratio=0.4"):
-        prune_to_dir("tiny_models:tiny_unet", tmp_path / "b", ratio=0.3, options=opts, log=lambda *_: None)
+        prune_to_dir(
+            "tiny_models:tiny_unet", tmp_path / "b", ratio=0.3, options=opts, finetune=none, log=lambda *_: None
+        )
     said = []
-    prune_to_dir("tiny_models:tiny_unet", tmp_path / "b", ratio=0.4, options=opts, log=said.append)
+    prune_to_dir("tiny_models:tiny_unet", tmp_path / "b", ratio=0.4, options=opts, finetune=none, log=said.append)
     assert any("resuming" in s for s in said) and not (tmp_path / "b.checkpoints").exists()
     assert torch.equal(_out(load_source(str(tmp_path / "a"))), _out(load_source(str(tmp_path / "b"))))
 

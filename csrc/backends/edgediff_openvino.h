@@ -44,18 +44,18 @@
 extern "C" {
 #endif
 
-typedef struct edd_ov edd_ov;   /* opaque */
+typedef struct edd_ov edd_ov; /* opaque */
 
 typedef struct edd_ov_params {
-    const char *device;             /* OpenVINO device name (default "CPU") */
-    const char *precision;          /* INFERENCE_PRECISION_HINT, e.g. "f32" (exact), "bf16"; NULL = the
-                                       device's default (bf16 on CPUs with AMX / AVX-512 BF16) (default "f32") */
-    int threads;                    /* INFERENCE_NUM_THREADS; 0 = OpenVINO's choice (default 0) */
-    const char *performance_mode;   /* PERFORMANCE_HINT: "LATENCY" or "THROUGHPUT"; NULL = default
-                                       (default "LATENCY") */
-    size_t static_batch;            /* > 0: reshape the model to this many rows per call before compiling
-                                       (faster on CPU; every call must then have exactly this many rows);
-                                       0 = keep the model's dynamic batch (default 0) */
+    const char *device;           /* OpenVINO device name (default "CPU") */
+    const char *precision;        /* INFERENCE_PRECISION_HINT, e.g. "f32" (exact), "bf16"; NULL = the
+                                     device's default (bf16 on CPUs with AMX / AVX-512 BF16) (default "f32") */
+    int threads;                  /* INFERENCE_NUM_THREADS; 0 = OpenVINO's choice (default 0) */
+    const char *performance_mode; /* PERFORMANCE_HINT: "LATENCY" or "THROUGHPUT"; NULL = default
+                                     (default "LATENCY") */
+    size_t static_batch;          /* > 0: reshape the model to this many rows per call before compiling
+                                     (faster on CPU; every call must then have exactly this many rows);
+                                     0 = keep the model's dynamic batch (default 0) */
 } edd_ov_params;
 
 edd_ov_params edd_ov_default_params(void);
@@ -64,7 +64,7 @@ edd_ov_params edd_ov_default_params(void);
  * against the manifest's signature, compile it for params->device, create its infer request. */
 edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *params, edd_ov **out, char *err,
                          size_t err_size);
-void edd_ov_free(edd_ov *ov);   /* NULL is a no-op */
+void edd_ov_free(edd_ov *ov); /* NULL is a no-op */
 
 /* Graphs compiled: info->num_groups, or 1 without groups. */
 size_t edd_ov_num_graphs(const edd_ov *ov);

@@ -32,23 +32,23 @@ typedef struct ov_graph {
 
 struct edd_ov {
     ov_core_t *core;
-    ov_graph *graphs;             /* num_graphs: one per timestep group, or the one model */
+    ov_graph *graphs; /* num_graphs: one per timestep group, or the one model */
     size_t num_graphs;
-    size_t num_inputs;            /* 2 or 3 */
+    size_t num_inputs; /* 2 or 3 */
     edd_conditioning conditioning;
-    size_t cond_size;             /* embedding: floats per row */
+    size_t cond_size; /* embedding: floats per row */
     int64_t cond_shape[EDD_MAX_NDIM];
     size_t cond_ndim;
-    float *zeros;                 /* embedding: rows * cond_size zeros */
+    float *zeros; /* embedding: rows * cond_size zeros */
     size_t zeros_rows;
     size_t static_batch;
     char error[512];
 };
 
 #if defined(__GNUC__)
-#  define EDD_PRINTF __attribute__((format(printf, 3, 4)))
+#define EDD_PRINTF __attribute__((format(printf, 3, 4)))
 #else
-#  define EDD_PRINTF
+#define EDD_PRINTF
 #endif
 static int say(char *buf, size_t size, const char *fmt, ...) EDD_PRINTF;
 static int ov_fail(char *buf, size_t size, const char *fmt, ...) EDD_PRINTF;
@@ -132,16 +132,16 @@ void edd_ov_free(edd_ov *ov) {
 
 static const char *type_name(ov_element_type_e t) {
     switch (t) {
-    case F32: return "float32";
-    case F16: return "float16";
-    case BF16: return "bfloat16";
-    case F64: return "float64";
-    case I64: return "int64";
-    case I32: return "int32";
-    case I8: return "int8";
-    case U8: return "uint8";
-    case BOOLEAN: return "bool";
-    default: return "another type";
+        case F32: return "float32";
+        case F16: return "float16";
+        case BF16: return "bfloat16";
+        case F64: return "float64";
+        case I64: return "int64";
+        case I32: return "int32";
+        case I8: return "int8";
+        case U8: return "uint8";
+        case BOOLEAN: return "bool";
+        default: return "another type";
     }
 }
 
@@ -197,8 +197,10 @@ static int check_port(const ov_output_const_port_t *port, const char *path, cons
     if (ov_port_get_element_type(port, &type) != OK)
         return ov_fail(err, err_size, "%s: cannot read the element type of %s '%s'", path, kind, want->name);
     if (strcmp(type_name(type), want->dtype) != 0)
-        return say(err, err_size, "%s: %s '%s' has element type %s in the model, manifest.json model.%ss[%lu].dtype "
-                   "says %s", path, kind, want->name, type_name(type), kind, (unsigned long)k, want->dtype);
+        return say(err, err_size,
+                   "%s: %s '%s' has element type %s in the model, manifest.json model.%ss[%lu].dtype "
+                   "says %s",
+                   path, kind, want->name, type_name(type), kind, (unsigned long)k, want->dtype);
     if (ov_port_get_partial_shape(port, &ps) != OK)
         return ov_fail(err, err_size, "%s: cannot read the shape of %s '%s'", path, kind, want->name);
     if (!ov_rank_is_dynamic(ps.rank)) {
@@ -233,8 +235,8 @@ static int check_signature(const ov_model_t *model, const edd_bundle_info *info,
         int is_in = k < n_in, rc;
         size_t i = is_in ? k : k - n_in;
         ov_output_const_port_t *port = NULL;
-        if ((is_in ? ov_model_const_input_by_index(model, i, &port) : ov_model_const_output_by_index(model, i, &port)) !=
-            OK)
+        if ((is_in ? ov_model_const_input_by_index(model, i, &port)
+                   : ov_model_const_output_by_index(model, i, &port)) != OK)
             return ov_fail(err, err_size, "%s: cannot read model %s %lu", path, is_in ? "input" : "output",
                            (unsigned long)i);
         rc = check_port(port, path, is_in ? "input" : "output", i, is_in ? &info->inputs[i] : &info->outputs[i], err,
@@ -264,13 +266,15 @@ static int reshape(edd_ov *ov, ov_model_t *model, const edd_bundle_info *info, c
         if (bad || ov_partial_shape_create_static((int64_t)t->ndim, dims, &shapes[k]) != OK) {
             size_t j;
             for (j = 0; j < k; j++) ov_partial_shape_free(&shapes[j]);
-            return say(err, err_size, "%s: cannot make input %s static (manifest shape has a dynamic dimension "
-                        "besides the batch)", path, t->name);
+            return say(err, err_size,
+                       "%s: cannot make input %s static (manifest shape has a dynamic dimension "
+                       "besides the batch)",
+                       path, t->name);
         }
     }
     st = ov_model_reshape_by_port_indexes(model, idx, shapes, ov->num_inputs);
-    if (st != OK) rc = ov_fail(err, err_size, "%s: cannot reshape the model to batch %lu", path,
-                            (unsigned long)ov->static_batch);
+    if (st != OK)
+        rc = ov_fail(err, err_size, "%s: cannot reshape the model to batch %lu", path, (unsigned long)ov->static_batch);
     for (k = 0; k < ov->num_inputs; k++) ov_partial_shape_free(&shapes[k]);
     return rc;
 }
@@ -295,7 +299,7 @@ edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *param
     }
     if (info->num_inputs < 2 || info->num_inputs > MAX_IN || info->num_outputs < 1) {
         say(err, err_size, "%s: the OpenVINO backend takes 2 or 3 inputs and 1 output, the manifest lists %lu and %lu",
-             info->model_path, (unsigned long)info->num_inputs, (unsigned long)info->num_outputs);
+            info->model_path, (unsigned long)info->num_inputs, (unsigned long)info->num_outputs);
         return EDD_ERR_INVALID_ARGUMENT;
     }
     ov = (edd_ov *)calloc(1, sizeof *ov);
@@ -376,7 +380,9 @@ edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *param
     return EDD_OK;
 }
 
-size_t edd_ov_num_graphs(const edd_ov *ov) { return ov ? ov->num_graphs : 0; }
+size_t edd_ov_num_graphs(const edd_ov *ov) {
+    return ov ? ov->num_graphs : 0;
+}
 
 edd_backend edd_ov_backend(edd_ov *ov) {
     edd_backend b;
@@ -385,7 +391,9 @@ edd_backend edd_ov_backend(edd_ov *ov) {
     return b;
 }
 
-const char *edd_ov_error(const edd_ov *ov) { return ov ? ov->error : "edd_ov_error: ov is NULL"; }
+const char *edd_ov_error(const edd_ov *ov) {
+    return ov ? ov->error : "edd_ov_error: ov is NULL";
+}
 
 void edd_ov_version(char *buf, size_t size) {
     ov_version_t v;
@@ -471,7 +479,8 @@ int edd_ov_denoise(void *user, const edd_denoise_args *args) {
         return 2;
     }
     if (args->group >= ov->num_graphs) {
-        snprintf(ov->error, sizeof ov->error, "step %lu is served by timestep group %lu, but the backend has %lu graph(s)",
+        snprintf(ov->error, sizeof ov->error,
+                 "step %lu is served by timestep group %lu, but the backend has %lu graph(s)",
                  (unsigned long)args->step, (unsigned long)args->group, (unsigned long)ov->num_graphs);
         return 5;
     }

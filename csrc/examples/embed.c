@@ -16,13 +16,13 @@
 #include "edgediff.h"
 
 #define T_TRAIN 1000
-#define STEPS 50
-#define BATCH 32
-#define SIDE 8
+#define STEPS   50
+#define BATCH   32
+#define SIDE    8
 
 typedef struct {
-    const double *alphas_cumprod;   /* the backend's own copy of the schedule */
-    double mu[2], s;                /* the data distribution of each class */
+    const double *alphas_cumprod; /* the backend's own copy of the schedule */
+    double mu[2], s;              /* the data distribution of each class */
     int calls;
 } gaussian_model;
 
@@ -33,7 +33,8 @@ static int denoise(void *user, const edd_denoise_args *a) {
     for (r = 0; r < a->batch; r++) {
         long t = lround(a->t[r]);
         double abar, mu;
-        if (t < 0 || t >= T_TRAIN || !a->labels || a->labels[r] < 0 || a->labels[r] > 1) return 1; /* -> EDD_ERR_BACKEND */
+        if (t < 0 || t >= T_TRAIN || !a->labels || a->labels[r] < 0 || a->labels[r] > 1)
+            return 1; /* -> EDD_ERR_BACKEND */
         abar = m->alphas_cumprod[t];
         mu = m->mu[a->labels[r]];
         for (j = 0; j < a->sample_size; j++) {
@@ -78,7 +79,8 @@ int main(void) {
         prev[i] = (double)(timesteps[i] - T_TRAIN / STEPS);
     }
     params[0].key = "eta", params[0].kind = EDD_VALUE_NUMBER, params[0].number = 0.0;
-    params[1].key = "prev_timesteps", params[1].kind = EDD_VALUE_ARRAY, params[1].values = prev, params[1].count = STEPS;
+    params[1].key = "prev_timesteps", params[1].kind = EDD_VALUE_ARRAY, params[1].values = prev,
+    params[1].count = STEPS;
     params[2].key = "final_alpha_cumprod", params[2].kind = EDD_VALUE_NUMBER, params[2].number = 1.0;
     params[3].key = "clip_sample", params[3].kind = EDD_VALUE_NULL;
     desc.solver = "ddim";

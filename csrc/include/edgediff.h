@@ -70,36 +70,36 @@ extern "C" {
 #endif
 
 #if defined(_WIN32) && defined(EDD_SHARED)
-#  ifdef EDD_BUILD
-#    define EDD_API __declspec(dllexport)
-#  else
-#    define EDD_API __declspec(dllimport)
-#  endif
-#elif defined(__GNUC__) && defined(EDD_SHARED)
-#  define EDD_API __attribute__((visibility("default")))
+#ifdef EDD_BUILD
+#define EDD_API __declspec(dllexport)
 #else
-#  define EDD_API
+#define EDD_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__) && defined(EDD_SHARED)
+#define EDD_API __attribute__((visibility("default")))
+#else
+#define EDD_API
 #endif
 
 #define EDD_VERSION_MAJOR 0
 #define EDD_VERSION_MINOR 2
 #define EDD_VERSION_PATCH 0
 
-#define EDD_MAX_NDIM 8               /* most dimensions of one sample (e.g. 3 for C, H, W) */
-#define EDD_NO_LABEL INT64_MIN       /* edd_params.null_label: "there is no null label" */
+#define EDD_MAX_NDIM 8         /* most dimensions of one sample (e.g. 3 for C, H, W) */
+#define EDD_NO_LABEL INT64_MIN /* edd_params.null_label: "there is no null label" */
 
 /* ---- status ------------------------------------------------------------------------ */
 
 typedef enum edd_status {
     EDD_OK = 0,
-    EDD_ERR_INVALID_ARGUMENT = 1,   /* a NULL pointer, a size that does not match, a value out of range */
-    EDD_ERR_OUT_OF_MEMORY = 2,      /* an allocation failed (only the create functions allocate) */
-    EDD_ERR_UNKNOWN_SOLVER = 3,     /* plan solver name not in the registry */
-    EDD_ERR_BAD_PLAN = 4,           /* schedule, timesteps or solver params invalid */
-    EDD_ERR_BACKEND = 5,            /* the backend's denoise returned non-zero */
-    EDD_ERR_CANCELLED = 6,          /* the cancel flag was set or on_step returned non-zero */
-    EDD_ERR_BAD_BUNDLE = 7,         /* manifest.json / scheduler.json malformed or a field missing or invalid */
-    EDD_ERR_IO = 8                  /* a bundle file could not be read */
+    EDD_ERR_INVALID_ARGUMENT = 1, /* a NULL pointer, a size that does not match, a value out of range */
+    EDD_ERR_OUT_OF_MEMORY = 2,    /* an allocation failed (only the create functions allocate) */
+    EDD_ERR_UNKNOWN_SOLVER = 3,   /* plan solver name not in the registry */
+    EDD_ERR_BAD_PLAN = 4,         /* schedule, timesteps or solver params invalid */
+    EDD_ERR_BACKEND = 5,          /* the backend's denoise returned non-zero */
+    EDD_ERR_CANCELLED = 6,        /* the cancel flag was set or on_step returned non-zero */
+    EDD_ERR_BAD_BUNDLE = 7,       /* manifest.json / scheduler.json malformed or a field missing or invalid */
+    EDD_ERR_IO = 8                /* a bundle file could not be read */
 } edd_status;
 
 /* A constant English sentence for a status; never NULL (unknown values get a generic text). */
@@ -119,45 +119,45 @@ EDD_API edd_status edd_normal(uint64_t seed, uint32_t stream, uint32_t call, flo
 
 /* ---- plan: solver + schedule + timesteps + params (scheduler.json's "plan") ------------- */
 
-typedef struct edd_plan edd_plan;   /* opaque, immutable once created */
+typedef struct edd_plan edd_plan; /* opaque, immutable once created */
 
 typedef enum edd_value_kind {
-    EDD_VALUE_NULL = 0,             /* JSON null */
-    EDD_VALUE_NUMBER = 1,           /* one number */
-    EDD_VALUE_ARRAY = 2             /* a list of numbers */
+    EDD_VALUE_NULL = 0,   /* JSON null */
+    EDD_VALUE_NUMBER = 1, /* one number */
+    EDD_VALUE_ARRAY = 2   /* a list of numbers */
 } edd_value_kind;
 
 typedef struct edd_plan_param {
-    const char *key;                /* the plan.params key, e.g. "eta", "sigmas" */
-    edd_value_kind kind;            /* which of the fields below holds the value */
-    double number;                  /* EDD_VALUE_NUMBER: the value */
-    const double *values;           /* EDD_VALUE_ARRAY: `count` values (integers stored exactly) */
-    size_t count;                   /* EDD_VALUE_ARRAY: how many */
+    const char *key;      /* the plan.params key, e.g. "eta", "sigmas" */
+    edd_value_kind kind;  /* which of the fields below holds the value */
+    double number;        /* EDD_VALUE_NUMBER: the value */
+    const double *values; /* EDD_VALUE_ARRAY: `count` values (integers stored exactly) */
+    size_t count;         /* EDD_VALUE_ARRAY: how many */
 } edd_plan_param;
 
 typedef struct edd_plan_desc {
-    const char *solver;             /* "ddpm" | "ddim" | "dpmpp-2m" | "euler" | "lcm" */
-    const char *prediction_type;    /* "epsilon" | "v_prediction" | "sample" (x0); NULL = "epsilon" */
-    const double *alphas_cumprod;   /* the training schedule, num_train_timesteps values in (0, 1] */
-    size_t num_train_timesteps;     /* T >= 2 */
-    const int64_t *timesteps;       /* num_steps training-grid timesteps, descending, in 0..T-1 */
-    size_t num_steps;               /* n >= 1 */
-    const edd_plan_param *params;   /* the solver's params (table at the top of this file) */
-    size_t num_params;              /* how many entries in params */
+    const char *solver;           /* "ddpm" | "ddim" | "dpmpp-2m" | "euler" | "lcm" */
+    const char *prediction_type;  /* "epsilon" | "v_prediction" | "sample" (x0); NULL = "epsilon" */
+    const double *alphas_cumprod; /* the training schedule, num_train_timesteps values in (0, 1] */
+    size_t num_train_timesteps;   /* T >= 2 */
+    const int64_t *timesteps;     /* num_steps training-grid timesteps, descending, in 0..T-1 */
+    size_t num_steps;             /* n >= 1 */
+    const edd_plan_param *params; /* the solver's params (table at the top of this file) */
+    size_t num_params;            /* how many entries in params */
 } edd_plan_desc;
 
 /* Validate desc and copy everything it points to into a new plan (desc may be freed after).
  * On failure *out is NULL and, if err is not NULL, err receives a NUL-terminated message that
  * names the field (e.g. "ddim plan param 'prev_timesteps' must be per step (n=4), got 3 values"). */
 EDD_API edd_status edd_plan_create(const edd_plan_desc *desc, edd_plan **out, char *err, size_t err_size);
-EDD_API void edd_plan_free(edd_plan *plan);  /* NULL is a no-op */
+EDD_API void edd_plan_free(edd_plan *plan); /* NULL is a no-op */
 
-EDD_API const char *edd_plan_solver(const edd_plan *plan);              /* e.g. "dpmpp-2m" */
-EDD_API size_t edd_plan_num_steps(const edd_plan *plan);                /* n */
-EDD_API int64_t edd_plan_timestep(const edd_plan *plan, size_t i);      /* timesteps[i]; -1 if i >= n */
-EDD_API float edd_plan_model_timestep(const edd_plan *plan, size_t i);  /* t fed to the model; NaN if i >= n */
-EDD_API int edd_plan_uses_noise(const edd_plan *plan, size_t i);        /* 1 if step i draws noise */
-EDD_API int edd_plan_has_carry(const edd_plan *plan);                   /* 1 if step passes x0 on (dpmpp-2m) */
+EDD_API const char *edd_plan_solver(const edd_plan *plan);             /* e.g. "dpmpp-2m" */
+EDD_API size_t edd_plan_num_steps(const edd_plan *plan);               /* n */
+EDD_API int64_t edd_plan_timestep(const edd_plan *plan, size_t i);     /* timesteps[i]; -1 if i >= n */
+EDD_API float edd_plan_model_timestep(const edd_plan *plan, size_t i); /* t fed to the model; NaN if i >= n */
+EDD_API int edd_plan_uses_noise(const edd_plan *plan, size_t i);       /* 1 if step i draws noise */
+EDD_API int edd_plan_has_carry(const edd_plan *plan);                  /* 1 if step passes x0 on (dpmpp-2m) */
 
 /* The same solver, schedule and options (eta, clip_sample, final_alpha_cumprod, LCM's
  * original_inference_steps and timestep_scaling) planned for num_steps steps: the timesteps
@@ -190,24 +190,24 @@ EDD_API edd_status edd_step(const edd_plan *plan, size_t i, size_t n, const floa
 /* ---- backend: the denoiser, supplied by the application ---------------------------------- */
 
 typedef struct edd_denoise_args {
-    size_t step;                    /* sampling step i, 0-based (a backend may pick per-step scales by it) */
-    size_t num_steps;               /* n */
-    size_t batch;                   /* rows in this call: B, or 2B with guidance (conditional rows first) */
-    size_t sample_ndim;             /* dimensions of one row */
-    const int64_t *sample_shape;    /* sample_ndim sizes, e.g. {C, H, W} */
-    size_t sample_size;             /* floats per row (the product of sample_shape) */
-    const float *x;                 /* batch * sample_size model inputs */
-    const float *t;                 /* batch model timesteps (all equal) */
-    const int64_t *labels;          /* batch class labels, or NULL for an unconditional model */
-    float *eps;                     /* OUT: batch * sample_size model outputs (the prediction type's) */
+    size_t step;                 /* sampling step i, 0-based (a backend may pick per-step scales by it) */
+    size_t num_steps;            /* n */
+    size_t batch;                /* rows in this call: B, or 2B with guidance (conditional rows first) */
+    size_t sample_ndim;          /* dimensions of one row */
+    const int64_t *sample_shape; /* sample_ndim sizes, e.g. {C, H, W} */
+    size_t sample_size;          /* floats per row (the product of sample_shape) */
+    const float *x;              /* batch * sample_size model inputs */
+    const float *t;              /* batch model timesteps (all equal) */
+    const int64_t *labels;       /* batch class labels, or NULL for an unconditional model */
+    float *eps;                  /* OUT: batch * sample_size model outputs (the prediction type's) */
     /* Per-step hints (since 0.2; appended, so a backend built against 0.1 still works): */
-    size_t group;                   /* the timestep group that serves this step: params.step_group[step]
-                                       (scheduler.json timestep_groups.step_group); 0 without groups.
-                                       A grouped backend runs that group's graph. */
-    int cached;                     /* 1: the cache schedule lets this step reuse the deep features
-                                       cached at an earlier full step (params.cache_flags[step]);
-                                       0: run the full model (and refresh any cache). A backend that
-                                       caches nothing ignores it and runs the full model. */
+    size_t group; /* the timestep group that serves this step: params.step_group[step]
+                     (scheduler.json timestep_groups.step_group); 0 without groups.
+                     A grouped backend runs that group's graph. */
+    int cached;   /* 1: the cache schedule lets this step reuse the deep features
+                     cached at an earlier full step (params.cache_flags[step]);
+                     0: run the full model (and refresh any cache). A backend that
+                     caches nothing ignores it and runs the full model. */
 } edd_denoise_args;
 
 /* Return 0 on success; any other value stops the run with EDD_ERR_BACKEND (the value is in
@@ -215,67 +215,67 @@ typedef struct edd_denoise_args {
 typedef int (*edd_denoise_fn)(void *user, const edd_denoise_args *args);
 
 typedef struct edd_backend {
-    edd_denoise_fn denoise;         /* required */
-    void *user;                     /* passed back to denoise unchanged */
+    edd_denoise_fn denoise; /* required */
+    void *user;             /* passed back to denoise unchanged */
 } edd_backend;
 
 /* ---- generation ----------------------------------------------------------------------- */
 
 typedef struct edd_step_info {
-    size_t step;                    /* i */
-    size_t num_steps;               /* n */
-    float t;                        /* the model timestep of step i */
-    size_t batch;                   /* B (images, not model rows) */
-    size_t sample_size;             /* floats per image */
-    const float *x_in;              /* B * sample_size: the model input of step i */
-    const float *eps;               /* B * sample_size: the (guided) model output of step i */
-    size_t group;                   /* what the backend was told: edd_denoise_args.group ... */
-    int cached;                     /* ... and edd_denoise_args.cached */
+    size_t step;        /* i */
+    size_t num_steps;   /* n */
+    float t;            /* the model timestep of step i */
+    size_t batch;       /* B (images, not model rows) */
+    size_t sample_size; /* floats per image */
+    const float *x_in;  /* B * sample_size: the model input of step i */
+    const float *eps;   /* B * sample_size: the (guided) model output of step i */
+    size_t group;       /* what the backend was told: edd_denoise_args.group ... */
+    int cached;         /* ... and edd_denoise_args.cached */
 } edd_step_info;
 
 /* Called after every model call, before the solver update; return non-zero to cancel. */
 typedef int (*edd_step_callback)(void *user, const edd_step_info *info);
 
 typedef struct edd_params {
-    size_t batch;                           /* images per generation, B >= 1 (default 1) */
-    size_t sample_ndim;                     /* dimensions of one image, 1..EDD_MAX_NDIM (default 0: must be set) */
-    int64_t sample_shape[EDD_MAX_NDIM];     /* the first sample_ndim are used, each >= 1, e.g. {C, H, W} */
-    uint64_t seed;                          /* noise seed (default 0) */
-    const uint32_t *streams;                /* B noise streams, image k uses streams[k]; copied at create;
-                                               NULL = first_stream + k (default NULL) */
-    uint32_t first_stream;                  /* used when streams is NULL (default 0) */
-    const int64_t *labels;                  /* B class labels for the backend, copied at create; NULL = an
-                                               unconditional model (default NULL) */
-    double guidance;                        /* classifier-free guidance scale; exactly 1.0 = off, anything
-                                               else needs labels and null_label (default 1.0) */
-    int64_t null_label;                     /* the label of the unconditional rows under guidance
-                                               (default EDD_NO_LABEL) */
-    edd_step_callback on_step;              /* progress / inspection, see edd_step_callback (default NULL) */
-    void *on_step_user;                     /* passed to on_step (default NULL) */
-    const volatile int *cancel;             /* if not NULL, checked before every model call: non-zero stops
-                                               the run with EDD_ERR_CANCELLED; set it from any thread
-                                               (default NULL) */
+    size_t batch;                       /* images per generation, B >= 1 (default 1) */
+    size_t sample_ndim;                 /* dimensions of one image, 1..EDD_MAX_NDIM (default 0: must be set) */
+    int64_t sample_shape[EDD_MAX_NDIM]; /* the first sample_ndim are used, each >= 1, e.g. {C, H, W} */
+    uint64_t seed;                      /* noise seed (default 0) */
+    const uint32_t *streams;            /* B noise streams, image k uses streams[k]; copied at create;
+                                           NULL = first_stream + k (default NULL) */
+    uint32_t first_stream;              /* used when streams is NULL (default 0) */
+    const int64_t *labels;              /* B class labels for the backend, copied at create; NULL = an
+                                           unconditional model (default NULL) */
+    double guidance;                    /* classifier-free guidance scale; exactly 1.0 = off, anything
+                                           else needs labels and null_label (default 1.0) */
+    int64_t null_label;                 /* the label of the unconditional rows under guidance
+                                           (default EDD_NO_LABEL) */
+    edd_step_callback on_step;          /* progress / inspection, see edd_step_callback (default NULL) */
+    void *on_step_user;                 /* passed to on_step (default NULL) */
+    const volatile int *cancel;         /* if not NULL, checked before every model call: non-zero stops
+                                           the run with EDD_ERR_CANCELLED; set it from any thread
+                                           (default NULL) */
     /* Per-step tables for the backend (scheduler.json timestep_groups / cache_schedule; set by
      * edd_bundle_fill_params). Both are made for one plan: table_steps must equal its steps. */
-    size_t table_steps;                     /* entries in step_group / cache_flags (default 0) */
-    const uint32_t *step_group;             /* table_steps group indices, copied at create; each must be
-                                               < num_groups. NULL = group 0 at every step (default NULL) */
-    size_t num_groups;                      /* groups the backend serves; 0 = no groups (default 0) */
-    const uint8_t *cache_flags;             /* table_steps flags, copied at create: non-zero = the step may
-                                               reuse cached features (edd_denoise_args.cached); step 0 must
-                                               be 0. NULL = every step runs the full model (default NULL) */
+    size_t table_steps;         /* entries in step_group / cache_flags (default 0) */
+    const uint32_t *step_group; /* table_steps group indices, copied at create; each must be
+                                   < num_groups. NULL = group 0 at every step (default NULL) */
+    size_t num_groups;          /* groups the backend serves; 0 = no groups (default 0) */
+    const uint8_t *cache_flags; /* table_steps flags, copied at create: non-zero = the step may
+                                   reuse cached features (edd_denoise_args.cached); step 0 must
+                                   be 0. NULL = every step runs the full model (default NULL) */
 } edd_params;
 
 EDD_API edd_params edd_default_params(void);
 
-typedef struct edd_context edd_context;   /* opaque: one generation's settings and scratch memory */
+typedef struct edd_context edd_context; /* opaque: one generation's settings and scratch memory */
 
 /* Check params against plan and allocate every buffer the run needs (edd_context_sample
  * allocates nothing). The plan must outlive the context; params' arrays are copied. On
  * failure *out is NULL and err (if not NULL) says which field is wrong. */
 EDD_API edd_status edd_context_create(const edd_plan *plan, const edd_backend *backend, const edd_params *params,
                                       edd_context **out, char *err, size_t err_size);
-EDD_API void edd_context_free(edd_context *ctx);  /* NULL is a no-op */
+EDD_API void edd_context_free(edd_context *ctx); /* NULL is a no-op */
 
 /* Floats edd_context_sample writes: B * sample_size. */
 EDD_API size_t edd_context_output_count(const edd_context *ctx);
@@ -291,39 +291,39 @@ EDD_API const char *edd_context_error(const edd_context *ctx);
 /* ---- bundle: manifest.json + scheduler.json (the fields at the top of this file) ------------ */
 
 #define EDD_BUNDLE_FORMAT_VERSION 1  /* manifest.json format_version this runtime reads */
-#define EDD_MAX_TENSORS 4            /* most model inputs / outputs described in a manifest */
-#define EDD_MAX_GROUPS 64            /* most timestep groups (model files) in a bundle */
+#define EDD_MAX_TENSORS           4  /* most model inputs / outputs described in a manifest */
+#define EDD_MAX_GROUPS            64 /* most timestep groups (model files) in a bundle */
 
 typedef enum edd_conditioning {
-    EDD_COND_NONE = 0,              /* conditioning.kind "none": the model takes (x, t) */
-    EDD_COND_CLASS = 1,             /* "class": a third int64 input, one label per row */
-    EDD_COND_EMBEDDING = 2          /* "embedding": a third float input (the runner feeds zeros: no encoder) */
+    EDD_COND_NONE = 0,     /* conditioning.kind "none": the model takes (x, t) */
+    EDD_COND_CLASS = 1,    /* "class": a third int64 input, one label per row */
+    EDD_COND_EMBEDDING = 2 /* "embedding": a third float input (the runner feeds zeros: no encoder) */
 } edd_conditioning;
 
 typedef struct edd_tensor_info {
-    char name[64];                  /* the model's input / output name, e.g. "sample" */
-    char dtype[16];                 /* "float32", "int64", ... */
-    size_t ndim;                    /* dimensions */
-    int64_t shape[EDD_MAX_NDIM];    /* sizes; -1 for a named (dynamic) dimension such as "batch" */
+    char name[64];               /* the model's input / output name, e.g. "sample" */
+    char dtype[16];              /* "float32", "int64", ... */
+    size_t ndim;                 /* dimensions */
+    int64_t shape[EDD_MAX_NDIM]; /* sizes; -1 for a named (dynamic) dimension such as "batch" */
 } edd_tensor_info;
 
 typedef struct edd_bundle_info {
-    const char *model_format;       /* manifest model.format, e.g. "onnx" */
-    const char *model_file;         /* manifest model.file, relative to the bundle, e.g. "model/denoiser.onnx" */
-    const char *model_path;         /* bundle dir + "/" + model_file (edd_bundle_load only; NULL after parse) */
-    size_t num_inputs;              /* model.inputs: sample, timestep[, condition] */
+    const char *model_format; /* manifest model.format, e.g. "onnx" */
+    const char *model_file;   /* manifest model.file, relative to the bundle, e.g. "model/denoiser.onnx" */
+    const char *model_path;   /* bundle dir + "/" + model_file (edd_bundle_load only; NULL after parse) */
+    size_t num_inputs;        /* model.inputs: sample, timestep[, condition] */
     edd_tensor_info inputs[EDD_MAX_TENSORS];
-    size_t num_outputs;             /* model.outputs */
+    size_t num_outputs; /* model.outputs */
     edd_tensor_info outputs[EDD_MAX_TENSORS];
-    size_t sample_ndim;             /* model.inputs[0].shape without the batch dimension ... */
+    size_t sample_ndim;                 /* model.inputs[0].shape without the batch dimension ... */
     int64_t sample_shape[EDD_MAX_NDIM]; /* ... e.g. {1, 16, 16} */
-    edd_conditioning conditioning;  /* conditioning.kind */
-    int64_t num_classes;            /* conditioning.num_classes (class models; else 0) */
-    int64_t null_label;             /* conditioning.null_label (class models; else EDD_NO_LABEL) */
-    double guidance_scale;          /* scheduler.json guidance_scale */
-    const char *solver;             /* the plan's solver */
-    const char *spacing;            /* scheduler.json "spacing" ("leading", ...), NULL if absent */
-    size_t num_steps;               /* the plan's number of steps */
+    edd_conditioning conditioning;      /* conditioning.kind */
+    int64_t num_classes;                /* conditioning.num_classes (class models; else 0) */
+    int64_t null_label;                 /* conditioning.null_label (class models; else EDD_NO_LABEL) */
+    double guidance_scale;              /* scheduler.json guidance_scale */
+    const char *solver;                 /* the plan's solver */
+    const char *spacing;                /* scheduler.json "spacing" ("leading", ...), NULL if absent */
+    size_t num_steps;                   /* the plan's number of steps */
     /* scheduler.json "timestep_groups" (since 0.2); num_groups == 0 when it is null: */
     size_t num_groups;              /* len(files), 0..EDD_MAX_GROUPS */
     const char *const *group_files; /* num_groups paths relative to the bundle */
@@ -331,12 +331,12 @@ typedef struct edd_bundle_info {
     const char *shared_weights;     /* the shared int8 weights file, relative; NULL if none */
     const uint32_t *step_group;     /* num_steps group indices, or NULL without groups */
     /* scheduler.json "cache_schedule" (since 0.2): */
-    const uint8_t *cache_flags;     /* num_steps flags (1 = the step may reuse cached features), or NULL
-                                       when cache_schedule is null */
-    size_t cache_interval;          /* N of {"interval": N}; 0 for a "steps" list or no schedule */
+    const uint8_t *cache_flags; /* num_steps flags (1 = the step may reuse cached features), or NULL
+                                   when cache_schedule is null */
+    size_t cache_interval;      /* N of {"interval": N}; 0 for a "steps" list or no schedule */
 } edd_bundle_info;
 
-typedef struct edd_bundle edd_bundle;   /* opaque: a parsed bundle (its plan and info) */
+typedef struct edd_bundle edd_bundle; /* opaque: a parsed bundle (its plan and info) */
 
 /* Read DIR/manifest.json and DIR/scheduler.json. The model file itself is not opened (that
  * is the backend's job) and file hashes are not verified. On failure *out is NULL and err
@@ -349,7 +349,7 @@ EDD_API edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err,
 /* The same from the two files' texts (need not be NUL-terminated). */
 EDD_API edd_status edd_bundle_parse(const char *manifest_json, size_t manifest_len, const char *scheduler_json,
                                     size_t scheduler_len, edd_bundle **out, char *err, size_t err_size);
-EDD_API void edd_bundle_free(edd_bundle *bundle);  /* NULL is a no-op; frees the plan too */
+EDD_API void edd_bundle_free(edd_bundle *bundle); /* NULL is a no-op; frees the plan too */
 
 /* Check every file listed under manifest.json "files" against its recorded sha256 (a bundle
  * from edd_bundle_load). EDD_ERR_IO: a listed file is missing or unreadable (directories,
@@ -367,6 +367,60 @@ EDD_API const edd_bundle_info *edd_bundle_get_info(const edd_bundle *bundle); /*
  * step count (edd_plan_with_steps) must clear the tables (or build its own): groups and cache
  * schedules are made for the bundle's own steps. */
 EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *params);
+
+/* ---- the CLIP tokenizer: text -> token ids (tokenizer.c) ------------------------------------
+ *
+ * transformers' CLIPTokenizer in C: the special tokens cut out of the raw text, NFC, lower
+ * case, the CLIP word / number / punctuation split, byte-level BPE with "</w>" word ends,
+ * then BOS + ids + EOS, truncated to max_len (EOS kept last) and padded with the pad token.
+ * The Unicode data is Python 3.11's unicodedata (Unicode 14.0.0), generated into
+ * src/unicode_tables.c. A tokenizer is immutable once loaded: share it between threads;
+ * encode allocates its scratch per call (at most about 300 bytes per input byte) and frees it. */
+
+typedef struct edd_tokenizer edd_tokenizer; /* opaque */
+
+/* The special tokens, in the order the config keys are read (bos_token, eos_token, ...). */
+typedef enum edd_special_token {
+    EDD_TOKEN_BOS = 0,
+    EDD_TOKEN_EOS = 1,
+    EDD_TOKEN_UNK = 2,
+    EDD_TOKEN_PAD = 3
+} edd_special_token;
+
+/* Longest text edd_tokenizer_encode accepts, in bytes (16 MiB). */
+#define EDD_TOKENIZER_MAX_TEXT ((size_t)1 << 24)
+
+/* Load a tokenizer folder (a bundle's tokenizer/, or a pipeline's): vocab.json + merges.txt,
+ * or tokenizer.json's model.vocab / model.merges when those two are absent; then, if present,
+ * tokenizer_config.json and special_tokens_map.json (read in that order, the later wins):
+ * model_max_length and bos_token / eos_token / unk_token / pad_token (a string or
+ * {"content": ...}). Defaults are CLIP's: "<|startoftext|>", "<|endoftext|>" for the other
+ * three, 77. Every special token must be in the vocabulary. Errors name the file and the line
+ * (merges.txt) or the field: EDD_ERR_IO (missing, unreadable), EDD_ERR_BAD_BUNDLE (malformed),
+ * EDD_ERR_OUT_OF_MEMORY. The caller frees *out with edd_tokenizer_free. */
+EDD_API edd_status edd_tokenizer_load(const char *dir, edd_tokenizer **out, char *err, size_t err_size);
+
+/* The same from the texts of vocab.json and merges.txt (need not be NUL-terminated), with the
+ * CLIP special tokens and length; messages name "vocab.json" / "merges.txt". */
+EDD_API edd_status edd_tokenizer_parse(const char *vocab_json, size_t vocab_len, const char *merges_txt,
+                                       size_t merges_len, edd_tokenizer **out, char *err, size_t err_size);
+
+EDD_API void edd_tokenizer_free(edd_tokenizer *tok); /* NULL is a no-op */
+
+/* Tokenize len bytes of UTF-8 (need not be NUL-terminated) into ids[0..max_len): BOS, the
+ * first max_len - 2 content ids, EOS, then the pad id to the end (max_len >= 2; pass
+ * edd_tokenizer_max_length(tok) for the model's). *full_len (may be NULL) gets the length
+ * before truncation, BOS and EOS included, so the caller can warn when it exceeds max_len.
+ * Text that is not UTF-8 is EDD_ERR_INVALID_ARGUMENT naming the byte offset where the first
+ * invalid sequence starts (Python's UnicodeDecodeError.start); ids is then
+ * unspecified. The caller owns ids. */
+EDD_API edd_status edd_tokenizer_encode(const edd_tokenizer *tok, const char *utf8, size_t len, int32_t *ids,
+                                        size_t max_len, size_t *full_len, char *err, size_t err_size);
+
+EDD_API size_t edd_tokenizer_max_length(const edd_tokenizer *tok); /* model_max_length (default 77) */
+EDD_API size_t edd_tokenizer_vocab_size(const edd_tokenizer *tok); /* distinct tokens in the vocabulary */
+/* the id of a special token, or -1 for an invalid argument */
+EDD_API int32_t edd_tokenizer_special_id(const edd_tokenizer *tok, edd_special_token which);
 
 #ifdef __cplusplus
 }

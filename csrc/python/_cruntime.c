@@ -30,18 +30,19 @@
 #include "edgediff.h"
 
 typedef struct {
-    PyObject *error;          /* edgediff.core.errors.EdgediffError */
-    PyObject *ascontiguous;   /* numpy.ascontiguousarray */
-    PyObject *empty;          /* numpy.empty */
-    PyObject *plan_type;      /* _cruntime.Plan */
+    PyObject *error;        /* edgediff.core.errors.EdgediffError */
+    PyObject *ascontiguous; /* numpy.ascontiguousarray */
+    PyObject *empty;        /* numpy.empty */
+    PyObject *plan_type;    /* _cruntime.Plan */
 } module_state;
 
 typedef struct {
-    PyObject_HEAD
-    edd_plan *plan;
+    PyObject_HEAD edd_plan *plan;
 } PlanObject;
 
-static module_state *get_state(PyObject *module) { return (module_state *)PyModule_GetState(module); }
+static module_state *get_state(PyObject *module) {
+    return (module_state *)PyModule_GetState(module);
+}
 
 /* ---- small converters ------------------------------------------------------------------- */
 
@@ -151,7 +152,7 @@ fail:
 /* ---- arrays through the buffer protocol ------------------------------------------------- */
 
 typedef struct {
-    PyObject *array;  /* the numpy array (owned) */
+    PyObject *array; /* the numpy array (owned) */
     Py_buffer view;
     int open;
 } array_ref;
@@ -396,7 +397,9 @@ static void Plan_dealloc(PyObject *self) {
     Py_DECREF(type);
 }
 
-static Py_ssize_t Plan_len(PyObject *self) { return (Py_ssize_t)edd_plan_num_steps(((PlanObject *)self)->plan); }
+static Py_ssize_t Plan_len(PyObject *self) {
+    return (Py_ssize_t)edd_plan_num_steps(((PlanObject *)self)->plan);
+}
 
 static PyObject *Plan_solver(PyObject *self, void *closure) {
     (void)closure;
@@ -508,8 +511,8 @@ static PyObject *py_init_latent(PyObject *module, PyObject *args) {
     if (!(plan = plan_arg(st, oplan, &owned))) return NULL;
     if (!array_from(st, onoise, "float32", "noise", &noise) && !array_like(st, &noise, &out)) {
         PyThreadState *ts = PyEval_SaveThread();
-        edd_status status = edd_init_latent(plan, (const float *)noise.view.buf, (size_t)(noise.view.len / 4),
-                                            (float *)out.view.buf);
+        edd_status status =
+            edd_init_latent(plan, (const float *)noise.view.buf, (size_t)(noise.view.len / 4), (float *)out.view.buf);
         PyEval_RestoreThread(ts);
         if (status == EDD_OK) {
             result = out.array;
@@ -616,12 +619,12 @@ done:
 
 typedef struct {
     module_state *st;
-    PyObject *denoise;         /* borrowed */
-    PyObject *callback;        /* borrowed, or NULL */
-    int tables;                /* pass step=(i, group, cached) to denoise */
-    PyThreadState *tstate;     /* saved while C runs */
+    PyObject *denoise;     /* borrowed */
+    PyObject *callback;    /* borrowed, or NULL */
+    int tables;            /* pass step=(i, group, cached) to denoise */
+    PyThreadState *tstate; /* saved while C runs */
     const edd_params *params;
-    PyObject *exc_type, *exc_value, *exc_tb;  /* the Python error that stopped the run */
+    PyObject *exc_type, *exc_value, *exc_tb; /* the Python error that stopped the run */
 } py_run;
 
 static void keep_error(py_run *run) {
@@ -706,8 +709,10 @@ static int py_on_step(void *user, const edd_step_info *info) {
     PyEval_RestoreThread(run->tstate);
     if ((x_in = copy_rows(run, info->batch, info->x_in)) && (eps = copy_rows(run, info->batch, info->eps)))
         r = PyObject_CallFunction(run->callback, "ndOO", (Py_ssize_t)info->step, (double)info->t, x_in, eps);
-    if (r) rc = 0;
-    else keep_error(run);
+    if (r)
+        rc = 0;
+    else
+        keep_error(run);
     Py_XDECREF(x_in);
     Py_XDECREF(eps);
     Py_XDECREF(r);
@@ -716,8 +721,9 @@ static int py_on_step(void *user, const edd_step_info *info) {
 }
 
 static PyObject *py_sample(PyObject *module, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"plan", "denoise", "seed", "streams", "labels", "guidance", "null_label",
-                             "sample_shape", "callback", "step_group", "num_groups", "cache_flags", NULL};
+    static char *kwlist[] = {"plan",       "denoise",      "seed",     "streams",    "labels",     "guidance",
+                             "null_label", "sample_shape", "callback", "step_group", "num_groups", "cache_flags",
+                             NULL};
     module_state *st = get_state(module);
     PyObject *oplan, *denoise, *oseed, *ostreams, *olabels = Py_None, *onull = Py_None, *oshape = NULL;
     PyObject *callback = Py_None, *result = NULL, *ogroups = Py_None, *oflags = Py_None;
@@ -740,9 +746,8 @@ static PyObject *py_sample(PyObject *module, PyObject *args, PyObject *kwargs) {
     char err[512];
     edd_status status;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$OdOOOOnO:sample", kwlist, &oplan, &denoise, &oseed,
-                                     &ostreams, &olabels, &guidance, &onull, &oshape, &callback, &ogroups, &num_groups,
-                                     &oflags))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$OdOOOOnO:sample", kwlist, &oplan, &denoise, &oseed, &ostreams,
+                                     &olabels, &guidance, &onull, &oshape, &callback, &ogroups, &num_groups, &oflags))
         return NULL;
     if (!oshape) {
         PyErr_SetString(PyExc_TypeError, "sample() missing required keyword argument 'sample_shape'");
@@ -884,6 +889,98 @@ done:
     return result;
 }
 
+/* ---- tokenizer ---------------------------------------------------------------------------- */
+
+/* one text (str or bytes) -> (ids list, full length), or NULL with the error set */
+static PyObject *tokenize_one(module_state *st, const edd_tokenizer *tok, PyObject *text, size_t max_len,
+                              int32_t *ids) {
+    const char *data;
+    Py_ssize_t len;
+    size_t full = 0;
+    char err[512];
+    edd_status status;
+    PyObject *list, *out;
+    PyThreadState *ts;
+    if (PyUnicode_Check(text)) {
+        data = PyUnicode_AsUTF8AndSize(text, &len);
+        if (!data) return NULL;
+    } else if (PyBytes_Check(text)) {
+        data = PyBytes_AsString(text);
+        len = PyBytes_Size(text);
+        if (!data || len < 0) return NULL;
+    } else {
+        PyErr_SetString(PyExc_TypeError, "tokenize: a text must be str or bytes");
+        return NULL;
+    }
+    ts = PyEval_SaveThread(); /* text stays alive: the caller holds it */
+    status = edd_tokenizer_encode(tok, data, (size_t)len, ids, max_len, &full, err, sizeof err);
+    PyEval_RestoreThread(ts);
+    if (status != EDD_OK) return raise_status(st, status, err);
+    list = PyList_New((Py_ssize_t)max_len);
+    if (!list) return NULL;
+    for (size_t i = 0; i < max_len; i++) {
+        PyObject *v = PyLong_FromLong((long)ids[i]);
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SetItem(list, (Py_ssize_t)i, v);
+    }
+    out = Py_BuildValue("(Nn)", list, (Py_ssize_t)full);
+    return out;
+}
+
+static PyObject *py_tokenize(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"dir", "texts", "max_len", NULL};
+    module_state *st = get_state(module);
+    const char *dir;
+    PyObject *texts, *omax = Py_None, *result = NULL;
+    edd_tokenizer *tok = NULL;
+    char err[512];
+    edd_status status;
+    size_t max_len;
+    int32_t *ids;
+    PyThreadState *ts;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO|O:tokenize", kwlist, &dir, &texts, &omax)) return NULL;
+    ts = PyEval_SaveThread();
+    status = edd_tokenizer_load(dir, &tok, err, sizeof err);
+    PyEval_RestoreThread(ts);
+    if (status != EDD_OK) return raise_status(st, status, err);
+    max_len = edd_tokenizer_max_length(tok);
+    if (omax != Py_None) {
+        Py_ssize_t m = PyNumber_AsSsize_t(omax, PyExc_OverflowError);
+        if (m == -1 && PyErr_Occurred()) goto done;
+        if (m < 2 || m > 1048576) {
+            PyErr_Format(st->error, "tokenize: max_len must be in 2..1048576, got %zd", m);
+            goto done;
+        }
+        max_len = (size_t)m;
+    }
+    ids = PyMem_Malloc(max_len * sizeof *ids);
+    if (!ids) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (PyList_Check(texts)) {
+        Py_ssize_t n = PyList_Size(texts);
+        result = PyList_New(n);
+        for (Py_ssize_t i = 0; result && i < n; i++) {
+            PyObject *one = tokenize_one(st, tok, PyList_GetItem(texts, i), max_len, ids);
+            if (!one) {
+                Py_CLEAR(result);
+                break;
+            }
+            PyList_SetItem(result, i, one);
+        }
+    } else {
+        result = tokenize_one(st, tok, texts, max_len, ids);
+    }
+    PyMem_Free(ids);
+done:
+    edd_tokenizer_free(tok);
+    return result;
+}
+
 /* ---- module ------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -901,6 +998,11 @@ static PyMethodDef methods[] = {
      "callback(i, t, x_in, eps) sees each step's model input and (guided) output.\n"
      "step_group (one group index < num_groups per plan step) and cache_flags (one 0/1 per step,\n"
      "0 first): denoise is then called as denoise(x, t, labels, step=(i, group, cached))."},
+    {"tokenize", (PyCFunction)(void (*)(void))py_tokenize, METH_VARARGS | METH_KEYWORDS,
+     "tokenize(dir, texts, max_len=None) -> (ids, full_len), or a list of them for a list of texts\n\n"
+     "The C CLIP tokenizer (edd_tokenizer_load(dir), edd_tokenizer_encode): texts are str or bytes\n"
+     "(bytes need not be UTF-8: invalid input raises EdgediffError naming the byte); ids has\n"
+     "max_len entries (default: the folder's model_max_length, else 77)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -940,14 +1042,24 @@ static int clear(PyObject *module) {
     return 0;
 }
 
-static void free_module(void *module) { clear((PyObject *)module); }
+static void free_module(void *module) {
+    clear((PyObject *)module);
+}
 
 static PyModuleDef_Slot slots[] = {{Py_mod_exec, (void *)exec_module}, {0, NULL}};
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "edgediff.runtimes._cruntime",
-    "The edgediff C sampling runtime (csrc) as an extension module.", sizeof(module_state), methods, slots,
-    traverse, clear, free_module,
+    PyModuleDef_HEAD_INIT,
+    "edgediff.runtimes._cruntime",
+    "The edgediff C sampling runtime (csrc) as an extension module.",
+    sizeof(module_state),
+    methods,
+    slots,
+    traverse,
+    clear,
+    free_module,
 };
 
-PyMODINIT_FUNC PyInit__cruntime(void) { return PyModuleDef_Init(&moduledef); }
+PyMODINIT_FUNC PyInit__cruntime(void) {
+    return PyModuleDef_Init(&moduledef);
+}

@@ -50,25 +50,25 @@
 
 #include "json.h"
 
-#define MANIFEST "manifest.json"
-#define SCHEDULER "scheduler.json"
-#define MAX_FILE_BYTES (64u << 20) /* a scheduler.json of 1000 steps is ~50 kB; refuse absurd files */
-#define MAX_PACKAGE_DEPTH 32       /* folders within a .mlpackage */
+#define MANIFEST          "manifest.json"
+#define SCHEDULER         "scheduler.json"
+#define MAX_FILE_BYTES    (64u << 20) /* a scheduler.json of 1000 steps is ~50 kB; refuse absurd files */
+#define MAX_PACKAGE_DEPTH 32          /* folders within a .mlpackage */
 
 typedef struct file_part {
-    char *rel;                   /* its name inside a .mlpackage; NULL for a plain file */
-    char *path;                  /* its real path (symlinks resolved), checked by edd_bundle_load */
+    char *rel;  /* its name inside a .mlpackage; NULL for a plain file */
+    char *path; /* its real path (symlinks resolved), checked by edd_bundle_load */
     uint64_t size;
-    uint64_t dev, ino;           /* identity when checked: hashing refuses another file */
+    uint64_t dev, ino; /* identity when checked: hashing refuses another file */
 } file_part;
 
 typedef struct file_entry {
-    char *name;                  /* relative to the bundle, as listed under manifest.json files */
-    char *sha256;                /* the recorded digest, or NULL if the entry has none */
-    int has_bytes;               /* files[name].bytes was given */
-    uint64_t bytes;              /* ... and is this many bytes: the most that will be read */
-    int package;                 /* a .mlpackage folder */
-    file_part *parts;            /* edd_bundle_load: the file, or the package's files */
+    char *name;       /* relative to the bundle, as listed under manifest.json files */
+    char *sha256;     /* the recorded digest, or NULL if the entry has none */
+    int has_bytes;    /* files[name].bytes was given */
+    uint64_t bytes;   /* ... and is this many bytes: the most that will be read */
+    int package;      /* a .mlpackage folder */
+    file_part *parts; /* edd_bundle_load: the file, or the package's files */
     size_t num_parts, cap_parts;
 } file_entry;
 
@@ -78,15 +78,15 @@ struct edd_bundle {
     char *model_format;
     char *model_file;
     char *model_path;
-    char *dir;                   /* edd_bundle_load only */
+    char *dir; /* edd_bundle_load only */
     char *spacing;
     file_entry *files;
     size_t num_files;
-    char **group_files;          /* timestep_groups.files (num_groups) */
-    char **group_paths;          /* dir + "/" + group_files[g] (edd_bundle_load only) */
+    char **group_files; /* timestep_groups.files (num_groups) */
+    char **group_paths; /* dir + "/" + group_files[g] (edd_bundle_load only) */
     char *shared_weights;
-    uint32_t *step_group;        /* num_steps */
-    uint8_t *cache_flags;        /* num_steps */
+    uint32_t *step_group; /* num_steps */
+    uint8_t *cache_flags; /* num_steps */
 };
 
 static const char *const PLAN_KEYS[] = {"solver", "timesteps", "schedule", "params", NULL};
@@ -109,16 +109,17 @@ static edd_status member(const char *file, const char *where, const edd_json *ob
     const edd_json *v = edd__json_get(obj, key);
     if (!v) return BAD("%s: %s%smissing the field '%s'", file, where, where[0] ? " is " : "", key);
     if (!(mask & (1u << v->type)))
-        return BAD("%s: %s%s%s must be %s, got %s", file, where, where[0] ? "." : "", key, want, edd__json_type_name(v));
+        return BAD("%s: %s%s%s must be %s, got %s", file, where, where[0] ? "." : "", key, want,
+                   edd__json_type_name(v));
     *out = v;
     return EDD_OK;
 }
 
 #define M_NUMBER (1u << EDD_JSON_NUMBER)
 #define M_STRING (1u << EDD_JSON_STRING)
-#define M_ARRAY (1u << EDD_JSON_ARRAY)
+#define M_ARRAY  (1u << EDD_JSON_ARRAY)
 #define M_OBJECT (1u << EDD_JSON_OBJECT)
-#define M_NULL (1u << EDD_JSON_NULL)
+#define M_NULL   (1u << EDD_JSON_NULL)
 
 static edd_status only_keys(const char *file, const char *where, const edd_json *obj, const char *const *keys,
                             char *err, size_t err_size) {
@@ -161,7 +162,8 @@ static edd_status numbers(const char *file, const char *field, const edd_json *a
         if (e->type != EDD_JSON_NUMBER || (integers && !is_int64(e))) {
             free(v);
             return BAD("%s: %s[%lu] must be %s, got %s", file, field, (unsigned long)i,
-                       integers ? "an integer" : "a number", e->type == EDD_JSON_NUMBER ? "a fraction" : edd__json_type_name(e));
+                       integers ? "an integer" : "a number",
+                       e->type == EDD_JSON_NUMBER ? "a fraction" : edd__json_type_name(e));
         }
         v[i] = e->number;
     }
@@ -249,13 +251,15 @@ static edd_status tensor_info(const char *where, const edd_json *t, edd_tensor_i
     const edd_json *name, *dtype, *shape;
     size_t k;
     edd_status st;
-    if (t->type != EDD_JSON_OBJECT) return BAD(MANIFEST ": %s must be an object, got %s", where, edd__json_type_name(t));
+    if (t->type != EDD_JSON_OBJECT)
+        return BAD(MANIFEST ": %s must be an object, got %s", where, edd__json_type_name(t));
     if ((st = member(MANIFEST, where, t, "name", M_STRING, "a string", &name, err, err_size)) ||
         (st = member(MANIFEST, where, t, "dtype", M_STRING, "a string", &dtype, err, err_size)) ||
         (st = member(MANIFEST, where, t, "shape", M_ARRAY, "a list", &shape, err, err_size)))
         return st;
     if (name->len >= sizeof out->name || strlen(name->string) != name->len)
-        return BAD(MANIFEST ": %s.name must be a string of at most %lu bytes", where, (unsigned long)sizeof out->name - 1);
+        return BAD(MANIFEST ": %s.name must be a string of at most %lu bytes", where,
+                   (unsigned long)sizeof out->name - 1);
     if (dtype->len >= sizeof out->dtype || strlen(dtype->string) != dtype->len)
         return BAD(MANIFEST ": %s.dtype '%.32s' is not a known dtype", where, dtype->string);
     if (shape->len > EDD_MAX_NDIM)
@@ -371,11 +375,14 @@ static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, siz
             return st;
         if (!is_int64(v)) return BAD(MANIFEST ": conditioning.null_label must be an integer");
         info->null_label = (int64_t)v->number;
-        if (info->num_inputs < 3) return BAD(MANIFEST ": conditioning.kind is 'class' but model.inputs has no label input");
+        if (info->num_inputs < 3)
+            return BAD(MANIFEST ": conditioning.kind is 'class' but model.inputs has no label input");
     } else if (strcmp(kind->string, "embedding") == 0) {
         info->conditioning = EDD_COND_EMBEDDING;
         if (info->num_inputs < 3)
             return BAD(MANIFEST ": conditioning.kind is 'embedding' but model.inputs has no condition input");
+    } else if (strcmp(kind->string, "text") == 0) {
+        return BAD(MANIFEST ": conditioning kind text needs the text-to-image runtime, not in this build");
     } else {
         return BAD(MANIFEST ": conditioning.kind '%.32s' is not one of none, class, embedding", kind->string);
     }
@@ -420,7 +427,8 @@ static edd_status read_groups(edd_bundle *b, const edd_json *g, size_t n, char *
     for (k = 0; k < files->len; k++) {
         const edd_json *f = &files->items[k];
         if (!relative_path(f))
-            return BAD(SCHEDULER ": timestep_groups.files[%lu] must be a relative path inside the bundle", (unsigned long)k);
+            return BAD(SCHEDULER ": timestep_groups.files[%lu] must be a relative path inside the bundle",
+                       (unsigned long)k);
         if (!listed(b, f->string))
             return BAD(SCHEDULER ": timestep_groups.files[%lu] '%.128s' is not listed under " MANIFEST " files",
                        (unsigned long)k, f->string);
@@ -435,8 +443,8 @@ static edd_status read_groups(edd_bundle *b, const edd_json *g, size_t n, char *
                        edd__json_type_name(e));
         if (!is_int64(e) || e->number < 0 || e->number >= (double)files->len)
             return BAD(SCHEDULER ": timestep_groups.step_group[%lu] is %.17g; it must be a group index in 0..%lu "
-                       "(timestep_groups.files lists %lu)", (unsigned long)k, e->number, (unsigned long)files->len - 1,
-                       (unsigned long)files->len);
+                                 "(timestep_groups.files lists %lu)",
+                       (unsigned long)k, e->number, (unsigned long)files->len - 1, (unsigned long)files->len);
         b->step_group[k] = (uint32_t)e->number;
     }
     if ((shared = edd__json_get(g, "shared_weights")) != NULL && shared->type != EDD_JSON_NULL) {
@@ -461,8 +469,7 @@ static edd_status read_cache(edd_bundle *b, const edd_json *c, size_t n, char *e
     if ((st = only_keys(SCHEDULER, "cache_schedule", c, CACHE_KEYS, err, err_size))) return st;
     interval = edd__json_get(c, "interval");
     steps = edd__json_get(c, "steps");
-    if (!interval == !steps)
-        return BAD(SCHEDULER ": cache_schedule must have exactly one of 'interval' and 'steps'");
+    if (!interval == !steps) return BAD(SCHEDULER ": cache_schedule must have exactly one of 'interval' and 'steps'");
     if (!(b->cache_flags = (uint8_t *)malloc(n ? n : 1)))
         return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
     if (interval) {
@@ -489,7 +496,8 @@ static edd_status read_cache(edd_bundle *b, const edd_json *c, size_t n, char *e
             }
         }
         if (n && b->cache_flags[0])
-            return BAD(SCHEDULER ": cache_schedule.steps[0] must be \"full\": the first step has nothing cached to reuse");
+            return BAD(SCHEDULER
+                       ": cache_schedule.steps[0] must be \"full\": the first step has nothing cached to reuse");
     }
     b->info.cache_flags = b->cache_flags;
     return EDD_OK;
@@ -504,8 +512,10 @@ static edd_status read_scheduler(edd_bundle *b, const edd_json *s, char *err, si
         return st;
     if (!isfinite(g->number)) return BAD(SCHEDULER ": guidance_scale must be finite");
     if ((sp = edd__json_get(s, "spacing")) != NULL) {
-        if (sp->type != EDD_JSON_STRING) return BAD(SCHEDULER ": spacing must be a string, got %s", edd__json_type_name(sp));
-        if (!(b->spacing = dup_str(sp->string))) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        if (sp->type != EDD_JSON_STRING)
+            return BAD(SCHEDULER ": spacing must be a string, got %s", edd__json_type_name(sp));
+        if (!(b->spacing = dup_str(sp->string)))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
         b->info.spacing = b->spacing;
     }
     b->info.guidance_scale = g->number;
@@ -690,7 +700,9 @@ static edd_status add_part(file_entry *f, const char *rel, const char *real, con
     return EDD_OK;
 }
 
-static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* the files of a .mlpackage folder, depth first in sorted order (sha256_path's order), each checked */
 static edd_status walk_package(file_entry *f, const char *root_real, const char *where, const char *folder,
@@ -702,8 +714,9 @@ static edd_status walk_package(file_entry *f, const char *root_real, const char 
     edd_status st = EDD_OK;
     if (depth > MAX_PACKAGE_DEPTH)
         return BAD("%s holds folders nested deeper than %d at %s", where, MAX_PACKAGE_DEPTH, prefix);
-    if (!(d = opendir(folder))) return edd__fail(err, err_size, EDD_ERR_IO, "%s holds %s, which cannot be read (%s)",
-                                                 where, prefix[0] ? prefix : ".", strerror(errno));
+    if (!(d = opendir(folder)))
+        return edd__fail(err, err_size, EDD_ERR_IO, "%s holds %s, which cannot be read (%s)", where,
+                         prefix[0] ? prefix : ".", strerror(errno));
     while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
         if (n == cap) {
@@ -770,8 +783,9 @@ static edd_status check_entry(const char *dir, const char *root_real, file_entry
     if (!f->has_bytes) {
         s = BAD("%s.bytes must be a non-negative integer", where);
     } else if (stat(path, &st) != 0) {
-        s = errno == ENOENT ? edd__fail(err, err_size, EDD_ERR_IO, "%s: listed in manifest.json files but missing", path)
-                            : edd__fail(err, err_size, EDD_ERR_IO, "%s cannot be resolved (%s)", where, strerror(errno));
+        s = errno == ENOENT
+                ? edd__fail(err, err_size, EDD_ERR_IO, "%s: listed in manifest.json files but missing", path)
+                : edd__fail(err, err_size, EDD_ERR_IO, "%s cannot be resolved (%s)", where, strerror(errno));
     } else if (!(real = realpath(path, NULL))) {
         s = edd__fail(err, err_size, EDD_ERR_IO, "%s cannot be resolved (%s)", where, strerror(errno));
     } else if (!inside(root_real, real)) {
@@ -842,7 +856,8 @@ edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
     size_t k;
     if (err && err_size) err[0] = '\0';
     if (!b || !b->dir)
-        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "edd_bundle_verify: needs a bundle from edd_bundle_load");
+        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
+                         "edd_bundle_verify: needs a bundle from edd_bundle_load");
     for (k = 0; k < b->num_files; k++) {
         const file_entry *f = &b->files[k];
         const file_part *p = f->parts;
@@ -868,7 +883,8 @@ edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
                          (unsigned long long)p->size, f->name, (unsigned long long)f->bytes);
             edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE,
                       "%s: sha256 %.12s... does not match manifest.json files['%s'].sha256 %.12s...; the file changed "
-                      "after compile%s", path, hex, f->name, f->sha256 ? f->sha256 : "(none)", note);
+                      "after compile%s",
+                      path, hex, f->name, f->sha256 ? f->sha256 : "(none)", note);
             free(path);
             return EDD_ERR_BAD_BUNDLE;
         }
@@ -923,9 +939,13 @@ void edd_bundle_free(edd_bundle *b) {
     free(b);
 }
 
-const edd_plan *edd_bundle_plan(const edd_bundle *b) { return b ? b->plan : NULL; }
+const edd_plan *edd_bundle_plan(const edd_bundle *b) {
+    return b ? b->plan : NULL;
+}
 
-const edd_bundle_info *edd_bundle_get_info(const edd_bundle *b) { return b ? &b->info : NULL; }
+const edd_bundle_info *edd_bundle_get_info(const edd_bundle *b) {
+    return b ? &b->info : NULL;
+}
 
 edd_status edd_bundle_fill_params(const edd_bundle *b, edd_params *p) {
     size_t k;

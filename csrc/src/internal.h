@@ -9,20 +9,20 @@
 #define EDD_INTERNAL_H
 
 #if defined(__clang__)
-#  pragma STDC FP_CONTRACT OFF
+#pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
-#  pragma GCC optimize("fp-contract=off")
+#pragma GCC optimize("fp-contract=off")
 #elif defined(_MSC_VER)
-#  pragma fp_contract(off)
+#pragma fp_contract(off)
 #endif
 
 #if defined(__FAST_MATH__)
-#  error "edgediff must not be built with -ffast-math: the noise is specified bit for bit"
+#error "edgediff must not be built with -ffast-math: the noise is specified bit for bit"
 #endif
 
 #include <float.h>
 #if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD != 0 && FLT_EVAL_METHOD != -1
-#  error "edgediff needs float/double arithmetic without excess precision (x86-32: -msse2 -mfpmath=sse)"
+#error "edgediff needs float/double arithmetic without excess precision (x86-32: -msse2 -mfpmath=sse)"
 #endif
 
 #include <stddef.h>
@@ -33,10 +33,10 @@
 /* ---- plan parameters: what a solver declares, what a plan holds ---- */
 
 typedef enum edd_param_kind {
-    EDD_KIND_NUMBER,             /* one finite number */
-    EDD_KIND_OPTIONAL_NUMBER,    /* one finite number or null */
-    EDD_KIND_PER_STEP,           /* n numbers */
-    EDD_KIND_PER_STEP_PLUS_ONE   /* n + 1 numbers */
+    EDD_KIND_NUMBER,           /* one finite number */
+    EDD_KIND_OPTIONAL_NUMBER,  /* one finite number or null */
+    EDD_KIND_PER_STEP,         /* n numbers */
+    EDD_KIND_PER_STEP_PLUS_ONE /* n + 1 numbers */
 } edd_param_kind;
 
 typedef struct edd_param_spec {
@@ -47,9 +47,9 @@ typedef struct edd_param_spec {
 #define EDD_MAX_PARAMS 8
 
 typedef struct edd_param_value {
-    int is_null;                 /* OPTIONAL_NUMBER given as null */
-    double number;               /* NUMBER / OPTIONAL_NUMBER */
-    double *values;              /* PER_STEP / PER_STEP_PLUS_ONE, owned by the plan */
+    int is_null;    /* OPTIONAL_NUMBER given as null */
+    double number;  /* NUMBER / OPTIONAL_NUMBER */
+    double *values; /* PER_STEP / PER_STEP_PLUS_ONE, owned by the plan */
 } edd_param_value;
 
 typedef enum edd_prediction { EDD_PREDICT_EPSILON, EDD_PREDICT_V, EDD_PREDICT_SAMPLE } edd_prediction;
@@ -59,22 +59,22 @@ typedef struct edd_solver edd_solver;
 struct edd_plan {
     const edd_solver *solver;
     edd_prediction prediction;
-    double *alphas_cumprod;      /* T values */
+    double *alphas_cumprod; /* T values */
     size_t num_train_timesteps;
-    int64_t *timesteps;          /* n values */
-    float *model_timesteps;      /* n values */
+    int64_t *timesteps;     /* n values */
+    float *model_timesteps; /* n values */
     size_t num_steps;
-    edd_param_value params[EDD_MAX_PARAMS];  /* in the order of solver->params */
+    edd_param_value params[EDD_MAX_PARAMS]; /* in the order of solver->params */
 };
 
 /* What a solver's replan fills in for edd_plan_with_steps: the new plan's timesteps and
  * params (edd_plan_create then validates them like any other plan, check included). */
 typedef struct edd_replan {
-    size_t n;                                /* the new number of steps */
-    const char *spacing;                     /* never NULL ("leading" when the caller gave none) */
-    int64_t *timesteps;                      /* n values, to fill */
-    double *scratch[2];                      /* two zeroed buffers of n + 1 doubles, for array params */
-    edd_plan_param params[EDD_MAX_PARAMS];   /* to fill, any order (edd__replan_* below) */
+    size_t n;                              /* the new number of steps */
+    const char *spacing;                   /* never NULL ("leading" when the caller gave none) */
+    int64_t *timesteps;                    /* n values, to fill */
+    double *scratch[2];                    /* two zeroed buffers of n + 1 doubles, for array params */
+    edd_plan_param params[EDD_MAX_PARAMS]; /* to fill, any order (edd__replan_* below) */
     size_t num_params;
 } edd_replan;
 

@@ -19,7 +19,7 @@ typedef struct parser {
     char *err;
     size_t err_size;
     int failed;
-    char decimal_point;    /* the C library's, so that strtod reads "0.5" in any locale */
+    char decimal_point; /* the C library's, so that strtod reads "0.5" in any locale */
 } parser;
 
 static void where(const parser *p, size_t pos, unsigned long *line, unsigned long *col) {
@@ -53,7 +53,9 @@ static void skip_ws(parser *p) {
     }
 }
 
-static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
 
 static void free_value(edd_json *v) {
     size_t i;
@@ -77,10 +79,14 @@ static int hex4(parser *p, unsigned *out) {
     for (k = 0; k < 4; k++) {
         char c = p->s[p->pos + (size_t)k];
         v <<= 4;
-        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-        else return fail(p, "bad hex digit in \\u escape");
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return fail(p, "bad hex digit in \\u escape");
     }
     p->pos += 4;
     *out = v;
@@ -133,47 +139,47 @@ static int parse_string(parser *p, char **out, size_t *out_len) {
         p->pos++;
         c = (unsigned char)p->s[p->pos++];
         switch (c) {
-        case '"': buf[n++] = '"'; break;
-        case '\\': buf[n++] = '\\'; break;
-        case '/': buf[n++] = '/'; break;
-        case 'b': buf[n++] = '\b'; break;
-        case 'f': buf[n++] = '\f'; break;
-        case 'n': buf[n++] = '\n'; break;
-        case 'r': buf[n++] = '\r'; break;
-        case 't': buf[n++] = '\t'; break;
-        case 'u': {
-            unsigned cp, lo;
-            if (hex4(p, &cp)) {
-                free(buf);
-                return -1;
-            }
-            if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                free(buf);
-                return fail(p, "unpaired low surrogate in \\u escape");
-            }
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                if (p->pos + 2 > end || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u') {
-                    free(buf);
-                    return fail(p, "unpaired high surrogate in \\u escape");
-                }
-                p->pos += 2;
-                if (hex4(p, &lo)) {
+            case '"': buf[n++] = '"'; break;
+            case '\\': buf[n++] = '\\'; break;
+            case '/': buf[n++] = '/'; break;
+            case 'b': buf[n++] = '\b'; break;
+            case 'f': buf[n++] = '\f'; break;
+            case 'n': buf[n++] = '\n'; break;
+            case 'r': buf[n++] = '\r'; break;
+            case 't': buf[n++] = '\t'; break;
+            case 'u': {
+                unsigned cp, lo;
+                if (hex4(p, &cp)) {
                     free(buf);
                     return -1;
                 }
-                if (lo < 0xDC00 || lo > 0xDFFF) {
+                if (cp >= 0xDC00 && cp <= 0xDFFF) {
                     free(buf);
-                    return fail(p, "high surrogate not followed by a low one");
+                    return fail(p, "unpaired low surrogate in \\u escape");
                 }
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    if (p->pos + 2 > end || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u') {
+                        free(buf);
+                        return fail(p, "unpaired high surrogate in \\u escape");
+                    }
+                    p->pos += 2;
+                    if (hex4(p, &lo)) {
+                        free(buf);
+                        return -1;
+                    }
+                    if (lo < 0xDC00 || lo > 0xDFFF) {
+                        free(buf);
+                        return fail(p, "high surrogate not followed by a low one");
+                    }
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                }
+                n += put_utf8(cp, buf + n); /* 4 bytes at most for a 6- or 12-byte escape */
+                break;
             }
-            n += put_utf8(cp, buf + n); /* 4 bytes at most for a 6- or 12-byte escape */
-            break;
-        }
-        default:
-            free(buf);
-            p->pos--;
-            return fail(p, "unknown escape in string");
+            default:
+                free(buf);
+                p->pos--;
+                return fail(p, "unknown escape in string");
         }
     }
     buf[n] = '\0';
@@ -295,17 +301,15 @@ static int parse_value(parser *p, edd_json *v, int depth) {
     if (p->pos >= p->len) return fail(p, "unexpected end of input");
     c = p->s[p->pos];
     switch (c) {
-    case '{': return parse_container(p, v, depth, 1);
-    case '[': return parse_container(p, v, depth, 0);
-    case '"':
-        v->type = EDD_JSON_STRING;
-        return parse_string(p, &v->string, &v->len);
-    case 't': return literal(p, "true", EDD_JSON_TRUE, v);
-    case 'f': return literal(p, "false", EDD_JSON_FALSE, v);
-    case 'n': return literal(p, "null", EDD_JSON_NULL, v);
-    default:
-        if (c == '-' || is_digit(c)) return parse_number(p, v);
-        return fail(p, "unexpected character");
+        case '{': return parse_container(p, v, depth, 1);
+        case '[': return parse_container(p, v, depth, 0);
+        case '"': v->type = EDD_JSON_STRING; return parse_string(p, &v->string, &v->len);
+        case 't': return literal(p, "true", EDD_JSON_TRUE, v);
+        case 'f': return literal(p, "false", EDD_JSON_FALSE, v);
+        case 'n': return literal(p, "null", EDD_JSON_NULL, v);
+        default:
+            if (c == '-' || is_digit(c)) return parse_number(p, v);
+            return fail(p, "unexpected character");
     }
 }
 

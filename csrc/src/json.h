@@ -32,12 +32,12 @@ typedef enum edd_json_type {
 typedef struct edd_json edd_json;
 struct edd_json {
     edd_json_type type;
-    double number;        /* NUMBER */
-    int is_integer;       /* NUMBER: the literal had no fraction and no exponent */
-    char *string;         /* STRING: NUL-terminated UTF-8 (may also contain NULs; see len) */
-    size_t len;           /* STRING: bytes; ARRAY / OBJECT: items */
-    edd_json *items;      /* ARRAY / OBJECT: len children */
-    char *key;            /* a child of an OBJECT: its key (NUL-terminated) */
+    double number;   /* NUMBER */
+    int is_integer;  /* NUMBER: the literal had no fraction and no exponent */
+    char *string;    /* STRING: NUL-terminated UTF-8 (may also contain NULs; see len) */
+    size_t len;      /* STRING: bytes; ARRAY / OBJECT: items */
+    edd_json *items; /* ARRAY / OBJECT: len children */
+    char *key;       /* a child of an OBJECT: its key (NUL-terminated) */
     size_t key_len;
 };
 

@@ -23,10 +23,10 @@ static const edd_solver *const SOLVERS[] = {EDD_SOLVERS(EDD_SOLVER_ADDRESS)};
 
 static const char *kind_text(edd_param_kind kind) {
     switch (kind) {
-    case EDD_KIND_NUMBER: return "number";
-    case EDD_KIND_OPTIONAL_NUMBER: return "number or null";
-    case EDD_KIND_PER_STEP: return "per step";
-    default: return "per step + 1";
+        case EDD_KIND_NUMBER: return "number";
+        case EDD_KIND_OPTIONAL_NUMBER: return "number or null";
+        case EDD_KIND_PER_STEP: return "per step";
+        default: return "per step + 1";
     }
 }
 
@@ -67,13 +67,15 @@ static edd_status take_params(edd_plan *plan, const edd_plan_desc *d, char *err,
         const edd_plan_param *p = &d->params[j];
         edd_param_value *v;
         edd_param_kind kind;
-        if (!p->key) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "plan param %lu has no key", (unsigned long)j);
+        if (!p->key)
+            return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "plan param %lu has no key", (unsigned long)j);
         for (k = 0; k < s->num_params; k++)
             if (strcmp(s->params[k].key, p->key) == 0) break;
         if (k == s->num_params)
-            return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan has unknown param '%s'; valid: %s", name,
-                             p->key, keys);
-        if (seen[k]) return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' is given twice", name, p->key);
+            return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan has unknown param '%s'; valid: %s", name, p->key,
+                             keys);
+        if (seen[k])
+            return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' is given twice", name, p->key);
         seen[k] = 1;
         kind = s->params[k].kind;
         v = &plan->params[k];
@@ -83,8 +85,9 @@ static edd_status take_params(edd_plan *plan, const edd_plan_desc *d, char *err,
             } else if (p->kind == EDD_VALUE_NUMBER && isfinite(p->number)) {
                 v->number = p->number;
             } else if (p->kind == EDD_VALUE_ARRAY) {
-                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be %s (n=%lu), got %lu values",
-                                 name, p->key, kind_text(kind), (unsigned long)n, (unsigned long)p->count);
+                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
+                                 "%s plan param '%s' must be %s (n=%lu), got %lu values", name, p->key, kind_text(kind),
+                                 (unsigned long)n, (unsigned long)p->count);
             } else {
                 return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be %s (n=%lu), got %s", name,
                                  p->key, kind_text(kind), (unsigned long)n,
@@ -93,22 +96,24 @@ static edd_status take_params(edd_plan *plan, const edd_plan_desc *d, char *err,
         } else {
             size_t want = kind == EDD_KIND_PER_STEP ? n : n + 1;
             if (p->kind != EDD_VALUE_ARRAY)
-                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be %s (n=%lu), got %s",
-                                 name, p->key, kind_text(kind), (unsigned long)n,
+                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be %s (n=%lu), got %s", name,
+                                 p->key, kind_text(kind), (unsigned long)n,
                                  p->kind == EDD_VALUE_NULL ? "null" : "a number");
             if (p->count != want)
-                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "%s plan param '%s' must be %s (n=%lu), got %lu values",
-                                 name, p->key, kind_text(kind), (unsigned long)n, (unsigned long)p->count);
+                return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
+                                 "%s plan param '%s' must be %s (n=%lu), got %lu values", name, p->key, kind_text(kind),
+                                 (unsigned long)n, (unsigned long)p->count);
             if (!p->values)
                 return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "%s plan param '%s' has NULL values", name,
                                  p->key);
             for (i = 0; i < want; i++)
                 if (!isfinite(p->values[i]))
                     return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                                     "%s plan param '%s' must be finite numbers; plan.params.%s[%lu] is %g", name, p->key,
-                                     p->key, (unsigned long)i, p->values[i]);
+                                     "%s plan param '%s' must be finite numbers; plan.params.%s[%lu] is %g", name,
+                                     p->key, p->key, (unsigned long)i, p->values[i]);
             v->values = (double *)malloc(want * sizeof(double));
-            if (!v->values) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory copying '%s'", p->key);
+            if (!v->values)
+                return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory copying '%s'", p->key);
             memcpy(v->values, p->values, want * sizeof(double));
         }
     }
@@ -137,8 +142,7 @@ static edd_status build(edd_plan *plan, const edd_plan_desc *d, char *err, size_
         plan->prediction = EDD_PREDICT_SAMPLE;
     } else {
         return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                         "unknown prediction_type '%.64s'; choose one of epsilon, v_prediction, sample",
-                         pred);
+                         "unknown prediction_type '%.64s'; choose one of epsilon, v_prediction, sample", pred);
     }
     if (T < 2 || !d->alphas_cumprod)
         return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "alphas_cumprod must be a list of at least 2 values, got %lu",
@@ -148,7 +152,8 @@ static edd_status build(edd_plan *plan, const edd_plan_desc *d, char *err, size_
             return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "alphas_cumprod values must lie in (0, 1]; [%lu] is %g",
                              (unsigned long)i, d->alphas_cumprod[i]);
     if (n < 1 || !d->timesteps)
-        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "plan field 'timesteps' must be a non-empty list of integers");
+        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
+                         "plan field 'timesteps' must be a non-empty list of integers");
     for (i = 0; i < n; i++)
         if (d->timesteps[i] < 0 || (uint64_t)d->timesteps[i] >= T || (i && d->timesteps[i] > d->timesteps[i - 1]))
             return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
@@ -205,9 +210,15 @@ void edd_plan_free(edd_plan *plan) {
 
 /* ---- introspection ---- */
 
-const char *edd_plan_solver(const edd_plan *plan) { return plan ? plan->solver->name : ""; }
-size_t edd_plan_num_steps(const edd_plan *plan) { return plan ? plan->num_steps : 0; }
-int edd_plan_has_carry(const edd_plan *plan) { return plan ? plan->solver->has_carry : 0; }
+const char *edd_plan_solver(const edd_plan *plan) {
+    return plan ? plan->solver->name : "";
+}
+size_t edd_plan_num_steps(const edd_plan *plan) {
+    return plan ? plan->num_steps : 0;
+}
+int edd_plan_has_carry(const edd_plan *plan) {
+    return plan ? plan->solver->has_carry : 0;
+}
 
 int64_t edd_plan_timestep(const edd_plan *plan, size_t i) {
     return plan && i < plan->num_steps ? plan->timesteps[i] : -1;

@@ -17,17 +17,18 @@
 static const double SQRT_HALF = 0x1.6a09e667f3bcdp-1;
 static const double LN2 = 0x1.62e42fefa39efp-1;
 static const double HALF_PI = 0x1.921fb54442d18p+0;
-static const double LOG_C[10] = {  /* 2 / (2k + 3) */
-    0x1.5555555555555p-1, 0x1.999999999999ap-2, 0x1.2492492492492p-2, 0x1.c71c71c71c71cp-3,
-    0x1.745d1745d1746p-3, 0x1.3b13b13b13b14p-3, 0x1.1111111111111p-3, 0x1.e1e1e1e1e1e1ep-4,
-    0x1.af286bca1af28p-4, 0x1.8618618618618p-4};
-static const double SIN_C[8] = {  /* (-1)^(j+1) / (2j+3)! */
-    -0x1.5555555555555p-3, 0x1.1111111111111p-7, -0x1.a01a01a01a01ap-13, 0x1.71de3a556c734p-19,
-    -0x1.ae64567f544e4p-26, 0x1.6124613a86d09p-33, -0x1.ae7f3e733b81fp-41, 0x1.952c77030ad4ap-49};
-static const double COS_C[9] = {  /* (-1)^(j+1) / (2j+2)! */
-    -0x1.0000000000000p-1, 0x1.5555555555555p-5, -0x1.6c16c16c16c17p-10, 0x1.a01a01a01a01ap-16,
-    -0x1.27e4fb7789f5cp-22, 0x1.1eed8eff8d898p-29, -0x1.93974a8c07c9dp-37, 0x1.ae7f3e733b81fp-45,
-    -0x1.6827863b97d97p-53};
+static const double LOG_C[10] = {/* 2 / (2k + 3) */
+                                 0x1.5555555555555p-1, 0x1.999999999999ap-2, 0x1.2492492492492p-2, 0x1.c71c71c71c71cp-3,
+                                 0x1.745d1745d1746p-3, 0x1.3b13b13b13b14p-3, 0x1.1111111111111p-3, 0x1.e1e1e1e1e1e1ep-4,
+                                 0x1.af286bca1af28p-4, 0x1.8618618618618p-4};
+static const double SIN_C[8] = {/* (-1)^(j+1) / (2j+3)! */
+                                -0x1.5555555555555p-3,  0x1.1111111111111p-7,   -0x1.a01a01a01a01ap-13,
+                                0x1.71de3a556c734p-19,  -0x1.ae64567f544e4p-26, 0x1.6124613a86d09p-33,
+                                -0x1.ae7f3e733b81fp-41, 0x1.952c77030ad4ap-49};
+static const double COS_C[9] = {/* (-1)^(j+1) / (2j+2)! */
+                                -0x1.0000000000000p-1,  0x1.5555555555555p-5,   -0x1.6c16c16c16c17p-10,
+                                0x1.a01a01a01a01ap-16,  -0x1.27e4fb7789f5cp-22, 0x1.1eed8eff8d898p-29,
+                                -0x1.93974a8c07c9dp-37, 0x1.ae7f3e733b81fp-45,  -0x1.6827863b97d97p-53};
 
 /* 1. Philox-4x32-10 */
 void edd_philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
@@ -88,10 +89,22 @@ static void spec_cossin(double b, double *c, double *s) {
     sin_t = t + (t * z) * sp;
     cos_t = 1.0 + z * cp;
     switch ((int)k % 4) {
-    case 0: *c = cos_t; *s = sin_t; break;
-    case 1: *c = -sin_t; *s = cos_t; break;
-    case 2: *c = -cos_t; *s = -sin_t; break;
-    default: *c = sin_t; *s = -cos_t; break;
+        case 0:
+            *c = cos_t;
+            *s = sin_t;
+            break;
+        case 1:
+            *c = -sin_t;
+            *s = cos_t;
+            break;
+        case 2:
+            *c = -cos_t;
+            *s = -sin_t;
+            break;
+        default:
+            *c = sin_t;
+            *s = -cos_t;
+            break;
     }
 }
 
@@ -113,7 +126,7 @@ edd_status edd_normal(uint64_t seed, uint32_t stream, uint32_t call, float *out,
     size_t i = 0, j;
     if (n == 0) return EDD_OK;
     if (!out) return EDD_ERR_INVALID_ARGUMENT;
-    if ((uint64_t)((n - 1) / 4) > 0xFFFFFFFFu) return EDD_ERR_INVALID_ARGUMENT;  /* block counter is 32 bits */
+    if ((uint64_t)((n - 1) / 4) > 0xFFFFFFFFu) return EDD_ERR_INVALID_ARGUMENT; /* block counter is 32 bits */
     key[0] = (uint32_t)(seed & 0xFFFFFFFFu);
     key[1] = (uint32_t)(seed >> 32);
     ctr[1] = call;

@@ -20,20 +20,20 @@
 struct edd_context {
     const edd_plan *plan;
     edd_backend backend;
-    edd_params params;           /* streams / labels point at the copies below */
-    size_t sample_size;          /* floats per image */
-    size_t rows;                 /* model rows per call: B, or 2B with guidance */
+    edd_params params;  /* streams / labels point at the copies below */
+    size_t sample_size; /* floats per image */
+    size_t rows;        /* model rows per call: B, or 2B with guidance */
     int guided;
-    uint32_t *streams;           /* B */
-    int64_t *labels;             /* rows, or NULL (unconditional) */
-    float *t;                    /* rows */
-    float *model_x;              /* rows * sample_size: model input (both halves when guided) */
-    float *model_eps;            /* rows * sample_size: model output */
-    float *eps;                  /* B * sample_size: guided eps (== model_eps when not guided) */
-    float *noise;                /* B * sample_size */
-    float *carry;                /* B * sample_size, or NULL if the solver keeps none */
-    uint32_t *step_group;        /* n, or NULL (group 0 at every step) */
-    uint8_t *cache_flags;        /* n, or NULL (no step reuses cached features) */
+    uint32_t *streams;    /* B */
+    int64_t *labels;      /* rows, or NULL (unconditional) */
+    float *t;             /* rows */
+    float *model_x;       /* rows * sample_size: model input (both halves when guided) */
+    float *model_eps;     /* rows * sample_size: model output */
+    float *eps;           /* B * sample_size: guided eps (== model_eps when not guided) */
+    float *noise;         /* B * sample_size */
+    float *carry;         /* B * sample_size, or NULL if the solver keeps none */
+    uint32_t *step_group; /* n, or NULL (group 0 at every step) */
+    uint8_t *cache_flags; /* n, or NULL (no step reuses cached features) */
     char error[256];
 };
 
@@ -92,7 +92,8 @@ static edd_status step_tables(edd_context *ctx, char *err, size_t err_size) {
     if (p->table_steps != n)
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
                          "params.table_steps is %lu but the plan has %lu steps (timestep groups and cache schedules "
-                         "are made for the bundle's own steps)", (unsigned long)p->table_steps, (unsigned long)n);
+                         "are made for the bundle's own steps)",
+                         (unsigned long)p->table_steps, (unsigned long)n);
     if (p->step_group) {
         if (!(ctx->step_group = (uint32_t *)alloc_array(n, sizeof(uint32_t))))
             return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
@@ -120,7 +121,9 @@ static edd_status step_tables(edd_context *ctx, char *err, size_t err_size) {
 static edd_status create(edd_context *ctx, char *err, size_t err_size) {
     const edd_params *p = &ctx->params;
     size_t B = p->batch, k, floats;
-    if (B < 1) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.batch must be >= 1, got %lu", (unsigned long)B);
+    if (B < 1)
+        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.batch must be >= 1, got %lu",
+                         (unsigned long)B);
     if (p->sample_ndim < 1 || p->sample_ndim > EDD_MAX_NDIM)
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
                          "params.sample_ndim must be 1..%d (the model input's shape without the batch), got %lu",
@@ -131,15 +134,15 @@ static edd_status create(edd_context *ctx, char *err, size_t err_size) {
             return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.sample_shape[%lu] must be >= 1, got %lld",
                              (unsigned long)k, (long long)p->sample_shape[k]);
         ctx->sample_size = mul_size(ctx->sample_size, (size_t)p->sample_shape[k]);
-        if (!ctx->sample_size) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.sample_shape is too large");
+        if (!ctx->sample_size)
+            return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.sample_shape is too large");
     }
     if ((uint64_t)(ctx->sample_size - 1) / 4 > 0xFFFFFFFFu)
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.sample_shape has more than 2^34 values");
     if ((uint64_t)ctx->plan->num_steps >= 0xFFFFFFFFu)
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "the plan has too many steps for the noise calls");
     ctx->guided = p->guidance != 1.0;
-    if (p->guidance != p->guidance)
-        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.guidance is NaN");
+    if (p->guidance != p->guidance) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.guidance is NaN");
     if (ctx->guided && (!p->labels || p->null_label == EDD_NO_LABEL))
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
                          "guidance=%g needs labels and a null_label (classifier-free guidance)", p->guidance);
@@ -180,7 +183,9 @@ edd_status edd_context_create(const edd_plan *plan, const edd_backend *backend, 
     *out = NULL;
     if (!plan || !backend || !params)
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "edd_context_create: %s is NULL",
-                         !plan ? "plan" : !backend ? "backend" : "params");
+                         !plan      ? "plan"
+                         : !backend ? "backend"
+                                    : "params");
     if (!backend->denoise) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "backend.denoise is NULL");
     ctx = (edd_context *)calloc(1, sizeof *ctx);
     if (!ctx) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
@@ -196,9 +201,13 @@ edd_status edd_context_create(const edd_plan *plan, const edd_backend *backend, 
     return EDD_OK;
 }
 
-size_t edd_context_output_count(const edd_context *ctx) { return ctx ? ctx->params.batch * ctx->sample_size : 0; }
+size_t edd_context_output_count(const edd_context *ctx) {
+    return ctx ? ctx->params.batch * ctx->sample_size : 0;
+}
 
-const char *edd_context_error(const edd_context *ctx) { return ctx ? ctx->error : "edd_context_error: ctx is NULL"; }
+const char *edd_context_error(const edd_context *ctx) {
+    return ctx ? ctx->error : "edd_context_error: ctx is NULL";
+}
 
 #define FAIL(...) snprintf(ctx->error, sizeof ctx->error, __VA_ARGS__)
 
@@ -209,7 +218,9 @@ static void draw(edd_context *ctx, uint32_t call) {
         edd_normal(ctx->params.seed, ctx->streams[k], call, ctx->noise + k * n, n); /* sizes checked at create */
 }
 
-static int cancelled(const edd_context *ctx) { return ctx->params.cancel && *ctx->params.cancel; }
+static int cancelled(const edd_context *ctx) {
+    return ctx->params.cancel && *ctx->params.cancel;
+}
 
 edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_count) {
     const edd_plan *plan;
@@ -223,8 +234,8 @@ edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_count) {
     total = B * n;
     steps = plan->num_steps;
     if (!out || out_count != total) {
-        FAIL("out must hold batch * sample size = %lu floats, got %lu%s", (unsigned long)total, (unsigned long)out_count,
-             out ? "" : " (NULL)");
+        FAIL("out must hold batch * sample size = %lu floats, got %lu%s", (unsigned long)total,
+             (unsigned long)out_count, out ? "" : " (NULL)");
         return EDD_ERR_INVALID_ARGUMENT;
     }
     draw(ctx, 0);

@@ -20,21 +20,21 @@
 
 static int failures, checks;
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        checks++;                                                              \
-        if (!(cond)) {                                                         \
-            failures++;                                                        \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                      \
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        checks++;                                                                                                      \
+        if (!(cond)) {                                                                                                 \
+            failures++;                                                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                                   \
+        }                                                                                                              \
     } while (0)
 
-#define T_TRAIN 1000
+#define T_TRAIN   1000
 #define MAX_STEPS 64
-#define C_ 3
-#define H_ 5
-#define W_ 5
-#define SIZE (C_ * H_ * W_)  /* 75: not a multiple of 4, so the noise's truncation is exercised */
+#define C_        3
+#define H_        5
+#define W_        5
+#define SIZE      (C_ * H_ * W_) /* 75: not a multiple of 4, so the noise's truncation is exercised */
 
 static const char *const SOLVERS[] = {"ddpm", "ddim", "dpmpp-2m", "euler", "lcm"};
 #define NUM_SOLVERS 5
@@ -84,10 +84,12 @@ static void spec_init(plan_spec *s, const char *solver, size_t steps, const char
         s->model_t[i] = (double)s->ts[i];
     }
     s->sigmas[steps] = 0.0;
-#define PARAM_NUM(k, v) (s->params[np_].key = (k), s->params[np_].kind = EDD_VALUE_NUMBER, s->params[np_++].number = (v))
+#define PARAM_NUM(k, v)                                                                                                \
+    (s->params[np_].key = (k), s->params[np_].kind = EDD_VALUE_NUMBER, s->params[np_++].number = (v))
 #define PARAM_NULL(k) (s->params[np_].key = (k), s->params[np_++].kind = EDD_VALUE_NULL)
-#define PARAM_ARR(k, a, c) \
-    (s->params[np_].key = (k), s->params[np_].kind = EDD_VALUE_ARRAY, s->params[np_].values = (a), s->params[np_++].count = (c))
+#define PARAM_ARR(k, a, c)                                                                                             \
+    (s->params[np_].key = (k), s->params[np_].kind = EDD_VALUE_ARRAY, s->params[np_].values = (a),                     \
+     s->params[np_++].count = (c))
     if (strcmp(solver, "ddpm") == 0) {
         PARAM_NULL("clip_sample");
     } else if (strcmp(solver, "ddim") == 0) {
@@ -128,11 +130,11 @@ static edd_plan *make_plan(const char *solver, size_t steps, const char *predict
 
 typedef struct {
     int calls;
-    int fail_at;            /* step at which to return an error, or -1 */
+    int fail_at; /* step at which to return an error, or -1 */
     size_t last_rows;
     int64_t last_labels[16];
-    size_t groups[MAX_STEPS];   /* args->group of each call (by step) */
-    int cached[MAX_STEPS];      /* args->cached of each call (by step) */
+    size_t groups[MAX_STEPS]; /* args->group of each call (by step) */
+    int cached[MAX_STEPS];    /* args->cached of each call (by step) */
 } fake_backend;
 
 static int fake_denoise(void *user, const edd_denoise_args *a) {
@@ -186,9 +188,11 @@ static edd_status run(const edd_plan *plan, const edd_params *p, fake_backend *f
 static void test_philox_and_normal(void) {
     static const uint32_t kat[3][3][4] = {
         {{0, 0, 0, 0}, {0, 0, 0, 0}, {0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8}},
-        {{0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF}, {0xFFFFFFFF, 0xFFFFFFFF, 0, 0},
+        {{0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF},
+         {0xFFFFFFFF, 0xFFFFFFFF, 0, 0},
          {0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD}},
-        {{0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344}, {0xA4093822, 0x299F31D0, 0, 0},
+        {{0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344},
+         {0xA4093822, 0x299F31D0, 0, 0},
          {0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1}},
     };
     static const uint32_t golden0[8] = {0x3F7DBB33, 0xBF6CB6B0, 0xBF1E1B9F, 0xBEF6D1B2,
@@ -325,7 +329,8 @@ static void test_plan_validation(void) {
     extra[4].kind = EDD_VALUE_NUMBER;
     s.desc.params = extra;
     s.desc.num_params = 5;
-    expect_bad(&s, EDD_ERR_BAD_PLAN, "unknown param 'churn'; valid: eta, prev_timesteps, final_alpha_cumprod, clip_sample");
+    expect_bad(&s, EDD_ERR_BAD_PLAN,
+               "unknown param 'churn'; valid: eta, prev_timesteps, final_alpha_cumprod, clip_sample");
     spec_init(&s, "ddim", 4, NULL, 0.0);
     s.params[1].count = 3;
     expect_bad(&s, EDD_ERR_BAD_PLAN, "'prev_timesteps' must be per step (n=4), got 3 values");
@@ -676,10 +681,43 @@ static void test_json(void) {
     const edd_json *e;
     char err[200];
     static const char *const bad[] = {
-        "", " ", "{", "[1,]", "{\"a\":1,}", "[1 2]", "{\"a\" 1}", "{1:2}", "01", "-", "1.", "1e", ".5", "+1",
-        "NaN", "Infinity", "-Infinity", "nul", "tru", "\"abc", "\"\\x\"", "\"\\u12\"", "\"\\ud800\"",
-        "\"\\udc00\"", "\"\\ud800\\u0041\"", "\"a\x01\"", "[1] x", "{\"a\":1}}", "// c\n1", "[\"\\", "\"\\u",
-        "\"\\ud800\\u\"", "[-]", "1e+", "0x10", "'a'", "[true false]",
+        "",
+        " ",
+        "{",
+        "[1,]",
+        "{\"a\":1,}",
+        "[1 2]",
+        "{\"a\" 1}",
+        "{1:2}",
+        "01",
+        "-",
+        "1.",
+        "1e",
+        ".5",
+        "+1",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "nul",
+        "tru",
+        "\"abc",
+        "\"\\x\"",
+        "\"\\u12\"",
+        "\"\\ud800\"",
+        "\"\\udc00\"",
+        "\"\\ud800\\u0041\"",
+        "\"a\x01\"",
+        "[1] x",
+        "{\"a\":1}}",
+        "// c\n1",
+        "[\"\\",
+        "\"\\u",
+        "\"\\ud800\\u\"",
+        "[-]",
+        "1e+",
+        "0x10",
+        "'a'",
+        "[true false]",
     };
     size_t k;
     char *deep;
@@ -862,8 +900,10 @@ static void test_bundle(void) {
         /* from, to, expected text in the error */
         {"\"guidance_scale\": 2.5", "\"guidance\": 2.5", "scheduler.json: missing the field 'guidance_scale'"},
         {"\"guidance_scale\": 2.5", "\"guidance_scale\": \"2.5\"", "guidance_scale must be a number, got string"},
-        {"\"timesteps\": [3, 2, 0]", "\"timesteps\": [3, 2.5, 0]", "plan.timesteps[1] must be an integer, got a fraction"},
-        {"\"timesteps\": [3, 2, 0]", "\"timesteps\": [3, \"2\", 0]", "plan.timesteps[1] must be an integer, got string"},
+        {"\"timesteps\": [3, 2, 0]", "\"timesteps\": [3, 2.5, 0]",
+         "plan.timesteps[1] must be an integer, got a fraction"},
+        {"\"timesteps\": [3, 2, 0]", "\"timesteps\": [3, \"2\", 0]",
+         "plan.timesteps[1] must be an integer, got string"},
         {"\"timesteps\": [3, 2, 0]", "\"timesteps\": {}", "plan.timesteps must be a list of integers, got object"},
         {"\"timesteps\": [3, 2, 0]", "\"timesteps\": [3, 4, 0]", "'timesteps' must descend"},
         {"\"solver\": \"ddim\", \"timesteps\"", "\"solver\": \"heun\", \"timesteps\"", "unknown solver 'heun'"},
@@ -889,10 +929,13 @@ static void test_bundle(void) {
         {"[\"batch\", 3, 5, 5]}", "[\"batch\", 3, 0, 5]}", "model.inputs[0].shape[2] must be a positive integer"},
         {"[\"batch\", 3, 5, 5]}", "[\"batch\", 3, \"h\", 5]}", "model.inputs[0].shape[2] must be a fixed size"},
         {"\"name\": \"sample\", ", "", "model.inputs[0] is missing the field 'name'"},
-        {"\"kind\": \"class\"", "\"kind\": \"text\"", "conditioning.kind 'text' is not one of none, class, embedding"},
+        {"\"kind\": \"class\"", "\"kind\": \"texture\"",
+         "conditioning.kind 'texture' is not one of none, class, embedding"},
+        {"\"kind\": \"class\"", "\"kind\": \"text\"", "conditioning kind text needs the text-to-image runtime"},
         {"\"null_label\": 10", "\"null_label\": 1.5", "conditioning.null_label must be an integer"},
         {"\"model\": {", "\"model\": 3, \"m\": {", "model must be an object, got number"},
-        {"\"format\": \"edgediff-bundle\"", "\"format\": \"edgediff-bundle\",,", "manifest.json: invalid JSON at line 1"},
+        {"\"format\": \"edgediff-bundle\"", "\"format\": \"edgediff-bundle\",,",
+         "manifest.json: invalid JSON at line 1"},
     };
 
     CHECK(parse_bundle(MANIFEST_OK, SCHEDULER_OK, &b, err, sizeof err) == EDD_OK);
@@ -923,7 +966,8 @@ static void test_bundle(void) {
         b = (edd_bundle *)&k;
         st = parse_bundle(MANIFEST_OK, s, &b, err, sizeof err);
         CHECK(st != EDD_OK && b == NULL && strstr(err, "scheduler.json") && strstr(err, sched_cases[k][2]));
-        if (st == EDD_OK || !strstr(err, sched_cases[k][2])) fprintf(stderr, "  scheduler case %lu: %s\n", (unsigned long)k, err);
+        if (st == EDD_OK || !strstr(err, sched_cases[k][2]))
+            fprintf(stderr, "  scheduler case %lu: %s\n", (unsigned long)k, err);
         free(s);
     }
     for (k = 0; k < sizeof manifest_cases / sizeof manifest_cases[0]; k++) {
@@ -932,7 +976,8 @@ static void test_bundle(void) {
         if (!m) continue;
         b = (edd_bundle *)&k;
         st = parse_bundle(m, SCHEDULER_OK, &b, err, sizeof err);
-        CHECK(st == EDD_ERR_BAD_BUNDLE && b == NULL && strstr(err, "manifest.json") && strstr(err, manifest_cases[k][2]));
+        CHECK(st == EDD_ERR_BAD_BUNDLE && b == NULL && strstr(err, "manifest.json") &&
+              strstr(err, manifest_cases[k][2]));
         if (st != EDD_ERR_BAD_BUNDLE || !strstr(err, manifest_cases[k][2]))
             fprintf(stderr, "  manifest case %lu: %s\n", (unsigned long)k, err);
         free(m);
@@ -982,15 +1027,18 @@ static void test_bundle_step_tables(void) {
         {"{\"interval\": 2}", "{}", "exactly one of 'interval' and 'steps'"},
         {"{\"interval\": 2}", "{\"every\": 2}", "cache_schedule has unknown key 'every'"},
         {"{\"interval\": 2}", "[2]", "cache_schedule must be an object or null, got array"},
-        {"{\"interval\": 2}", "{\"steps\": [\"full\", \"cached\"]}", "cache_schedule.steps has 2 entries but the plan has 3"},
+        {"{\"interval\": 2}", "{\"steps\": [\"full\", \"cached\"]}",
+         "cache_schedule.steps has 2 entries but the plan has 3"},
         {"{\"interval\": 2}", "{\"steps\": [\"full\", \"cached\", \"half\"]}",
          "cache_schedule.steps[2] must be \"full\" or \"cached\""},
-        {"{\"interval\": 2}", "{\"steps\": [\"cached\", \"full\", \"full\"]}", "cache_schedule.steps[0] must be \"full\""},
+        {"{\"interval\": 2}", "{\"steps\": [\"cached\", \"full\", \"full\"]}",
+         "cache_schedule.steps[0] must be \"full\""},
         {"{\"interval\": 2}", "{\"steps\": \"full\"}", "cache_schedule.steps must be a list"},
     };
     char *m = edit(MANIFEST_OK, "\"report.json\": {}",
                    "\"report.json\": {}, \"model/g0.onnx\": {}, \"model/g1.onnx\": {}, \"model/weights.bin\": {}");
-    char *s1 = edit(SCHEDULER_OK, "\"timestep_groups\": null", G), *s = s1 ? edit(s1, "\"cache_schedule\": null", C) : NULL;
+    char *s1 = edit(SCHEDULER_OK, "\"timestep_groups\": null", G),
+         *s = s1 ? edit(s1, "\"cache_schedule\": null", C) : NULL;
     char *s_steps = s ? edit(s, C, "\"cache_schedule\": {\"steps\": [\"full\", \"cached\", \"full\"]}") : NULL;
     edd_bundle *b = NULL;
     const edd_bundle_info *info;
@@ -1007,21 +1055,25 @@ static void test_bundle_step_tables(void) {
     CHECK(info->num_groups == 2 && strcmp(info->group_files[1], "model/g1.onnx") == 0 && info->group_paths == NULL);
     CHECK(strcmp(info->shared_weights, "model/weights.bin") == 0);
     CHECK(info->step_group[0] == 0 && info->step_group[1] == 1 && info->step_group[2] == 1);
-    CHECK(info->cache_interval == 2 && info->cache_flags[0] == 0 && info->cache_flags[1] == 1 && info->cache_flags[2] == 0);
+    CHECK(info->cache_interval == 2 && info->cache_flags[0] == 0 && info->cache_flags[1] == 1 &&
+          info->cache_flags[2] == 0);
     CHECK(edd_bundle_fill_params(b, &p) == EDD_OK);
-    CHECK(p.table_steps == 3 && p.step_group == info->step_group && p.num_groups == 2 && p.cache_flags == info->cache_flags);
+    CHECK(p.table_steps == 3 && p.step_group == info->step_group && p.num_groups == 2 &&
+          p.cache_flags == info->cache_flags);
     edd_bundle_free(b);
     CHECK(parse_bundle(m, s_steps, &b, err, sizeof err) == EDD_OK);
     if (b) {
         info = edd_bundle_get_info(b);
-        CHECK(info->cache_interval == 0 && info->cache_flags[0] == 0 && info->cache_flags[1] == 1 && info->cache_flags[2] == 0);
+        CHECK(info->cache_interval == 0 && info->cache_flags[0] == 0 && info->cache_flags[1] == 1 &&
+              info->cache_flags[2] == 0);
         edd_bundle_free(b);
     }
     /* null (today's fp32 bundles): no tables */
     CHECK(parse_bundle(MANIFEST_OK, SCHEDULER_OK, &b, err, sizeof err) == EDD_OK);
     if (b) {
         info = edd_bundle_get_info(b);
-        CHECK(info->num_groups == 0 && info->group_files == NULL && info->step_group == NULL && info->cache_flags == NULL);
+        CHECK(info->num_groups == 0 && info->group_files == NULL && info->step_group == NULL &&
+              info->cache_flags == NULL);
         p = edd_default_params();
         CHECK(edd_bundle_fill_params(b, &p) == EDD_OK && p.table_steps == 0 && p.step_group == NULL && !p.cache_flags);
         edd_bundle_free(b);

@@ -42,9 +42,10 @@
 #include "edgediff_openvino.h"
 #endif
 
-#define USAGE                                                                                              \
-    "usage: edgediff-run BUNDLE [-n N] [--seed S] [--label L] [--steps N] [-o OUT.png|.pgm|.ppm]\n"         \
-    "                    [--bench [--runs R] [--warmup W] [--json FILE]] [--threads T] [--precision f32|bf16|default]\n"               \
+#define USAGE                                                                                                          \
+    "usage: edgediff-run BUNDLE [-n N] [--seed S] [--label L] [--steps N] [-o OUT.png|.pgm|.ppm]\n"                    \
+    "                    [--bench [--runs R] [--warmup W] [--json FILE]] [--threads T] [--precision "                  \
+    "f32|bf16|default]\n"                                                                                              \
     "                    [--backend openvino|fake] [--raw SAMPLES.f32] [--trace STEPS.f32] [--no-verify]\n"
 
 typedef struct options {
@@ -110,28 +111,35 @@ static int parse_args(int argc, char **argv, options *o) {
         } else if (a[0] == '-' && a[1] != '\0' && !val) {
             return usage_error("option %s needs a value", a);
         } else if (strcmp(a, "-n") == 0 || strcmp(a, "--num") == 0) {
-            if (parse_uint(val, 1u << 20, &v) || v < 1) return usage_error("-n must be a positive integer, got '%s'", val);
+            if (parse_uint(val, 1u << 20, &v) || v < 1)
+                return usage_error("-n must be a positive integer, got '%s'", val);
             o->num = (size_t)v;
         } else if (strcmp(a, "--seed") == 0) {
-            if (parse_uint(val, UINT64_MAX, &v)) return usage_error("--seed must be an integer in [0, 2^64), got '%s'", val);
+            if (parse_uint(val, UINT64_MAX, &v))
+                return usage_error("--seed must be an integer in [0, 2^64), got '%s'", val);
             o->seed = v;
         } else if (strcmp(a, "--label") == 0) {
-            if (parse_uint(val, 1u << 30, &v)) return usage_error("--label must be a non-negative integer, got '%s'", val);
+            if (parse_uint(val, 1u << 30, &v))
+                return usage_error("--label must be a non-negative integer, got '%s'", val);
             o->label = (long long)v;
             o->has_label = 1;
         } else if (strcmp(a, "--steps") == 0) {
-            if (parse_uint(val, 1u << 30, &v) || v < 1) return usage_error("--steps must be a positive integer, got '%s'", val);
+            if (parse_uint(val, 1u << 30, &v) || v < 1)
+                return usage_error("--steps must be a positive integer, got '%s'", val);
             o->steps = (long long)v;
         } else if (strcmp(a, "--runs") == 0) {
-            if (parse_uint(val, 100000, &v) || v < 1) return usage_error("--runs must be a positive integer, got '%s'", val);
+            if (parse_uint(val, 100000, &v) || v < 1)
+                return usage_error("--runs must be a positive integer, got '%s'", val);
             o->runs = (int)v;
         } else if (strcmp(a, "--warmup") == 0) {
-            if (parse_uint(val, 100000, &v)) return usage_error("--warmup must be a non-negative integer, got '%s'", val);
+            if (parse_uint(val, 100000, &v))
+                return usage_error("--warmup must be a non-negative integer, got '%s'", val);
             o->warmup = (int)v;
         } else if (strcmp(a, "--json") == 0) {
             o->json = val;
         } else if (strcmp(a, "--threads") == 0) {
-            if (parse_uint(val, 4096, &v)) return usage_error("--threads must be a non-negative integer, got '%s'", val);
+            if (parse_uint(val, 4096, &v))
+                return usage_error("--threads must be a non-negative integer, got '%s'", val);
             o->threads = (int)v;
         } else if (strcmp(a, "--precision") == 0) {
             o->precision = strcmp(val, "default") == 0 ? NULL : val;
@@ -162,7 +170,8 @@ static int parse_args(int argc, char **argv, options *o) {
             return usage_error("%s: output must end in .png, .pgm or .ppm", o->output);
     }
     if (o->json && !o->bench) return usage_error("%s", "--json needs --bench");
-    if (!o->output && !o->raw && !o->bench) return usage_error("%s", "nothing to do: give -o OUT, --raw FILE or --bench");
+    if (!o->output && !o->raw && !o->bench)
+        return usage_error("%s", "nothing to do: give -o OUT, --raw FILE or --bench");
     return 0;
 }
 
@@ -189,7 +198,7 @@ static int fake_denoise(void *user, const edd_denoise_args *a) {
 
 typedef struct timing {
     edd_backend inner;
-    double *start, *end;           /* per step of the current run */
+    double *start, *end; /* per step of the current run */
     size_t steps;
 } timing;
 
@@ -278,9 +287,12 @@ static void json_str(FILE *f, const char *key, const char *v) {
     fprintf(f, "  \"%s\": \"", key);
     for (; *v; v++) {
         unsigned char c = (unsigned char)*v;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
     }
     fprintf(f, "\",\n");
 }
@@ -288,8 +300,7 @@ static void json_str(FILE *f, const char *key, const char *v) {
 /* --json: the raw figures, written before the summary sorts them */
 static int write_bench_json(const char *path, const edd_bundle_info *info, const char *desc, size_t steps,
                             size_t images, double guidance, double init_ms, double bundle_ms, double first_ms,
-                            int warmup, const double *e2e, size_t runs, const double *step_ms,
-                            const double *den_ms) {
+                            int warmup, const double *e2e, size_t runs, const double *step_ms, const double *den_ms) {
     FILE *f = fopen(path, "w");
     int ok;
     if (!f) {
@@ -303,8 +314,8 @@ static int write_bench_json(const char *path, const edd_bundle_info *info, const
     json_str(f, "solver", info->solver);
     fprintf(f, "  \"steps\": %lu,\n  \"images\": %lu,\n  \"guidance\": %g,\n", (unsigned long)steps,
             (unsigned long)images, guidance);
-    fprintf(f, "  \"init_ms\": %.6f,\n  \"bundle_ms\": %.6f,\n  \"first_ms\": %.6f,\n  \"warmup_runs\": %d,\n",
-            init_ms, bundle_ms, first_ms, warmup);
+    fprintf(f, "  \"init_ms\": %.6f,\n  \"bundle_ms\": %.6f,\n  \"first_ms\": %.6f,\n  \"warmup_runs\": %d,\n", init_ms,
+            bundle_ms, first_ms, warmup);
     json_array(f, "e2e_ms", e2e, runs);
     json_array(f, "step_ms", step_ms, runs * steps);
     json_array(f, "denoise_ms", den_ms, runs * steps);
@@ -363,11 +374,13 @@ int main(int argc, char **argv) {
     }
     edd_bundle_fill_params(bundle, &params);
     if (replanned && params.table_steps) {
-        fprintf(stderr, "edgediff-run: --steps %lld: this bundle's scheduler.json %s made for its own %lu steps; run "
-                "it without --steps\n", o.steps,
+        fprintf(stderr,
+                "edgediff-run: --steps %lld: this bundle's scheduler.json %s made for its own %lu steps; run "
+                "it without --steps\n",
+                o.steps,
                 info->num_groups && info->cache_flags ? "timestep_groups and cache_schedule are"
-                : info->num_groups                  ? "timestep_groups is"
-                                                    : "cache_schedule is",
+                : info->num_groups                    ? "timestep_groups is"
+                                                      : "cache_schedule is",
                 (unsigned long)info->num_steps);
         rc = 2;
         goto done;
@@ -530,8 +543,10 @@ int main(int argc, char **argv) {
     if (o.output) {
         edd_image img;
         if (info->sample_ndim != 3 || (info->sample_shape[0] != 1 && info->sample_shape[0] != 3)) {
-            fprintf(stderr, "edgediff-run: %s: samples of shape (%lld, ...) are not images (C, H, W) with C = 1 or 3; "
-                    "use --raw\n", o.bundle, (long long)info->sample_shape[0]);
+            fprintf(stderr,
+                    "edgediff-run: %s: samples of shape (%lld, ...) are not images (C, H, W) with C = 1 or 3; "
+                    "use --raw\n",
+                    o.bundle, (long long)info->sample_shape[0]);
             goto done;
         }
         for (k = 0; k < n_out; k++) out[k] = out[k] < -1.0f ? -1.0f : out[k] > 1.0f ? 1.0f : out[k];

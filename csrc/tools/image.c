@@ -11,11 +11,11 @@ static uint8_t to_u8(float x) {
     float v;
     if (x < -1.0f) x = -1.0f; /* runner.generate clips the samples first */
     if (x > 1.0f) x = 1.0f;
-    v = (x + 1.0f) * 127.5f;  /* float32 arithmetic, one rounding per operation, as numpy */
+    v = (x + 1.0f) * 127.5f; /* float32 arithmetic, one rounding per operation, as numpy */
     v = v + 0.5f;
     if (!(v >= 0.0f)) v = 0.0f;
     if (v > 255.0f) v = 255.0f;
-    return (uint8_t)v;        /* astype(uint8) truncates */
+    return (uint8_t)v; /* astype(uint8) truncates */
 }
 
 int edd_image_grid(const float *samples, size_t n, size_t c, size_t h, size_t w, edd_image *img) {
@@ -131,9 +131,9 @@ int edd_image_encode_png(const edd_image *img, uint8_t **out, size_t *out_len) {
     free(raw);
     be32(ihdr, (uint32_t)img->width);
     be32(ihdr + 4, (uint32_t)img->height);
-    ihdr[8] = 8;                                /* bit depth */
-    ihdr[9] = img->channels == 1 ? 0 : 2;       /* gray / RGB */
-    ihdr[10] = ihdr[11] = ihdr[12] = 0;         /* deflate, adaptive filtering, no interlace */
+    ihdr[8] = 8;                          /* bit depth */
+    ihdr[9] = img->channels == 1 ? 0 : 2; /* gray / RGB */
+    ihdr[10] = ihdr[11] = ihdr[12] = 0;   /* deflate, adaptive filtering, no interlace */
     total = 8 + (12 + 13) + (12 + z_len) + 12;
     png = (uint8_t *)malloc(total);
     if (!png) {
@@ -189,7 +189,8 @@ int edd_image_write(const edd_image *img, const char *path, char *err, size_t er
         ok = fwrite(data, 1, len, f) == len;
     } else {
         size_t i, n = img->width * img->height;
-        ok = fprintf(f, "P%c\n%lu %lu\n255\n", pgm ? '5' : '6', (unsigned long)img->width, (unsigned long)img->height) > 0;
+        ok = fprintf(f, "P%c\n%lu %lu\n255\n", pgm ? '5' : '6', (unsigned long)img->width, (unsigned long)img->height) >
+             0;
         if (pgm || img->channels == 3) {
             ok = ok && fwrite(img->pixels, 1, n * img->channels, f) == n * img->channels;
         } else {

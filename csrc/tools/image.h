@@ -7,8 +7,8 @@
 #include <stdint.h>
 
 typedef struct edd_image {
-    size_t width, height, channels;   /* channels 1 (gray) or 3 (RGB) */
-    uint8_t *pixels;                  /* height * width * channels, rows top to bottom */
+    size_t width, height, channels; /* channels 1 (gray) or 3 (RGB) */
+    uint8_t *pixels;                /* height * width * channels, rows top to bottom */
 } edd_image;
 
 /* images.save_grid: n samples (C, H, W) in float32, values clipped to [-1, 1], to uint8 as

@@ -21,13 +21,15 @@ static edd_status check(const edd_plan *plan, char *err, size_t err_size) {
     double eta = plan->params[ETA].number, final = plan->params[FINAL_ALPHA_CUMPROD].number;
     const edd_param_value *clip = &plan->params[CLIP_SAMPLE];
     size_t i;
-    if (!(eta >= 0)) return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "ddim plan param 'eta' must be >= 0, got %g", eta);
+    if (!(eta >= 0))
+        return edd__fail(err, err_size, EDD_ERR_BAD_PLAN, "ddim plan param 'eta' must be >= 0, got %g", eta);
     for (i = 0; i < plan->num_steps; i++)
         if (prev[i] != floor(prev[i]) || prev[i] >= (double)plan->num_train_timesteps)
-            return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                             "ddim plan param 'prev_timesteps' must be integers below %lu; plan.params.prev_timesteps[%lu] "
-                             "is %g",
-                             (unsigned long)plan->num_train_timesteps, (unsigned long)i, prev[i]);
+            return edd__fail(
+                err, err_size, EDD_ERR_BAD_PLAN,
+                "ddim plan param 'prev_timesteps' must be integers below %lu; plan.params.prev_timesteps[%lu] "
+                "is %g",
+                (unsigned long)plan->num_train_timesteps, (unsigned long)i, prev[i]);
     if (!(final > 0 && final <= 1))
         return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
                          "ddim plan param 'final_alpha_cumprod' must lie in (0, 1], got %g", final);

@@ -29,7 +29,9 @@ static edd_status replan(const edd_plan *plan, edd_replan *r, char *err, size_t 
     return EDD_OK;
 }
 
-static int uses_noise(const edd_plan *plan, size_t i) { return plan->timesteps[i] > 0; }
+static int uses_noise(const edd_plan *plan, size_t i) {
+    return plan->timesteps[i] > 0;
+}
 
 static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const float *eps, const float *carry,
                  const float *noise, float *x_out, float *carry_out) {

@@ -12,9 +12,8 @@
 #include <string.h>
 
 enum { SIGMAS, MODEL_TIMESTEPS, INIT_SIGMA };
-static const edd_param_spec PARAMS[] = {{"sigmas", EDD_KIND_PER_STEP_PLUS_ONE},
-                                        {"model_timesteps", EDD_KIND_PER_STEP},
-                                        {"init_sigma", EDD_KIND_NUMBER}};
+static const edd_param_spec PARAMS[] = {
+    {"sigmas", EDD_KIND_PER_STEP_PLUS_ONE}, {"model_timesteps", EDD_KIND_PER_STEP}, {"init_sigma", EDD_KIND_NUMBER}};
 
 static edd_status check(const edd_plan *plan, char *err, size_t err_size) {
     const double *sig = plan->params[SIGMAS].values;

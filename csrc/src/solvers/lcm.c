@@ -21,8 +21,8 @@ static edd_status check(const edd_plan *plan, char *err, size_t err_size) {
     size_t T = plan->num_train_timesteps;
     if (!(original == floor(original) && original >= 1 && original <= (double)T))
         return edd__fail(err, err_size, EDD_ERR_BAD_PLAN,
-                         "lcm plan param 'original_inference_steps' must be an integer in 1..%lu, got %g", (unsigned long)T,
-                         original);
+                         "lcm plan param 'original_inference_steps' must be an integer in 1..%lu, got %g",
+                         (unsigned long)T, original);
     return EDD_OK;
 }
 
@@ -43,7 +43,9 @@ static edd_status replan(const edd_plan *plan, edd_replan *r, char *err, size_t 
     return EDD_OK;
 }
 
-static int uses_noise(const edd_plan *plan, size_t i) { return i + 1 < plan->num_steps; }
+static int uses_noise(const edd_plan *plan, size_t i) {
+    return i + 1 < plan->num_steps;
+}
 
 static void step(const edd_plan *plan, size_t i, size_t n, const float *x, const float *eps, const float *carry,
                  const float *noise, float *x_out, float *carry_out) {

@@ -25,6 +25,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from edgediff.cli.calibrate import SOURCE_DEFAULTS, SOURCE_NOTE
 from edgediff.core.errors import EdgediffError
+from edgediff.core.files import Terminated, check_writable, write_file_atomic
 from edgediff.core.options import (
     add_options,
     nonneg_int,
@@ -54,10 +56,13 @@ def _write_json(data: dict, dest: str | None) -> None:
     if dest in (None, "-"):
         print(text)
         return
-    try:
-        Path(dest).write_text(text + "\n")
-    except OSError as e:
-        raise EdgediffError(f"{dest}: cannot write JSON ({e.strerror})") from None
+    write_file_atomic(Path(dest), text + "\n")  # never a partial file; errors name `dest`
+
+
+def _check_json_dest(dest: str | None) -> None:
+    """A --json file is checked before a long run, not after it."""
+    if dest not in (None, "-"):
+        check_writable(Path(dest))
 
 
 def _load(path: str):
@@ -74,8 +79,14 @@ def cmd_compile(a) -> int:
     from edgediff.quantize.w8a8 import QuantizeOptions
 
     # a distilled student records its sampler, steps, spacing and guidance: those are its defaults
-    recipe = options_from_args(Recipe, a, fill=recipe_defaults(a.source))
+    fill = recipe_defaults(a.source)
+    recipe = options_from_args(Recipe, a, fill=fill)
     recipe = replace(recipe, quant_options=options_from_args(QuantizeOptions, a))
+    if fill.get("guidance") == 1.0 and recipe.guidance != 1.0:  # asked for, on a model that cannot use it
+        raise EdgediffError(
+            f"--guidance {recipe.guidance:g}: {a.source} has no null condition to guide against; "
+            "omit --guidance (or pass --guidance 1)"
+        )
     bar = _bar(len(STAGES) + 1, "compile", "stage")
 
     def progress(stage):
@@ -155,6 +166,16 @@ def _format_verified(v: dict) -> str:
         f"verified    {v['runtime']} vs PyTorch at {v['num_timesteps']} timesteps: max rel error "
         f"{v['max_rel_error']:.2e} (bound {v['bound']:g})"
     )
+    for name, c in (v.get("components") or {}).items():  # a text-to-image bundle's other graphs
+        line += f"\n            {name}: max rel error {c['max_rel_error']:.2e} (bound {c['bound']:g})"
+    im = v.get("images")
+    if im:
+        line += (
+            f"\n            images vs diffusers StableDiffusionPipeline: max abs error {im['max_abs_error']:.2e} "
+            f"on [0, 1] (bound {im['bound']:g})"
+            if im["run"]
+            else f"\n            images vs diffusers: not run ({im['why']})"
+        )
     return line + (f"\n            {v['note']}" if v.get("note") else "")
 
 
@@ -169,6 +190,15 @@ def cmd_generate(a) -> int:
     if not out.resolve().parent.is_dir():
         raise EdgediffError(f"{out}: folder {out.resolve().parent} does not exist")
     b = _load(a.bundle)
+    if b.conditioning.get("kind") == "text":
+        return _generate_text(a, b, out)
+    for flag, v in (("--prompt", a.prompt), ("--prompts", a.prompts), ("--latents", a.latents), ("--npy", a.npy)):
+        if v is not None:
+            raise EdgediffError(f"{flag}: {a.bundle} is not a text-to-image bundle")
+    if a.guidance is not None:
+        raise EdgediffError(f"--guidance: {a.bundle} is not a text-to-image bundle; its scale is compiled in")
+    a.num = 16 if a.num is None else a.num
+    a.loop = a.loop or "c"
     setup = SamplingSetup.from_bundle(b)
     labels = default_labels(setup, a.num, a.label)
     bar = _bar(a.num * len(setup.plan.timesteps), "generate", "img·step")
@@ -195,10 +225,108 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def read_prompts(path: str) -> list[str]:
+    """One prompt a line (blank lines skipped); not UTF-8 is an error naming the file and byte offset."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise EdgediffError(f"{path}: cannot read the prompts file ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EdgediffError(f"{path}: not UTF-8 text: invalid byte at offset {e.start}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise EdgediffError(f"{path}: no prompts (one a line)")
+    return prompts
+
+
+def read_latents(path: str):
+    import numpy as np
+
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgediffError(f"{path}: not a readable .npy array ({first})") from None
+    if not isinstance(a, np.ndarray):
+        raise EdgediffError(f"{path}: expected one .npy array, got an archive")
+    return a
+
+
+def _generate_text(a, b, out: Path) -> int:
+    import numpy as np
+
+    from edgediff.core.files import write_file_atomic
+    from edgediff.runtimes.images import save_grid, to_unit
+    from edgediff.runtimes.runner import SamplingSetup, generate_text, text_pipeline
+
+    if a.label is not None:
+        raise EdgediffError("--label: this is a text-to-image bundle; give --prompt or --prompts")
+    if (a.prompt is None) == (a.prompts is None):
+        raise EdgediffError("a text-to-image bundle needs exactly one of --prompt TEXT and --prompts FILE")
+    if a.npy is not None:
+        npy = Path(a.npy)
+        if npy.suffix.lower() != ".npy":
+            raise EdgediffError(f"{npy}: --npy output must end in .npy")
+        if not npy.resolve().parent.is_dir():
+            raise EdgediffError(f"{npy}: folder {npy.resolve().parent} does not exist")
+    if a.prompts is not None:
+        prompts = read_prompts(a.prompts)
+        if a.num is not None and a.num != len(prompts):
+            raise EdgediffError(f"-n {a.num}: {a.prompts} has {len(prompts)} prompts (one image each)")
+    else:
+        prompts = [a.prompt] * (4 if a.num is None else a.num)
+    latents = read_latents(a.latents) if a.latents is not None else None
+    loop = a.loop or ("python" if latents is not None else "c")
+    setup = SamplingSetup.from_bundle(b)
+    bar = _bar(len(prompts) * len(setup.plan.timesteps), "generate", "img·step")
+    t0 = time.perf_counter()
+    try:
+        images = generate_text(
+            text_pipeline(b),
+            setup,
+            prompts=prompts,
+            negative_prompt=a.negative_prompt,
+            guidance=a.guidance,
+            seed=a.seed,
+            latents=latents,
+            loop=loop,
+            progress=bar.update,
+            warn=lambda m: print(f"warning: {m}", file=sys.stderr),
+        )
+    finally:
+        bar.close()
+    dt = time.perf_counter() - t0
+    if a.npy is not None:
+        buf = io.BytesIO()
+        np.save(buf, to_unit(images))
+        write_file_atomic(Path(a.npy), buf.getvalue())
+    save_grid(images, out)
+    info = {
+        "output": str(out),
+        "npy": a.npy,
+        "num_images": len(prompts),
+        "seed": a.seed,
+        "guidance": setup.guidance if a.guidance is None else a.guidance,
+        "loop": loop,
+        "seconds": round(dt, 3),
+        "prompts": prompts,
+    }
+    if a.json:
+        _write_json(info, None)
+    else:
+        print(f"wrote {out}: {len(prompts)} images, seed {a.seed}, guidance {info['guidance']:g}, {dt:.2f} s")
+    return 0
+
+
 # ---------------------------------------------------------------- eval
 def cmd_eval(a) -> int:
     from edgediff.tools.evaluate import evaluate
 
+    _check_json_dest(a.json)
+    if a.grid:
+        check_writable(Path(a.grid))
     b = _load(a.bundle)
     steps = len(b.scheduler["plan"]["timesteps"])
     bar = _bar(2 * a.num_samples * steps, "eval", "img·step")
@@ -363,6 +491,7 @@ def cmd_targets(a) -> int:
 def cmd_bench(a) -> int:
     from edgediff.tools.bench import bench, format_result
 
+    _check_json_dest(a.json)
     remote = {
         "runner_libs": a.runner_libs,
         "identity": a.identity,
@@ -494,12 +623,14 @@ def cmd_prune(a) -> int:
     import os
 
     from edgediff.compiler.jobs import prune_to_dir
-    from edgediff.prune.prune import FinetuneOptions, PruneOptions, check_ratio
+    from edgediff.prune.prune import FINETUNE_OFF_WARNING, FinetuneOptions, PruneOptions, check_ratio
     from edgediff.training import DistContext, relaunch_under_torchrun
 
     check_ratio(a.ratio)  # before relaunching, so a bad ratio (or option) is one clear line
     options = options_from_args(PruneOptions, a)
     tune = options_from_args(FinetuneOptions, a)
+    if tune.steps == 0 and int(os.environ.get("RANK", "0")) == 0:
+        print(f"edgediff: warning: {FINETUNE_OFF_WARNING}", file=sys.stderr)
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return relaunch_under_torchrun(a.nproc)
     dist = DistContext.from_env()
@@ -579,15 +710,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="sample images from a bundle")
     g.add_argument("bundle")
-    g.add_argument("-n", "--num", type=positive_int, default=16)
+    g.add_argument(
+        "-n", "--num", type=positive_int, default=None, help="images (default 16; a text bundle: 4 of --prompt)"
+    )
     g.add_argument("--seed", type=nonneg_int, default=0)
     g.add_argument("--label", type=int, default=None, help="class label for every image (default: 0,1,2,…)")
+    g.add_argument("--prompt", default=None, help="text-to-image bundles: the prompt of every image")
+    g.add_argument("--prompts", metavar="FILE", default=None, help="text-to-image: one prompt a line, an image each")
+    g.add_argument("--negative-prompt", default="", help="text-to-image: the negative prompt (default empty)")
+    g.add_argument("--guidance", type=float, default=None, help="text-to-image: guidance scale (default: the bundle's)")
+    g.add_argument("--latents", metavar="NPY", default=None, help="text-to-image: initial latents (N, C, h, w) float32")
+    g.add_argument(
+        "--npy", metavar="FILE", default=None, help="also write the images as float32 (N, H, W, 3) in [0, 1]"
+    )
     g.add_argument("-o", "--output", required=True, help="image grid (.png, .pgm, .ppm)")
     g.add_argument(
         "--loop",
         choices=["c", "python"],
-        default="c",
-        help="sampling loop: the C runtime (default) or the Python reference",
+        default=None,
+        help="sampling loop: the C runtime (default) or the Python reference (the default with --latents)",
     )
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
@@ -680,6 +821,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgediff: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:  # SIGTERM while writing: staging already removed by the unwinding
+        print(f"edgediff: {e}", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

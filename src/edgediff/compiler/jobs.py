@@ -81,7 +81,7 @@ def prune_to_dir(
                 )
             log(f"resuming from {ckpt}")
         else:
-            result = prune(teacher, ratio=ratio, options=options, data=train_data)
+            result = prune(teacher, ratio=ratio, options=options, data=train_data, progress=finetune.progress)
             log(format_protected(result.protected))
             tmp = ckpt / "pruned-init.tmp"
             if tmp.exists():

@@ -26,7 +26,8 @@ import torch
 
 from edgediff import __version__
 from edgediff.compiler import bundle as bundle_io
-from edgediff.compiler.capture import load_source
+from edgediff.compiler import text as text_stage
+from edgediff.compiler.capture import load_source, plan_options
 from edgediff.compiler.coverage import coverage as op_coverage
 from edgediff.compiler.coverage import onnx_op_counts
 from edgediff.compiler.recipe import Recipe
@@ -69,6 +70,7 @@ class State:
     lowered: Lowered | None = None
     model_file: Path | None = None
     quantized: QuantizedModel | None = None
+    components: dict | None = None  # a text-to-image pipeline's other graphs: name -> Lowered (compiler/text.py)
 
 
 def capture(s: State) -> dict:
@@ -90,7 +92,8 @@ def plan(s: State) -> dict:
         raise EdgediffError(
             f"recipe: steps {r.steps} exceeds the model's {s.model.schedule.num_train_timesteps} training timesteps"
         )
-    s.plan = get_solver(r.sampler).plan(s.model.schedule, r.steps, spacing=r.spacing)
+    opts = plan_options(s.model, r.sampler)  # a pipeline scheduler's steps_offset, set_alpha_to_one, ...
+    s.plan = get_solver(r.sampler).plan(s.model.schedule, r.steps, spacing=r.spacing, **opts)
     _check_finite_at_last_step(s)
     s.route, s.precision = resolve(
         s.target, scheme=r.quantize, precision=r.precision, weights=r.weights, groups=r.groups
@@ -102,6 +105,7 @@ def plan(s: State) -> dict:
         "scheme": r.quantize,
         "format": s.target.format,
         "precision": s.precision,
+        **({"scheduler_options": opts} if opts else {}),
     }
 
 
@@ -157,7 +161,7 @@ def coverage(s: State) -> dict:
 
 
 def _guided(s: State) -> bool:
-    return s.recipe.guidance != 1.0 and s.model.conditioning.kind == "class"
+    return s.recipe.guidance != 1.0 and s.model.conditioning.kind in GUIDABLE
 
 
 def lower(s: State) -> dict:
@@ -169,6 +173,9 @@ def lower(s: State) -> dict:
     )
     s.lowered = replace(s.lowered, runtime=s.lowered.runtime | s.route.runtime)
     s.model_file = s.lowered.file
+    extra = {}
+    if s.model.text is not None:  # the pipeline's other graphs beside the denoiser, and its tokenizer
+        extra["components"] = text_stage.lower_components(s, precision=precision)
     return {
         "format": s.target.format,
         "lowering": s.route.lowers,
@@ -177,6 +184,7 @@ def lower(s: State) -> dict:
         "file": s.model_file.relative_to(s.work).as_posix(),
         "bytes": size_bytes(s.work / "model"),
         **{k: v for k, v in s.lowered.record.items() if k != "structural"},
+        **extra,
     }
 
 
@@ -212,6 +220,9 @@ def check(s: State) -> dict:
     else:
         denoise = open_denoiser(s.model_file, fmt)
         record = verify(s.model, denoise, precision=s.precision, label=getattr(denoise, "label", fmt))
+    if s.model.text is not None:  # each component against PyTorch, then whole images against diffusers
+        record["components"] = text_stage.verify_components(s)
+        record["images"] = text_stage.verify_images(s)
     if not s.target.detected:  # a device profile, not this machine
         record["note"] = f"run on this host's CPU, not on {s.target.name}'s {s.records['coverage']['unit']}"
     return record
@@ -270,6 +281,8 @@ def _scheduler(s: State) -> dict:
     }
     if s.distilled is not None:
         scheduler["distilled"] = s.distilled
+    if s.model.text is not None:
+        scheduler |= text_stage.scheduler_entries(s.model)
     return scheduler
 
 
@@ -308,6 +321,7 @@ def _manifest(s: State) -> dict:
         "quantization": _manifest_quantization(s.records["quantize"]),
         "pruning": model.pruning,
         "provenance": _provenance(),
+        **({"components": text_stage.manifest_components(s)} if s.model.text is not None else {}),
         **(s.extra_manifest or {}),
     }
 
@@ -354,6 +368,23 @@ def _provenance() -> dict:
     }
 
 
+GUIDABLE = ("class", "text")  # conditioning kinds with a null condition to guide against
+
+
+def _check_guidance(model: ModelSpec, recipe: Recipe) -> Recipe:
+    """Guidance is never changed silently: a scale != 1 for a model with no null condition to guide
+    against is refused, naming the flag. The Python API's default (Recipe().guidance, not asked for)
+    is the one exception: it means "no guidance" for such a model."""
+    if recipe.guidance == 1.0 or model.conditioning.kind in GUIDABLE:
+        return recipe
+    if recipe.guidance == Recipe().guidance:
+        return Recipe(**{**asdict(recipe), "guidance": 1.0})
+    raise EdgediffError(
+        f"--guidance {recipe.guidance:g}: {model.source} has conditioning {model.conditioning.kind!r}, with no "
+        "null condition to guide against; omit --guidance (or pass --guidance 1)"
+    )
+
+
 def _bind_student(model: ModelSpec, recipe: Recipe) -> tuple[ModelSpec, Recipe, dict | None]:
     """A step-distilled student (src/edgediff/distill/distill.py): a guidance-distilled one gets the recipe's
     guidance folded into its weights and is sampled with guidance_scale 1 (one forward pass per
@@ -391,10 +422,11 @@ def compile_model(
     profile = load_target(target)
     bundle_io.check_output(out)
     t_start = time.perf_counter()
-    model = load_source(source)
+    model = load_source(source, allow_extra_tensors=recipe.allow_extra_tensors)
     timings = {"load": time.perf_counter() - t_start}
-    if recipe.guidance != 1.0 and model.conditioning.kind != "class":
-        recipe = Recipe(**{**asdict(recipe), "guidance": 1.0})  # no null condition to guide against
+    recipe = _check_guidance(model, recipe)
+    if model.text is not None:
+        text_stage.check_recipe(model, recipe, profile)
     model, run_recipe, distilled = _bind_student(model, recipe)
     with staging(out) as work:
         s = State(

@@ -35,6 +35,17 @@ def weight_compressions() -> tuple[str, ...]:
     return tuple(dict.fromkeys(w for lo in LOWERINGS.values() for w in (lo.weights or ())))
 
 
+def _calibrating() -> tuple[str, ...]:
+    """The schemes whose routes record activation ranges (compiler.routes.ROUTES)."""
+    from edgediff.compiler.routes import ROUTES
+
+    return tuple(dict.fromkeys(scheme for (scheme, _), r in ROUTES.items() if r.calibrate and scheme))
+
+
+def _calibrates(scheme: str | None) -> bool:
+    return scheme is not None and scheme in _calibrating()
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What to build: the sampler the app will run and the precision of the model."""
@@ -67,6 +78,10 @@ class Recipe:
         help="calibration set from `edgediff calibrate` (default: record one along this recipe's trajectory)",
     )
     calib_samples: int = option(32, parse=positive_int, help="trajectories to record when no calib is given")
+    # how the source is read (compiler.capture.load_source): recorded in the manifest's recipe
+    allow_extra_tensors: bool = option(
+        False, help="accept a diffusers folder whose weights hold tensors its config does not use"
+    )
     quant_options: QuantizeOptions = option(
         QuantizeOptions(), cli=False, help="the rarer quantize knobs (their own flags: QuantizeOptions)"
     )
@@ -83,6 +98,11 @@ class Recipe:
             raise EdgediffError(
                 "recipe: groups > 1 needs quantize w8a8 (groups hold activation scales; "
                 f"{self.quantize or 'no quantize'} has none)"
+            )
+        if self.calib is not None and not _calibrates(self.quantize):
+            raise EdgediffError(
+                f"recipe: calib (--calib) is given but quantize (--quantize) is {self.quantize or 'not set'}, "
+                f"which does not calibrate; add --quantize {' or '.join(_calibrating())} or drop --calib"
             )
         if not isinstance(self.calib_samples, int) or self.calib_samples <= 0:
             raise EdgediffError(f"recipe: calib_samples must be a positive integer (got {self.calib_samples!r})")

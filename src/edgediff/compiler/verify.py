@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edgediff.core.errors import EdgediffError
-from edgediff.core.spec import ModelSpec, torch_denoiser
+from edgediff.core.spec import EMBEDDED, ModelSpec, torch_denoiser
 
 # Normalised max error allowed per precision (max abs error over max abs reference).
 # int8: TFLite dynamic-range int8 weights (lower_tflite.py). w4: weight-only 4-bit (weight_only.py); the
@@ -42,7 +42,7 @@ def verification_inputs(model: ModelSpec, *, num_timesteps: int = 8, batch: int 
         if c.kind == "class":
             cond = (np.arange(batch, dtype=np.int64) + k) % (c.num_classes + 1)
             cond[-1] = c.null_label
-        elif c.kind == "embedding":
+        elif c.kind in EMBEDDED:
             cond = torch.randn((batch, *c.shape), generator=g).numpy()
         else:
             cond = None

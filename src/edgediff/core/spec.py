@@ -20,7 +20,8 @@ from torch import nn
 
 from edgediff.core.schedule import NoiseSchedule
 
-CondKind = Literal["none", "class", "embedding"]
+CondKind = Literal["none", "class", "embedding", "text"]
+EMBEDDED = ("embedding", "text")  # kinds whose third input is a float tensor of `shape` per image
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Conditioning:
     label `null_label` used for classifier-free guidance.
     kind "embedding": a float tensor per image (for example text-encoder states),
     shape `shape` without the batch axis; the null condition is all zeros.
+    kind "text": the text encoder's last_hidden_state per image, shape `shape` = (max_length,
+    hidden); the null condition is the embedding of the negative prompt ("" by default), made
+    by the pipeline's own text encoder (ModelSpec.text).
     """
 
     kind: CondKind = "none"
@@ -58,6 +62,28 @@ class Conditioning:
 
 
 @dataclass(frozen=True)
+class TextToImage:
+    """The parts of a latent text-to-image pipeline around its denoiser (ModelSpec.module).
+
+    prompt --tokenizer--> input_ids int64 [B, max_length]
+           --text_encoder--> last_hidden_state float32 [B, max_length, hidden]
+    latents [B, *latent_shape] --vae_decoder (1 / scaling_factor inside)--> image [B, 3, H, W] in [-1, 1]
+    """
+
+    text_encoder: nn.Module  # input_ids -> last_hidden_state
+    vae_decoder: nn.Module  # latents -> image (the scaling factor applied inside)
+    tokenizer_dir: Path  # the folder the tokenizer's files are read from (copied into the bundle)
+    tokenizer_files: tuple[str, ...]  # their names inside tokenizer_dir
+    max_length: int  # tokens per prompt (CLIP: 77)
+    hidden: int  # the text encoder's width (= the denoiser's cross_attention_dim)
+    latent_shape: tuple[int, int, int]
+    image_shape: tuple[int, int, int]  # (3, H, W) the decoder outputs
+    scaling_factor: float
+    vae_class: str  # AutoencoderKL | AutoencoderTiny
+    scheduler_config: dict  # the pipeline's scheduler_config.json (timestep fields: plan_options)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A denoiser with everything the compiler needs to know about it.
 
@@ -75,6 +101,7 @@ class ModelSpec:
     description: str = ""
     student: dict | None = None  # a step-distilled student's record (src/edgediff/distill/distill.py), else None
     pruning: dict | None = None  # a pruned model's record (pruned_shapes.json, src/edgediff/prune/store.py), else None
+    text: TextToImage | None = None  # a text-to-image pipeline's other components (conditioning kind "text")
 
     def example_inputs(self, batch: int = 2, *, generator: torch.Generator | None = None) -> tuple:
         g = generator or torch.Generator().manual_seed(0)
@@ -83,7 +110,7 @@ class ModelSpec:
         c = self.conditioning
         if c.kind == "class":
             return (x, t, torch.arange(batch, dtype=torch.int64) % (c.num_classes or 1))
-        if c.kind == "embedding":
+        if c.kind in EMBEDDED:
             return (x, t, torch.randn((batch, *c.shape), generator=g))
         return (x, t)
 
@@ -91,7 +118,7 @@ class ModelSpec:
         names = ["sample", "timestep"]
         if self.conditioning.kind == "class":
             names.append("class_labels")
-        elif self.conditioning.kind == "embedding":
+        elif self.conditioning.kind in EMBEDDED:
             names.append("encoder_hidden_states")
         return names
 

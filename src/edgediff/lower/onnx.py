@@ -64,7 +64,10 @@ def export_onnx(model: ModelSpec, path: Path) -> onnx.ModelProto:
 
 
 def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx.ModelProto:
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    # a named dynamic dim: the same graph as Dim("batch", min=1, max=4096) (op counts, input/output
+    # shapes), exported faster (builtin:digits, 3 interleaved pairs on a loaded 2-core host: 55/32/22 s
+    # against 143/52/25 s)
+    batch = "batch"
     sig_names = _forward_arg_names(model.module, len(args))
     dynamic = {n: {0: batch} for n in sig_names}
     with _quiet(), torch.inference_mode(False), torch.no_grad():

@@ -49,7 +49,7 @@ class _NamedEmbedding(_Named2):
         return {"eps": self.module(sample, timestep, encoder_hidden_states)}
 
 
-_WRAPPERS = {"none": _Named2, "class": _NamedClass, "embedding": _NamedEmbedding}
+_WRAPPERS = {"none": _Named2, "class": _NamedClass, "embedding": _NamedEmbedding, "text": _NamedEmbedding}
 
 
 def _quantize(path: Path, precision: str) -> None:

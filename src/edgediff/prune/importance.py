@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import ModelSpec
@@ -57,6 +58,7 @@ def accumulate_taylor_gradients(
     batch: int = 32,
     stride: int = 1,
     seed: int = 0,
+    progress: bool = False,
 ) -> TaylorRecord:
     """Sum dL_t/dw into every parameter's .grad over t = 0, stride, ... until L_t < threshold * max L."""
 
@@ -76,7 +78,10 @@ def accumulate_taylor_gradients(
     module.zero_grad(set_to_none=True)
     module.eval()  # no dropout; the UNets here have no batch norm
     used, losses, loss_max, stopped = [], [], 0.0, None
-    for t_int in range(0, len(abar), stride):
+    steps = range(0, len(abar), stride)
+    # at most len(steps) timesteps: the threshold usually stops the pass earlier (the bar then ends short)
+    bar = tqdm(total=len(steps), desc="taylor importance", unit="t", disable=not progress, dynamic_ncols=True)
+    for t_int in steps:
         a = abar[t_int]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         t = torch.full((len(x0),), t_int, dtype=torch.long)
@@ -90,6 +95,8 @@ def accumulate_taylor_gradients(
         loss.backward()
         used.append(t_int)
         losses.append(value)
+        bar.update(1)
+    bar.close()
     return TaylorRecord(timesteps=used, losses=losses, stopped_at=stopped, threshold=threshold)
 
 

@@ -325,3 +325,86 @@ def open_denoiser(path: Path, fmt: str, *, threads: int = 0):
     denoise = BACKENDS[fmt](path, threads=threads)
     batch = model_signature(path, fmt)["inputs"][0]["shape"][0]
     return FixedBatch(denoise, batch) if isinstance(batch, int) else denoise
+
+
+class Graph:
+    """One graph of a text-to-image bundle (text encoder, VAE decoder): `graph(x) -> first output`,
+    on ONNX Runtime's CPU provider or OpenVINO's CPU plugin (f32, as OpenVINODenoiser)."""
+
+    def __init__(self, path: Path, fmt: str, *, threads: int = 0):
+        self.path, self.fmt = Path(path), fmt
+        if fmt == "onnx":
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(str(path), ort_options(threads), providers=["CPUExecutionProvider"])
+            inp = self.session.get_inputs()[0]
+            self.input, self.dtype = inp.name, np.int64 if "int64" in inp.type else np.float32
+            self.label = f"ONNX Runtime {ort.__version__} CPUExecutionProvider"
+        elif fmt == "openvino":
+            ov = _require("openvino", "openvino", "openvino")
+            config = {"INFERENCE_PRECISION_HINT": OpenVINODenoiser.HINT, "PERFORMANCE_HINT": "LATENCY"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            self.compiled = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU", config)
+            self.request = self.compiled.create_infer_request()
+            port = self.compiled.inputs[0]
+            et = _OV_DTYPES.get(port.get_element_type().get_type_name(), "float32")
+            self.input, self.dtype = port.get_any_name(), _cond_dtype(et)
+            self.label = f"OpenVINO {ov.__version__.split('-')[0]} CPU plugin"
+        elif fmt == "tflite":
+            self.interpreter, self.runner = _tflite_runner(path, threads)
+            inp = _tflite_describe(self.runner.get_input_details())[0]
+            self.input, self.dtype = inp["name"], _cond_dtype(inp["dtype"])
+            self.output = _tflite_describe(self.runner.get_output_details())[0]["name"]
+            self.label = "LiteRT interpreter (XNNPACK, CPU)"
+        elif fmt in NOT_HERE:
+            raise EdgediffError(f"{path}: format {fmt!r} cannot run on this host: {NOT_HERE[fmt]}")
+        else:
+            raise EdgediffError(f"{path}: no backend on this host runs format {fmt!r} for a pipeline component")
+        batch = model_signature(path, fmt)["inputs"][0]["shape"][0]
+        self.batch = batch if isinstance(batch, int) else None
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, self.dtype)
+        if self.fmt == "onnx":
+            return np.asarray(self.session.run(None, {self.input: x})[0], np.float32)
+        if self.fmt == "tflite":
+            with quiet_output():  # the XNNPACK delegate announces itself from native code
+                return np.array(self.runner(**{self.input: x})[self.output], dtype=np.float32)
+        out = self.request.infer({self.input: x})
+        return np.array(out[self.compiled.outputs[0]], dtype=np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.batch is None or x.shape[0] == self.batch:
+            return self._run(x)
+        outs = []
+        for s in range(0, x.shape[0], self.batch):  # a static batch: chunks, the last padded
+            idx = np.minimum(np.arange(s, s + self.batch), x.shape[0] - 1)
+            outs.append(self._run(x[idx])[: min(self.batch, x.shape[0] - s)])
+        return np.concatenate(outs)
+
+
+def load_tokenizer(folder: Path):
+    """The bundle's CLIP tokenizer (transformers' CLIPTokenizer over the copied files)."""
+    try:
+        from transformers import CLIPTokenizer
+    except ImportError as e:
+        raise EdgediffError(f"{folder}: the tokenizer needs the package 'transformers' ({e.msg})") from None
+    try:
+        with quiet_output():
+            return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgediffError(f"{folder}: not a loadable CLIP tokenizer: {first}") from None
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int, *, warn=None) -> np.ndarray:
+    """input_ids int64 (len(prompts), max_length): padded, and truncated as CLIP does (the
+    start token, the first max_length - 2 tokens, the end token); warn(message) per truncated prompt."""
+    for p in prompts:
+        n = len(tokenizer(p, truncation=False, verbose=False).input_ids)
+        if n > max_length and warn is not None:
+            short = p if len(p) <= 60 else p[:57] + "..."
+            warn(f"prompt {short!r} is {n} tokens; truncated to {max_length} as CLIP does")
+    out = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
+    return np.asarray(out.input_ids, np.int64)

@@ -265,6 +265,92 @@ def _field(d: dict, key: str, where: str):
     return d[key]
 
 
+MAX_TENSORS = 4  # model inputs / outputs a manifest may describe (EDD_MAX_TENSORS in edgediff.h)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _typed(d: dict, key: str, types, want: str, file: str, where: str = ""):
+    """d[key] of one of `types`; a message as bundle.c's member() writes it."""
+    at = f"{where}." if where else ""
+    if key not in d:
+        raise EdgediffError(f"{file}: {where + ' is ' if where else ''}missing the field {key!r}")
+    v = d[key]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        raise EdgediffError(f"{file}: {at}{key} must be {want}, got {type(v).__name__}")
+    return v
+
+
+def _tensors(items, field: str, file: str) -> None:
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_TENSORS:
+        n = len(items) if isinstance(items, list) else type(items).__name__
+        raise EdgediffError(f"{file}: {field} must list 1..{MAX_TENSORS} tensors, got {n}")
+    for i, t in enumerate(items):
+        where = f"{field}[{i}]"
+        if not isinstance(t, dict):
+            raise EdgediffError(f"{file}: {where} must be an object, got {type(t).__name__}")
+        _typed(t, "name", str, "a string", file, where)
+        _typed(t, "dtype", str, "a string", file, where)
+        shape = _typed(t, "shape", list, "a list", file, where)
+        for k, d in enumerate(shape):
+            if not ((_int(d) and d >= 1) or isinstance(d, str)):
+                raise EdgediffError(f"{file}: {where}.shape[{k}] must be a positive integer or a name")
+
+
+def check_schema(root: Path, manifest: dict, scheduler: dict) -> None:
+    """manifest.json and scheduler.json fields that a runtime needs, checked as the C reader
+    (csrc/src/bundle.c) checks them: a bundle that passes here can be run (load_bundle and
+    `edgediff inspect` call it; the file checks of "the box" are check_entry's)."""
+    from edgediff.runtimes.samplers.base import Plan, is_finite
+    from edgediff.runtimes.steps import StepTable
+
+    mf, sf = str(root / MANIFEST), str(root / SCHEDULER)
+    model = _typed(manifest, "model", dict, "an object", mf)
+    for key in ("format", "file"):
+        _typed(model, key, str, "a string", mf, "model")
+    _tensors(_typed(model, "inputs", list, "a list", mf, "model"), "model.inputs", mf)
+    _tensors(_typed(model, "outputs", list, "a list", mf, "model"), "model.outputs", mf)
+    inputs = model["inputs"]
+    if len(inputs) < 2:
+        raise EdgediffError(f"{mf}: model.inputs must list at least the sample and the timestep, got {len(inputs)}")
+    shape = inputs[0]["shape"]
+    if len(shape) < 2:
+        raise EdgediffError(f"{mf}: model.inputs[0].shape must be (batch, ...sample), got {len(shape)} dimensions")
+    for k, d in enumerate(shape[1:], start=1):
+        if not _int(d):
+            raise EdgediffError(f"{mf}: model.inputs[0].shape[{k}] must be a fixed size")
+    cond = _typed(manifest, "conditioning", dict, "an object", mf)
+    kind = _typed(cond, "kind", str, "a string", mf, "conditioning")
+    if kind == "class":
+        k = _typed(cond, "num_classes", (int, float), "an integer", mf, "conditioning")
+        if not _int(k) or k < 1:
+            raise EdgediffError(f"{mf}: conditioning.num_classes must be a positive integer, got {k!r}")
+        if not _int(_typed(cond, "null_label", (int, float), "an integer", mf, "conditioning")):
+            raise EdgediffError(f"{mf}: conditioning.null_label must be an integer")
+        if len(inputs) < 3:
+            raise EdgediffError(f"{mf}: conditioning.kind is 'class' but model.inputs has no label input")
+    elif kind == "embedding":
+        if len(inputs) < 3:
+            raise EdgediffError(f"{mf}: conditioning.kind is 'embedding' but model.inputs has no condition input")
+    elif kind != "none":
+        raise EdgediffError(f"{mf}: conditioning.kind {kind!r} is not one of none, class, embedding")
+
+    plan = Plan.from_dict(_typed(scheduler, "plan", dict, "an object", sf), where=sf)
+    guidance = _typed(scheduler, "guidance_scale", (int, float), "a number", sf)
+    if not is_finite(guidance):
+        raise EdgediffError(f"{sf}: guidance_scale must be finite, got {guidance!r}")
+    if "spacing" in scheduler and scheduler["spacing"] is not None:
+        _typed(scheduler, "spacing", str, "a string", sf)
+    StepTable.from_scheduler(scheduler, len(plan.model_timesteps), where=sf)
+    groups = scheduler.get("timestep_groups")
+    if isinstance(groups, dict):
+        for k, name in enumerate(groups.get("files", [])):
+            if name not in manifest["files"]:
+                raise EdgediffError(f"{sf}: timestep_groups.files[{k}] {name!r} is not listed under {MANIFEST} files")
+
+
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Read a bundle folder. Every file manifest.json lists is checked against the box rule
     above (inside the folder, a regular file, no larger than its bytes field); with `verify`
@@ -298,6 +384,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         if name not in files:
             raise EdgediffError(f"{where}: files has no entry for {name}")
     scheduler = _read_json(root, SCHEDULER, root_real)  # read before the files, as the C loader does
+    check_schema(root, manifest, scheduler)
     checked = {name: check_entry(root, name, rec, root_real=root_real) for name, rec in files.items()}
     if verify:
         for name, parts in checked.items():
@@ -315,8 +402,10 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                     f"after compile{note}"
                 )
     bundle = Bundle(root=root, manifest=manifest, scheduler=scheduler, report=_read_json(root, REPORT, root_real))
+    check_components(bundle)
     if verify:
         check_signature(bundle)
+        check_component_signatures(bundle)
     return bundle
 
 
@@ -331,3 +420,110 @@ def check_signature(bundle: Bundle) -> None:
             raise EdgediffError(
                 f"{bundle.model_path}: {side} {actual[side]} do not match manifest.json model.{side} {expected[side]}"
             )
+
+
+# ---- a text-to-image bundle's components (conditioning kind "text") -------------------------------
+#
+#   manifest.json  components: {text_encoder: {file, format, precision, runtime, inputs, outputs},
+#                               vae_decoder: {...}, tokenizer: {kind, folder, files, max_length}}
+#   scheduler.json conditioning: "text", latent: {shape: [C, h, w], scaling_factor, image_shape: [3, H, W]}
+
+GRAPHS = ("text_encoder", "vae_decoder")
+
+
+def _positive_ints(v, n: int) -> bool:
+    return (
+        isinstance(v, list) and len(v) == n and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+    )
+
+
+def check_components(bundle: Bundle) -> None:
+    """The components and latent block of a text bundle, strictly; other bundles must have neither."""
+    where, swhere = f"{bundle.root / MANIFEST}", f"{bundle.root / SCHEDULER}"
+    cond = bundle.manifest["conditioning"]
+    kind = cond.get("kind") if isinstance(cond, dict) else None
+    comps = bundle.manifest.get("components")
+    if kind != "text":
+        if comps is not None:
+            raise EdgediffError(f"{where}: field components is set but conditioning.kind is {kind!r}, not 'text'")
+        return
+    if not isinstance(comps, dict):
+        raise EdgediffError(f"{where}: field components must be an object for conditioning kind text")
+    unknown = sorted(set(comps) - {*GRAPHS, "tokenizer"})
+    if unknown:
+        raise EdgediffError(f"{where}: components has unknown key {unknown[0]!r}")
+    files = bundle.manifest["files"]
+    for name in GRAPHS:
+        c = _field(comps, name, f"{where} (components)")
+        if not isinstance(c, dict):
+            raise EdgediffError(f"{where}: components.{name} must be an object")
+        for key in ("file", "format", "inputs", "outputs"):
+            _field(c, key, f"{where} (components.{name})")
+        if c["file"] not in files:
+            raise EdgediffError(f"{where}: components.{name}.file {c['file']!r} is not listed under files")
+        if c["format"] != bundle.model_format:
+            raise EdgediffError(
+                f"{where}: components.{name}.format is {c['format']!r}; the denoiser's is {bundle.model_format!r}"
+            )
+    tok = _field(comps, "tokenizer", f"{where} (components)")
+    folder, tfiles = (
+        tok.get("folder") if isinstance(tok, dict) else None,
+        tok.get("files") if isinstance(tok, dict) else None,
+    )
+    if not isinstance(folder, str) or _bad_name(folder):
+        raise EdgediffError(f"{where}: components.tokenizer.folder must be a relative folder name")
+    if not isinstance(tfiles, list) or not tfiles:
+        raise EdgediffError(f"{where}: components.tokenizer.files must be a non-empty list")
+    for f in tfiles:
+        if not isinstance(f, str) or not f.startswith(folder + "/") or f not in files:
+            raise EdgediffError(
+                f"{where}: components.tokenizer.files entry {f!r} must be a file of {folder}/ listed under files"
+            )
+    names = {f.rsplit("/", 1)[-1] for f in tfiles}
+    if not ({"vocab.json", "merges.txt"} <= names or "tokenizer.json" in names):
+        raise EdgediffError(f"{where}: components.tokenizer.files needs vocab.json and merges.txt (or tokenizer.json)")
+    shape = cond.get("shape")
+    if not _positive_ints(shape, 2):
+        raise EdgediffError(f"{where}: conditioning.shape must be [max_length, hidden] for kind text")
+    if tok.get("max_length") != shape[0]:
+        raise EdgediffError(
+            f"{where}: components.tokenizer.max_length is {tok.get('max_length')!r}; conditioning.shape says {shape[0]}"
+        )
+    if bundle.scheduler.get("conditioning") != "text":
+        raise EdgediffError(
+            f"{swhere}: field conditioning is {bundle.scheduler.get('conditioning')!r}; expected 'text'"
+        )
+    latent = _field(bundle.scheduler, "latent", swhere)
+    if not isinstance(latent, dict):
+        raise EdgediffError(f"{swhere}: field latent must be an object")
+    unknown = sorted(set(latent) - {"shape", "scaling_factor", "image_shape"})
+    if unknown:
+        raise EdgediffError(f"{swhere}: latent has unknown key {unknown[0]!r}")
+    if not _positive_ints(latent.get("shape"), 3) or tuple(latent["shape"]) != bundle.sample_shape:
+        raise EdgediffError(
+            f"{swhere}: latent.shape is {latent.get('shape')!r}; the denoiser's sample is {list(bundle.sample_shape)}"
+        )
+    sf = latent.get("scaling_factor")
+    if isinstance(sf, bool) or not isinstance(sf, (int, float)) or not sf > 0 or sf != sf or sf == float("inf"):
+        raise EdgediffError(f"{swhere}: latent.scaling_factor must be a number > 0, got {sf!r}")
+    image = latent.get("image_shape")
+    if not _positive_ints(image, 3) or image[0] != 3:
+        raise EdgediffError(f"{swhere}: latent.image_shape must be [3, H, W], got {image!r}")
+
+
+def check_component_signatures(bundle: Bundle) -> None:
+    """Each component graph's own inputs/outputs must equal manifest.json components.NAME.inputs/outputs."""
+    from edgediff.runtimes.backends import model_signature
+
+    comps = bundle.manifest.get("components")
+    if not comps:
+        return
+    for name in GRAPHS:
+        c = comps[name]
+        path = bundle.root / c["file"]
+        actual = model_signature(path, c["format"])
+        for side in ("inputs", "outputs"):
+            if actual[side] != c[side]:
+                raise EdgediffError(
+                    f"{path}: {side} {actual[side]} do not match manifest.json components.{name}.{side} {c[side]}"
+                )

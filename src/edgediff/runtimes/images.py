@@ -19,6 +19,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 3, 1)
 
 
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> float32 (N, H, W, 3) in [0, 1], as diffusers' output_type="np"."""
+    return np.clip(images / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1).astype(np.float32)
+
+
 def grid(images: np.ndarray, *, ncols: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile (N, C, H, W) images into one (rows*H, cols*W, C) uint8 array."""
     n, c, h, w = images.shape

@@ -7,7 +7,7 @@ This uses diffusers' own DDIM scheduler on purpose: it is an independent check o
 zoo's weights, not a use of the project's samplers (runtimes/samplers).
 
     python -m edgediff.tools.digits_eval [--source builtin:digits] [--per-class 10] [--steps 50] [--guidance 3]
-                                    [--seed 0] [--threads 2]
+                                    [--seed 0] [--threads 2] [--json FILE]
 
 --source takes builtin:digits, builtin:digits-pruned or a pruned folder (`edgediff prune -o DIR`).
 """
@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgediff.compiler.capture import load_source
+from edgediff.core.errors import EdgediffError
+from edgediff.core.files import check_writable, write_file_atomic
 from edgediff.core.spec import DiffusersAdapter
 from edgediff.runtimes.quality import frechet_distance, gaussian_stats
 from edgediff.training.data import digits_splits
@@ -107,14 +111,30 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--json", metavar="FILE", help="also write the result here (checked before the run, written atomically)"
+    )
     a = p.parse_args(argv)
+    try:
+        _run(a)
+    except EdgediffError as e:
+        print(f"digits_eval: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(a) -> None:
+    if a.json:
+        check_writable(Path(a.json))
     torch.set_num_threads(a.threads)
     m = load_source(a.source).module
     unet = m.model if isinstance(m, DiffusersAdapter) else m
     r = evaluate(unet, load_classifier(), per_class=a.per_class, steps=a.steps, guidance=a.guidance, seed=a.seed)
     r.pop("images")
     r["source"] = a.source
-    print(json.dumps(r, indent=2))
+    text = json.dumps(r, indent=2)
+    if a.json:
+        write_file_atomic(Path(a.json), text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgediff.core.errors import EdgediffError
+from edgediff.core.files import write_file_atomic
 from edgediff.runtimes.bundle import load_bundle
 from edgediff.runtimes.images import grid
 from edgediff.runtimes.quality import psnr_db
@@ -84,12 +85,14 @@ def make_report(
         raise EdgediffError("edgediff report needs matplotlib: pip install 'edgediff[plots]'") from None
     matplotlib.use("Agg")
     out = Path(out_dir)
-    try:
+    if out.exists() and not out.is_dir():
+        raise EdgediffError(f"{out}: exists and is not a folder")
+    given = _load_bench_jsons(bench_json)
+    loaded = [load_bundle(b) for b in bundles]
+    try:  # only once every input has loaded: a bad bundle leaves no empty folder behind
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgediffError(f"{out}: cannot create folder ({e.strerror})") from None
-    given = _load_bench_jsons(bench_json)
-    loaded = [load_bundle(b) for b in bundles]
     names = _names(loaded)
     total = sum(2 * num_samples * len(b.scheduler["plan"]["timesteps"]) for b in loaded)
     rows = []
@@ -126,10 +129,19 @@ def make_report(
     }
     figures = {k: v for k, v in figures.items() if v is not None}
     data = [{"name": r["name"], "bench": r["bench"], "quality": r["quality"]} for r in rows]
-    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_file_atomic(out / "report.json", json.dumps(data, indent=2) + "\n")
     md = out / "report.md"
-    md.write_text(_markdown(rows, figures, num_samples=num_samples, seed=seed))
+    write_file_atomic(md, _markdown(rows, figures, num_samples=num_samples, seed=seed))
     return {"markdown": str(md), "figures": [str(p) for p in figures.values()], "rows": data}
+
+
+def _save(fig, path: Path) -> None:
+    """A figure rendered in memory, then written atomically (a full disk leaves no partial PNG)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    write_file_atomic(path, buf.getvalue())
 
 
 def _names(bundles) -> list[str]:
@@ -201,7 +213,7 @@ def _plot_quality(rows, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle("quality vs latency (every bundle on the same seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -230,7 +242,7 @@ def _plot_steps(rows, path: Path) -> Path | None:
     ax.set_title("per-step latency, measured (tail beyond p99.5 clipped)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -248,7 +260,7 @@ def _plot_size(rows, path: Path) -> Path:
     ax.set_title("bundle size")
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -274,7 +286,7 @@ def _plot_images(rows, path: Path, *, k: int = 10) -> Path:
         ax.set_title(label, fontsize=9, loc="left")
     fig.suptitle(f"same seeds, first {min(k, len(rows[0]['images']))} images", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 

@@ -70,7 +70,17 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, d) -> Plan:
+    def from_dict(cls, d, *, where: str | None = None) -> Plan:
+        """A plan from its JSON dict; errors start with `where` (the file it came from) when given."""
+        try:
+            return cls._from_dict(d)
+        except EdgediffError as e:
+            if where is None:
+                raise
+            raise EdgediffError(f"{where}: {e}") from None
+
+    @classmethod
+    def _from_dict(cls, d) -> Plan:
         if not isinstance(d, dict):
             raise EdgediffError(f"plan must be a JSON object, got {type(d).__name__}")
         keys = ("solver", "timesteps", "schedule", "params")
