@@ -599,6 +599,8 @@ def add_bench_parsers(sub) -> None:
 def cmd_zoo_train(a) -> int:
     from edgediff.zoo import train
 
+    if a.model == "digits-sd":
+        return train.run_digits_sd(a.steps, a.seed, a.output)
     if a.model == "digits":
         fn, steps, seed, out = train.train_digits_unet, train.UNET_STEPS, train.UNET_SEED, train.UNET_OUT
     else:
@@ -753,7 +755,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     z = sub.add_parser("zoo", help="the builtin models")
     zs = z.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
     zt = zs.add_parser("train", help="retrain a builtin model's committed weights (seeded)")
-    zt.add_argument("model", choices=["digits", "classifier"])
+    zt.add_argument("model", choices=["digits", "classifier", "digits-sd"])
     zt.add_argument("--steps", type=positive_int, default=None)
     zt.add_argument("--seed", type=nonneg_int, default=None)
     zt.add_argument("-o", "--output", default=None, help="weights file (default: the package's own)")

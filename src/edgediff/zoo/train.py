@@ -294,6 +294,21 @@ def accuracy(classifier: nn.Module, images: np.ndarray, labels: np.ndarray, batc
     return float((torch.cat(preds).numpy() == labels).mean())
 
 
+def run_digits_sd(steps: int | None = None, seed: int | None = None, out: str | Path | None = None) -> int:
+    """`edgediff zoo train digits-sd`: zoo/digits_sd.py's train() with its defaults; prints where and how long."""
+    from edgediff.zoo import digits_sd
+
+    r = digits_sd.train(
+        steps=steps or digits_sd.SD_STEPS,
+        seed=digits_sd.SEED if seed is None else seed,
+        out=out or digits_sd.FOLDER,
+    )
+    q = r.record.get("quality", {})
+    acc = f", class accuracy {q['accuracy']:.3f} on {q['images']} images" if q else ""
+    print(f"wrote {r.path}: seed {r.record['seed']}, {r.seconds:.0f} s{acc}")
+    return 0
+
+
 # --- helpers ---------------------------------------------------------------------------
 
 
@@ -390,6 +405,7 @@ def _jsonable(x):
 __all__ = [
     "train_digits_unet",
     "train_digits_classifier",
+    "run_digits_sd",
     "TrainResult",
     "augment_digits",
     "accuracy",
