@@ -146,7 +146,12 @@ BAD_BUNDLES = [
     ("scheduler.json", _set(["plan", "solver"], "nope"), "scheduler.json: "),
     ("manifest.json", _set(["conditioning", "num_classes"], 0), "conditioning.num_classes must be a positive integer"),
     ("manifest.json", _set(["conditioning", "num_classes"], 2.5), "conditioning.num_classes must be a positive"),
-    ("manifest.json", _set(["conditioning", "kind"], "text"), "conditioning.kind 'text' is not one of"),
+    ("manifest.json", _set(["conditioning", "kind"], "texture"), "conditioning.kind 'texture' is not one of"),
+    (
+        "manifest.json",
+        _set(["conditioning", "kind"], "text"),
+        "field components must be an object for conditioning kind text",
+    ),
     ("manifest.json", _set(["model", "inputs"], []), "model.inputs must list 1..4 tensors"),
     ("manifest.json", _set(["model", "outputs"], "x"), "model.outputs must be a list"),
 ]
