@@ -10,7 +10,6 @@ done for text-to-image bundles are FORMATS; the compiler refuses the others befo
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import ModelSpec, sha256_state
-from edgediff.lower.onnx import OPSET, _quiet, fix_batch, to_fp16
+from edgediff.lower.onnx import OPSET, cached_export, fix_batch, to_fp16, torch_export
 from edgediff.lower.registry import Lowered
 
 FORMATS = ("onnx", "openvino", "tflite")  # the formats a text-to-image bundle's components are lowered to
@@ -94,41 +93,17 @@ def components(model: ModelSpec) -> list[Component]:
 
 
 # module -> (its weights' hash, the ONNX bytes): compiling one pipeline for several formats exports once
-_EXPORTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, bytes]] = weakref.WeakKeyDictionary()
-
-
 def export_component(c: Component, path: Path, source: str) -> onnx.ModelProto:
     """fp32 ONNX of one component, the batch axis dynamic."""
-    key = sha256_state(c.module)
-    hit = _EXPORTS.get(c.module)
-    if hit is not None and hit[0] == key:
-        Path(path).write_bytes(hit[1])
-        return onnx.load_from_string(hit[1])
-    proto = _export(c, path, source)
-    _EXPORTS[c.module] = (key, Path(path).read_bytes())
-    return proto
-
-
-def _export(c: Component, path: Path, source: str) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with _quiet(), torch.inference_mode(False), torch.no_grad():
-        try:
-            torch.onnx.export(
-                c.module,
-                c.example,
-                str(path),
-                input_names=list(c.inputs),
-                output_names=list(c.outputs),
-                dynamic_shapes=({0: batch},) * len(c.example),
-                opset_version=OPSET,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EdgediffError(f"ONNX export of {source} component {c.name} failed: {first}") from None
-    return onnx.load(str(path))
+    dynamic = ({0: batch},) * len(c.example)
+    what = f"{source} component {c.name}"
+    return cached_export(
+        c.module,
+        sha256_state(c.module),
+        path,
+        lambda: torch_export(c.module, c.example, path, c.inputs, c.outputs, dynamic, what=what),
+    )
 
 
 def lower_component(

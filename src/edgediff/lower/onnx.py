@@ -54,12 +54,18 @@ def export_onnx(model: ModelSpec, path: Path) -> onnx.ModelProto:
     names = model.input_names()
     args = model.example_inputs(batch=2)
     key = (tuple(names), tuple((tuple(a.shape), a.dtype) for a in args), sha256_state(model.module))
-    hit = _EXPORTS.get(model.module)
+    return cached_export(model.module, key, path, lambda: _export(model, path, names, args))
+
+
+def cached_export(module: torch.nn.Module, key, path: Path, export) -> onnx.ModelProto:
+    """`export()` writes `path` and returns its proto; skipped (the cached bytes written to
+    `path`) while `module` is alive and `key` (its weights, inputs) unchanged."""
+    hit = _EXPORTS.get(module)
     if hit is not None and hit[0] == key:
         Path(path).write_bytes(hit[1])
         return onnx.load_from_string(hit[1])
-    proto = _export(model, path, names, args)
-    _EXPORTS[model.module] = (key, Path(path).read_bytes())
+    proto = export()
+    _EXPORTS[module] = (key, Path(path).read_bytes())
     return proto
 
 
@@ -70,15 +76,20 @@ def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx
     batch = "batch"
     sig_names = _forward_arg_names(model.module, len(args))
     dynamic = {n: {0: batch} for n in sig_names}
+    return torch_export(model.module, args, path, names, ["eps"], dynamic, what=model.source)
+
+
+def torch_export(module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, *, what: str):
+    """fp32 ONNX of `module` at `path` (dynamo exporter, one file); a failure is one line naming `what`."""
     with _quiet(), torch.inference_mode(False), torch.no_grad():
         try:
             torch.onnx.export(
-                model.module,
+                module,
                 args,
                 str(path),
-                input_names=names,
-                output_names=["eps"],
-                dynamic_shapes=dynamic,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes,
                 opset_version=OPSET,
                 dynamo=True,
                 external_data=False,
@@ -86,7 +97,7 @@ def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx
             )
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EdgediffError(f"ONNX export of {model.source} failed: {first}") from e
+            raise EdgediffError(f"ONNX export of {what} failed: {first}") from e
     return onnx.load(str(path))
 
 
