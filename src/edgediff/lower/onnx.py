@@ -71,8 +71,7 @@ def cached_export(module: torch.nn.Module, key, path: Path, export) -> onnx.Mode
 
 def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx.ModelProto:
     # a named dynamic dim: the same graph as Dim("batch", min=1, max=4096) (op counts, input/output
-    # shapes), exported faster (builtin:digits, 3 interleaved pairs on a loaded 2-core host: 55/32/22 s
-    # against 143/52/25 s)
+    # shapes); it exported faster in an unbenchmarked timing here, so no figure is claimed
     batch = "batch"
     sig_names = _forward_arg_names(model.module, len(args))
     dynamic = {n: {0: batch} for n in sig_names}
