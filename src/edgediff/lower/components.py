@@ -18,7 +18,7 @@ import torch
 
 from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import ModelSpec, sha256_state
-from edgediff.lower.onnx import OPSET, cached_export, fix_batch, to_fp16, torch_export
+from edgediff.lower.onnx import OPSET, cached_export, fix_batch, remove_onnx, save_onnx, to_fp16, torch_export
 from edgediff.lower.registry import Lowered
 
 FORMATS = ("onnx", "openvino", "tflite")  # the formats a text-to-image bundle's components are lowered to
@@ -127,7 +127,7 @@ def lower_component(
                 proto = to_fp16(proto)
             proto.producer_name = "edgediff"
             path = out_dir / f"{c.name}.onnx"
-            onnx.save(proto, str(path))
+            save_onnx(proto, path)
             return Lowered(path, {"opset": OPSET, "static_batch": static_batch}, {"static_batch": static_batch})
         from edgediff.lower.openvino import HINTS, convert_onnx
         from edgediff.lower.registry import require
@@ -142,4 +142,4 @@ def lower_component(
             {"static_batch": static_batch, "inference_precision_hint": HINTS[precision]},
         )
     finally:
-        tmp.unlink(missing_ok=True)
+        remove_onnx(tmp)

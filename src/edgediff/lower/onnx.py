@@ -7,6 +7,12 @@ the slow part of a compile for small models (seconds to a minute), so one proces
 module once: compiling the same ModelSpec for several targets reuses the export while the
 module's weights, input names and shapes are unchanged (`_EXPORTS`).
 fp16 keeps float32 inputs/outputs so the runtime's arrays do not change with precision.
+
+Models over protobuf's 2 GB limit: a graph whose weights exceed EXTERNAL_DATA_BYTES is written
+as NAME.onnx plus one weights file NAME.onnx.data beside it (ONNX external data, which ONNX
+Runtime and OpenVINO read from the model's folder; the bundle lists and hashes both). Such a
+graph is never held in the export cache, and its shapes are not re-inferred (protobuf would
+have to serialise it).
 """
 
 from __future__ import annotations
@@ -27,6 +33,69 @@ from edgediff.lower.registry import Lowered
 
 OPSET = 18
 PRECISIONS = ("fp32", "fp16")
+# weights above this go to NAME.onnx.data: protobuf cannot serialise a message over 2 GiB, and the
+# graph itself (nodes, attributes, shapes) must fit beside the weights
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (each tensor once)."""
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def initializer_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of a graph's initializers as loaded (raw_data, or the typed fields' element count)."""
+    total = 0
+    for init in proto.graph.initializer:
+        if init.raw_data:
+            total += len(init.raw_data)
+        else:
+            n = 1
+            for d in init.dims:
+                n *= d
+            total += n * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    return total
+
+
+def is_large(proto: onnx.ModelProto) -> bool:
+    return initializer_bytes(proto) > EXTERNAL_DATA_BYTES
+
+
+def data_file(path: Path) -> Path:
+    """The external weights file of the graph at `path` (written only for a large graph)."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
+    """Write `proto` to `path`; a large graph's weights to data_file(path) (the proto's tensors
+    then point there, so save it once). Returns `path`."""
+    path = Path(path)
+    data = data_file(path)
+    data.unlink(missing_ok=True)
+    if is_large(proto):
+        onnx.save_model(
+            proto,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save(proto, str(path))
+    return path
+
+
+def remove_onnx(path: Path) -> None:
+    """Remove a graph file and its external weights file, if any."""
+    Path(path).unlink(missing_ok=True)
+    data_file(path).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -63,9 +132,11 @@ def cached_export(module: torch.nn.Module, key, path: Path, export) -> onnx.Mode
     hit = _EXPORTS.get(module)
     if hit is not None and hit[0] == key:
         Path(path).write_bytes(hit[1])
+        data_file(path).unlink(missing_ok=True)
         return onnx.load_from_string(hit[1])
     proto = export()
-    _EXPORTS[module] = (key, Path(path).read_bytes())
+    if not data_file(path).exists():  # a large graph is not kept in memory twice
+        _EXPORTS[module] = (key, Path(path).read_bytes())
     return proto
 
 
@@ -79,7 +150,10 @@ def _export(model: ModelSpec, path: Path, names: list[str], args: tuple) -> onnx
 
 
 def torch_export(module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, *, what: str):
-    """fp32 ONNX of `module` at `path` (dynamo exporter, one file); a failure is one line naming `what`."""
+    """fp32 ONNX of `module` at `path` (dynamo exporter; one file, or with data_file(path) when its
+    weights exceed EXTERNAL_DATA_BYTES); a failure is one line naming `what`."""
+    data_file(path).unlink(missing_ok=True)
+    large = weight_bytes(module) > EXTERNAL_DATA_BYTES
     with _quiet(), torch.inference_mode(False), torch.no_grad():
         try:
             torch.onnx.export(
@@ -91,7 +165,7 @@ def torch_export(module, args: tuple, path: Path, input_names, output_names, dyn
                 dynamic_shapes=dynamic_shapes,
                 opset_version=OPSET,
                 dynamo=True,
-                external_data=False,
+                external_data=large,
                 verbose=False,
             )
         except Exception as e:
@@ -124,7 +198,8 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with _quiet():
-        half = convert_float_to_float16(proto, keep_io_types=True)
+        # shape inference serialises the graph: not possible over 2 GB (the exporter's types suffice)
+        half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=is_large(proto))
     # The converter inserts one Cast per (value, consumer) and can emit the same Cast twice
     # when a value feeds several ops kept in float32; identical duplicates are dropped.
     seen: dict[tuple, bytes] = {}
@@ -155,8 +230,7 @@ def lower_onnx(model: ModelSpec, out_dir: Path, *, precision: str = "fp32") -> P
     if precision == "fp16":
         proto = to_fp16(proto)
     proto.producer_name = "edgediff"
-    onnx.save(proto, str(path))
-    return path
+    return save_onnx(proto, path)
 
 
 def fix_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
@@ -167,6 +241,8 @@ def fix_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
             dims[0].ClearField("dim_param")
             dims[0].dim_value = batch
     del proto.graph.value_info[:]  # shapes inferred for the dynamic graph; re-inferred below
+    if is_large(proto):  # inference serialises the graph; value_info is optional, runtimes infer it
+        return proto
     return onnx.shape_inference.infer_shapes(proto)
 
 
@@ -192,7 +268,7 @@ def lower_onnx_bundle(
     if precision == "fp16":
         proto = to_fp16(proto)
     proto.producer_name = "edgediff"
-    onnx.save(proto, str(path))
+    save_onnx(proto, path)
     return Lowered(
         file=path, record={"opset": OPSET, "static_batch": static_batch}, runtime={"static_batch": static_batch}
     )

@@ -401,12 +401,52 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                     f"files[{name!r}].sha256 {str(rec.get('sha256'))[:12]}…; the file changed "
                     f"after compile{note}"
                 )
+    check_external_data(root, files)
     bundle = Bundle(root=root, manifest=manifest, scheduler=scheduler, report=_read_json(root, REPORT, root_real))
     check_components(bundle)
     if verify:
         check_signature(bundle)
         check_component_signatures(bundle)
     return bundle
+
+
+def check_external_data(root: Path, files: dict) -> None:
+    """The box holds for ONNX external data too: every weights file an .onnx graph of the bundle
+    points to (a model over 2 GB keeps its weights in NAME.onnx.data) must be a file the manifest
+    lists, named relative to the graph's folder, and every tensor must lie within its bytes."""
+    import posixpath
+
+    for name in files:
+        if not name.endswith(".onnx"):
+            continue
+        try:
+            import onnx
+
+            proto = onnx.load(str(root / name), load_external_data=False)
+        except Exception as e:  # protobuf decode errors carry no file name
+            raise EdgediffError(f"{root / name}: not a readable ONNX model ({type(e).__name__})") from None
+        for init in proto.graph.initializer:
+            if init.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in init.external_data}
+            loc = info.get("location", "")
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), loc))
+            if _bad_name(loc) or target not in files:
+                raise EdgediffError(
+                    f"{root / name}: initializer {init.name!r} keeps its data in {loc!r}, which is not a "
+                    f"file of the bundle (manifest.json files)"
+                )
+            try:
+                end = int(info.get("offset", 0)) + int(info.get("length", 0))
+            except ValueError:
+                raise EdgediffError(
+                    f"{root / name}: initializer {init.name!r}: offset/length are not integers"
+                ) from None
+            if end > files[target]["bytes"]:
+                raise EdgediffError(
+                    f"{root / name}: initializer {init.name!r} reads bytes up to {end} of {target}, "
+                    f"which holds {files[target]['bytes']}"
+                )
 
 
 def check_signature(bundle: Bundle) -> None:
