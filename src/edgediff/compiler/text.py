@@ -139,7 +139,9 @@ def reference_scheduler(model: ModelSpec, recipe):
     return cls(**{k: v for k, v in kw.items() if k in takes})
 
 
-def reference_images(model: ModelSpec, recipe, prompts, latents: np.ndarray, *, guidance: float) -> np.ndarray:
+def reference_images(
+    model: ModelSpec, recipe, prompts, latents: np.ndarray, *, guidance: float, negative_prompt: str = ""
+) -> np.ndarray:
     """diffusers' StableDiffusionPipeline over the source's PyTorch modules: float32 (N, H, W, 3) in [0, 1]."""
     import diffusers
 
@@ -158,7 +160,7 @@ def reference_images(model: ModelSpec, recipe, prompts, latents: np.ndarray, *, 
     with torch.inference_mode():
         out = pipe(
             list(prompts),
-            negative_prompt=[""] * len(prompts),
+            negative_prompt=[negative_prompt] * len(prompts),
             num_inference_steps=recipe.steps,
             guidance_scale=guidance,
             latents=torch.from_numpy(latents),
