@@ -138,7 +138,7 @@ def test_builtin_digits_sd_names_how_to_make_its_weights():
     [
         (dict(quantize="w8a8"), "host-cpu", "--quantize w8a8: not yet for text-to-image"),
         (dict(quantize="w4"), "host-cpu", "--quantize w4: not yet for text-to-image"),
-        (dict(), "iphone-15-pro", "format coreml is not yet done for text-to-image"),
+        (dict(precision="int8"), "iphone-15-pro", "--precision int8: not yet for text-to-image"),
     ],
 )
 def test_not_yet_done_for_text_refused_before_work(folders, tmp_path, recipe, target, expect):

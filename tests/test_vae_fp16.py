@@ -126,3 +126,26 @@ def test_formats_without_per_node_precision_refuse_naming_the_node(hot, calib, t
     assert "component vae_decoder: fp16 overflows" in msg and f"format {fmt} cannot keep nodes in fp32" in msg
     assert "node_conv2d" in msg or "Conv" in msg
     assert "\n" not in msg and not list(tmp_path.glob("vae_decoder.*"))
+
+
+def test_attention_mask_extremes_are_not_an_overflow():
+    """CLIP's causal mask adds float32's most negative value; fp16 conversion clamps it to -65504,
+    which masks as well. A value past 65504 that is not such an extreme is an overflow."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    mask = numpy_helper.from_array(np.array([0.0, np.finfo(np.float32).min], np.float32), "mask")
+    big = numpy_helper.from_array(np.array(10.0, np.float32), "big")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "mask"], ["masked"], name="add_mask"),
+            helper.make_node("Mul", ["masked", "big"], ["y"], name="scale"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [mask, big],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert fp16_overflow(proto, {"x": np.array([1.0, 1.0], np.float32)}) == {}
+    found = fp16_overflow(proto, {"x": np.array([1e4, 1.0], np.float32)})  # 1e4 * 10 > 65504
+    assert found == {"scale": pytest.approx(1e5)}

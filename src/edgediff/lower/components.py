@@ -1,7 +1,9 @@
 """Lower a text-to-image pipeline's other components: one graph each beside the denoiser.
 
-    model/text_encoder.{onnx,xml}   input_ids int64 [B, max_length] -> last_hidden_state [B, max_length, hidden]
-    model/vae_decoder.{onnx,xml}    latents float32 [B, *latent_shape] -> image [B, 3, H, W] in [-1, 1]
+    model/text_encoder.{onnx,xml,tflite,mlpackage}  input_ids int64 [B, max_length] -> last_hidden_state
+                                                    [B, max_length, hidden] (Core ML: int32 ids)
+    model/vae_decoder.{onnx,xml,tflite,mlpackage}   latents float32 [B, *latent_shape] -> image [B, 3, H, W]
+                                                    in [-1, 1]
 
 Each is exported from PyTorch with the batch axis dynamic (opset 18, as the denoiser), then
 written as ONNX (fp32 or fp16, float32 inputs/outputs) or converted to OpenVINO IR. The formats
@@ -12,7 +14,7 @@ an fp16 lowering first runs the fp32 graph on them (fp16_overflow): the nodes wi
 output or weight past the fp16 range are found. ONNX keeps those nodes fp32 (casts around them),
 then runs the fp16 graph on the same inputs and, while its output is not finite or differs
 beyond `bound`, keeps fp32 the first node whose fp16 output is non-finite where fp32's is finite
-(keep_fp32_nodes); the record's "fp16" says which nodes and why. OpenVINO IR and TFLite have no
+(keep_fp32_nodes); the record's "fp16" says which nodes and why. OpenVINO IR, TFLite and Core ML have no
 per-node precision here: an overflow there is refused with the nodes named.
 
     fp32 graph --run on calib--> |x| per tensor --> nodes past 65504 --> fp16 with those in fp32
@@ -34,9 +36,9 @@ from edgediff.core.spec import ModelSpec, sha256_state
 from edgediff.lower.onnx import OPSET, cached_export, fix_batch, to_fp16, torch_export
 from edgediff.lower.registry import Lowered
 
-FORMATS = ("onnx", "openvino", "tflite")  # the formats a text-to-image bundle's components are lowered to
+FORMATS = ("onnx", "openvino", "tflite", "coreml")  # the formats a text-to-image bundle's components are lowered to
 NAMES = ("text_encoder", "vae_decoder")
-SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite", "coreml": ".mlpackage"}
 
 
 class _TextEncoderInput(torch.nn.Module):
@@ -81,6 +83,21 @@ def _lower_tflite(c: Component, out_dir: Path, *, precision: str, source: str, s
     )
 
 
+def _lower_coreml(c: Component, out_dir: Path, *, precision: str, source: str, static_batch: int | None) -> Lowered:
+    """An ML program from torch.export (lower/coreml.py), static shapes: batch `static_batch`, 1 by default.
+    Checked structurally here (inputs, outputs, shapes); Core ML prediction needs macOS."""
+    from edgediff.lower.coreml import NUMERICS, lower_coreml_graph
+
+    batch = static_batch or 1
+    example = tuple(x[:1].repeat(batch, *([1] * (x.ndim - 1))) for x in c.example)
+    path = out_dir / f"{c.name}.mlpackage"
+    what = f"{source} component {c.name}"
+    record = lower_coreml_graph(
+        c.module, example, path, inputs=c.inputs, outputs=c.outputs, precision=precision, what=what
+    )
+    return Lowered(path, record | {"numerics": NUMERICS}, {"static_batch": batch, "compute_units": "ALL"})
+
+
 @dataclass(frozen=True)
 class Component:
     """A graph of a pipeline: its module, example inputs and the names of its inputs and outputs."""
@@ -106,6 +123,9 @@ def components(model: ModelSpec) -> list[Component]:
 
 
 FP16_MAX = 65504.0  # the largest finite float16
+# |x| at or past this is the float32 "minus infinity" of attention masks (torch.finfo(float32).min):
+# the fp16 converter clamps it to -65504, which masks as well; not an overflow
+MASK_SENTINEL = float(np.finfo(np.float32).max) / 2
 _FLOAT = onnx.TensorProto.FLOAT
 MAX_KEEP_ROUNDS = 32
 
@@ -142,12 +162,19 @@ def _run_all(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[s
 
 def fp16_overflow(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, float]:
     """Nodes of an fp32 graph with a float input, output or weight past the fp16 range on `feeds`:
-    node name -> the largest |x| among them."""
+    node name -> the largest |x| among them (attention masks' float32 extremes left out: MASK_SENTINEL)."""
+
+    def peak_of(v: np.ndarray) -> float:
+        a = np.abs(v)
+        if np.isnan(a).any():
+            return float("nan")
+        return float(a[a < MASK_SENTINEL].max(initial=0.0))  # mask sentinels (and inf) left out
+
     tensors = [t for node in proto.graph.node for t in (*node.input, *node.output) if t]
-    peak = {n: float(np.abs(v).max(initial=0.0)) for n, v in _run_all(proto, feeds, tensors).items()}
+    peak = {n: peak_of(v) for n, v in _run_all(proto, feeds, tensors).items()}
     for init in proto.graph.initializer:
         if init.data_type == _FLOAT:
-            peak[init.name] = float(np.abs(onnx.numpy_helper.to_array(init)).max(initial=0.0))
+            peak[init.name] = peak_of(onnx.numpy_helper.to_array(init))
     found = {}
     for node in proto.graph.node:
         m = max((peak.get(t, 0.0) for t in (*node.input, *node.output) if t), default=0.0)
@@ -268,9 +295,10 @@ def lower_component(
     feeds = {c.inputs[0]: calib} if check else None
     tmp = out_dir / f".{c.name}.export.onnx"
     try:
-        if fmt == "tflite":
+        if fmt in ("tflite", "coreml"):
             fp16 = _refuse_overflow(c, export_component(c, tmp, source), feeds, fmt, source) if check else None
-            low = _lower_tflite(c, out_dir, precision=precision, source=source, static_batch=static_batch)
+            lower = _lower_tflite if fmt == "tflite" else _lower_coreml
+            low = lower(c, out_dir, precision=precision, source=source, static_batch=static_batch)
             return replace(low, record=low.record | ({"fp16": fp16} if fp16 else {}))
         proto = export_component(c, tmp, source)
         if fmt == "onnx":
