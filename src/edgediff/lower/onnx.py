@@ -141,13 +141,15 @@ def to_fp16(proto: onnx.ModelProto, *, keep_fp32: tuple[str, ...] = ()) -> onnx.
         nodes.append(node)
     del half.graph.node[:]
     half.graph.node.extend(nodes)
-    return _skip_cast_pairs(half) if keep_fp32 else half
+    return _skip_cast_pairs(half, set(keep_fp32)) if keep_fp32 else half
 
 
-def _skip_cast_pairs(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The converter casts a kept-fp32 node's output to fp16 and back to fp32 for the next kept
-    node: Cast(to float) of Cast(to float16) of x reads x itself, and casts no one reads go."""
+def _skip_cast_pairs(proto: onnx.ModelProto, kept: set[str]) -> onnx.ModelProto:
+    """The converter casts a kept-fp32 node's output (or a float32 graph input) to fp16 and back to
+    fp32 for the next kept node: Cast(to float) of Cast(to float16) of such an x reads x itself,
+    and casts no one reads go."""
     f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    fp32_inputs = {i.name for i in proto.graph.input if i.type.tensor_type.elem_type == f32}
 
     def to(node):
         return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
@@ -157,7 +159,9 @@ def _skip_cast_pairs(proto: onnx.ModelProto) -> onnx.ModelProto:
     for node in proto.graph.node:
         src = producer.get(node.input[0]) if node.input else None
         if to(node) == f32 and src is not None and to(src) == f16:
-            alias[node.output[0]] = src.input[0]  # the fp32 value before the round trip
+            origin = producer.get(src.input[0])
+            if src.input[0] in fp32_inputs or (origin is not None and origin.name in kept):
+                alias[node.output[0]] = src.input[0]  # the fp32 value before the round trip
     if not alias:
         return proto
     graph_outputs = {o.name for o in proto.graph.output}
