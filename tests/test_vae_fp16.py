@@ -8,6 +8,8 @@ TFLite refuse in one line naming the node. A few seconds each (one export, cache
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnx
 import pytest
@@ -149,3 +151,39 @@ def test_attention_mask_extremes_are_not_an_overflow():
     assert fp16_overflow(proto, {"x": np.array([1.0, 1.0], np.float32)}) == {}
     found = fp16_overflow(proto, {"x": np.array([1e4, 1.0], np.float32)})  # 1e4 * 10 > 65504
     assert found == {"scale": pytest.approx(1e5)}
+
+
+@pytest.mark.slow
+def test_compile_fp16_keeps_the_layers_and_the_report_names_them(text_folders, tmp_path, capsys):
+    """The whole compile (slow: one text pipeline compile, ~60 s on 2 shared cores): the tiny SD 1.x
+    folder with its VAE's mid-block conv scaled by 1e5; ONNX fp16 keeps those nodes fp32 and verifies,
+    an OpenVINO fp16 target refuses in one line and writes nothing."""
+    import shutil
+
+    import diffusers
+
+    from edgediff.cli.main import main
+    from edgediff.compiler.pipeline import compile_model
+    from edgediff.compiler.recipe import Recipe
+
+    folder = tmp_path / "sd1"
+    shutil.copytree(text_folders["sd1"], folder)
+    vae = diffusers.AutoencoderKL.from_pretrained(str(folder / "vae"))
+    conv = vae.decoder.mid_block.resnets[0].conv1
+    with torch.no_grad():
+        conv.weight.mul_(SCALE)
+        conv.bias.mul_(SCALE)
+    vae.save_pretrained(str(folder / "vae"))
+    b = compile_model(str(folder), tmp_path / "b", recipe=Recipe(sampler="ddim", steps=4, precision="fp16"))
+    rec = b.report["lower"]["components"]["vae_decoder"]["fp16"]
+    assert any(n.startswith("node_conv2d") for n in rec["fp32_nodes"]) and rec["max_abs"]
+    assert b.report["lower"]["components"]["text_encoder"]["fp16"]["fp32_nodes"] == []
+    v = b.report["verify"]
+    assert v["components"]["vae_decoder"]["max_rel_error"] <= 2e-2 and v["images"]["max_abs_error"] <= 5e-2
+    if importlib.util.find_spec("openvino"):
+        out = tmp_path / "npu"
+        args = ["compile", str(folder), "--target", "intel-core-ultra-npu", "--sampler", "ddim", "--steps", "4"]
+        assert main([*args, "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "fp16 overflows" in err and "format openvino cannot keep nodes in fp32" in err
+        assert len(err.splitlines()) == 1 and not out.exists()
