@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   set up .venv, compile builtin:digits for this host, write an image grid, print the report
+#   make demo   set up .venv, compile builtin:digits for this host, write an image grid, print the report;
+#               then compile builtin:digits-sd (text to image) and write a grid from prompts naming each digit
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,6 +30,8 @@ demo: install
 	$(VENV)/bin/edgediff compile builtin:digits --target host-cpu --sampler dpmpp-2m --steps 20 --guidance 3 -o $(OUT)/digits
 	$(VENV)/bin/edgediff generate $(OUT)/digits -n 20 --seed 0 -o $(OUT)/digits.png
 	$(VENV)/bin/edgediff inspect $(OUT)/digits
+	$(VENV)/bin/edgediff compile builtin:digits-sd --target host-cpu --steps 20 --guidance 5 -o $(OUT)/digits-sd
+	$(VENV)/bin/edgediff generate $(OUT)/digits-sd --prompts docs/digits-sd-prompts.txt --seed 0 -o $(OUT)/digits-sd.png
 
 test: install
 	$(PY) -m pytest -q

@@ -11,6 +11,23 @@ def tiny_bundle(tmp_path_factory):
     return compile_model("tiny_models:tiny_unet", out, recipe=Recipe(sampler="ddim", steps=5, guidance=2.0))
 
 
+@pytest.fixture(scope="session")
+def text_folders(tmp_path_factory):
+    """The tiny SD 1.x and SD 2.x pipeline folders of tiny_pipelines.py, built once per session."""
+    import tiny_pipelines as tp
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {"sd1": tp.sd1_folder(root / "sd1"), "sd2": tp.sd2_folder(root / "sd2")}
+
+
+@pytest.fixture(scope="session")
+def sd1_text_bundle(text_folders, tmp_path_factory):
+    """One compiled text-to-image bundle (the tiny SD 1.x folder, ONNX fp32, ddim 8 steps, guidance 7.5),
+    shared (read-only) by the text-to-image tests."""
+    out = tmp_path_factory.mktemp("t2i") / "sd1"
+    return compile_model(str(text_folders["sd1"]), out, recipe=Recipe(sampler="ddim", steps=8, guidance=7.5))
+
+
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path):
     """A private copy of the tiny bundle that a test may damage."""

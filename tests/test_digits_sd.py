@@ -76,7 +76,13 @@ def test_weights_total_under_20_mb():
 
 
 def test_small_generation_names_the_digits():
-    q = d.quality(FOLDER, n=10, steps=10, batch=10)
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)  # not THREADS: quality() must give back what it found
+    try:
+        q = d.quality(FOLDER, n=10, steps=10, batch=10)
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
     assert q["accuracy"] >= 0.3  # chance is 0.1; seeded, so this does not flake
 
 

@@ -33,10 +33,9 @@ from edgediff.runtimes.samplers import get_solver
 PROMPTS = ["a handwritten 7", "the digit one in thin strokes", "seven"]
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
-    return {"sd1": tp.sd1_folder(root / "sd1"), "sd2": tp.sd2_folder(root / "sd2")}
+@pytest.fixture
+def folders(text_folders):
+    return text_folders
 
 
 @pytest.fixture
@@ -139,7 +138,7 @@ def test_builtin_digits_sd_names_how_to_make_its_weights():
     [
         (dict(quantize="w8a8"), "host-cpu", "--quantize w8a8: not yet for text-to-image"),
         (dict(quantize="w4"), "host-cpu", "--quantize w4: not yet for text-to-image"),
-        (dict(), "iphone-15-pro", "format coreml is not yet done for text-to-image"),
+        (dict(precision="int8"), "iphone-15-pro", "--precision int8: not yet for text-to-image"),
     ],
 )
 def test_not_yet_done_for_text_refused_before_work(folders, tmp_path, recipe, target, expect):
@@ -231,10 +230,9 @@ def test_runtime_loop_over_pytorch_modules_equals_diffusers_pipeline(folders, tm
 # ---- compiled bundles (slow) ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sd1_bundle(folders, tmp_path_factory):
-    out = tmp_path_factory.mktemp("t2i") / "sd1"
-    return compile_model(str(folders["sd1"]), out, recipe=Recipe(sampler="ddim", steps=8, guidance=7.5))
+@pytest.fixture
+def sd1_bundle(sd1_text_bundle):
+    return sd1_text_bundle
 
 
 @pytest.mark.slow

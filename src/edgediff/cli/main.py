@@ -5,6 +5,7 @@
     edgediff calibrate SOURCE --sampler S --steps N --guidance G --samples M -o calib.npz
     edgediff generate BUNDLE -n 16 --seed 0 [--label 3] -o grid.png
     edgediff eval BUNDLE [--num-samples 500] --json out.json
+    edgediff eval BUNDLE --prompts FILE [--negative-prompt TEXT] [--guidance G] --json out.json   (text-to-image)
     edgediff inspect BUNDLE [--json]
     edgediff distill SOURCE --method progressive|consistency --steps 4 [--guidance-distill] -o STUDENT
     edgediff targets [--json]
@@ -322,16 +323,39 @@ def _generate_text(a, b, out: Path) -> int:
 
 # ---------------------------------------------------------------- eval
 def cmd_eval(a) -> int:
-    from edgediff.tools.evaluate import evaluate
+    from edgediff.tools.evaluate import evaluate, evaluate_text
 
     _check_json_dest(a.json)
     if a.grid:
         check_writable(Path(a.grid))
     b = _load(a.bundle)
+    text = b.conditioning.get("kind") == "text"
+    if text:
+        if a.prompts is None:
+            raise EdgediffError(f"{a.bundle} is a text-to-image bundle: give --prompts FILE (one prompt a line)")
+        if a.num_samples is not None:
+            raise EdgediffError(f"-n {a.num_samples}: a text-to-image bundle makes one image per line of --prompts")
+        prompts = read_prompts(a.prompts)
+    else:
+        for flag, v in (("--prompts", a.prompts), ("--negative-prompt", a.negative_prompt), ("--guidance", a.guidance)):
+            if v is not None:
+                raise EdgediffError(f"{flag}: {a.bundle} is not a text-to-image bundle")
+        a.num_samples = 500 if a.num_samples is None else a.num_samples
     steps = len(b.scheduler["plan"]["timesteps"])
-    bar = _bar(2 * a.num_samples * steps, "eval", "img·step")
+    n = len(prompts) if text else a.num_samples
+    bar = _bar(2 * n * steps, "eval", "img·step")
     try:
-        result, images, ref_images = evaluate(b, num_samples=a.num_samples, seed=a.seed, progress=bar.update)
+        if text:
+            result, images, ref_images = evaluate_text(
+                b,
+                prompts,
+                negative_prompt=a.negative_prompt or "",
+                guidance=a.guidance,
+                seed=a.seed,
+                progress=bar.update,
+            )
+        else:
+            result, images, ref_images = evaluate(b, num_samples=a.num_samples, seed=a.seed, progress=bar.update)
     finally:
         bar.close()
     if a.grid:
@@ -348,7 +372,8 @@ def cmd_eval(a) -> int:
 
 
 def _fmt(v, spec):
-    return "n/a" if v is None else format(v, spec)
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return format("n/a", f">{width}") if v is None else format(v, spec)
 
 
 def format_eval(r: dict) -> str:
@@ -360,8 +385,13 @@ def format_eval(r: dict) -> str:
         f"{'class accuracy':22}{_fmt(r['class_accuracy'], '12.3f')}{_fmt(ref['class_accuracy'], '12.3f')}",
         f"{'PSNR vs ref (dB)':22}{_fmt(r['psnr_db'], '12.2f')}{'—':>12}",
         f"{'SSIM vs ref':22}{_fmt(r['ssim'], '12.4f')}{1.0:12.4f}",
-        f"{'trajectory rel error':22}{r['trajectory_rel_error']['mean']:12.2e}{'—':>12}",
     ]
+    if "trajectory_rel_error" in r:
+        rows.append(f"{'trajectory rel error':22}{r['trajectory_rel_error']['mean']:12.2e}{'—':>12}")
+    else:  # a text-to-image bundle: one image per prompt
+        rows[0] = rows[0].replace("samples", "prompts")
+        rows.append(f"{'max abs error [0, 1]':22}{r['max_abs_error']:12.2e}{'—':>12}")
+        rows.append(f"reference: {ref['runtime']}" + (f" ({ref['why']})" if ref.get("why") else ""))
     return "\n".join(rows)
 
 
@@ -735,7 +765,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="fidelity of a bundle against its FP32 reference")
     e.add_argument("bundle")
-    e.add_argument("-n", "--num-samples", type=positive_int, default=500)
+    e.add_argument("-n", "--num-samples", type=positive_int, default=None, help="images (default 500; not for text)")
+    e.add_argument("--prompts", metavar="FILE", default=None, help="text-to-image: one prompt a line, an image each")
+    e.add_argument("--negative-prompt", default=None, help="text-to-image: the negative prompt (default empty)")
+    e.add_argument("--guidance", type=float, default=None, help="text-to-image: guidance scale (default: the bundle's)")
     e.add_argument("--seed", type=nonneg_int, default=0)
     e.add_argument("--json", metavar="PATH", help="write the figures as JSON ('-' for stdout)")
     e.add_argument("--grid", metavar="PNG", help="also write reference (top) vs bundle (bottom) images")

@@ -80,9 +80,17 @@ def lower_components(s, *, precision: str) -> dict:
     static = 1 if (s.target.static_shapes) else None
     s.components = {}
     record = {}
+    calib = component_inputs(s.model, load_tokenizer(s.model.text.tokenizer_dir), seed=99, rows=8)
     for c in components(s.model):
         low = lower_component(
-            c, s.work / "model", fmt=s.target.format, precision=precision, source=s.model.source, static_batch=static
+            c,
+            s.work / "model",
+            fmt=s.target.format,
+            precision=precision,
+            source=s.model.source,
+            static_batch=static,
+            calib=calib[c.name],  # fp16: which nodes overflow (lower/components.py)
+            bound=BOUNDS[precision],
         )
         s.components[c.name] = low
         record[c.name] = {"file": low.file.relative_to(s.work).as_posix(), "precision": precision, **low.record}
@@ -100,15 +108,20 @@ def _max_rel(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-12))
 
 
-def verify_components(s) -> dict:
-    t = s.model.text
-    precision = s.precision
-    tokenizer = load_tokenizer(s.work / "tokenizer")
+def component_inputs(model: ModelSpec, tokenizer, *, seed: int, rows: int) -> dict[str, np.ndarray]:
+    """Inputs of each component: the check prompts and "" (tokenized), and `rows` random latents
+    of scale 4 (wider than the sampler's ~1: a decoder that overflows on them is caught)."""
+    t = model.text
     ids = tokenize(tokenizer, [*CHECK_PROMPTS, ""], t.max_length)
-    g = torch.Generator().manual_seed(1234)
-    latents = (torch.randn((3, *t.latent_shape), generator=g) * 4).numpy()  # latents of scale ~1/scaling_factor
-    inputs = {"text_encoder": ids, "vae_decoder": latents}
-    modules = {"text_encoder": t.text_encoder, "vae_decoder": t.vae_decoder}
+    g = torch.Generator().manual_seed(seed)
+    latents = (torch.randn((rows, *t.latent_shape), generator=g) * 4).numpy()
+    return {"text_encoder": ids, "vae_decoder": latents}
+
+
+def verify_components(s) -> dict:
+    precision = s.precision
+    inputs = component_inputs(s.model, load_tokenizer(s.work / "tokenizer"), seed=1234, rows=3)
+    modules = {"text_encoder": s.model.text.text_encoder, "vae_decoder": s.model.text.vae_decoder}
     out = {}
     for name, low in s.components.items():
         graph = Graph(low.file, s.target.format)
@@ -139,7 +152,9 @@ def reference_scheduler(model: ModelSpec, recipe):
     return cls(**{k: v for k, v in kw.items() if k in takes})
 
 
-def reference_images(model: ModelSpec, recipe, prompts, latents: np.ndarray, *, guidance: float) -> np.ndarray:
+def reference_images(
+    model: ModelSpec, recipe, prompts, latents: np.ndarray, *, guidance: float, negative_prompt: str = ""
+) -> np.ndarray:
     """diffusers' StableDiffusionPipeline over the source's PyTorch modules: float32 (N, H, W, 3) in [0, 1]."""
     import diffusers
 
@@ -158,7 +173,7 @@ def reference_images(model: ModelSpec, recipe, prompts, latents: np.ndarray, *, 
     with torch.inference_mode():
         out = pipe(
             list(prompts),
-            negative_prompt=[""] * len(prompts),
+            negative_prompt=[negative_prompt] * len(prompts),
             num_inference_steps=recipe.steps,
             guidance_scale=guidance,
             latents=torch.from_numpy(latents),

@@ -71,7 +71,9 @@ def op_counts(spec) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def structural_check(path: Path, *, expect_inputs: list[str], weights: str | None) -> dict:
+def structural_check(
+    path: Path, *, expect_inputs: list[str], weights: str | None, expect_outputs: tuple[str, ...] = ("eps",)
+) -> dict:
     """What this host can check of a Core ML package without running it."""
     ct = require("coremltools", "coreml", "coreml")
     spec = ct.utils.load_spec(str(path))
@@ -79,8 +81,10 @@ def structural_check(path: Path, *, expect_inputs: list[str], weights: str | Non
         raise EdgediffError(f"{path}: not an ML program (model type {spec.WhichOneof('Type')})")
     inputs = [f.name for f in spec.description.input]
     outputs = [f.name for f in spec.description.output]
-    if inputs != expect_inputs or outputs != ["eps"]:
-        raise EdgediffError(f"{path}: inputs {inputs} / outputs {outputs}; expected {expect_inputs} / ['eps']")
+    if inputs != list(expect_inputs) or outputs != list(expect_outputs):
+        raise EdgediffError(
+            f"{path}: inputs {inputs} / outputs {outputs}; expected {list(expect_inputs)} / {list(expect_outputs)}"
+        )
     counts = op_counts(spec)
     compression = {k: v for k, v in counts.items() if k.startswith("constexpr_")}
     if weights and not counts.get(COMPRESSION_OPS[weights]):
@@ -155,3 +159,45 @@ def lower_coreml(
             "int8 = int8 weights with fp16 activations; W8A8 needs activation calibration on macOS (not done here)"
         )
     return Lowered(file=path, record=record, runtime={"static_batch": batch, "compute_units": "ALL"})
+
+
+def lower_coreml_graph(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    precision: str,
+    what: str,
+) -> dict:
+    """One more graph of a pipeline (a text encoder, a VAE decoder) as an ML program at `path`, with
+    the example's static shapes; integer inputs become int32 (Core ML has no int64 inputs). Returns
+    the record with its structural check."""
+    ct = require("coremltools", "coreml", "coreml")
+    if precision not in ("fp32", "fp16"):
+        raise EdgediffError(f"{what}: Core ML precision {precision!r} is not supported (supported: fp32, fp16)")
+    compute = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+    with converter_output(f"Core ML conversion of {what}"), torch.no_grad(), rewritten("coreml") as rewrites:
+        ep = torch.export.export(module, example).run_decompositions()
+        _drop_alias_output(ep)
+        mlmodel = ct.convert(
+            ep,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS17,
+            compute_precision=compute,
+            inputs=[
+                ct.TensorType(name=n, shape=tuple(a.shape), dtype=np.float32 if a.is_floating_point() else np.int32)
+                for n, a in zip(inputs, example)
+            ],
+            outputs=[ct.TensorType(name=n, dtype=np.float32) for n in outputs],
+        )
+        mlmodel.save(str(path))
+    return {
+        "converter": f"coremltools {ct.__version__}",
+        "minimum_deployment_target": "iOS17",
+        "compute_precision": precision,
+        "static_batch": int(example[0].shape[0]),
+        "rewrites": rewrites,
+        "structural": structural_check(path, expect_inputs=list(inputs), weights=None, expect_outputs=outputs),
+    }

@@ -193,13 +193,19 @@ def model_name(module: torch.nn.Module) -> str:
     return type(module).__name__
 
 
-def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Half-precision weights and compute; float32 graph inputs and outputs."""
+def to_fp16(proto: onnx.ModelProto, *, keep_fp32: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Half-precision weights and compute; float32 graph inputs and outputs. The nodes named in
+    `keep_fp32` stay float32, with casts around them (the converter's node_block_list)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with _quiet():
         # shape inference serialises the graph: not possible over 2 GB (the exporter's types suffice)
-        half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=is_large(proto))
+        half = convert_float_to_float16(
+            proto,
+            keep_io_types=True,
+            node_block_list=list(keep_fp32) or None,
+            disable_shape_infer=is_large(proto),
+        )
     # The converter inserts one Cast per (value, consumer) and can emit the same Cast twice
     # when a value feeds several ops kept in float32; identical duplicates are dropped.
     seen: dict[tuple, bytes] = {}
@@ -215,7 +221,42 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
         nodes.append(node)
     del half.graph.node[:]
     half.graph.node.extend(nodes)
-    return half
+    return _skip_cast_pairs(half, set(keep_fp32)) if keep_fp32 else half
+
+
+def _skip_cast_pairs(proto: onnx.ModelProto, kept: set[str]) -> onnx.ModelProto:
+    """The converter casts a kept-fp32 node's output (or a float32 graph input) to fp16 and back to
+    fp32 for the next kept node: Cast(to float) of Cast(to float16) of such an x reads x itself,
+    and casts no one reads go."""
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    fp32_inputs = {i.name for i in proto.graph.input if i.type.tensor_type.elem_type == f32}
+
+    def to(node):
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    alias = {}
+    for node in proto.graph.node:
+        src = producer.get(node.input[0]) if node.input else None
+        if to(node) == f32 and src is not None and to(src) == f16:
+            origin = producer.get(src.input[0])
+            if src.input[0] in fp32_inputs or (origin is not None and origin.name in kept):
+                alias[node.output[0]] = src.input[0]  # the fp32 value before the round trip
+    if not alias:
+        return proto
+    graph_outputs = {o.name for o in proto.graph.output}
+    nodes = []
+    for node in proto.graph.node:
+        if node.output and node.output[0] in alias and node.output[0] not in graph_outputs:
+            continue
+        for i, name in enumerate(node.input):
+            node.input[i] = alias.get(name, name)
+        nodes.append(node)
+    read = {i for n in nodes for i in n.input} | graph_outputs
+    nodes = [n for n in nodes if to(n) is None or any(o in read for o in n.output)]
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return proto
 
 
 def lower_onnx(model: ModelSpec, out_dir: Path, *, precision: str = "fp32") -> Path:
