@@ -204,3 +204,27 @@ def test_damaged_text_bundles_refused_alike_by_both_loaders(sd1, exe, tmp_path):
                 load_bundle(root, verify=False)
     r = run(exe, b4, "--prompt", PROMPT, "-o", tmp_path / "g.png")  # verified: the hash catches it first
     assert r.returncode == 1 and "vocab.json: sha256" in r.stderr.decode()
+
+
+def test_embedding_example_writes_the_python_image(sd1, c_runner_build, tmp_path):
+    """csrc/examples/text2img.c (a complete program over the library and the OpenVINO backend)."""
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    c_dir = Path(__file__).resolve().parents[1] / "csrc"
+    r = subprocess.run(
+        ["make", "-s", "-C", str(c_dir), "example-text", f"BUILD={c_runner_build}", f"PYTHON={sys.executable}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    for extra in ((), ("--low-memory",)):
+        out = tmp_path / f"x{len(extra)}.ppm"
+        r = run(c_runner_build / "text2img", sd1.root, PROMPT, 3, out, *extra)
+        assert r.returncode == 0, r.stderr.decode()
+        got = np.asarray(Image.open(out), np.int16)
+        want = (to_unit(edgediff.generate(sd1, prompt=PROMPT, n=1, seed=3))[0] * 255 + 0.5).astype(np.int16)
+        assert got.shape == (16, 16, 3) and np.abs(got - want).max() <= 1
