@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_and_writes_nothing(sd1, exe, tmp_path, tiny_bundl
         assert not out.exists()
 
 
-def test_damaged_text_bundles_refused_alike_by_both_loaders(sd1, exe, tmp_path):
+def test_damaged_text_bundles_refused_alike_by_both_loaders(sd1, exe, tmp_path, tiny_bundle):
     """Each damage is refused by the C loader (one line, exit 1, no image) and, for the fields, by
     load_bundle with the same message."""
     b = _copy(sd1, tmp_path, "width")
@@ -183,7 +183,46 @@ def test_damaged_text_bundles_refused_alike_by_both_loaders(sd1, exe, tmp_path):
     v = json.loads((b4 / "tokenizer" / "vocab.json").read_text())
     del v["<|startoftext|>"]
     (b4 / "tokenizer" / "vocab.json").write_text(json.dumps(v))
-    cases = [
+    more = [  # (file, edit, message): field damages both loaders refuse with the same words
+        ("manifest.json", lambda d: d["components"].update(extra={}), "components has unknown key 'extra'"),
+        (
+            "manifest.json",
+            lambda d: d["components"]["vae_decoder"].update(format="openvino"),
+            "components.vae_decoder.format is 'openvino'; the denoiser's is 'onnx'",
+        ),
+        (
+            "manifest.json",
+            lambda d: d["components"]["tokenizer"].update(max_length=76),
+            "components.tokenizer.max_length is 76; conditioning.shape says 77",
+        ),
+        (
+            "manifest.json",
+            lambda d: d["model"]["inputs"][2]["shape"].__setitem__(2, 16),
+            "model.inputs[2].shape ends in 16; conditioning.shape says width 32",
+        ),
+        (
+            "manifest.json",
+            lambda d: d["components"]["text_encoder"].pop("inputs"),
+            "components.text_encoder is missing the field 'inputs'",
+        ),
+        ("scheduler.json", lambda d: d.pop("conditioning"), "field conditioning must be 'text' for a text bundle"),
+        (
+            "scheduler.json",
+            lambda d: d["latent"].update(image_shape=[3, 32, 32]),
+            "components.vae_decoder.outputs[0].shape is [?, 3, 16, 16]; scheduler.json latent.image_shape is [3, 32, 32]",
+        ),
+        ("scheduler.json", lambda d: d["latent"].update(shape=[4, 8]), "latent.shape must be 3 positive integers"),
+    ]
+    cases = []
+    for k, (name, fn, message) in enumerate(more):
+        d = _copy(sd1, tmp_path, f"more{k}")
+        _edit(d / name, fn)
+        cases.append((d, message, True))
+    cls = tmp_path / "class"
+    shutil.copytree(tiny_bundle.root, cls)
+    _edit(cls / "manifest.json", lambda d: d.update(components={}))
+    cases += [
+        (cls, "field components is set but conditioning.kind is 'class', not 'text'", True),
         (b, msg, True),
         (
             b2,
