@@ -267,3 +267,28 @@ def test_embedding_example_writes_the_python_image(sd1, c_runner_build, tmp_path
         got = np.asarray(Image.open(out), np.int16)
         want = (to_unit(edgediff.generate(sd1, prompt=PROMPT, n=1, seed=3))[0] * 255 + 0.5).astype(np.int16)
         assert got.shape == (16, 16, 3) and np.abs(got - want).max() <= 1
+
+
+def test_c_pipeline_from_python_equals_generate_text_bit_for_bit(sd1, tiny_bundle):
+    """_cruntime.generate_text (edd_pipeline_generate: the C tokenizer, embedding rows, guided loop and
+    decode) over the same ONNX Runtime graphs as runner.generate_text: the same bits, so the same PNG."""
+    from edgediff.runtimes import _cruntime
+    from edgediff.runtimes.runner import SamplingSetup, generate_text, text_pipeline
+
+    pipe, setup = text_pipeline(sd1), SamplingSetup.from_bundle(sd1)
+    prompts = [PROMPT, "seven", "the digit one in thin strokes"]
+    for kw in ({}, {"negative_prompt": "thick", "guidance": 3.0}):
+        ref = generate_text(pipe, setup, prompts=prompts, seed=5, **kw)
+        for low in (False, True):
+            got = _cruntime.generate_text(
+                str(sd1.root), prompts, pipe.encode, pipe.denoise, pipe.decode, seed=5, low_memory=low, **kw
+            )
+            assert got.dtype == np.float32 and np.array_equal(got, ref)
+
+    def broken(x, t, cond):
+        raise ZeroDivisionError("from the denoiser")
+
+    with pytest.raises(ZeroDivisionError, match="from the denoiser"):  # a callback's error propagates unchanged
+        _cruntime.generate_text(str(sd1.root), prompts, pipe.encode, broken, pipe.decode)
+    with pytest.raises(EdgediffError, match="not a text-to-image bundle"):
+        _cruntime.generate_text(str(tiny_bundle.root), prompts, pipe.encode, broken, pipe.decode)

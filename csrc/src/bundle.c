@@ -500,7 +500,7 @@ static edd_status read_latent(edd_bundle *b, const edd_json *s, char *err, size_
 }
 
 static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, size_t err_size) {
-    const edd_json *format, *version, *files, *model, *mformat, *mfile, *inputs, *outputs, *cond, *kind, *v;
+    const edd_json *format = NULL, *version, *files, *model, *mformat, *mfile, *inputs, *outputs, *cond, *kind, *v;
     edd_bundle_info *info = &b->info;
     edd_status st;
     size_t k;
