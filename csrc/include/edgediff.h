@@ -51,8 +51,12 @@
  *   edd_context_sample:  x = init_latent(noise call 0)
  *                        for i in 0..n-1:  x_in = model_input(i, x)
  *                                          eps  = backend.denoise(x_in, t_i, labels,   (2B rows
- *                                                   group = step_group[i],             with guidance:
+ *                                                   cond (text embeddings, 0.3),       with guidance,
+ *                                                   group = step_group[i],             conditional first:
  *                                                   cached = cache_flags[i])           eps = eu + g (ec - eu))
+ *
+ *   A text bundle's whole pipeline (tokenizer, text encoder, this loop, VAE decoder) is
+ *   edd_pipeline_generate, at the end of this file.
  *                                          on_step(i, t_i, x_in, eps)
  *                                          x    = step(i, x, eps, carry, noise call i+1)
  *
