@@ -4,14 +4,13 @@ Fast: loading the tiny SD 1.x / SD 2.x folders of tiny_pipelines.py, each refuse
 exit 2, nothing written), the scheduler fields against diffusers' own schedulers, guidance never
 changed silently. Slow (one compile each, ~40 s): the bundle's images against diffusers'
 StableDiffusionPipeline (fp32, max abs 1e-3 on [0, 1]), the Python and C loops, generate's CLI,
-the closed box over the new files, the C runner's refusal.
+the closed box over the new files (the C runner's text pipeline: tests/test_c_text.py).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -343,19 +342,6 @@ def test_closed_box_covers_components_and_tokenizer(sd1_bundle, tmp_path):
     (d / "tokenizer" / "vocab.json").symlink_to(sd1_bundle.root / "tokenizer" / "vocab.json")
     with pytest.raises(EdgediffError, match="resolves outside the bundle"):
         load_bundle(d)
-
-
-@pytest.mark.slow
-def test_c_runner_refuses_a_text_bundle_in_one_line(c_runner_build, sd1_bundle, tmp_path):
-    r = subprocess.run(
-        [str(c_runner_build / "edgediff-run-core"), str(sd1_bundle.root), "-n", "1", "-o", str(tmp_path / "g.png")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode != 0
-    assert "conditioning kind text needs the text-to-image runtime, not in this build" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@
  * The model file is read with ov_core_read_model, so an ONNX bundle (model/denoiser.onnx)
  * runs directly, as does OpenVINO IR (.xml + .bin). Inputs are bound by position, as the
  * manifest lists them: 0 the sample (float32, batch first), 1 the timestep (float32, one per
- * row), 2 the condition if any (int64 labels for "class", float32 zeros for "embedding":
- * this runtime has no text encoder). Output 0 is the model output, written straight into
+ * row), 2 the condition if any (int64 labels for "class", float32 zeros for "embedding",
+ * edd_denoise_args.cond for "text"). Output 0 is the model output, written straight into
  * the runtime's buffer (no copy).
  *
  * Signature check: before compiling, each graph's inputs and outputs are compared with
@@ -80,6 +80,29 @@ const char *edd_ov_error(const edd_ov *ov);
 
 /* The OpenVINO build string (e.g. "2026.4.1-...") into buf. */
 void edd_ov_version(char *buf, size_t size);
+
+/* ---- a text-to-image bundle: the three graphs for edd_pipeline_create ----
+ *
+ * edd_ov_text reads nothing at create: load(component) reads the graph (ONNX or IR), checks it
+ * against its manifest entry (model, components.text_encoder, components.vae_decoder: names,
+ * element types, fixed sizes, as above) and compiles it; unload frees it (the model, the compiled
+ * model and the infer request), so with edd_text_params.low_memory one graph is resident at a
+ * time. The denoiser is an edd_ov (params.static_batch applies to it only; the text encoder and
+ * decoder keep their dynamic batch and run each call's rows); it binds args->cond as the float
+ * input 2 {rows, L, width}. The components take input_ids int64 [rows, L] -> [rows, L, width] and
+ * latents float [rows, C, h, w] -> [rows, 3, H, W]. info must outlive the backend (its strings
+ * point into the bundle). */
+typedef struct edd_ov_text edd_ov_text;
+
+edd_status edd_ov_text_create(const edd_bundle_info *info, const edd_ov_params *params, edd_ov_text **out, char *err,
+                              size_t err_size);
+void edd_ov_text_free(edd_ov_text *t); /* NULL is a no-op; frees whatever is loaded */
+
+/* {denoise, run, load, unload, error, t} for edd_pipeline_create */
+edd_pipeline_backend edd_ov_text_backend(edd_ov_text *t);
+
+/* What stopped the last failed call (load, run or denoise); "" if none. */
+const char *edd_ov_text_error(const edd_ov_text *t);
 
 #ifdef __cplusplus
 }

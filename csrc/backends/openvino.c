@@ -177,9 +177,9 @@ static void manifest_shape_text(const edd_tensor_info *t, char *buf, size_t size
     if (used + 1 < size) snprintf(buf + used, size - used, "%s]", t->ndim ? "" : "[");
 }
 
-/* one port against its manifest entry: 0, or 1 with err naming the tensor */
-static int check_port(const ov_output_const_port_t *port, const char *path, const char *kind, size_t k,
-                      const edd_tensor_info *want, char *err, size_t err_size) {
+/* one port against its manifest entry (manifest.json `entry`, e.g. "model"): 0, or 1 with err naming the tensor */
+static int check_port(const ov_output_const_port_t *port, const char *path, const char *entry, const char *kind,
+                      size_t k, const edd_tensor_info *want, char *err, size_t err_size) {
     char *name = NULL, have_shape[160], want_shape[160];
     ov_element_type_e type;
     ov_partial_shape_t ps;
@@ -188,8 +188,8 @@ static int check_port(const ov_output_const_port_t *port, const char *path, cons
     if (ov_port_get_any_name(port, &name) != OK)
         return ov_fail(err, err_size, "%s: cannot read the name of model %s %lu", path, kind, (unsigned long)k);
     if (strcmp(name, want->name) != 0) {
-        say(err, err_size, "%s: model %s %lu is named '%.64s', manifest.json model.%ss[%lu] says '%s'", path, kind,
-            (unsigned long)k, name, kind, (unsigned long)k, want->name);
+        say(err, err_size, "%s: model %s %lu is named '%.64s', manifest.json %s.%ss[%lu] says '%s'", path, kind,
+            (unsigned long)k, name, entry, kind, (unsigned long)k, want->name);
         ov_free(name);
         return 1;
     }
@@ -198,9 +198,9 @@ static int check_port(const ov_output_const_port_t *port, const char *path, cons
         return ov_fail(err, err_size, "%s: cannot read the element type of %s '%s'", path, kind, want->name);
     if (strcmp(type_name(type), want->dtype) != 0)
         return say(err, err_size,
-                   "%s: %s '%s' has element type %s in the model, manifest.json model.%ss[%lu].dtype "
+                   "%s: %s '%s' has element type %s in the model, manifest.json %s.%ss[%lu].dtype "
                    "says %s",
-                   path, kind, want->name, type_name(type), kind, (unsigned long)k, want->dtype);
+                   path, kind, want->name, type_name(type), entry, kind, (unsigned long)k, want->dtype);
     if (ov_port_get_partial_shape(port, &ps) != OK)
         return ov_fail(err, err_size, "%s: cannot read the shape of %s '%s'", path, kind, want->name);
     if (!ov_rank_is_dynamic(ps.rank)) {
@@ -212,25 +212,26 @@ static int check_port(const ov_output_const_port_t *port, const char *path, cons
     if (bad) {
         shape_text(&ps, have_shape, sizeof have_shape);
         manifest_shape_text(want, want_shape, sizeof want_shape);
-        say(err, err_size, "%s: %s '%s' has shape %s in the model, manifest.json model.%ss[%lu].shape says %s", path,
-            kind, want->name, have_shape, kind, (unsigned long)k, want_shape);
+        say(err, err_size, "%s: %s '%s' has shape %s in the model, manifest.json %s.%ss[%lu].shape says %s", path, kind,
+            want->name, have_shape, entry, kind, (unsigned long)k, want_shape);
     }
     ov_partial_shape_free(&ps);
     return bad;
 }
 
-/* the model read from `path` takes and gives what manifest.json says (names, dtypes, shapes) */
-static int check_signature(const ov_model_t *model, const edd_bundle_info *info, const char *path, char *err,
+/* the model read from `path` takes and gives what manifest.json `entry` says (names, dtypes, shapes) */
+static int check_signature(const ov_model_t *model, const char *entry, size_t num_inputs, const edd_tensor_info *inputs,
+                           size_t num_outputs, const edd_tensor_info *outputs, const char *path, char *err,
                            size_t err_size) {
     size_t n_in = 0, n_out = 0, k;
     if (ov_model_inputs_size(model, &n_in) != OK || ov_model_outputs_size(model, &n_out) != OK)
         return ov_fail(err, err_size, "%s: cannot read the model's inputs and outputs", path);
-    if (n_in != info->num_inputs)
-        return say(err, err_size, "%s: the model has %lu inputs, manifest.json model.inputs lists %lu", path,
-                   (unsigned long)n_in, (unsigned long)info->num_inputs);
-    if (n_out != info->num_outputs)
-        return say(err, err_size, "%s: the model has %lu outputs, manifest.json model.outputs lists %lu", path,
-                   (unsigned long)n_out, (unsigned long)info->num_outputs);
+    if (n_in != num_inputs)
+        return say(err, err_size, "%s: the model has %lu inputs, manifest.json %s.inputs lists %lu", path,
+                   (unsigned long)n_in, entry, (unsigned long)num_inputs);
+    if (n_out != num_outputs)
+        return say(err, err_size, "%s: the model has %lu outputs, manifest.json %s.outputs lists %lu", path,
+                   (unsigned long)n_out, entry, (unsigned long)num_outputs);
     for (k = 0; k < n_in + n_out; k++) {
         int is_in = k < n_in, rc;
         size_t i = is_in ? k : k - n_in;
@@ -239,7 +240,7 @@ static int check_signature(const ov_model_t *model, const edd_bundle_info *info,
                    : ov_model_const_output_by_index(model, i, &port)) != OK)
             return ov_fail(err, err_size, "%s: cannot read model %s %lu", path, is_in ? "input" : "output",
                            (unsigned long)i);
-        rc = check_port(port, path, is_in ? "input" : "output", i, is_in ? &info->inputs[i] : &info->outputs[i], err,
+        rc = check_port(port, path, entry, is_in ? "input" : "output", i, is_in ? &inputs[i] : &outputs[i], err,
                         err_size);
         ov_output_const_port_free(port);
         if (rc) return 1;
@@ -355,7 +356,8 @@ edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *param
             edd_ov_free(ov);
             return EDD_ERR_BACKEND;
         }
-        if (check_signature(g->model, info, path, err, err_size)) {
+        if (check_signature(g->model, "model", info->num_inputs, info->inputs, info->num_outputs, info->outputs, path,
+                            err, err_size)) {
             edd_ov_free(ov);
             return EDD_ERR_BAD_BUNDLE;
         }
@@ -424,7 +426,11 @@ static int bind(edd_ov *ov, ov_graph *g, const edd_denoise_args *a) {
     const void *cond = NULL;
     size_t k, rows = a->batch;
     if (ov->num_inputs == 3) {
-        if (ov->conditioning == EDD_COND_EMBEDDING) {
+        if (ov->conditioning == EDD_COND_TEXT) {
+            if (!a->cond || a->cond_ndim < 1 || a->cond_ndim > EDD_MAX_NDIM - 1)
+                return say(ov->error, sizeof ov->error, "the model takes text embeddings, but the run has none");
+            cond = a->cond;
+        } else if (ov->conditioning == EDD_COND_EMBEDDING) {
             if (ov->zeros_rows < rows) {
                 free(ov->zeros);
                 ov->zeros = (float *)calloc(rows * ov->cond_size, sizeof(float));
@@ -448,7 +454,10 @@ static int bind(edd_ov *ov, ov_graph *g, const edd_denoise_args *a) {
         wrap(ov, F32, a->sample_ndim + 1, dims, a->eps, &g->out))
         return 1;
     if (ov->num_inputs == 3) {
-        if (ov->conditioning == EDD_COND_EMBEDDING) {
+        if (ov->conditioning == EDD_COND_TEXT) {
+            for (k = 0; k < a->cond_ndim; k++) dims[k + 1] = a->cond_shape[k];
+            if (wrap(ov, F32, a->cond_ndim + 1, dims, cond, &g->in[2])) return 1;
+        } else if (ov->conditioning == EDD_COND_EMBEDDING) {
             for (k = 0; k < ov->cond_ndim; k++) dims[k + 1] = ov->cond_shape[k];
             if (wrap(ov, F32, ov->cond_ndim + 1, dims, cond, &g->in[2])) return 1;
         } else if (wrap(ov, I64, 1, dims, cond, &g->in[2])) {
@@ -494,4 +503,201 @@ int edd_ov_denoise(void *user, const edd_denoise_args *args) {
         return 4;
     }
     return 0;
+}
+
+/* ---- a text bundle's three graphs (edd_ov_text) ---- */
+
+struct edd_ov_text {
+    edd_bundle_info info; /* a copy: the strings point into the caller's bundle */
+    edd_ov_params params;
+    edd_ov *denoiser;   /* while the denoiser is loaded */
+    ov_core_t *core;    /* the components' core (while one is loaded) */
+    ov_graph graphs[2]; /* text encoder, decoder (model == NULL: not loaded) */
+    char error[768];
+};
+
+static const char *const COMPONENT_ENTRY[2] = {"components.text_encoder", "components.vae_decoder"};
+
+edd_status edd_ov_text_create(const edd_bundle_info *info, const edd_ov_params *params, edd_ov_text **out, char *err,
+                              size_t err_size) {
+    edd_ov_text *t;
+    if (err && err_size) err[0] = '\0';
+    if (!out) return say(err, err_size, "edd_ov_text_create: out is NULL"), EDD_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    if (!info || info->conditioning != EDD_COND_TEXT || !info->text_encoder.path || !info->vae_decoder.path ||
+        !info->model_path) {
+        say(err, err_size, "edd_ov_text_create: needs a text bundle from edd_bundle_load");
+        return EDD_ERR_INVALID_ARGUMENT;
+    }
+    t = (edd_ov_text *)calloc(1, sizeof *t);
+    if (!t) return EDD_ERR_OUT_OF_MEMORY;
+    t->info = *info;
+    t->params = params ? *params : edd_ov_default_params();
+    *out = t;
+    return EDD_OK;
+}
+
+static void free_graph(ov_graph *g) {
+    unbind(g);
+    if (g->request) ov_infer_request_free(g->request);
+    if (g->compiled) ov_compiled_model_free(g->compiled);
+    if (g->model) ov_model_free(g->model);
+    memset(g, 0, sizeof *g);
+}
+
+static void text_unload(void *user, edd_component which) {
+    edd_ov_text *t = (edd_ov_text *)user;
+    if (which == EDD_COMPONENT_DENOISER) {
+        edd_ov_free(t->denoiser);
+        t->denoiser = NULL;
+    } else {
+        free_graph(&t->graphs[which == EDD_COMPONENT_TEXT_ENCODER ? 0 : 1]);
+    }
+    if (!t->graphs[0].model && !t->graphs[1].model && t->core) {
+        ov_core_free(t->core);
+        t->core = NULL;
+    }
+}
+
+void edd_ov_text_free(edd_ov_text *t) {
+    if (!t) return;
+    text_unload(t, EDD_COMPONENT_TEXT_ENCODER);
+    text_unload(t, EDD_COMPONENT_VAE_DECODER);
+    text_unload(t, EDD_COMPONENT_DENOISER);
+    free(t);
+}
+
+static int text_load(void *user, edd_component which) {
+    edd_ov_text *t = (edd_ov_text *)user;
+    const edd_ov_params *p = &t->params;
+    const edd_component_info *ci;
+    ov_graph *g;
+    char threads[24];
+    const char *props[6];
+    size_t nprops = 0, k;
+    t->error[0] = '\0';
+    if (which == EDD_COMPONENT_DENOISER) {
+        if (t->denoiser) return 0;
+        return edd_ov_create(&t->info, p, &t->denoiser, t->error, sizeof t->error) != EDD_OK;
+    }
+    k = which == EDD_COMPONENT_TEXT_ENCODER ? 0 : 1;
+    ci = k == 0 ? &t->info.text_encoder : &t->info.vae_decoder;
+    g = &t->graphs[k];
+    if (g->model) return 0;
+    if (ci->num_inputs != 1 || ci->num_outputs < 1)
+        return say(t->error, sizeof t->error,
+                   "%s: the OpenVINO backend takes 1 input and 1 output, %s lists %lu and %lu", ci->path,
+                   COMPONENT_ENTRY[k], (unsigned long)ci->num_inputs, (unsigned long)ci->num_outputs);
+    if (!t->core && ov_core_create(&t->core) != OK)
+        return ov_fail(t->error, sizeof t->error, "OpenVINO: cannot create a core");
+    if (ov_core_read_model(t->core, ci->path, NULL, &g->model) != OK) {
+        ov_fail(t->error, sizeof t->error, "%s: OpenVINO cannot read the model", ci->path);
+        free_graph(g);
+        return 1;
+    }
+    if (check_signature(g->model, COMPONENT_ENTRY[k], ci->num_inputs, ci->inputs, ci->num_outputs, ci->outputs,
+                        ci->path, t->error, sizeof t->error)) {
+        free_graph(g);
+        return 2;
+    }
+    if (p->precision) {
+        props[nprops++] = ov_property_key_hint_inference_precision;
+        props[nprops++] = p->precision;
+    }
+    if (p->performance_mode) {
+        props[nprops++] = ov_property_key_hint_performance_mode;
+        props[nprops++] = p->performance_mode;
+    }
+    if (p->threads > 0) {
+        snprintf(threads, sizeof threads, "%d", p->threads);
+        props[nprops++] = ov_property_key_inference_num_threads;
+        props[nprops++] = threads;
+    }
+    for (k = nprops; k < 6; k++) props[k] = NULL;
+    if (ov_core_compile_model(t->core, g->model, p->device ? p->device : "CPU", nprops, &g->compiled, props[0],
+                              props[1], props[2], props[3], props[4], props[5]) != OK) {
+        ov_fail(t->error, sizeof t->error, "%s: OpenVINO cannot compile the model", ci->path);
+        free_graph(g);
+        return 3;
+    }
+    if (ov_compiled_model_create_infer_request(g->compiled, &g->request) != OK) {
+        ov_fail(t->error, sizeof t->error, "%s: OpenVINO cannot create an infer request", ci->path);
+        free_graph(g);
+        return 4;
+    }
+    return 0;
+}
+
+/* [rows, the entry's other sizes]; 0, or 1 if a size other than the batch is dynamic or the product is not `size` */
+static int row_dims(const edd_tensor_info *ti, size_t rows, size_t size, int64_t *dims) {
+    size_t d, prod = 1;
+    if (ti->ndim < 1 || ti->ndim > EDD_MAX_NDIM) return 1;
+    dims[0] = (int64_t)rows;
+    for (d = 1; d < ti->ndim; d++) {
+        if (ti->shape[d] < 1) return 1;
+        dims[d] = ti->shape[d];
+        prod *= (size_t)ti->shape[d];
+    }
+    return prod != size;
+}
+
+static int text_run(void *user, const edd_component_args *a) {
+    edd_ov_text *t = (edd_ov_text *)user;
+    size_t k = a->component == EDD_COMPONENT_TEXT_ENCODER ? 0 : 1;
+    const edd_component_info *ci = k == 0 ? &t->info.text_encoder : &t->info.vae_decoder;
+    ov_graph *g = &t->graphs[k];
+    int64_t in_dims[EDD_MAX_NDIM], out_dims[EDD_MAX_NDIM];
+    ov_shape_t shape;
+    t->error[0] = '\0';
+    if (a->component == EDD_COMPONENT_DENOISER) return say(t->error, sizeof t->error, "run() got the denoiser"), 9;
+    if (!g->request) return say(t->error, sizeof t->error, "%s: not loaded", ci->path), 2;
+    if (row_dims(&ci->inputs[0], a->batch, a->in_size, in_dims) ||
+        row_dims(&ci->outputs[0], a->batch, a->out_size, out_dims))
+        return say(t->error, sizeof t->error, "%s: the manifest's shapes do not match the pipeline's rows", ci->path),
+               3;
+    unbind(g);
+    if (ov_shape_create((int64_t)ci->inputs[0].ndim, in_dims, &shape) != OK ||
+        ov_tensor_create_from_host_ptr(k == 0 ? I64 : F32, shape,
+                                       k == 0 ? (void *)(size_t)a->ids : (void *)(size_t)a->latents, &g->in[0]) != OK)
+        return ov_fail(t->error, sizeof t->error, "%s: cannot wrap the input", ci->path), 4;
+    ov_shape_free(&shape);
+    if (ov_shape_create((int64_t)ci->outputs[0].ndim, out_dims, &shape) != OK ||
+        ov_tensor_create_from_host_ptr(F32, shape, a->out, &g->out) != OK)
+        return ov_fail(t->error, sizeof t->error, "%s: cannot wrap the output", ci->path), 4;
+    ov_shape_free(&shape);
+    if (ov_infer_request_set_input_tensor_by_index(g->request, 0, g->in[0]) != OK ||
+        ov_infer_request_set_output_tensor_by_index(g->request, 0, g->out) != OK)
+        return ov_fail(t->error, sizeof t->error, "%s: cannot bind the tensors", ci->path), 5;
+    if (ov_infer_request_infer(g->request) != OK)
+        return ov_fail(t->error, sizeof t->error, "%s: OpenVINO inference failed", ci->path), 6;
+    unbind(g);
+    return 0;
+}
+
+static int text_denoise(void *user, const edd_denoise_args *a) {
+    edd_ov_text *t = (edd_ov_text *)user;
+    int rc;
+    if (!t->denoiser) return say(t->error, sizeof t->error, "the denoiser is not loaded"), 7;
+    rc = edd_ov_denoise(t->denoiser, a);
+    if (rc) snprintf(t->error, sizeof t->error, "%s", edd_ov_error(t->denoiser));
+    return rc;
+}
+
+static const char *text_error(void *user) {
+    return ((edd_ov_text *)user)->error;
+}
+
+edd_pipeline_backend edd_ov_text_backend(edd_ov_text *t) {
+    edd_pipeline_backend b;
+    b.denoise = text_denoise;
+    b.run = text_run;
+    b.load = text_load;
+    b.unload = text_unload;
+    b.error = text_error;
+    b.user = t;
+    return b;
+}
+
+const char *edd_ov_text_error(const edd_ov_text *t) {
+    return t ? t->error : "edd_ov_text_error: t is NULL";
 }

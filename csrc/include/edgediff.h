@@ -15,15 +15,19 @@
  *   manifest.json   "format" ("edgediff-bundle"), "format_version" (= EDD_BUNDLE_FORMAT_VERSION),
  *                   "files" (sha256 of every file, checked by edd_bundle_verify; must list
  *                   model.file and scheduler.json), "model" {format, file, inputs, outputs}
- *                   -> edd_bundle_info, "conditioning" {kind, null_label} -> edd_params.null_label;
- *                   any other key is ignored
+ *                   -> edd_bundle_info, "conditioning" {kind, null_label, shape} -> edd_params.null_label,
+ *                   info.cond_shape; for kind "text" also "components" {text_encoder, vae_decoder:
+ *                   {file, format, inputs, outputs}, tokenizer: {folder, files, max_length}}
+ *                   -> info.text_encoder / vae_decoder / tokenizer_*; any other key is ignored
  *   scheduler.json  "plan" {solver, timesteps, schedule {alphas_cumprod, prediction_type},
  *                   params} -> edd_plan_desc (see edd_plan_create; the keys each solver takes are
  *                   in docs/bundle-format.md), "guidance_scale" -> edd_params.guidance,
  *                   "spacing" -> info.spacing (what edd_plan_with_steps replans with),
  *                   "timestep_groups" -> info.group_files / step_group / shared_weights
  *                   -> edd_denoise_args.group, "cache_schedule" -> info.cache_flags
- *                   -> edd_denoise_args.cached; "solver" is not read
+ *                   -> edd_denoise_args.cached; for text bundles "conditioning" ("text") and
+ *                   "latent" {shape, scaling_factor, image_shape} -> info.scaling_factor /
+ *                   image_shape; "solver" is not read
  *
  * The runtime computes no schedule of its own (except edd_plan_with_steps, on request): every
  * per-step number comes from the plan. timestep_groups and cache_schedule are made for the
@@ -47,8 +51,12 @@
  *   edd_context_sample:  x = init_latent(noise call 0)
  *                        for i in 0..n-1:  x_in = model_input(i, x)
  *                                          eps  = backend.denoise(x_in, t_i, labels,   (2B rows
- *                                                   group = step_group[i],             with guidance:
+ *                                                   cond (text embeddings, 0.3),       with guidance,
+ *                                                   group = step_group[i],             conditional first:
  *                                                   cached = cache_flags[i])           eps = eu + g (ec - eu))
+ *
+ *   A text bundle's whole pipeline (tokenizer, text encoder, this loop, VAE decoder) is
+ *   edd_pipeline_generate, at the end of this file.
  *                                          on_step(i, t_i, x_in, eps)
  *                                          x    = step(i, x, eps, carry, noise call i+1)
  *
@@ -82,7 +90,7 @@ extern "C" {
 #endif
 
 #define EDD_VERSION_MAJOR 0
-#define EDD_VERSION_MINOR 2
+#define EDD_VERSION_MINOR 3
 #define EDD_VERSION_PATCH 0
 
 #define EDD_MAX_NDIM 8         /* most dimensions of one sample (e.g. 3 for C, H, W) */
@@ -208,6 +216,17 @@ typedef struct edd_denoise_args {
                      cached at an earlier full step (params.cache_flags[step]);
                      0: run the full model (and refresh any cache). A backend that
                      caches nothing ignores it and runs the full model. */
+    /* Float conditioning (since 0.3; appended, so a backend built against 0.2 still works): */
+    const float *cond;         /* batch * cond_size floats: row r is the condition of x row r (a text
+                                  model's encoder hidden states, {seq, width} per row); with guidance
+                                  the conditional rows come first, then the unconditional ones, as x.
+                                  NULL when the run has none (class-label or unconditional models).
+                                  Owned by the context; valid during this call only */
+    size_t cond_ndim;          /* dimensions of one row (2 for {seq, width}); 0 without cond */
+    const int64_t *cond_shape; /* cond_ndim sizes, e.g. {77, 768} */
+    size_t cond_size;          /* floats per row (the product of cond_shape) */
+    size_t first_row;          /* which of the step's rows this call starts at: 0, unless
+                                  params.max_rows splits the rows over several calls */
 } edd_denoise_args;
 
 /* Return 0 on success; any other value stops the run with EDD_ERR_BACKEND (the value is in
@@ -264,6 +283,20 @@ typedef struct edd_params {
     const uint8_t *cache_flags; /* table_steps flags, copied at create: non-zero = the step may
                                    reuse cached features (edd_denoise_args.cached); step 0 must
                                    be 0. NULL = every step runs the full model (default NULL) */
+    /* Float conditioning, e.g. a text encoder's hidden states (since 0.3; appended). With cond set,
+     * guidance needs null_cond instead of labels and null_label (labels may still be given). */
+    size_t cond_ndim;                 /* dimensions of one condition row, 1..EDD_MAX_NDIM; 0 = no cond
+                                         (default 0) */
+    int64_t cond_shape[EDD_MAX_NDIM]; /* the first cond_ndim are used, each >= 1, e.g. {77, 768} */
+    const float *cond;                /* B rows of prod(cond_shape) floats, image k's condition first to
+                                         last; copied at create (default NULL) */
+    const float *null_cond;           /* one row: the unconditional condition (a negative prompt's
+                                         embedding), given to every unconditional row under guidance;
+                                         copied at create (default NULL) */
+    size_t max_rows;                  /* most rows per denoiser call: a step's rows (B, or 2B with
+                                         guidance) go out in calls of at most this many, first_row
+                                         counting; 0 = all in one call (default 0). 1 for a graph of
+                                         static batch 1: guidance then takes two calls a step */
 } edd_params;
 
 EDD_API edd_params edd_default_params(void);
@@ -295,9 +328,11 @@ EDD_API const char *edd_context_error(const edd_context *ctx);
 #define EDD_MAX_GROUPS            64 /* most timestep groups (model files) in a bundle */
 
 typedef enum edd_conditioning {
-    EDD_COND_NONE = 0,     /* conditioning.kind "none": the model takes (x, t) */
-    EDD_COND_CLASS = 1,    /* "class": a third int64 input, one label per row */
-    EDD_COND_EMBEDDING = 2 /* "embedding": a third float input (the runner feeds zeros: no encoder) */
+    EDD_COND_NONE = 0,      /* conditioning.kind "none": the model takes (x, t) */
+    EDD_COND_CLASS = 1,     /* "class": a third int64 input, one label per row */
+    EDD_COND_EMBEDDING = 2, /* "embedding": a third float input (the runner feeds zeros: no encoder) */
+    EDD_COND_TEXT = 3       /* "text" (since 0.3): a third float input, the text encoder's hidden states
+                               {max_length, width} per row; info.text_encoder / vae_decoder / tokenizer_* */
 } edd_conditioning;
 
 typedef struct edd_tensor_info {
@@ -306,6 +341,17 @@ typedef struct edd_tensor_info {
     size_t ndim;                 /* dimensions */
     int64_t shape[EDD_MAX_NDIM]; /* sizes; -1 for a named (dynamic) dimension such as "batch" */
 } edd_tensor_info;
+
+/* One graph of a text-to-image bundle besides the denoiser (manifest.json components.NAME). */
+typedef struct edd_component_info {
+    const char *format; /* components.NAME.format: the denoiser's, e.g. "onnx" */
+    const char *file;   /* relative to the bundle, e.g. "model/text_encoder.onnx" */
+    const char *path;   /* bundle dir + "/" + file (edd_bundle_load only; NULL after parse) */
+    size_t num_inputs;  /* components.NAME.inputs */
+    edd_tensor_info inputs[EDD_MAX_TENSORS];
+    size_t num_outputs; /* components.NAME.outputs */
+    edd_tensor_info outputs[EDD_MAX_TENSORS];
+} edd_component_info;
 
 typedef struct edd_bundle_info {
     const char *model_format; /* manifest model.format, e.g. "onnx" */
@@ -334,6 +380,19 @@ typedef struct edd_bundle_info {
     const uint8_t *cache_flags; /* num_steps flags (1 = the step may reuse cached features), or NULL
                                    when cache_schedule is null */
     size_t cache_interval;      /* N of {"interval": N}; 0 for a "steps" list or no schedule */
+    /* conditioning.shape (since 0.3): {max_length, width} for "text", the embedding's for
+     * "embedding"; cond_ndim 0 when null */
+    size_t cond_ndim;
+    int64_t cond_shape[EDD_MAX_NDIM];
+    /* A text-to-image bundle (conditioning kind "text", since 0.3; zeroed otherwise):
+     * manifest.json components.{text_encoder, vae_decoder, tokenizer}, scheduler.json latent. */
+    edd_component_info text_encoder; /* input_ids int64 [batch, max_length] -> [batch, max_length, width] */
+    edd_component_info vae_decoder;  /* latents [batch, C, h, w] -> image [batch, 3, H, W] in [-1, 1] */
+    const char *tokenizer_folder;    /* components.tokenizer.folder, relative, e.g. "tokenizer" */
+    const char *tokenizer_path;      /* bundle dir + "/" + folder (edd_bundle_load only; else NULL) */
+    size_t max_length;               /* components.tokenizer.max_length == cond_shape[0] */
+    double scaling_factor;           /* latent.scaling_factor (applied inside the decoder graph) */
+    int64_t image_shape[3];          /* latent.image_shape: {3, H, W} */
 } edd_bundle_info;
 
 typedef struct edd_bundle edd_bundle; /* opaque: a parsed bundle (its plan and info) */
@@ -360,11 +419,11 @@ EDD_API edd_status edd_bundle_verify(const edd_bundle *bundle, char *err, size_t
 EDD_API const edd_plan *edd_bundle_plan(const edd_bundle *bundle);            /* owned by the bundle */
 EDD_API const edd_bundle_info *edd_bundle_get_info(const edd_bundle *bundle); /* owned by the bundle */
 
-/* Set params' sample_ndim / sample_shape, guidance (guidance_scale for class models, else
- * 1.0), null_label and the per-step tables (table_steps, step_group, num_groups, cache_flags;
- * they point into the bundle, which must outlive edd_context_create) from the bundle; the rest
- * (batch, seed, labels, ...) is the caller's. A caller that runs the bundle's model at another
- * step count (edd_plan_with_steps) must clear the tables (or build its own): groups and cache
+/* Set params' sample_ndim / sample_shape, guidance (guidance_scale for class and text models,
+ * else 1.0; a text model then needs params.cond / null_cond, as edd_pipeline_generate sets), null_label and the
+ * per-step tables (table_steps, step_group, num_groups, cache_flags; they point into the bundle, which must outlive
+ * edd_context_create) from the bundle; the rest (batch, seed, labels, ...) is the caller's. A caller that runs the
+ * bundle's model at another step count (edd_plan_with_steps) must clear the tables (or build its own): groups and cache
  * schedules are made for the bundle's own steps. */
 EDD_API edd_status edd_bundle_fill_params(const edd_bundle *bundle, edd_params *params);
 
@@ -421,6 +480,121 @@ EDD_API size_t edd_tokenizer_max_length(const edd_tokenizer *tok); /* model_max_
 EDD_API size_t edd_tokenizer_vocab_size(const edd_tokenizer *tok); /* distinct tokens in the vocabulary */
 /* the id of a special token, or -1 for an invalid argument */
 EDD_API int32_t edd_tokenizer_special_id(const edd_tokenizer *tok, edd_special_token which);
+
+/* ---- text-to-image: the whole pipeline of a text bundle (pipeline.c, since 0.3) ---------------
+ *
+ *   prompts[B], negative ──tokenize──► ids int64 [B + 1, L]   (L = info.max_length; the negative
+ *                                         │                     prompt is row B; "" by default)
+ *                 run(TEXT_ENCODER) once ▼ (every row in one call; one per row for a graph of
+ *                                           static batch 1)
+ *                          hidden float [B + 1, L, width]: rows 0..B-1 the prompts, row B the
+ *                                         │ unconditional embedding, made once, not per step
+ *      edd_context (params.cond = rows 0..B-1, null_cond = row B, guidance g) ▼
+ *        per step: denoise(x_in [2B rows: conditional first], t, cond [2B, L, width]) in one call
+ *                  (in two of B, or 2B of 1, for a denoiser graph of static batch 1)
+ *                          latents float [B, C, h, w] (image k: noise stream first_stream + k)
+ *                   run(VAE_DECODER) once ▼
+ *                          image float [B, 3, H, W] in [-1, 1] ─► clipped; [0, 1] HWC by default
+ *
+ * It is src/edgediff/runtimes/runner.py generate_text step for step (the same tokenizer ids, the
+ * same noise, the same guidance arithmetic), so a backend that computes what the Python one
+ * does gives the same images. The application supplies the graphs through edd_pipeline_backend;
+ * backends/edgediff_openvino.h has one for OpenVINO (ONNX and IR bundles).
+ *
+ * Memory: load(c) is called before component c first runs. Normally a loaded component stays
+ * loaded until edd_pipeline_free (which unloads what is loaded), so later generations reuse it;
+ * with params.low_memory each is unloaded as soon as its phase ends (text encoder, then
+ * denoiser, then decoder), so at most one is resident: peak memory is the largest component,
+ * not the sum, at the price of loading all three every generation. */
+
+typedef enum edd_component {
+    EDD_COMPONENT_TEXT_ENCODER = 0, /* manifest.json components.text_encoder */
+    EDD_COMPONENT_DENOISER = 1,     /* manifest.json model (and its timestep groups) */
+    EDD_COMPONENT_VAE_DECODER = 2   /* manifest.json components.vae_decoder */
+} edd_component;
+#define EDD_NUM_COMPONENTS 3
+
+/* What run() is asked to compute; every array is owned by the pipeline and valid during the call. */
+typedef struct edd_component_args {
+    edd_component component; /* EDD_COMPONENT_TEXT_ENCODER or EDD_COMPONENT_VAE_DECODER */
+    size_t batch;            /* rows in this call */
+    const int64_t *ids;      /* text encoder: batch * seq_len token ids (BOS ... EOS, pad); else NULL */
+    size_t seq_len;          /* text encoder: L = info.max_length; else 0 */
+    const float *latents;    /* decoder: batch * in_size floats {C, h, w} (the sampler's output; the
+                                graph divides by scaling_factor itself); else NULL */
+    size_t in_size;          /* floats (decoder) or ids (text encoder) per row */
+    float *out;              /* OUT: batch * out_size floats: {L, width} (text encoder) or {3, H, W}
+                                in [-1, 1] (decoder) */
+    size_t out_size;         /* floats per output row */
+} edd_component_args;
+
+typedef struct edd_pipeline_backend {
+    edd_denoise_fn denoise; /* required: the denoiser, as for edd_context_create (args->cond holds the
+                               text embeddings, args->cond_shape {L, width}) */
+    int (*run)(void *user, const edd_component_args *args); /* required: the text encoder or the
+                                                               decoder; 0 = ok */
+    int (*load)(void *user, edd_component which);           /* may be NULL (always loaded); 0 = ok */
+    void (*unload)(void *user, edd_component which);        /* may be NULL */
+    const char *(*error)(void *user);                       /* may be NULL: the backend's text for its last failure */
+    void *user;                                             /* passed back to every function unchanged */
+} edd_pipeline_backend;
+
+typedef struct edd_text_params {
+    size_t batch;                /* images B >= 1 (default 1) */
+    const char *prompt;          /* UTF-8, NUL-terminated: the prompt of every image (default NULL) */
+    const char *const *prompts;  /* B prompts, one per image; NULL = prompt for all (default NULL) */
+    const char *negative_prompt; /* the unconditional prompt; NULL = "" (default NULL) */
+    double guidance;             /* classifier-free guidance; < 0 = the bundle's guidance_scale;
+                                    exactly 1 = off, one pass a step (default -1) */
+    uint64_t seed;               /* noise seed (default 0) */
+    uint32_t first_stream;       /* image k uses noise stream first_stream + k (default 0) */
+    const edd_plan *plan;        /* NULL = the bundle's; else e.g. from edd_plan_with_steps (then the
+                                    bundle's timestep groups / cache schedule are not used) (default NULL) */
+    int low_memory;              /* 1: each component is loaded only while it runs (default 0) */
+    int unit_hwc;                /* 1: out is [0, 1] float {H, W, 3} per image (diffusers'
+                                    output_type "np", runtimes.images.to_unit); 0: the decoder's
+                                    {3, H, W} clipped to [-1, 1] (what the image grid writer takes)
+                                    (default 1) */
+    edd_step_callback on_step;   /* as edd_params.on_step (default NULL) */
+    void *on_step_user;          /* (default NULL) */
+    const volatile int *cancel;  /* as edd_params.cancel (default NULL) */
+} edd_text_params;
+
+EDD_API edd_text_params edd_default_text_params(void);
+
+typedef struct edd_pipeline edd_pipeline; /* opaque: a text bundle's tokenizer and its backend */
+
+/* A pipeline over a text bundle from edd_bundle_load (conditioning EDD_COND_TEXT): loads the
+ * tokenizer (info.tokenizer_path) and keeps bundle and backend, which must outlive it. Loads no
+ * graph (see edd_pipeline_load). Errors name the file and field (a tokenizer's refusals are
+ * edd_tokenizer_load's); EDD_ERR_INVALID_ARGUMENT for a bundle of another kind. */
+EDD_API edd_status edd_pipeline_create(const edd_bundle *bundle, const edd_pipeline_backend *backend,
+                                       edd_pipeline **out, char *err, size_t err_size);
+EDD_API void edd_pipeline_free(edd_pipeline *pipe); /* NULL is a no-op; unloads what is loaded */
+
+/* Load every component now (what a first generation would do), e.g. to time it apart. */
+EDD_API edd_status edd_pipeline_load(edd_pipeline *pipe);
+
+/* The tokenizer (owned by the pipeline): edd_tokenizer_encode it to see what a prompt becomes. */
+EDD_API const edd_tokenizer *edd_pipeline_tokenizer(const edd_pipeline *pipe);
+
+/* Floats edd_pipeline_generate writes: B * 3 * H * W. */
+EDD_API size_t edd_pipeline_output_count(const edd_pipeline *pipe, const edd_text_params *params);
+
+/* Generate params->batch images into out (out_count = edd_pipeline_output_count). Allocates its
+ * scratch per call (ids, embeddings, latents, the sampler's context) and frees it. A prompt that
+ * is not UTF-8 is EDD_ERR_INVALID_ARGUMENT naming the prompt and the byte offset; a backend failure
+ * EDD_ERR_BACKEND naming the component; non-finite latents or images EDD_ERR_BACKEND. The detail
+ * is in edd_pipeline_error. Deterministic: the same params give the same bits. */
+EDD_API edd_status edd_pipeline_generate(edd_pipeline *pipe, const edd_text_params *params, float *out,
+                                         size_t out_count);
+
+/* The detail of the last failure of pipe; "" if none. */
+EDD_API const char *edd_pipeline_error(const edd_pipeline *pipe);
+
+/* The longest prompt of the last generation, in tokens with BOS and EOS, before truncation to
+ * max_length (greater than max_length: it was truncated, as CLIP does). */
+EDD_API size_t edd_pipeline_last_prompt_tokens(const edd_pipeline *pipe);
 
 #ifdef __cplusplus
 }

@@ -981,6 +981,201 @@ done:
     return result;
 }
 
+/* ---- the text-to-image pipeline (edd_pipeline) over Python graphs ---------------------------- */
+
+typedef struct {
+    module_state *st;
+    PyObject *encode, *denoise, *decode; /* borrowed */
+    const edd_bundle_info *info;
+    PyThreadState *tstate;
+    PyObject *exc_type, *exc_value, *exc_tb;
+} py_text;
+
+static void text_keep_error(py_text *run) {
+    if (!run->exc_type) PyErr_Fetch(&run->exc_type, &run->exc_value, &run->exc_tb);
+    PyErr_Clear();
+}
+
+/* a new array (rows, *shape) of dtype holding a copy of data */
+static PyObject *new_rows(module_state *st, size_t rows, const int64_t *shape, size_t ndim, const char *dtype,
+                          const void *data) {
+    array_ref a;
+    PyObject *arr;
+    if (array_new(st, (Py_ssize_t)rows, shape, ndim, dtype, &a)) {
+        array_close(&a);
+        return NULL;
+    }
+    memcpy(a.view.buf, data, (size_t)a.view.len);
+    PyBuffer_Release(&a.view);
+    arr = a.array;
+    return arr;
+}
+
+/* fn(in) -> float32 with exactly n values, copied to out; 0 or 1 (error kept) */
+static int call_into(py_text *run, PyObject *fn, PyObject *in, const char *what, float *out, size_t n) {
+    PyObject *r = in ? PyObject_CallFunctionObjArgs(fn, in, NULL) : NULL;
+    array_ref v = {0};
+    int rc = 1;
+    if (r && !array_from(run->st, r, "float32", what, &v)) {
+        if ((size_t)v.view.len != n * sizeof(float))
+            PyErr_Format(run->st->error, "%s has %zd values; the pipeline needs %zu", what, v.view.len / 4, n);
+        else {
+            memcpy(out, v.view.buf, n * sizeof(float));
+            rc = 0;
+        }
+    }
+    if (rc) text_keep_error(run);
+    array_close(&v);
+    Py_XDECREF(r);
+    return rc;
+}
+
+static int pt_run(void *user, const edd_component_args *a) {
+    py_text *run = (py_text *)user;
+    const edd_bundle_info *info = run->info;
+    PyObject *in;
+    int rc;
+    PyEval_RestoreThread(run->tstate);
+    if (a->component == EDD_COMPONENT_TEXT_ENCODER) {
+        int64_t L = (int64_t)a->seq_len;
+        in = new_rows(run->st, a->batch, &L, 1, "int64", a->ids);
+        rc = call_into(run, run->encode, in, "the text encoder's output", a->out, a->batch * a->out_size);
+    } else {
+        in = new_rows(run->st, a->batch, info->sample_shape, info->sample_ndim, "float32", a->latents);
+        rc = call_into(run, run->decode, in, "the VAE decoder's output", a->out, a->batch * a->out_size);
+    }
+    if (!in) text_keep_error(run);
+    Py_XDECREF(in);
+    run->tstate = PyEval_SaveThread();
+    return rc;
+}
+
+static int pt_denoise(void *user, const edd_denoise_args *a) {
+    py_text *run = (py_text *)user;
+    PyObject *x, *t, *c, *r = NULL;
+    int64_t one = 1;
+    array_ref v = {0};
+    int rc = 1;
+    PyEval_RestoreThread(run->tstate);
+    x = new_rows(run->st, a->batch, a->sample_shape, a->sample_ndim, "float32", a->x);
+    t = new_rows(run->st, a->batch, &one, 0, "float32", a->t);
+    c = new_rows(run->st, a->batch, a->cond_shape, a->cond_ndim, "float32", a->cond);
+    if (x && t && c) r = PyObject_CallFunctionObjArgs(run->denoise, x, t, c, NULL);
+    if (r && !array_from(run->st, r, "float32", "the denoiser's output", &v)) {
+        if ((size_t)v.view.len != a->batch * a->sample_size * sizeof(float))
+            PyErr_Format(run->st->error, "the denoiser returned %zd values for %zu inputs of %zu values each",
+                         v.view.len / 4, a->batch, a->sample_size);
+        else {
+            memcpy(a->eps, v.view.buf, (size_t)v.view.len);
+            rc = 0;
+        }
+    }
+    if (rc) text_keep_error(run);
+    array_close(&v);
+    Py_XDECREF(x);
+    Py_XDECREF(t);
+    Py_XDECREF(c);
+    Py_XDECREF(r);
+    run->tstate = PyEval_SaveThread();
+    return rc;
+}
+
+static PyObject *py_generate_text(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"dir",      "prompts", "encode",       "denoise",    "decode", "negative_prompt",
+                             "guidance", "seed",    "first_stream", "low_memory", NULL};
+    module_state *st = get_state(module);
+    const char *dir, *negative = "";
+    PyObject *oprompts, *encode, *denoise, *decode, *oguidance = Py_None, *oseed = NULL, *result = NULL, *held = NULL;
+    Py_ssize_t n = 0, k, first_stream = 0;
+    const char **prompts = NULL;
+    int low_memory = 0;
+    uint64_t seed = 0;
+    edd_bundle *bundle = NULL;
+    edd_pipeline *pipe = NULL;
+    edd_pipeline_backend be;
+    edd_text_params tp = edd_default_text_params();
+    const edd_bundle_info *info;
+    py_text run;
+    array_ref out = {0};
+    char err[1024];
+    edd_status status;
+    PyThreadState *ts;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sOOOO|$sOOnp:generate_text", kwlist, &dir, &oprompts, &encode,
+                                     &denoise, &decode, &negative, &oguidance, &oseed, &first_stream, &low_memory))
+        return NULL;
+    if (!PyCallable_Check(encode) || !PyCallable_Check(denoise) || !PyCallable_Check(decode)) {
+        PyErr_SetString(PyExc_TypeError, "generate_text: encode, denoise and decode must be callable");
+        return NULL;
+    }
+    if (oseed && as_word(st, oseed, "seed", 64, &seed)) return NULL;
+    if (first_stream < 0 || first_stream > 0xFFFFFFFFLL) {
+        PyErr_Format(st->error, "first_stream must be in [0, 2^32), got %zd", first_stream);
+        return NULL;
+    }
+    if (!PyList_Check(oprompts) || (n = PyList_Size(oprompts)) < 1) {
+        PyErr_SetString(st->error, "prompts must be a non-empty list of strings");
+        return NULL;
+    }
+    if (!(held = PySequence_Tuple(oprompts))) return NULL; /* the texts stay alive while C reads them */
+    if (!(prompts = (const char **)PyMem_Malloc((size_t)n * sizeof *prompts))) {
+        Py_DECREF(held);
+        return PyErr_NoMemory();
+    }
+    for (k = 0; k < n; k++)
+        if (!(prompts[k] = as_utf8(st, PyTuple_GetItem(held, k), "a prompt"))) goto done;
+    if (oguidance != Py_None && as_double(st, oguidance, "guidance", &tp.guidance)) goto done;
+    ts = PyEval_SaveThread();
+    status = edd_bundle_load(dir, &bundle, err, sizeof err);
+    PyEval_RestoreThread(ts);
+    if (status != EDD_OK) {
+        raise_status(st, status, err);
+        goto done;
+    }
+    info = edd_bundle_get_info(bundle);
+    memset(&run, 0, sizeof run);
+    run.st = st;
+    run.encode = encode;
+    run.denoise = denoise;
+    run.decode = decode;
+    run.info = info;
+    be.denoise = pt_denoise;
+    be.run = pt_run;
+    be.load = NULL;
+    be.unload = NULL;
+    be.error = NULL;
+    be.user = &run;
+    if ((status = edd_pipeline_create(bundle, &be, &pipe, err, sizeof err)) != EDD_OK) {
+        raise_status(st, status, err);
+        goto done;
+    }
+    tp.batch = (size_t)n;
+    tp.prompts = prompts;
+    tp.negative_prompt = negative;
+    tp.seed = seed;
+    tp.first_stream = (uint32_t)first_stream;
+    tp.low_memory = low_memory;
+    tp.unit_hwc = 0; /* (B, 3, H, W) in [-1, 1], as runner.generate_text returns */
+    if (array_new(st, n, info->image_shape, 3, "float32", &out)) goto done;
+    run.tstate = PyEval_SaveThread();
+    status = edd_pipeline_generate(pipe, &tp, (float *)out.view.buf, (size_t)(out.view.len / 4));
+    PyEval_RestoreThread(run.tstate);
+    if (run.exc_type) {
+        PyErr_Restore(run.exc_type, run.exc_value, run.exc_tb); /* the callback's own error */
+    } else if (status != EDD_OK) {
+        raise_status(st, status, edd_pipeline_error(pipe));
+    } else {
+        result = out.array;
+        Py_INCREF(result);
+    }
+done:
+    array_close(&out);
+    edd_pipeline_free(pipe);
+    edd_bundle_free(bundle);
+    PyMem_Free(prompts);
+    Py_XDECREF(held);
+    return result;
+}
+
 /* ---- module ------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1003,6 +1198,20 @@ static PyMethodDef methods[] = {
      "The C CLIP tokenizer (edd_tokenizer_load(dir), edd_tokenizer_encode): texts are str or bytes\n"
      "(bytes need not be UTF-8: invalid input raises EdgediffError naming the byte); ids has\n"
      "max_len entries (default: the folder's model_max_length, else 77)."},
+    {"generate_text", (PyCFunction)(void (*)(void))py_generate_text, METH_VARARGS | METH_KEYWORDS,
+     "generate_text(dir, prompts, encode, denoise, decode, *, negative_prompt='', guidance=None, seed=0,\n"
+     "              first_stream=0, low_memory=False) -> float32 (B, 3, H, W) in [-1, 1]\n\n"
+     "The C text pipeline (edd_pipeline_generate) over a text bundle folder, the graphs given as Python\n"
+     "callables: encode(ids int64 (rows, L)) -> (rows, L, width), denoise(x, t, cond) -> eps like x,\n"
+     "decode(latents (rows, C, h, w)) -> (rows, 3, H, W). Image k: prompts[k], noise stream\n"
+     "first_stream + k; guidance None = the bundle's. The bundle's files are not hashed here."},
+    {"generate_text", (PyCFunction)(void (*)(void))py_generate_text, METH_VARARGS | METH_KEYWORDS,
+     "generate_text(dir, prompts, encode, denoise, decode, *, negative_prompt='', guidance=None, seed=0,\n"
+     "              first_stream=0, low_memory=False) -> float32 (B, 3, H, W) in [-1, 1]\n\n"
+     "The C text pipeline (edd_pipeline_generate) over a text bundle folder, the graphs given as Python\n"
+     "callables: encode(ids int64 (rows, L)) -> (rows, L, width), denoise(x, t, cond) -> eps like x,\n"
+     "decode(latents (rows, C, h, w)) -> (rows, 3, H, W). Image k: prompts[k], noise stream\n"
+     "first_stream + k; guidance None = the bundle's. The bundle's files are not hashed here."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -87,12 +87,24 @@ struct edd_bundle {
     char *shared_weights;
     uint32_t *step_group; /* num_steps */
     uint8_t *cache_flags; /* num_steps */
+    /* a text bundle's components (manifest.json components) */
+    char *comp_format[2], *comp_file[2], *comp_path[2]; /* text_encoder, vae_decoder */
+    char *tok_folder, *tok_path;
+    char **tok_files; /* components.tokenizer.files */
+    size_t num_tok_files;
 };
 
 static const char *const PLAN_KEYS[] = {"solver", "timesteps", "schedule", "params", NULL};
 static const char *const SCHEDULE_KEYS[] = {"alphas_cumprod", "prediction_type", NULL};
 static const char *const GROUP_KEYS[] = {"files", "step_group", "shared_weights", NULL};
 static const char *const CACHE_KEYS[] = {"interval", "steps", NULL};
+static const char *const COMPONENT_KEYS[] = {"text_encoder", "vae_decoder", "tokenizer", NULL};
+static const char *const LATENT_KEYS[] = {"shape", "scaling_factor", "image_shape", NULL};
+static const char *const GRAPH_NAMES[] = {"text_encoder", "vae_decoder"};
+/* the files a tokenizer folder may hold that a reader opens by name: each one present must be listed */
+static const char *const TOKENIZER_FILES[] = {
+    "vocab.json",        "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", NULL};
 
 #define BAD(...) edd__fail(err, err_size, EDD_ERR_BAD_BUNDLE, __VA_ARGS__)
 
@@ -296,8 +308,199 @@ static edd_status tensors(const char *where, const edd_json *arr, edd_tensor_inf
     return EDD_OK;
 }
 
+/* "[4, 8, 8]" of n sizes (-1 printed as "?") */
+static void dims_text(const int64_t *d, size_t n, char *buf, size_t size) {
+    size_t k, used = 0;
+    buf[0] = '\0';
+    for (k = 0; k < n && used + 1 < size; k++) {
+        int w = d[k] < 0 ? snprintf(buf + used, size - used, "%s?", k ? ", " : "[")
+                         : snprintf(buf + used, size - used, "%s%lld", k ? ", " : "[", (long long)d[k]);
+        if (w < 0) return;
+        used += (size_t)w;
+    }
+    if (used + 1 < size) snprintf(buf + used, size - used, "%s]", n ? "" : "[");
+}
+
+/* conditioning.shape -> info.cond_shape when it is a list of positive integers; 1 if it was */
+static int read_cond_shape(edd_bundle_info *info, const edd_json *cond) {
+    const edd_json *shape = edd__json_get(cond, "shape");
+    size_t k;
+    if (!shape || shape->type != EDD_JSON_ARRAY || shape->len < 1 || shape->len > EDD_MAX_NDIM) return 0;
+    for (k = 0; k < shape->len; k++)
+        if (!is_int64(&shape->items[k]) || shape->items[k].number < 1) return 0;
+    for (k = 0; k < shape->len; k++) info->cond_shape[k] = (int64_t)shape->items[k].number;
+    info->cond_ndim = shape->len;
+    return 1;
+}
+
+/* the lexicographically first key of obj not in keys (as sorted(set(d) - keys)[0]), or NULL */
+static const char *first_unknown(const edd_json *obj, const char *const *keys) {
+    const char *best = NULL;
+    size_t i, k;
+    for (i = 0; i < obj->len; i++) {
+        for (k = 0; keys[k]; k++)
+            if (obj->items[i].key_len == strlen(keys[k]) && strcmp(obj->items[i].key, keys[k]) == 0) break;
+        if (!keys[k] && (!best || strcmp(obj->items[i].key, best) < 0)) best = obj->items[i].key;
+    }
+    return best;
+}
+
+/* manifest.json "components" of a text bundle (src/edgediff/runtimes/bundle.py check_components) */
+static edd_status read_components(edd_bundle *b, const edd_json *m, const edd_json *files, const edd_json *cond,
+                                  char *err, size_t err_size) {
+    edd_bundle_info *info = &b->info;
+    const edd_json *comps = edd__json_get(m, "components"), *tok, *folder, *tfiles, *v;
+    const char *unknown;
+    int has_vocab = 0, has_merges = 0, has_json = 0;
+    edd_status st;
+    size_t g, k;
+    if (!comps || comps->type != EDD_JSON_OBJECT)
+        return BAD(MANIFEST ": field components must be an object for conditioning kind text");
+    if ((unknown = first_unknown(comps, COMPONENT_KEYS)) != NULL)
+        return BAD(MANIFEST ": components has unknown key '%.64s'", unknown);
+    for (g = 0; g < 2; g++) {
+        const edd_json *comp, *format, *file, *inputs, *outputs;
+        edd_component_info *ci = g == 0 ? &info->text_encoder : &info->vae_decoder;
+        char where[48], field[64];
+        snprintf(where, sizeof where, "components.%s", GRAPH_NAMES[g]);
+        if ((st = member(MANIFEST, "components", comps, GRAPH_NAMES[g], M_OBJECT, "an object", &comp, err, err_size)) ||
+            (st = member(MANIFEST, where, comp, "file", M_STRING, "a string", &file, err, err_size)) ||
+            (st = member(MANIFEST, where, comp, "format", M_STRING, "a string", &format, err, err_size)) ||
+            (st = member(MANIFEST, where, comp, "inputs", M_ARRAY, "a list", &inputs, err, err_size)) ||
+            (st = member(MANIFEST, where, comp, "outputs", M_ARRAY, "a list", &outputs, err, err_size)))
+            return st;
+        if (!edd__json_get(files, file->string) || strlen(file->string) != file->len)
+            return BAD(MANIFEST ": %s.file '%.128s' is not listed under files", where, file->string);
+        if (strcmp(format->string, b->model_format) != 0)
+            return BAD(MANIFEST ": %s.format is '%.32s'; the denoiser's is '%.32s'", where, format->string,
+                       b->model_format);
+        snprintf(field, sizeof field, "%s.inputs", where);
+        if ((st = tensors(field, inputs, ci->inputs, &ci->num_inputs, err, err_size))) return st;
+        snprintf(field, sizeof field, "%s.outputs", where);
+        if ((st = tensors(field, outputs, ci->outputs, &ci->num_outputs, err, err_size))) return st;
+        if (!(b->comp_format[g] = dup_str(format->string)) || !(b->comp_file[g] = dup_str(file->string)))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        ci->format = b->comp_format[g];
+        ci->file = b->comp_file[g];
+    }
+    if ((st = member(MANIFEST, "components", comps, "tokenizer", M_OBJECT, "an object", &tok, err, err_size)))
+        return st;
+    folder = edd__json_get(tok, "folder");
+    if (!folder || folder->type != EDD_JSON_STRING || !clean_relative(folder->string, folder->len))
+        return BAD(MANIFEST ": components.tokenizer.folder must be a relative folder name");
+    tfiles = edd__json_get(tok, "files");
+    if (!tfiles || tfiles->type != EDD_JSON_ARRAY || tfiles->len == 0)
+        return BAD(MANIFEST ": components.tokenizer.files must be a non-empty list");
+    if (!(b->tok_files = (char **)calloc(tfiles->len, sizeof(char *))))
+        return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    for (k = 0; k < tfiles->len; k++) {
+        const edd_json *f = &tfiles->items[k];
+        const char *base;
+        if (f->type != EDD_JSON_STRING)
+            return BAD(MANIFEST ": components.tokenizer.files[%lu] must be a string", (unsigned long)k);
+        if (strlen(f->string) != f->len || f->len <= folder->len ||
+            strncmp(f->string, folder->string, folder->len) != 0 || f->string[folder->len] != '/' ||
+            !edd__json_get(files, f->string))
+            return BAD(MANIFEST
+                       ": components.tokenizer.files entry '%.128s' must be a file of %.64s/ listed under files",
+                       f->string, folder->string);
+        if (!(b->tok_files[k] = dup_str(f->string)))
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        b->num_tok_files = k + 1;
+        base = strrchr(f->string, '/') + 1;
+        has_vocab |= strcmp(base, "vocab.json") == 0;
+        has_merges |= strcmp(base, "merges.txt") == 0;
+        has_json |= strcmp(base, "tokenizer.json") == 0;
+    }
+    if (!(has_vocab && has_merges) && !has_json)
+        return BAD(MANIFEST ": components.tokenizer.files needs vocab.json and merges.txt (or tokenizer.json)");
+    if (!read_cond_shape(info, cond) || info->cond_ndim != 2)
+        return BAD(MANIFEST ": conditioning.shape must be [max_length, hidden] for kind text");
+    v = edd__json_get(tok, "max_length");
+    if (!v || !is_int64(v)) return BAD(MANIFEST ": components.tokenizer.max_length must be an integer");
+    if ((int64_t)v->number != info->cond_shape[0])
+        return BAD(MANIFEST ": components.tokenizer.max_length is %lld; conditioning.shape says %lld",
+                   (long long)v->number, (long long)info->cond_shape[0]);
+    info->max_length = (size_t)info->cond_shape[0];
+    /* every graph agrees on the embedding width: the text encoder's output, the denoiser's condition */
+    {
+        const edd_tensor_info *te = &info->text_encoder.outputs[0], *dn = &info->inputs[2];
+        int64_t width = info->cond_shape[1];
+        if (te->ndim < 1 || (te->shape[te->ndim - 1] > 0 && te->shape[te->ndim - 1] != width))
+            return BAD(MANIFEST ": components.text_encoder.outputs[0].shape ends in %lld; conditioning.shape says "
+                                "width %lld",
+                       te->ndim ? (long long)te->shape[te->ndim - 1] : 0LL, (long long)width);
+        if (dn->ndim < 1 || (dn->shape[dn->ndim - 1] > 0 && dn->shape[dn->ndim - 1] != width))
+            return BAD(MANIFEST ": model.inputs[2].shape ends in %lld; conditioning.shape says width %lld",
+                       dn->ndim ? (long long)dn->shape[dn->ndim - 1] : 0LL, (long long)width);
+    }
+    if (!(b->tok_folder = dup_str(folder->string)))
+        return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+    info->tokenizer_folder = b->tok_folder;
+    return EDD_OK;
+}
+
+/* scheduler.json "conditioning" and "latent" of a text bundle */
+static edd_status read_latent(edd_bundle *b, const edd_json *s, char *err, size_t err_size) {
+    edd_bundle_info *info = &b->info;
+    const edd_json *c = edd__json_get(s, "conditioning"), *latent, *v;
+    int64_t shape[3], image[3];
+    size_t k;
+    edd_status st;
+    char have[96], want[96];
+    if (!c || c->type != EDD_JSON_STRING || strcmp(c->string, "text") != 0)
+        return BAD(SCHEDULER ": field conditioning must be 'text' for a text bundle");
+    if ((st = member(SCHEDULER, "", s, "latent", M_OBJECT, "an object", &latent, err, err_size)) ||
+        (st = only_keys(SCHEDULER, "latent", latent, LATENT_KEYS, err, err_size)))
+        return st;
+    dims_text(info->sample_shape, info->sample_ndim, want, sizeof want);
+    v = edd__json_get(latent, "shape");
+    if (!v || v->type != EDD_JSON_ARRAY || v->len != 3)
+        return BAD(SCHEDULER ": latent.shape must be 3 positive integers equal to the denoiser's sample %s", want);
+    for (k = 0; k < 3; k++) {
+        if (!is_int64(&v->items[k]) || v->items[k].number < 1)
+            return BAD(SCHEDULER ": latent.shape must be 3 positive integers equal to the denoiser's sample %s", want);
+        shape[k] = (int64_t)v->items[k].number;
+    }
+    dims_text(shape, 3, have, sizeof have);
+    if (info->sample_ndim != 3 || memcmp(shape, info->sample_shape, sizeof shape) != 0)
+        return BAD(SCHEDULER ": latent.shape is %s; the denoiser's sample is %s", have, want);
+    v = edd__json_get(latent, "scaling_factor");
+    if (!v || v->type != EDD_JSON_NUMBER || !(v->number > 0) || !isfinite(v->number))
+        return BAD(SCHEDULER ": latent.scaling_factor must be a finite number > 0");
+    info->scaling_factor = v->number;
+    v = edd__json_get(latent, "image_shape");
+    if (!v || v->type != EDD_JSON_ARRAY || v->len != 3) return BAD(SCHEDULER ": latent.image_shape must be [3, H, W]");
+    for (k = 0; k < 3; k++) {
+        if (!is_int64(&v->items[k]) || v->items[k].number < 1)
+            return BAD(SCHEDULER ": latent.image_shape must be [3, H, W]");
+        image[k] = (int64_t)v->items[k].number;
+    }
+    if (image[0] != 3) return BAD(SCHEDULER ": latent.image_shape must be [3, H, W]");
+    memcpy(info->image_shape, image, sizeof image);
+    /* the decoder takes the latent and gives the image (fixed sizes compared) */
+    {
+        const edd_tensor_info *in = &info->vae_decoder.inputs[0], *out = &info->vae_decoder.outputs[0];
+        for (k = 0; k < 3; k++) {
+            if (in->ndim != 4 || (in->shape[k + 1] > 0 && in->shape[k + 1] != shape[k])) {
+                dims_text(in->shape, in->ndim, want, sizeof want);
+                return BAD(MANIFEST ": components.vae_decoder.inputs[0].shape is %s; " SCHEDULER " latent.shape is %s",
+                           want, have);
+            }
+            if (out->ndim != 4 || (out->shape[k + 1] > 0 && out->shape[k + 1] != image[k])) {
+                dims_text(out->shape, out->ndim, want, sizeof want);
+                dims_text(image, 3, have, sizeof have);
+                return BAD(MANIFEST ": components.vae_decoder.outputs[0].shape is %s; " SCHEDULER
+                                    " latent.image_shape is %s",
+                           want, have);
+            }
+        }
+    }
+    return EDD_OK;
+}
+
 static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, size_t err_size) {
-    const edd_json *format, *version, *files, *model, *mformat, *mfile, *inputs, *outputs, *cond, *kind, *v;
+    const edd_json *format = NULL, *version, *files, *model, *mformat, *mfile, *inputs, *outputs, *cond, *kind, *v;
     edd_bundle_info *info = &b->info;
     edd_status st;
     size_t k;
@@ -363,6 +566,7 @@ static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, siz
     info->model_format = b->model_format;
     info->model_file = b->model_file;
     info->null_label = EDD_NO_LABEL;
+    info->scaling_factor = 0;
     if (strcmp(kind->string, "none") == 0) {
         info->conditioning = EDD_COND_NONE;
     } else if (strcmp(kind->string, "class") == 0) {
@@ -381,11 +585,17 @@ static edd_status read_manifest(edd_bundle *b, const edd_json *m, char *err, siz
         info->conditioning = EDD_COND_EMBEDDING;
         if (info->num_inputs < 3)
             return BAD(MANIFEST ": conditioning.kind is 'embedding' but model.inputs has no condition input");
+        read_cond_shape(info, cond);
     } else if (strcmp(kind->string, "text") == 0) {
-        return BAD(MANIFEST ": conditioning kind text needs the text-to-image runtime, not in this build");
+        info->conditioning = EDD_COND_TEXT;
+        if (info->num_inputs < 3)
+            return BAD(MANIFEST ": conditioning.kind is 'text' but model.inputs has no condition input");
+        return read_components(b, m, files, cond, err, err_size);
     } else {
-        return BAD(MANIFEST ": conditioning.kind '%.32s' is not one of none, class, embedding", kind->string);
+        return BAD(MANIFEST ": conditioning.kind '%.32s' is not one of none, class, embedding, text", kind->string);
     }
+    if ((v = edd__json_get(m, "components")) != NULL && v->type != EDD_JSON_NULL)
+        return BAD(MANIFEST ": field components is set but conditioning.kind is '%.32s', not 'text'", kind->string);
     return EDD_OK;
 }
 
@@ -528,6 +738,7 @@ static edd_status read_scheduler(edd_bundle *b, const edd_json *s, char *err, si
     if ((g = edd__json_get(s, "cache_schedule")) != NULL && g->type != EDD_JSON_NULL &&
         (st = read_cache(b, g, b->info.num_steps, err, err_size)))
         return st;
+    if (b->info.conditioning == EDD_COND_TEXT && (st = read_latent(b, s, err, err_size))) return st;
     return EDD_OK;
 }
 
@@ -807,6 +1018,40 @@ static edd_status check_entry(const char *dir, const char *root_real, file_entry
     return s;
 }
 
+/* The tokenizer folder lies inside the bundle and every file in it that a tokenizer reader opens
+ * by name is one the manifest lists (and so one the box checked and the hash covers). */
+static edd_status check_tokenizer_folder(const edd_bundle *b, const char *dir, const char *root_real, char *err,
+                                         size_t err_size) {
+    char *real = realpath(b->tok_path, NULL);
+    size_t k, j;
+    edd_status st = EDD_OK;
+    (void)dir;
+    if (!real)
+        return edd__fail(err, err_size, EDD_ERR_IO, "%s: the tokenizer folder cannot be resolved (%s)", b->tok_path,
+                         strerror(errno));
+    if (!inside(root_real, real))
+        st = BAD("%s: the tokenizer folder resolves outside the bundle (to %s)", b->tok_path, real);
+    free(real);
+    for (k = 0; st == EDD_OK && TOKENIZER_FILES[k]; k++) {
+        size_t n = strlen(b->tok_folder) + strlen(TOKENIZER_FILES[k]) + 2;
+        char *rel = (char *)malloc(n), *path;
+        struct stat sb;
+        int listed_here = 0;
+        if (!rel) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        snprintf(rel, n, "%s/%s", b->tok_folder, TOKENIZER_FILES[k]);
+        for (j = 0; j < b->num_tok_files; j++) listed_here |= strcmp(b->tok_files[j], rel) == 0;
+        if (!(path = join(dir, rel))) {
+            free(rel);
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        }
+        if (!listed_here && lstat(path, &sb) == 0)
+            st = BAD("%s: in the tokenizer folder but not listed in manifest.json components.tokenizer.files", path);
+        free(path);
+        free(rel);
+    }
+    return st;
+}
+
 edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t err_size) {
     char *root_real = NULL, *mtext = NULL, *stext = NULL;
     size_t mlen = 0, slen = 0, k;
@@ -836,6 +1081,17 @@ edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t 
         for (g = 0; ok && g < b->info.num_groups; g++) ok = (b->group_paths[g] = join(dir, b->group_files[g])) != NULL;
         if (!ok) goto oom;
         b->info.group_paths = (const char *const *)b->group_paths;
+    }
+    if ((*out)->info.conditioning == EDD_COND_TEXT) {
+        edd_bundle *b = *out;
+        size_t g;
+        for (g = 0; g < 2; g++) {
+            if (!(b->comp_path[g] = join(dir, b->comp_file[g]))) goto oom;
+            (g == 0 ? &b->info.text_encoder : &b->info.vae_decoder)->path = b->comp_path[g];
+        }
+        if (!(b->tok_path = join(dir, b->tok_folder))) goto oom;
+        b->info.tokenizer_path = b->tok_path;
+        if ((st = check_tokenizer_folder(b, dir, root_real, err, err_size)) != EDD_OK) goto fail;
     }
     if (!((*out)->dir = dup_str(dir))) goto oom;
     st = EDD_OK;
@@ -894,6 +1150,40 @@ edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
 }
 
 #else
+/* The tokenizer folder lies inside the bundle and every file in it that a tokenizer reader opens
+ * by name is one the manifest lists (and so one the box checked and the hash covers). */
+static edd_status check_tokenizer_folder(const edd_bundle *b, const char *dir, const char *root_real, char *err,
+                                         size_t err_size) {
+    char *real = realpath(b->tok_path, NULL);
+    size_t k, j;
+    edd_status st = EDD_OK;
+    (void)dir;
+    if (!real)
+        return edd__fail(err, err_size, EDD_ERR_IO, "%s: the tokenizer folder cannot be resolved (%s)", b->tok_path,
+                         strerror(errno));
+    if (!inside(root_real, real))
+        st = BAD("%s: the tokenizer folder resolves outside the bundle (to %s)", b->tok_path, real);
+    free(real);
+    for (k = 0; st == EDD_OK && TOKENIZER_FILES[k]; k++) {
+        size_t n = strlen(b->tok_folder) + strlen(TOKENIZER_FILES[k]) + 2;
+        char *rel = (char *)malloc(n), *path;
+        struct stat sb;
+        int listed_here = 0;
+        if (!rel) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        snprintf(rel, n, "%s/%s", b->tok_folder, TOKENIZER_FILES[k]);
+        for (j = 0; j < b->num_tok_files; j++) listed_here |= strcmp(b->tok_files[j], rel) == 0;
+        if (!(path = join(dir, rel))) {
+            free(rel);
+            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
+        }
+        if (!listed_here && lstat(path, &sb) == 0)
+            st = BAD("%s: in the tokenizer folder but not listed in manifest.json components.tokenizer.files", path);
+        free(path);
+        free(rel);
+    }
+    return st;
+}
+
 edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t err_size) {
     (void)dir;
     if (out) *out = NULL;
@@ -930,6 +1220,15 @@ void edd_bundle_free(edd_bundle *b) {
     free(b->shared_weights);
     free(b->step_group);
     free(b->cache_flags);
+    for (k = 0; k < 2; k++) {
+        free(b->comp_format[k]);
+        free(b->comp_file[k]);
+        free(b->comp_path[k]);
+    }
+    for (k = 0; k < b->num_tok_files; k++) free(b->tok_files[k]);
+    free(b->tok_files);
+    free(b->tok_folder);
+    free(b->tok_path);
     free(b->dir);
     free(b->spacing);
     edd_plan_free(b->plan);
@@ -952,8 +1251,9 @@ edd_status edd_bundle_fill_params(const edd_bundle *b, edd_params *p) {
     if (!b || !p) return EDD_ERR_INVALID_ARGUMENT;
     p->sample_ndim = b->info.sample_ndim;
     for (k = 0; k < b->info.sample_ndim; k++) p->sample_shape[k] = b->info.sample_shape[k];
-    /* as runner.generate: guidance only for class-conditional models */
-    p->guidance = b->info.conditioning == EDD_COND_CLASS ? b->info.guidance_scale : 1.0;
+    /* as runner.generate / generate_text: guidance for class-conditional and text models only */
+    p->guidance =
+        b->info.conditioning == EDD_COND_CLASS || b->info.conditioning == EDD_COND_TEXT ? b->info.guidance_scale : 1.0;
     p->null_label = b->info.null_label;
     p->table_steps = b->info.step_group || b->info.cache_flags ? b->info.num_steps : 0;
     p->step_group = b->info.step_group;

@@ -34,6 +34,8 @@ struct edd_context {
     float *carry;         /* B * sample_size, or NULL if the solver keeps none */
     uint32_t *step_group; /* n, or NULL (group 0 at every step) */
     uint8_t *cache_flags; /* n, or NULL (no step reuses cached features) */
+    float *cond;          /* rows * cond_size: row r's condition (both halves when guided), or NULL */
+    size_t cond_size;     /* floats per condition row */
     char error[256];
 };
 
@@ -55,6 +57,10 @@ edd_params edd_default_params(void) {
     p.step_group = NULL;
     p.num_groups = 0;
     p.cache_flags = NULL;
+    p.cond_ndim = 0;
+    p.cond = NULL;
+    p.null_cond = NULL;
+    p.max_rows = 0;
     return p;
 }
 
@@ -70,6 +76,7 @@ void edd_context_free(edd_context *ctx) {
     free(ctx->carry);
     free(ctx->step_group);
     free(ctx->cache_flags);
+    free(ctx->cond);
     free(ctx);
 }
 
@@ -143,7 +150,22 @@ static edd_status create(edd_context *ctx, char *err, size_t err_size) {
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "the plan has too many steps for the noise calls");
     ctx->guided = p->guidance != 1.0;
     if (p->guidance != p->guidance) return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.guidance is NaN");
-    if (ctx->guided && (!p->labels || p->null_label == EDD_NO_LABEL))
+    if (p->cond_ndim > EDD_MAX_NDIM || (p->cond_ndim > 0) != (p->cond != NULL))
+        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
+                         "params.cond and params.cond_ndim (1..%d) must be given together", EDD_MAX_NDIM);
+    ctx->cond_size = 1;
+    for (k = 0; k < p->cond_ndim; k++) {
+        if (p->cond_shape[k] < 1 || (uint64_t)p->cond_shape[k] > (size_t)-1)
+            return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.cond_shape[%lu] must be >= 1, got %lld",
+                             (unsigned long)k, (long long)p->cond_shape[k]);
+        ctx->cond_size = mul_size(ctx->cond_size, (size_t)p->cond_shape[k]);
+        if (!ctx->cond_size)
+            return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "params.cond_shape is too large");
+    }
+    if (ctx->guided && p->cond && !p->null_cond)
+        return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
+                         "guidance=%g with params.cond needs params.null_cond (the unconditional row)", p->guidance);
+    if (ctx->guided && !p->cond && (!p->labels || p->null_label == EDD_NO_LABEL))
         return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT,
                          "guidance=%g needs labels and a null_label (classifier-free guidance)", p->guidance);
     ctx->rows = ctx->guided ? mul_size(B, 2) : B;
@@ -159,8 +181,13 @@ static edd_status create(edd_context *ctx, char *err, size_t err_size) {
     ctx->noise = (float *)alloc_array(B * ctx->sample_size, sizeof(float));
     if (ctx->plan->solver->has_carry) ctx->carry = (float *)alloc_array(B * ctx->sample_size, sizeof(float));
     if (p->labels) ctx->labels = (int64_t *)alloc_array(ctx->rows, sizeof(int64_t));
+    if (p->cond) {
+        if (!mul_size(mul_size(ctx->rows, ctx->cond_size), sizeof(float)))
+            return edd__fail(err, err_size, EDD_ERR_INVALID_ARGUMENT, "batch * cond size is too large");
+        ctx->cond = (float *)alloc_array(mul_size(ctx->rows, ctx->cond_size), sizeof(float));
+    }
     if (!ctx->streams || !ctx->t || !ctx->model_x || !ctx->model_eps || !ctx->eps || !ctx->noise ||
-        (ctx->plan->solver->has_carry && !ctx->carry) || (p->labels && !ctx->labels))
+        (ctx->plan->solver->has_carry && !ctx->carry) || (p->labels && !ctx->labels) || (p->cond && !ctx->cond))
         return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory allocating %lu floats of scratch",
                          (unsigned long)(4 * floats));
     for (k = 0; k < B; k++) ctx->streams[k] = p->streams ? p->streams[k] : p->first_stream + (uint32_t)k;
@@ -169,8 +196,16 @@ static edd_status create(edd_context *ctx, char *err, size_t err_size) {
         if (ctx->guided)
             for (k = 0; k < B; k++) ctx->labels[B + k] = p->null_label;
     }
+    if (p->cond) {
+        memcpy(ctx->cond, p->cond, B * ctx->cond_size * sizeof(float));
+        if (ctx->guided)
+            for (k = 0; k < B; k++)
+                memcpy(ctx->cond + (B + k) * ctx->cond_size, p->null_cond, ctx->cond_size * sizeof(float));
+    }
     ctx->params.streams = ctx->streams;
     ctx->params.labels = ctx->labels;
+    ctx->params.cond = ctx->cond;
+    ctx->params.null_cond = NULL;
     return step_tables(ctx, err, err_size);
 }
 
@@ -224,7 +259,7 @@ static int cancelled(const edd_context *ctx) {
 
 edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_count) {
     const edd_plan *plan;
-    size_t B, n, total, i, j, steps;
+    size_t B, n, total, i, j, steps, r0, chunk = 1;
     float *x = out;
     if (!ctx) return EDD_ERR_INVALID_ARGUMENT;
     ctx->error[0] = '\0';
@@ -253,21 +288,31 @@ edd_status edd_context_sample(edd_context *ctx, float *out, size_t out_count) {
         for (j = 0; j < ctx->rows; j++) ctx->t[j] = t;
         args.step = i;
         args.num_steps = steps;
-        args.batch = ctx->rows;
         args.sample_ndim = ctx->params.sample_ndim;
         args.sample_shape = ctx->params.sample_shape;
         args.sample_size = n;
-        args.x = ctx->model_x;
-        args.t = ctx->t;
-        args.labels = ctx->labels;
-        args.eps = ctx->model_eps;
         args.group = ctx->step_group ? ctx->step_group[i] : 0;
         args.cached = ctx->cache_flags ? ctx->cache_flags[i] : 0;
-        rc = ctx->backend.denoise(ctx->backend.user, &args);
-        if (rc != 0) {
-            FAIL("backend denoise returned %d at step %lu of %lu (t = %g)", rc, (unsigned long)i, (unsigned long)steps,
-                 (double)t);
-            return EDD_ERR_BACKEND;
+        args.cond_ndim = ctx->params.cond_ndim;
+        args.cond_shape = ctx->params.cond_shape;
+        args.cond_size = ctx->cond ? ctx->cond_size : 0;
+        /* the step's rows in one call, or in calls of at most max_rows */
+        for (r0 = 0; r0 < ctx->rows; r0 += chunk) {
+            chunk =
+                ctx->params.max_rows && ctx->params.max_rows < ctx->rows - r0 ? ctx->params.max_rows : ctx->rows - r0;
+            args.batch = chunk;
+            args.first_row = r0;
+            args.x = ctx->model_x + r0 * n;
+            args.t = ctx->t + r0;
+            args.labels = ctx->labels ? ctx->labels + r0 : NULL;
+            args.eps = ctx->model_eps + r0 * n;
+            args.cond = ctx->cond ? ctx->cond + r0 * ctx->cond_size : NULL;
+            rc = ctx->backend.denoise(ctx->backend.user, &args);
+            if (rc != 0) {
+                FAIL("backend denoise returned %d at step %lu of %lu (t = %g)", rc, (unsigned long)i,
+                     (unsigned long)steps, (double)t);
+                return EDD_ERR_BACKEND;
+            }
         }
         if (ctx->guided) {
             float g = (float)ctx->params.guidance;

@@ -260,7 +260,7 @@ static void test_status_and_version(void) {
     int s;
     for (s = 0; s <= 6; s++) CHECK(edd_status_str((edd_status)s) != NULL && edd_status_str((edd_status)s)[0]);
     CHECK(strcmp(edd_status_str((edd_status)99), "unknown status") == 0);
-    CHECK(strcmp(edd_version(), "0.2.0") == 0);
+    CHECK(strcmp(edd_version(), "0.3.0") == 0);
 }
 
 /* plan_spec with one field broken -> the status and a message naming the field */
@@ -931,7 +931,9 @@ static void test_bundle(void) {
         {"\"name\": \"sample\", ", "", "model.inputs[0] is missing the field 'name'"},
         {"\"kind\": \"class\"", "\"kind\": \"texture\"",
          "conditioning.kind 'texture' is not one of none, class, embedding"},
-        {"\"kind\": \"class\"", "\"kind\": \"text\"", "conditioning kind text needs the text-to-image runtime"},
+        {"\"kind\": \"class\"", "\"kind\": \"text\"", "field components must be an object for conditioning kind text"},
+        {"\"files\": {\"model", "\"components\": {}, \"files\": {\"model",
+         "field components is set but conditioning.kind is 'class', not 'text'"},
         {"\"null_label\": 10", "\"null_label\": 1.5", "conditioning.null_label must be an integer"},
         {"\"model\": {", "\"model\": 3, \"m\": {", "model must be an object, got number"},
         {"\"format\": \"edgediff-bundle\"", "\"format\": \"edgediff-bundle\",,",
@@ -1115,6 +1117,181 @@ static void test_sha256(void) {
     CHECK(edd__sha256_file("/nonexistent/file", hex) == -1);
 }
 
+/* ---- text conditioning: params.cond through the context, a text manifest ---- */
+
+#define TW 6 /* floats per condition row */
+
+typedef struct cond_seen {
+    float first[4][TW]; /* the cond rows of step 0, in call order */
+    size_t rows_seen, calls;
+} cond_seen;
+
+/* eps = tanh(x) / 2 + 0.1 * (first value of the row's cond) */
+static int cond_denoise(void *user, const edd_denoise_args *a) {
+    cond_seen *cs = (cond_seen *)user;
+    size_t r, j;
+    if (!a->cond || a->cond_ndim != 2 || a->cond_size != TW || a->cond_shape[0] != 2 || a->cond_shape[1] != 3) return 9;
+    cs->calls++;
+    for (r = 0; r < a->batch; r++) {
+        if (a->step == 0 && cs->rows_seen < 4) memcpy(cs->first[cs->rows_seen++], a->cond + r * TW, TW * sizeof(float));
+        for (j = 0; j < a->sample_size; j++)
+            a->eps[r * a->sample_size + j] =
+                0.5f * (float)tanh((double)a->x[r * a->sample_size + j]) + 0.1f * a->cond[r * TW];
+    }
+    return 0;
+}
+
+static void test_text_conditioning(void) {
+    edd_plan *plan = make_plan("ddim", 3, NULL, 0.0);
+    edd_params p = edd_default_params();
+    edd_backend be;
+    edd_context *ctx = NULL;
+    cond_seen one, split;
+    float cond[2 * TW], null_cond[TW], out1[2 * SIZE], out2[2 * SIZE];
+    char err[256];
+    size_t k;
+    for (k = 0; k < 2 * TW; k++) cond[k] = (float)(k / TW + 1); /* image 0: 1s, image 1: 2s */
+    for (k = 0; k < TW; k++) null_cond[k] = -1.0f;
+    p.batch = 2;
+    p.sample_ndim = 1;
+    p.sample_shape[0] = SIZE;
+    p.seed = 7;
+    p.guidance = 3.0;
+    p.cond_ndim = 2;
+    p.cond_shape[0] = 2;
+    p.cond_shape[1] = 3;
+    p.cond = cond;
+    be.denoise = cond_denoise;
+    /* guidance with cond needs null_cond, not labels */
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(err, "needs params.null_cond") != NULL);
+    p.null_cond = null_cond;
+    memset(&one, 0, sizeof one);
+    be.user = &one;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_OK);
+    CHECK(ctx && edd_context_sample(ctx, out1, 2 * SIZE) == EDD_OK);
+    edd_context_free(ctx);
+    /* one call a step; the conditional rows first (1s, 2s), then the unconditional ones */
+    CHECK(one.calls == 3 && one.rows_seen == 4);
+    CHECK(one.first[0][0] == 1.0f && one.first[1][TW - 1] == 2.0f && one.first[2][0] == -1.0f &&
+          one.first[3][3] == -1.0f);
+    /* max_rows 1: four calls a step, the same samples bit for bit */
+    memset(&split, 0, sizeof split);
+    be.user = &split;
+    p.max_rows = 1;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_OK);
+    CHECK(ctx && edd_context_sample(ctx, out2, 2 * SIZE) == EDD_OK);
+    edd_context_free(ctx);
+    CHECK(split.calls == 12 && memcmp(out1, out2, sizeof out1) == 0);
+    CHECK(memcmp(one.first, split.first, sizeof one.first) == 0);
+    /* cond and cond_ndim go together */
+    p.cond_ndim = 0;
+    CHECK(edd_context_create(plan, &be, &p, &ctx, err, sizeof err) == EDD_ERR_INVALID_ARGUMENT);
+    edd_plan_free(plan);
+}
+
+static const char TEXT_MANIFEST[] =
+    "{\"format\": \"edgediff-bundle\", \"format_version\": 1,\n"
+    " \"model\": {\"format\": \"onnx\", \"file\": \"model/denoiser.onnx\",\n"
+    "  \"inputs\": [{\"name\": \"sample\", \"dtype\": \"float32\", \"shape\": [\"batch\", 4, 2, 2]},\n"
+    "             {\"name\": \"timestep\", \"dtype\": \"float32\", \"shape\": [\"batch\"]},\n"
+    "             {\"name\": \"encoder_hidden_states\", \"dtype\": \"float32\", \"shape\": [\"batch\", 7, 8]}],\n"
+    "  \"outputs\": [{\"name\": \"out\", \"dtype\": \"float32\", \"shape\": [\"batch\", 4, 2, 2]}]},\n"
+    " \"conditioning\": {\"kind\": \"text\", \"num_classes\": null, \"null_label\": null, \"shape\": [7, 8]},\n"
+    " \"components\": {\n"
+    "  \"text_encoder\": {\"file\": \"model/te.onnx\", \"format\": \"onnx\",\n"
+    "   \"inputs\": [{\"name\": \"input_ids\", \"dtype\": \"int64\", \"shape\": [\"batch\", 7]}],\n"
+    "   \"outputs\": [{\"name\": \"h\", \"dtype\": \"float32\", \"shape\": [\"batch\", 7, 8]}]},\n"
+    "  \"vae_decoder\": {\"file\": \"model/vd.onnx\", \"format\": \"onnx\",\n"
+    "   \"inputs\": [{\"name\": \"latents\", \"dtype\": \"float32\", \"shape\": [\"batch\", 4, 2, 2]}],\n"
+    "   \"outputs\": [{\"name\": \"image\", \"dtype\": \"float32\", \"shape\": [\"batch\", 3, 16, 16]}]},\n"
+    "  \"tokenizer\": {\"kind\": \"CLIPTokenizer\", \"folder\": \"tok\", \"max_length\": 7,\n"
+    "   \"files\": [\"tok/vocab.json\", \"tok/merges.txt\"]}},\n"
+    " \"files\": {\"model/denoiser.onnx\": {}, \"model/te.onnx\": {}, \"model/vd.onnx\": {}, \"tok/vocab.json\": {},\n"
+    "  \"tok/merges.txt\": {}, \"scheduler.json\": {}}}";
+
+static const char TEXT_SCHEDULER[] =
+    "{\"guidance_scale\": 7.5, \"conditioning\": \"text\",\n"
+    " \"latent\": {\"shape\": [4, 2, 2], \"scaling_factor\": 0.18215, \"image_shape\": [3, 16, 16]},\n"
+    " \"plan\": {\"solver\": \"ddim\", \"timesteps\": [3, 1], \"schedule\": {\"alphas_cumprod\": [0.99, 0.9, 0.7, "
+    "0.5]},\n"
+    "  \"params\": {\"eta\": 0, \"prev_timesteps\": [1, -1], \"final_alpha_cumprod\": 1.0, \"clip_sample\": null}}}";
+
+static void test_text_bundle(void) {
+    static const char *const cases[][4] = {
+        /* file ("m" / "s"), from, to, expected message */
+        {"m", "\"components\": {", "\"c\": {", "field components must be an object for conditioning kind text"},
+        {"m", "\"tokenizer\": {\"kind\"", "\"tokenize\": {\"kind\"", "components has unknown key 'tokenize'"},
+        {"m", "\"file\": \"model/te.onnx\"", "\"file\": \"model/x.onnx\"",
+         "components.text_encoder.file 'model/x.onnx' is not listed under files"},
+        {"m", "\"file\": \"model/vd.onnx\", \"format\": \"onnx\"",
+         "\"file\": \"model/vd.onnx\", \"format\": \"tflite\"",
+         "components.vae_decoder.format is 'tflite'; the denoiser's is 'onnx'"},
+        {"m", "\"format\": \"onnx\",\n   \"inputs\"", "\"inputs\"",
+         "components.text_encoder is missing the field 'format'"},
+        {"m", "\"folder\": \"tok\"", "\"folder\": \"../tok\"", "components.tokenizer.folder must be a relative folder"},
+        {"m", "\"tok/vocab.json\", \"tok/merges.txt\"]", "\"tok/vocab.json\", \"tok/other.txt\"]",
+         "components.tokenizer.files entry 'tok/other.txt' must be a file of tok/ listed under files"},
+        {"m", "\"tok/vocab.json\", \"tok/merges.txt\"]", "\"tok/vocab.json\"]",
+         "components.tokenizer.files needs vocab.json and merges.txt (or tokenizer.json)"},
+        {"m", "\"max_length\": 7", "\"max_length\": 77",
+         "components.tokenizer.max_length is 77; conditioning.shape says 7"},
+        {"m", "\"shape\": [7, 8]}", "\"shape\": [7]}", "conditioning.shape must be [max_length, hidden] for kind text"},
+        {"m", "\"shape\": [\"batch\", 7, 8]}]}", "\"shape\": [\"batch\", 7, 9]}]}",
+         "components.text_encoder.outputs[0].shape ends in 9; conditioning.shape says width 8"},
+        {"m", "\"shape\": [\"batch\", 7, 8]}],\n  \"outputs\"", "\"shape\": [\"batch\", 7, 5]}],\n  \"outputs\"",
+         "model.inputs[2].shape ends in 5; conditioning.shape says width 8"},
+        {"s", "\"conditioning\": \"text\",", "", "field conditioning must be 'text' for a text bundle"},
+        {"s", "\"shape\": [4, 2, 2]", "\"shape\": [4, 4, 4]",
+         "latent.shape is [4, 4, 4]; the denoiser's sample is [4, 2, 2]"},
+        {"s", "\"scaling_factor\": 0.18215", "\"scaling_factor\": 0",
+         "latent.scaling_factor must be a finite number > 0"},
+        {"s", "\"image_shape\": [3, 16, 16]", "\"image_shape\": [1, 16, 16]", "latent.image_shape must be [3, H, W]"},
+        {"s", "\"image_shape\": [3, 16, 16]", "\"image_shape\": [3, 8, 8]",
+         "components.vae_decoder.outputs[0].shape is [?, 3, 16, 16]; scheduler.json latent.image_shape is [3, 8, 8]"},
+        {"s", "\"image_shape\"", "\"x\": 1, \"image_shape\"", "latent has unknown key 'x'"},
+    };
+    edd_bundle *b = NULL;
+    edd_params p = edd_default_params();
+    const edd_bundle_info *info;
+    char err[512];
+    size_t k;
+    CHECK(parse_bundle(TEXT_MANIFEST, TEXT_SCHEDULER, &b, err, sizeof err) == EDD_OK);
+    if (!b) {
+        fprintf(stderr, "  text bundle: %s\n", err);
+        return;
+    }
+    info = edd_bundle_get_info(b);
+    CHECK(info->conditioning == EDD_COND_TEXT && info->max_length == 7 && info->cond_ndim == 2 &&
+          info->cond_shape[1] == 8);
+    CHECK(strcmp(info->text_encoder.file, "model/te.onnx") == 0 && info->text_encoder.path == NULL &&
+          info->text_encoder.inputs[0].shape[1] == 7 && strcmp(info->text_encoder.inputs[0].dtype, "int64") == 0);
+    CHECK(strcmp(info->vae_decoder.format, "onnx") == 0 && info->vae_decoder.outputs[0].shape[1] == 3);
+    CHECK(strcmp(info->tokenizer_folder, "tok") == 0 && info->tokenizer_path == NULL);
+    CHECK(info->scaling_factor == 0.18215 && info->image_shape[0] == 3 && info->image_shape[2] == 16);
+    CHECK(edd_bundle_fill_params(b, &p) == EDD_OK && p.guidance == 7.5); /* text models keep their guidance */
+    edd_bundle_free(b);
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int m = cases[k][0][0] == 'm';
+        char *text = edit(m ? TEXT_MANIFEST : TEXT_SCHEDULER, cases[k][1], cases[k][2]);
+        edd_status st;
+        b = NULL;
+        if (!text) {
+            fprintf(stderr, "  text case %lu: the pattern is not in the text\n", (unsigned long)k);
+            CHECK(0);
+            continue;
+        }
+        st = m ? parse_bundle(text, TEXT_SCHEDULER, &b, err, sizeof err)
+               : parse_bundle(TEXT_MANIFEST, text, &b, err, sizeof err);
+        CHECK(st == EDD_ERR_BAD_BUNDLE && b == NULL);
+        if (!strstr(err, cases[k][3])) {
+            fprintf(stderr, "  text case %lu: got '%s'\n", (unsigned long)k, err);
+            CHECK(0);
+        }
+        free(text);
+    }
+}
+
 int main(void) {
     make_schedule();
     test_status_and_version();
@@ -1132,6 +1309,8 @@ int main(void) {
     test_json();
     test_bundle();
     test_bundle_step_tables();
+    test_text_conditioning();
+    test_text_bundle();
     test_sha256();
     printf("test_edd: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;

@@ -331,11 +331,15 @@ def check_schema(root: Path, manifest: dict, scheduler: dict) -> None:
             raise EdgediffError(f"{mf}: conditioning.null_label must be an integer")
         if len(inputs) < 3:
             raise EdgediffError(f"{mf}: conditioning.kind is 'class' but model.inputs has no label input")
-    elif kind in ("embedding", "text"):  # text: its components and latent block are check_components'
+    elif kind in ("embedding", "text"):
         if len(inputs) < 3:
             raise EdgediffError(f"{mf}: conditioning.kind is {kind!r} but model.inputs has no condition input")
     elif kind != "none":
         raise EdgediffError(f"{mf}: conditioning.kind {kind!r} is not one of none, class, embedding, text")
+    if kind == "text":
+        _check_text_manifest(mf, manifest)
+    elif manifest.get("components") is not None:
+        raise EdgediffError(f"{mf}: field components is set but conditioning.kind is {kind!r}, not 'text'")
 
     plan = Plan.from_dict(_typed(scheduler, "plan", dict, "an object", sf), where=sf)
     guidance = _typed(scheduler, "guidance_scale", (int, float), "a number", sf)
@@ -349,6 +353,8 @@ def check_schema(root: Path, manifest: dict, scheduler: dict) -> None:
         for k, name in enumerate(groups.get("files", [])):
             if name not in manifest["files"]:
                 raise EdgediffError(f"{sf}: timestep_groups.files[{k}] {name!r} is not listed under {MANIFEST} files")
+    if kind == "text":
+        _check_text_scheduler(mf, sf, manifest, scheduler)
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
@@ -477,78 +483,142 @@ def _positive_ints(v, n: int) -> bool:
     )
 
 
-def check_components(bundle: Bundle) -> None:
-    """The components and latent block of a text bundle, strictly; other bundles must have neither."""
-    where, swhere = f"{bundle.root / MANIFEST}", f"{bundle.root / SCHEDULER}"
-    cond = bundle.manifest["conditioning"]
-    kind = cond.get("kind") if isinstance(cond, dict) else None
-    comps = bundle.manifest.get("components")
-    if kind != "text":
-        if comps is not None:
-            raise EdgediffError(f"{where}: field components is set but conditioning.kind is {kind!r}, not 'text'")
-        return
+def _first_unknown(d: dict, keys) -> str | None:
+    unknown = sorted(set(d) - set(keys))
+    return unknown[0] if unknown else None
+
+
+def _last_dim(t: dict):
+    shape = t["shape"]
+    return shape[-1] if shape else None
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join("?" if isinstance(d, str) else str(d) for d in shape) + "]"
+
+
+def _check_text_manifest(mf: str, manifest: dict) -> None:
+    """manifest.json components of a text bundle, as csrc/src/bundle.c read_components checks them."""
+    comps = manifest.get("components")
     if not isinstance(comps, dict):
-        raise EdgediffError(f"{where}: field components must be an object for conditioning kind text")
-    unknown = sorted(set(comps) - {*GRAPHS, "tokenizer"})
-    if unknown:
-        raise EdgediffError(f"{where}: components has unknown key {unknown[0]!r}")
-    files = bundle.manifest["files"]
+        raise EdgediffError(f"{mf}: field components must be an object for conditioning kind text")
+    unknown = _first_unknown(comps, (*GRAPHS, "tokenizer"))
+    if unknown is not None:
+        raise EdgediffError(f"{mf}: components has unknown key {unknown!r}")
+    files, model_format = manifest["files"], manifest["model"]["format"]
     for name in GRAPHS:
-        c = _field(comps, name, f"{where} (components)")
-        if not isinstance(c, dict):
-            raise EdgediffError(f"{where}: components.{name} must be an object")
-        for key in ("file", "format", "inputs", "outputs"):
-            _field(c, key, f"{where} (components.{name})")
-        if c["file"] not in files:
-            raise EdgediffError(f"{where}: components.{name}.file {c['file']!r} is not listed under files")
-        if c["format"] != bundle.model_format:
-            raise EdgediffError(
-                f"{where}: components.{name}.format is {c['format']!r}; the denoiser's is {bundle.model_format!r}"
-            )
-    tok = _field(comps, "tokenizer", f"{where} (components)")
-    folder, tfiles = (
-        tok.get("folder") if isinstance(tok, dict) else None,
-        tok.get("files") if isinstance(tok, dict) else None,
-    )
+        where = f"components.{name}"
+        c = _typed(comps, name, dict, "an object", mf, "components")
+        file = _typed(c, "file", str, "a string", mf, where)
+        fmt = _typed(c, "format", str, "a string", mf, where)
+        _typed(c, "inputs", list, "a list", mf, where)
+        _typed(c, "outputs", list, "a list", mf, where)
+        if file not in files:
+            raise EdgediffError(f"{mf}: {where}.file {file!r} is not listed under files")
+        if fmt != model_format:
+            raise EdgediffError(f"{mf}: {where}.format is {fmt!r}; the denoiser's is {model_format!r}")
+        _tensors(c["inputs"], f"{where}.inputs", mf)
+        _tensors(c["outputs"], f"{where}.outputs", mf)
+    tok = _typed(comps, "tokenizer", dict, "an object", mf, "components")
+    folder, tfiles = tok.get("folder"), tok.get("files")
     if not isinstance(folder, str) or _bad_name(folder):
-        raise EdgediffError(f"{where}: components.tokenizer.folder must be a relative folder name")
+        raise EdgediffError(f"{mf}: components.tokenizer.folder must be a relative folder name")
     if not isinstance(tfiles, list) or not tfiles:
-        raise EdgediffError(f"{where}: components.tokenizer.files must be a non-empty list")
-    for f in tfiles:
-        if not isinstance(f, str) or not f.startswith(folder + "/") or f not in files:
+        raise EdgediffError(f"{mf}: components.tokenizer.files must be a non-empty list")
+    for k, f in enumerate(tfiles):
+        if not isinstance(f, str):
+            raise EdgediffError(f"{mf}: components.tokenizer.files[{k}] must be a string")
+        if not f.startswith(folder + "/") or f not in files:
             raise EdgediffError(
-                f"{where}: components.tokenizer.files entry {f!r} must be a file of {folder}/ listed under files"
+                f"{mf}: components.tokenizer.files entry {f!r} must be a file of {folder}/ listed under files"
             )
     names = {f.rsplit("/", 1)[-1] for f in tfiles}
     if not ({"vocab.json", "merges.txt"} <= names or "tokenizer.json" in names):
-        raise EdgediffError(f"{where}: components.tokenizer.files needs vocab.json and merges.txt (or tokenizer.json)")
-    shape = cond.get("shape")
+        raise EdgediffError(f"{mf}: components.tokenizer.files needs vocab.json and merges.txt (or tokenizer.json)")
+    shape = manifest["conditioning"].get("shape")
     if not _positive_ints(shape, 2):
-        raise EdgediffError(f"{where}: conditioning.shape must be [max_length, hidden] for kind text")
-    if tok.get("max_length") != shape[0]:
+        raise EdgediffError(f"{mf}: conditioning.shape must be [max_length, hidden] for kind text")
+    n = tok.get("max_length")
+    if not _int(n):
+        raise EdgediffError(f"{mf}: components.tokenizer.max_length must be an integer")
+    if n != shape[0]:
+        raise EdgediffError(f"{mf}: components.tokenizer.max_length is {n}; conditioning.shape says {shape[0]}")
+    width = shape[1]  # every graph agrees on the embedding width (fixed sizes compared)
+    for field, t in (
+        ("components.text_encoder.outputs[0]", comps["text_encoder"]["outputs"][0]),
+        ("model.inputs[2]", manifest["model"]["inputs"][2]),
+    ):
+        last = _last_dim(t)
+        if last is None or (_int(last) and last != width):
+            raise EdgediffError(f"{mf}: {field}.shape ends in {last or 0}; conditioning.shape says width {width}")
+
+
+def _check_text_scheduler(mf: str, sf: str, manifest: dict, scheduler: dict) -> None:
+    """scheduler.json conditioning and latent of a text bundle, as csrc/src/bundle.c read_latent checks them."""
+    if scheduler.get("conditioning") != "text":
+        raise EdgediffError(f"{sf}: field conditioning must be 'text' for a text bundle")
+    latent = _typed(scheduler, "latent", dict, "an object", sf)
+    unknown = next((k for k in latent if k not in ("shape", "scaling_factor", "image_shape")), None)
+    if unknown is not None:
+        raise EdgediffError(f"{sf}: latent has unknown key {unknown!r}")
+    sample = list(manifest["model"]["inputs"][0]["shape"][1:])
+    shape = latent.get("shape")
+    if not _positive_ints(shape, 3):
         raise EdgediffError(
-            f"{where}: components.tokenizer.max_length is {tok.get('max_length')!r}; conditioning.shape says {shape[0]}"
+            f"{sf}: latent.shape must be 3 positive integers equal to the denoiser's sample {_dims(sample)}"
         )
-    if bundle.scheduler.get("conditioning") != "text":
-        raise EdgediffError(
-            f"{swhere}: field conditioning is {bundle.scheduler.get('conditioning')!r}; expected 'text'"
-        )
-    latent = _field(bundle.scheduler, "latent", swhere)
-    if not isinstance(latent, dict):
-        raise EdgediffError(f"{swhere}: field latent must be an object")
-    unknown = sorted(set(latent) - {"shape", "scaling_factor", "image_shape"})
-    if unknown:
-        raise EdgediffError(f"{swhere}: latent has unknown key {unknown[0]!r}")
-    if not _positive_ints(latent.get("shape"), 3) or tuple(latent["shape"]) != bundle.sample_shape:
-        raise EdgediffError(
-            f"{swhere}: latent.shape is {latent.get('shape')!r}; the denoiser's sample is {list(bundle.sample_shape)}"
-        )
-    sf = latent.get("scaling_factor")
-    if isinstance(sf, bool) or not isinstance(sf, (int, float)) or not sf > 0 or sf != sf or sf == float("inf"):
-        raise EdgediffError(f"{swhere}: latent.scaling_factor must be a number > 0, got {sf!r}")
+    if shape != sample:
+        raise EdgediffError(f"{sf}: latent.shape is {_dims(shape)}; the denoiser's sample is {_dims(sample)}")
+    f = latent.get("scaling_factor")
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < float("inf"):
+        raise EdgediffError(f"{sf}: latent.scaling_factor must be a finite number > 0")
     image = latent.get("image_shape")
     if not _positive_ints(image, 3) or image[0] != 3:
-        raise EdgediffError(f"{swhere}: latent.image_shape must be [3, H, W], got {image!r}")
+        raise EdgediffError(f"{sf}: latent.image_shape must be [3, H, W]")
+    dec = manifest["components"]["vae_decoder"]
+    for k in range(3):  # the decoder takes the latent and gives the image (fixed sizes compared)
+        din, dout = dec["inputs"][0]["shape"], dec["outputs"][0]["shape"]
+        if len(din) != 4 or (_int(din[k + 1]) and din[k + 1] != shape[k]):
+            raise EdgediffError(
+                f"{mf}: components.vae_decoder.inputs[0].shape is {_dims(din)}; {SCHEDULER} latent.shape is {_dims(shape)}"
+            )
+        if len(dout) != 4 or (_int(dout[k + 1]) and dout[k + 1] != image[k]):
+            raise EdgediffError(
+                f"{mf}: components.vae_decoder.outputs[0].shape is {_dims(dout)}; {SCHEDULER} latent.image_shape is "
+                f"{_dims(image)}"
+            )
+
+
+# the files a tokenizer folder may hold that a reader opens by name (csrc/src/bundle.c TOKENIZER_FILES)
+TOKENIZER_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def check_components(bundle: Bundle) -> None:
+    """A text bundle's tokenizer folder: inside the bundle, and every file in it that a tokenizer
+    reads by name listed (so boxed and hashed). The fields are check_schema's."""
+    comps = bundle.manifest.get("components")
+    if bundle.conditioning.get("kind") != "text" or not isinstance(comps, dict):
+        return
+    tok = comps["tokenizer"]
+    folder = bundle.root / tok["folder"]
+    real = os.path.realpath(folder)
+    if not os.path.isdir(real):
+        raise EdgediffError(f"{folder}: the tokenizer folder cannot be resolved (No such file or directory)")
+    if not _inside(os.path.realpath(bundle.root), real):
+        raise EdgediffError(f"{folder}: the tokenizer folder resolves outside the bundle (to {real})")
+    for name in TOKENIZER_FILES:
+        rel = f"{tok['folder']}/{name}"
+        if rel not in tok["files"] and os.path.lexists(folder / name):
+            raise EdgediffError(
+                f"{folder / name}: in the tokenizer folder but not listed in manifest.json components.tokenizer.files"
+            )
 
 
 def check_component_signatures(bundle: Bundle) -> None:
