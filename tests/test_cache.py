@@ -31,9 +31,16 @@ from edgediff.compiler.recipe import Recipe
 from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import Conditioning, DiffusersAdapter, ModelSpec
 from edgediff.runtimes.bundle import load_bundle
-from edgediff.runtimes.cache import CachedDenoiser
+from edgediff.runtimes.cache import CachedDenoiser, cached_denoiser
 from edgediff.runtimes.runner import SamplingSetup, bundle_denoiser, default_labels, generate
 from edgediff.runtimes.steps import StepCall
+
+try:
+    import openvino  # noqa: F401
+
+    HAVE_OV = True
+except ImportError:
+    HAVE_OV = False
 
 RECIPE = dict(sampler="ddim", steps=5, guidance=2.0)  # as conftest's tiny_bundle, which is the uncached twin
 
@@ -252,3 +259,37 @@ def test_the_c_runner_refuses_a_cached_bundle_in_one_line(cached, c_runner_build
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "this C runtime does not run cached bundles yet" in r.stderr
     assert not (tmp_path / "x.f32").exists()
+
+
+@pytest.mark.slow  # two ONNX exports and two OpenVINO conversions: ~40 s on the shared 2 cores
+@pytest.mark.skipif(not HAVE_OV, reason="openvino is not installed")
+def test_the_openvino_pair_runs_the_schedule_as_pytorch_does(tmp_path):
+    """The pair as OpenVINO IR (fp32, dynamic batch), run per step by the runtime's CachedDenoiser."""
+    model = tiny_unet()
+    sp = cache_stage.split(model, 1)
+    lowered, shallow, record = cache_stage.lower_pair(
+        model, sp, tmp_path / "model", fmt="openvino", precision="fp32", static_batch=None
+    )
+    assert lowered.file.name == "denoiser.xml" and shallow.name == "shallow.xml" and record["shared_weights"] is None
+    manifest = {
+        "model": {"format": "openvino", "file": "model/denoiser.xml"},
+        "cache": {"shallow": {"file": "model/shallow.xml"}},
+    }
+    flags = (False, True, True, False, True)
+    setup = SamplingSetup(
+        plan=_plan(model),
+        guidance=2.0,
+        conditioning=model.conditioning.to_dict(),
+        sample_shape=model.sample_shape,
+        steps=cache_stage.step_table(flags),
+    )
+    labels = default_labels(setup, 2)
+    ours = generate(cached_denoiser(tmp_path, manifest), setup, n=2, seed=1, labels=labels, loop="python")
+    theirs = generate(cache_stage.torch_pair(sp), setup, n=2, seed=1, labels=labels, loop="python")
+    assert np.abs(ours - theirs).max() <= 1e-4
+
+
+def _plan(model):
+    from edgediff.runtimes.samplers import get_solver
+
+    return get_solver("ddim").plan(model.schedule, 5)
