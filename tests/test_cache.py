@@ -60,11 +60,36 @@ def _unconditional() -> ModelSpec:
     )
 
 
+def _cross_attention() -> ModelSpec:
+    """A UNet2DConditionModel as tests/tiny_pipelines.py builds it, on a 4-token condition."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+    return dataclasses.replace(
+        tiny_unet(),
+        module=DiffusersAdapter(unet, "UNet2DConditionModel", 4).eval(),
+        sample_shape=(4, 8, 8),
+        conditioning=Conditioning("embedding", shape=(4, 32)),
+    )
+
+
 # ---- the split ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("depth", [1, 2])
-@pytest.mark.parametrize("make", [tiny_unet, _unconditional], ids=["class", "none"])
+@pytest.mark.parametrize("make", [tiny_unet, _unconditional, _cross_attention], ids=["class", "none", "cross"])
 def test_the_split_is_exact(make, depth):
     model = make()
     sp = cache_stage.split(model, depth)
@@ -293,3 +318,28 @@ def _plan(model):
     from edgediff.runtimes.samplers import get_solver
 
     return get_solver("ddim").plan(model.schedule, 5)
+
+
+@pytest.mark.slow  # a text-to-image compile (three graphs exported, diffusers' pipeline run): ~1-2 min here
+def test_a_text_to_image_bundle_caches_its_unet(tmp_path):
+    import tiny_pipelines as tp
+
+    from edgediff.runtimes.runner import generate_text, text_pipeline
+
+    folder = tp.sd1_folder(tmp_path / "sd1")
+    b = compile_model(str(folder), tmp_path / "c", recipe=Recipe(sampler="ddim", steps=6, guidance=7.5, cache=3))
+    v = b.report["verify"]
+    assert v["cache"]["images"]["max_abs_error"] <= 1e-4
+    assert v["cache"]["images"]["calls"] == {"full": 2, "cached": 4}
+    assert v["images"]["run"] and v["images"]["max_abs_error"] <= 1e-3  # the full graph against diffusers
+    assert [i["name"] for i in b.manifest["cache"]["shallow"]["inputs"]] == [
+        "sample",
+        "timestep",
+        "encoder_hidden_states",
+        "cached_feature",
+    ]
+    setup = SamplingSetup.from_bundle(b)
+    pipe = text_pipeline(b)
+    images = {loop: generate_text(pipe, setup, prompts=["a 7"], seed=1, loop=loop) for loop in ("c", "python")}
+    assert np.abs(images["c"] - images["python"]).max() <= 1e-5
+    assert pipe.denoise.calls == {"full": 4, "cached": 8}  # two runs of 2 full + 4 cached steps

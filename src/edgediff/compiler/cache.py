@@ -1,6 +1,6 @@
 """Feature caching across steps: split a UNet at a skip branch into a full and a shallow graph.
 
-    UNet2DModel, --cache-depth d (1: the first down block + the last up block)
+    UNet2DModel | UNet2DConditionModel, --cache-depth d (1: the first down block + the last up block)
 
     full graph     sample, t[, cond] -> embed -> conv_in -> down[0..D) -> mid -> up[0..U-d) ─┬─ feature
                                                                                              └─ up[U-d..U) -> out -> eps
@@ -50,15 +50,38 @@ MIN_SHARED_BYTES = 1024  # smaller initializers (shapes, scalars) stay inside ea
 
 # ---------------------------------------------------------------- the split (the routing of UNet2DModel.forward)
 def _unet_of(model: ModelSpec):
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DConditionModel, UNet2DModel
 
     m = model.module
-    if not isinstance(m, DiffusersAdapter) or not isinstance(m.model, UNet2DModel):
+    if not isinstance(m, DiffusersAdapter) or not isinstance(m.model, (UNet2DModel, UNet2DConditionModel)):
         inner = type(m.model).__name__ if isinstance(m, DiffusersAdapter) else type(m).__name__
         raise EdgediffError(
-            f"--cache: {model.source}'s denoiser is a {inner}; the split is written for diffusers' UNet2DModel"
+            f"--cache: {model.source}'s denoiser is a {inner}; the split is written for diffusers' "
+            "UNet2DModel and UNet2DConditionModel"
         )
     return m, m.model
+
+
+def _check_condition_unet(model: ModelSpec, unet) -> None:
+    """The UNet2DConditionModel inputs the split routes: a timestep and encoder_hidden_states only."""
+    c = unet.config
+    extra = [
+        name
+        for name, on in (
+            ("class_embed_type / num_class_embeds", unet.class_embedding is not None),
+            ("addition_embed_type", c.addition_embed_type is not None),
+            ("encoder_hid_dim_type", getattr(unet, "encoder_hid_proj", None) is not None),
+        )
+        if on
+    ]
+    if extra:
+        raise EdgediffError(f"--cache: {model.source}'s UNet2DConditionModel sets {extra[0]}; the split takes none")
+    factor = 2**unet.num_upsamplers
+    if any(d % factor for d in model.sample_shape[1:]):
+        raise EdgediffError(
+            f"--cache: {model.source}'s sample {list(model.sample_shape[1:])} is not a multiple of {factor} "
+            "(the up blocks would need explicit upsample sizes)"
+        )
 
 
 def _res_count(block) -> int:
@@ -70,6 +93,8 @@ def check_depth(model: ModelSpec, depth: int) -> None:
     """The split at `depth` exists: the first `depth` down blocks' skips are exactly what the last
     `depth` up blocks take, and no block carries UNet2DModel's extra skip_sample path."""
     _, unet = _unet_of(model)
+    if type(unet).__name__ == "UNet2DConditionModel":
+        _check_condition_unet(model, unet)
     n = len(unet.down_blocks)
     if not 1 <= depth <= n:
         raise EdgediffError(f"--cache-depth {depth}: {model.source}'s UNet has {n} down blocks (choose 1..{n})")
@@ -97,40 +122,55 @@ class _Split(nn.Module):
         self.unet = adapter.model
         self.depth, self.conditioned = depth, conditioned
         self.integer_timesteps, self.out_channels = adapter.integer_timesteps, adapter.out_channels
+        self.cross = adapter.kind == "UNet2DConditionModel"
 
-    def _embed(self, sample, timestep, labels):
+    def _embed(self, sample, timestep, cond):
+        """(sample, t, emb, the condition the cross-attention blocks read) as the model's forward makes them."""
         u = self.unet
         if self.integer_timesteps:
             timestep = timestep.round().long()
         if u.config.center_input_sample:
             sample = 2 * sample - 1.0
         t = timestep * torch.ones(sample.shape[0], dtype=timestep.dtype, device=timestep.device)
+        if self.cross:  # UNet2DConditionModel: its own helpers (the split refuses class / added embeddings)
+            emb = u.time_embedding(u.get_time_embed(sample=sample, timestep=t), None)
+            if u.time_embed_act is not None:
+                emb = u.time_embed_act(emb)
+            return sample, t, emb, u.process_encoder_hidden_states(encoder_hidden_states=cond, added_cond_kwargs={})
         emb = u.time_embedding(u.time_proj(t).to(dtype=u.dtype))
         if u.class_embedding is not None:
             if u.config.class_embed_type == "timestep":
-                labels = u.time_proj(labels)
-            emb = emb + u.class_embedding(labels).to(dtype=u.dtype)
-        return sample, t, emb
+                cond = u.time_proj(cond)
+            emb = emb + u.class_embedding(cond).to(dtype=u.dtype)
+        return sample, t, emb, None
 
-    def _down(self, blocks, h, emb):
+    @staticmethod
+    def _run(block, text, **kw):
+        if getattr(block, "has_cross_attention", False):
+            kw["encoder_hidden_states"] = text
+        return block(**kw)
+
+    def _down(self, blocks, h, emb, text):
         res = (h,)
         for block in blocks:
-            h, r = block(hidden_states=h, temb=emb)
+            h, r = self._run(block, text, hidden_states=h, temb=emb)
             res += r
         return h, res
 
-    def _up(self, blocks, h, res, emb):
-        """Each up block takes the last skips left (as UNet2DModel.forward); returns h and the skips left."""
+    def _up(self, blocks, h, res, emb, text):
+        """Each up block takes the last skips left (as the model's forward); returns h and the skips left."""
         for block in blocks:
             n = len(block.resnets)
-            h = block(h, res[-n:], emb)
+            h = self._run(block, text, hidden_states=h, res_hidden_states_tuple=res[-n:], temb=emb)
             res = res[:-n]
         return h, res
 
     def _out(self, h, t):
         u = self.unet
-        h = u.conv_out(u.conv_act(u.conv_norm_out(h)))
-        if u.config.time_embedding_type == "fourier":
+        if u.conv_norm_out is not None:
+            h = u.conv_act(u.conv_norm_out(h))
+        h = u.conv_out(h)
+        if getattr(u.config, "time_embedding_type", None) == "fourier":
             h = h / t.reshape((h.shape[0], *([1] * len(h.shape[1:]))))
         return h[:, : self.out_channels] if h.shape[1] != self.out_channels else h
 
@@ -141,14 +181,14 @@ class _Split(nn.Module):
 class FullGraph(_Split):
     """(sample, timestep[, cond]) -> (eps, feature): the whole UNet, the feature taken on the way."""
 
-    def forward(self, sample, timestep, labels=None):
+    def forward(self, sample, timestep, cond=None):
         u = self.unet
-        sample, t, emb = self._embed(sample, timestep, labels)
-        h, res = self._down(u.down_blocks, u.conv_in(sample), emb)
+        sample, t, emb, text = self._embed(sample, timestep, cond)
+        h, res = self._down(u.down_blocks, u.conv_in(sample), emb, text)
         if u.mid_block is not None:
-            h = u.mid_block(h, emb)
-        feature, res = self._up(u.up_blocks[: len(u.up_blocks) - self.depth], h, res, emb)
-        eps = self._out(self._up(self._shallow_ups(), feature, res, emb)[0], t)
+            h = self._run(u.mid_block, text, hidden_states=h, temb=emb)
+        feature, res = self._up(u.up_blocks[: len(u.up_blocks) - self.depth], h, res, emb, text)
+        eps = self._out(self._up(self._shallow_ups(), feature, res, emb, text)[0], t)
         return eps, feature
 
 
@@ -156,13 +196,13 @@ class ShallowGraph(_Split):
     """(sample, timestep[, cond], feature) -> eps: the first `depth` down blocks and the last `depth` up blocks."""
 
     def forward(self, sample, timestep, a, b=None):
-        labels, feature = (a, b) if self.conditioned else (None, a)
+        cond, feature = (a, b) if self.conditioned else (None, a)
         u = self.unet
-        sample, t, emb = self._embed(sample, timestep, labels)
+        sample, t, emb, text = self._embed(sample, timestep, cond)
         # the first depth down blocks run whole; the skips the last up blocks take are the first ones
         # (a downsampler output past them, which a deeper up block takes, goes unused)
-        _, res = self._down(u.down_blocks[: self.depth], u.conv_in(sample), emb)
-        return self._out(self._up(self._shallow_ups(), feature, res[: _takes(u, self.depth)], emb)[0], t)
+        _, res = self._down(u.down_blocks[: self.depth], u.conv_in(sample), emb, text)
+        return self._out(self._up(self._shallow_ups(), feature, res[: _takes(u, self.depth)], emb, text)[0], t)
 
 
 @dataclass(frozen=True)
@@ -230,7 +270,7 @@ def _export_pair(model: ModelSpec, sp: Split, work: Path) -> tuple[Path, Path]:
         feature = sp.full(*args)[1]
     dyn = {0: "batch"}
     full_path, shallow_path = work / "full.onnx", work / "shallow.onnx"
-    params = ["sample", "timestep", "labels"][: len(args)]
+    params = ["sample", "timestep", "cond"][: len(args)]
     torch_export(
         sp.full, args, full_path, names, ["eps", FEATURE], {p: dyn for p in params}, what=f"{model.source} (full graph)"
     )
@@ -387,6 +427,61 @@ def verify_images(
         "calls": dict(lowered.calls),
         "psnr_vs_uncached_db": _psnr(ours, uncached),
         "psnr_pytorch_pair_vs_uncached_db": _psnr(theirs, uncached),
+    }
+
+
+def verify_text_images(
+    model: ModelSpec,
+    sp: Split,
+    root: Path,
+    manifest: dict,
+    setup: SamplingSetup,
+    *,
+    components: dict,
+    precision: str,
+    prompts: tuple[str, ...],
+) -> dict:
+    """verify_images for a text-to-image pipeline: the prompts through the bundle's tokenizer, text
+    encoder and VAE decoder, the denoiser the lowered pair, the PyTorch pair, or the uncached model."""
+    from edgediff.runtimes.backends import Graph, load_tokenizer
+    from edgediff.runtimes.runner import TextPipeline, generate_text
+
+    fmt = manifest["model"]["format"]
+    t = model.text
+
+    def pipe(denoise) -> TextPipeline:
+        return TextPipeline(
+            tokenizer=load_tokenizer(root / "tokenizer"),
+            max_length=t.max_length,
+            encode=Graph(components["text_encoder"].file, fmt),
+            denoise=denoise,
+            decode=Graph(components["vae_decoder"].file, fmt),
+        )
+
+    lowered, reference = cached_denoiser(root, manifest), torch_pair(sp)
+    plain = torch_denoiser(model)
+    runs = {
+        name: generate_text(pipe(d), setup, prompts=list(prompts), seed=0, loop="python")
+        for name, d in (("ours", lowered), ("theirs", reference), ("uncached", plain))
+    }
+    err = float(np.abs(runs["ours"] - runs["theirs"]).max())
+    bound = IMAGE_BOUNDS.get(precision, 5e-2)
+    if not err <= bound:
+        raise EdgediffError(
+            f"{lowered.label}: cached images differ from the PyTorch pair on the same schedule by {err:.3g} "
+            f"> {bound:g} ({precision}); nothing written"
+        )
+    cached = sum(setup.steps.cached)
+    return {
+        "against": "pytorch-fp32 split, same cache schedule (the bundle's text encoder and VAE decoder)",
+        "prompts": list(prompts),
+        "max_abs_error": err,
+        "bound": bound,
+        "full_steps": len(setup.steps.cached) - cached,
+        "cached_steps": cached,
+        "calls": dict(lowered.calls),
+        "psnr_vs_uncached_db": _psnr(runs["ours"], runs["uncached"]),
+        "psnr_pytorch_pair_vs_uncached_db": _psnr(runs["theirs"], runs["uncached"]),
     }
 
 

@@ -261,17 +261,29 @@ def _check_cached(s: State) -> dict:
     record = verify(s.model, denoise, precision=s.precision, label=denoise.label)
     setup = SamplingSetup(
         plan=s.plan,
-        guidance=s.recipe.guidance if s.model.conditioning.kind == "class" else 1.0,
+        guidance=s.recipe.guidance if s.model.conditioning.kind in GUIDABLE else 1.0,
         conditioning=s.model.conditioning.to_dict(),
         sample_shape=tuple(s.model.sample_shape),
         steps=cache_stage.step_table(s.cache_flags),
     )
-    record["cache"] = {
-        "split": cache_stage.verify_split(s.model, s.cache),
-        "images": cache_stage.verify_images(
+    record["cache"] = {"split": cache_stage.verify_split(s.model, s.cache)}
+    if s.model.text is not None:  # the components as for any text bundle (the full graph's eps is the model's)
+        record["components"] = text_stage.verify_components(s)
+        record["images"] = text_stage.verify_images(s)
+        record["cache"]["images"] = cache_stage.verify_text_images(
+            s.model,
+            s.cache,
+            s.work,
+            manifest,
+            setup,
+            components=s.components,
+            precision=s.precision,
+            prompts=text_stage.CHECK_PROMPTS,
+        )
+    else:
+        record["cache"]["images"] = cache_stage.verify_images(
             s.model, s.cache, s.work, manifest, setup, precision=s.precision, labels=default_labels(setup, 4)
-        ),
-    }
+        )
     if not s.target.detected:
         record["note"] = f"run on this host's CPU, not on {s.target.name}'s {s.records['coverage']['unit']}"
     return record
