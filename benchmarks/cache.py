@@ -10,8 +10,11 @@ interval N by replacing its step table ({"interval": N} as the compiler writes i
 N = 1 runs the pair's full graph at every step (the cost of the extra feature output).
 
 - speed: ms per image, one image per call (guidance doubles it to 2 rows for builtin:digits),
-  the C loop (`generate`'s default) calling ONNX Runtime back in Python; the best of
-  --repeats runs of --speed-images images; the ratio is uncached / cached, measured in this run.
+  the C loop (`generate`'s default) calling ONNX Runtime back in Python; --speed-images images
+  per configuration, the configurations interleaved for --repeats rounds, the best round of each;
+  the ratio is uncached / cached, measured in this run; "vs N=1" is against the same pair run
+  with every step full (the same sessions and threading, so only the skipped deep work differs). --spin lets the pair's ONNX Runtime
+  threads spin-wait between calls (the runtime's default is off for the pair, on for one graph).
   The C runtime's own backend does not run cached bundles yet (it refuses them), so these are
   not edgediff-run figures.
 - the shallow graph's share of the full graph's MACs (manifest.json cache.macs_per_image), and
@@ -73,14 +76,19 @@ def labels_for(setup: SamplingSetup, count: int) -> np.ndarray | None:
     return None if c["kind"] != "class" else (np.arange(count) % c["num_classes"]).astype(np.int64)
 
 
-def ms_per_image(denoise, setup: SamplingSetup, a) -> float:
-    labels = labels_for(setup, a.speed_images)
-    generate(denoise, setup, n=1, seed=0, labels=None if labels is None else labels[:1], batch_size=1)  # warm-up
-    best = float("inf")
+def ms_per_image(configs: list, a) -> list[float]:
+    """Best ms per image of each (denoiser, setup), the configurations interleaved round by round so
+    that a change in the shared machine's load reaches them all alike."""
+    best = [float("inf")] * len(configs)
+    for denoise, setup in configs:  # warm-up
+        labels = labels_for(setup, 1)
+        generate(denoise, setup, n=1, seed=0, labels=labels, batch_size=1)
     for _ in range(a.repeats):
-        t0 = time.perf_counter()
-        generate(denoise, setup, n=a.speed_images, seed=0, labels=labels, batch_size=1)
-        best = min(best, (time.perf_counter() - t0) * 1000 / a.speed_images)
+        for k, (denoise, setup) in enumerate(configs):
+            labels = labels_for(setup, a.speed_images)
+            t0 = time.perf_counter()
+            generate(denoise, setup, n=a.speed_images, seed=0, labels=labels, batch_size=1)
+            best[k] = min(best[k], (time.perf_counter() - t0) * 1000 / a.speed_images)
     return best
 
 
@@ -112,26 +120,27 @@ def run_model(model: str, a, root: Path) -> None:
     )
     quality = model == "digits" and a.per_class > 0
     plain_d, cached_d = bundle_denoiser(plain_b, threads=a.threads), bundle_denoiser(cached_b, threads=a.threads)
-    base_ms = ms_per_image(plain_d, plain_setup, a)
+    setups = {n: with_interval(cached_setup, n) for n in a.intervals}
+    times = ms_per_image([(plain_d, plain_setup)] + [(cached_d, setups[n]) for n in a.intervals], a)
+    base_ms = times[0]
     rows = [("uncached", base_ms, 1.0, 1.0, None)]
+    rows += [(f"N={n}", ms, base_ms / ms, n / (1 + (n - 1) * share), n) for n, ms in zip(a.intervals, times[1:])]
+    print("  timed", flush=True)
     if quality:
         labels = np.repeat(np.arange(10), a.per_class).astype(np.int64)
         ref = generate(plain_d, plain_setup, n=len(labels), seed=a.seed, labels=labels)
         q = {"uncached": digits_quality(ref, labels) | {"psnr": float("inf")}}
-    for n in a.intervals:
-        setup = with_interval(cached_setup, n)
-        ms = ms_per_image(cached_d, setup, a)
-        rows.append((f"N={n}", ms, base_ms / ms, n / (1 + (n - 1) * share), n))
-        if quality:
-            imgs = generate(cached_d, setup, n=len(labels), seed=a.seed, labels=labels)
+        for n in a.intervals:
+            imgs = generate(cached_d, setups[n], n=len(labels), seed=a.seed, labels=labels)
             q[f"N={n}"] = digits_quality(imgs, labels) | {"psnr": psnr_db(imgs, ref)}
-        print(f"  measured {rows[-1][0]}", flush=True)
-    head = f"  {'':9} {'ms/image':>9} {'speedup':>8} {'MAC-predicted':>13}"
+    full_ms = times[1 + a.intervals.index(1)] if 1 in a.intervals else None
+    head = f"  {'':9} {'ms/image':>9} {'speedup':>8} {'vs N=1':>7} {'MAC-predicted':>13}"
     if quality:
         head += f" {'PSNR dB':>8} {'FD-digits':>9} {'(ratio)':>8} {'class acc':>9}"
     print(head)
     for name, ms, speed, pred, _ in rows:
-        line = f"  {name:9} {ms:9.1f} {speed:7.2f}x {pred:12.2f}x"
+        vs1 = f"{full_ms / ms:6.2f}x" if full_ms else "      -"
+        line = f"  {name:9} {ms:9.1f} {speed:7.2f}x {vs1} {pred:12.2f}x"
         if quality:
             r = q[name]
             fd_ratio = r["fd"] / q["uncached"]["fd"]
@@ -151,12 +160,16 @@ def main(argv=None) -> None:
     p.add_argument("--intervals", default="1,2,3,5")
     p.add_argument("--per-class", type=int, default=20, help="digits images per class for quality (0: speed only)")
     p.add_argument("--speed-images", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="rounds over the configurations (best of them)")
+    p.add_argument("--spin", action="store_true", help="let the pair's ONNX Runtime threads spin-wait")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=Path, default=None, help="compile into (and reuse bundles from) this folder")
     a = p.parse_args(argv)
     a.intervals = [int(n) for n in a.intervals.split(",")]
+    import edgediff.runtimes.cache as rc
+
+    rc.SPIN = a.spin
     print(f"host: {host_line()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="edgediff-cache-bench-") as tmp:
         root = a.keep or Path(tmp)

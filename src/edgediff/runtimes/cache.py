@@ -31,6 +31,7 @@ from edgediff.runtimes.backends import _cond_dtype, model_signature, ort_options
 FEATURE = "cached_feature"  # the full graph's second output and the shallow graph's last input
 SHALLOW_KEYS = {"file", "inputs", "outputs"}
 CACHE_KEYS = {"shallow", "feature", "depth", "shared_weights", "macs_per_image"}
+SPIN = False  # ONNX Runtime's intra-op threads spin-wait between a pair's calls (off: they sleep)
 
 
 class CachedDenoiser:
@@ -80,7 +81,12 @@ class _OrtGraph:
     def __init__(self, path: Path, *, threads: int = 0):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), ort_options(threads), providers=["CPUExecutionProvider"])
+        opts = ort_options(threads)
+        # two sessions take turns step by step: a session's pool spinning after its run would take the
+        # cores from the other one (measured on the shared 2-core host: benchmarks/cache.py --spin)
+        if not SPIN:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         types = {"tensor(int64)": "int64", "tensor(int32)": "int32"}
         self.inputs = [(i.name, types.get(i.type, "float32")) for i in self.session.get_inputs()]
         self.label = f"ONNX Runtime {ort.__version__} CPUExecutionProvider"
