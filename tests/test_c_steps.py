@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -114,23 +115,33 @@ class Recorder:
         ({"steps": ["full", "cached", "cached", "full", "cached"]}, [False, True, True, False, True]),
     ],
 )
-def test_cache_flags_reach_the_denoiser_identically_from_both_loops(tiny_bundle, bundle_copy, schedule, flags):
-    sched = json.loads((bundle_copy / "scheduler.json").read_text())
-    rewrite(bundle_copy, "scheduler.json", dict(sched, cache_schedule=schedule))
-    b = load_bundle(bundle_copy)
-    setup = SamplingSetup.from_bundle(b)
-    assert setup.steps == StepTable(num_steps=5, cached=tuple(flags))
+def test_cache_flags_reach_the_denoiser_identically_from_both_loops(tiny_bundle, schedule, flags):
+    """The table as both loops hand it on (a bundle that carries it has a shallow graph: tests/test_cache.py)."""
+    table = StepTable.from_scheduler(dict(tiny_bundle.scheduler, cache_schedule=schedule), 5)
+    assert table == StepTable(num_steps=5, cached=tuple(flags))
+    setup = dataclasses.replace(SamplingSetup.from_bundle(tiny_bundle), steps=table)
     labels = default_labels(setup, 3)
     seen, images = {}, {}
     for loop in ("c", "python"):
-        rec = Recorder(bundle_denoiser(b))
+        rec = Recorder(bundle_denoiser(tiny_bundle))
         images[loop] = generate(rec, setup, n=3, seed=2, labels=labels, loop=loop)
         seen[loop] = rec.calls
     assert seen["c"] == seen["python"] == [(i, 0, f) for i, f in enumerate(flags)]
-    # a permission only: every backend here runs the full model, so the images are the plain ones
+    # the recorder's inner denoiser takes no step: the full model at every step, the plain images
     plain = generate(bundle_denoiser(tiny_bundle), SamplingSetup.from_bundle(tiny_bundle), n=3, seed=2, labels=labels)
     assert np.abs(images["c"] - images["python"]).max() <= 1e-5
     assert np.array_equal(images["c"], plain)
+
+
+def test_a_cache_schedule_without_a_shallow_graph_is_refused_by_both_loaders(build, bundle_copy, tmp_path):
+    sched = json.loads((bundle_copy / "scheduler.json").read_text())
+    rewrite(bundle_copy, "scheduler.json", dict(sched, cache_schedule={"interval": 2}))
+    message = "scheduler.json: cache_schedule is set but"
+    with pytest.raises(EdgediffError, match=message):
+        load_bundle(bundle_copy)
+    r = run(build / "edgediff-run-core", bundle_copy, "--raw", tmp_path / "a.f32", check=False)
+    assert r.returncode == 1 and message in r.stderr and "has no cache" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1
 
 
 def test_cache_flags_helper():
@@ -191,15 +202,6 @@ def test_bad_tables_are_refused_alike_by_c_and_python(build, bundle_copy, tmp_pa
     with pytest.raises(EdgediffError) as e:
         SamplingSetup.from_bundle(load_bundle(bundle_copy))
     assert "scheduler.json" in str(e.value) and message in str(e.value)
-
-
-def test_runner_refuses_steps_with_a_cache_schedule(build, bundle_copy, tmp_path):
-    sched = json.loads((bundle_copy / "scheduler.json").read_text())
-    rewrite(bundle_copy, "scheduler.json", dict(sched, cache_schedule={"interval": 2}))
-    exe = build / "edgediff-run-core"
-    assert run(exe, bundle_copy, "--raw", tmp_path / "a.f32").returncode == 0  # its own 5 steps
-    r = run(exe, bundle_copy, "--raw", tmp_path / "a.f32", "--steps", "3", check=False)
-    assert r.returncode == 2 and "cache_schedule is made for its own 5 steps" in r.stderr
 
 
 def test_extension_checks_the_tables(tiny_bundle):

@@ -29,6 +29,12 @@
  *                   "latent" {shape, scaling_factor, image_shape} -> info.scaling_factor /
  *                   image_shape; "solver" is not read
  *
+ * A cached bundle (manifest.json "cache": a full graph that also outputs a deep feature and a
+ * shallow graph that takes it, docs/caching.md) is refused by edd_bundle_parse / edd_bundle_load
+ * in one line: no backend here runs the shallow graph yet. A cache_schedule without the
+ * manifest's "cache", or the reverse, is refused as well, so cache_flags reach an application's
+ * backend only through edd_params (set by the application itself).
+ *
  * The runtime computes no schedule of its own (except edd_plan_with_steps, on request): every
  * per-step number comes from the plan. timestep_groups and cache_schedule are made for the
  * plan's own steps: edd_context_create refuses their tables for a plan of another length.

@@ -742,6 +742,22 @@ static edd_status read_scheduler(edd_bundle *b, const edd_json *s, char *err, si
     return EDD_OK;
 }
 
+/* manifest.json "cache" (the shallow graph of a bundle that caches features across steps) and
+ * scheduler.json "cache_schedule" come together; this runtime runs no shallow graph yet, so a cached
+ * bundle is refused here in one line rather than run with its schedule ignored. */
+static edd_status check_cache(const edd_bundle *b, const edd_json *m, char *err, size_t err_size) {
+    const edd_json *c = edd__json_get(m, "cache");
+    int has_cache = c != NULL && c->type != EDD_JSON_NULL;
+    if (b->cache_flags && !has_cache)
+        return BAD(SCHEDULER ": cache_schedule is set but " MANIFEST
+                             " has no cache (no shallow graph to run the cached steps)");
+    if (has_cache && !b->cache_flags) return BAD(MANIFEST ": cache is set but " SCHEDULER " has no cache_schedule");
+    if (has_cache)
+        return BAD(MANIFEST ": cache is set (a full and a shallow graph, features cached across steps); this C "
+                            "runtime does not run cached bundles yet: use edgediff generate --loop python");
+    return EDD_OK;
+}
+
 edd_status edd_bundle_parse(const char *manifest, size_t manifest_len, const char *scheduler, size_t scheduler_len,
                             edd_bundle **out, char *err, size_t err_size) {
     edd_json *m = NULL, *s = NULL;
@@ -763,7 +779,9 @@ edd_status edd_bundle_parse(const char *manifest, size_t manifest_len, const cha
         edd__fail(err, err_size, st, SCHEDULER ": %s", jerr);
         goto done;
     }
-    if ((st = read_manifest(b, m, err, err_size)) || (st = read_scheduler(b, s, err, err_size))) goto done;
+    if ((st = read_manifest(b, m, err, err_size)) || (st = read_scheduler(b, s, err, err_size)) ||
+        (st = check_cache(b, m, err, err_size)))
+        goto done;
 done:
     edd__json_free(m);
     edd__json_free(s);

@@ -26,6 +26,7 @@ import torch
 
 from edgediff import __version__
 from edgediff.compiler import bundle as bundle_io
+from edgediff.compiler import cache as cache_stage
 from edgediff.compiler import text as text_stage
 from edgediff.compiler.capture import load_source, plan_options
 from edgediff.compiler.coverage import coverage as op_coverage
@@ -71,6 +72,9 @@ class State:
     model_file: Path | None = None
     quantized: QuantizedModel | None = None
     components: dict | None = None  # a text-to-image pipeline's other graphs: name -> Lowered (compiler/text.py)
+    cache: cache_stage.Split | None = None  # the full / shallow pair (--cache, compiler/cache.py)
+    cache_flags: tuple[bool, ...] | None = None  # per plan step: True = the shallow graph on the cached feature
+    shallow_file: Path | None = None
 
 
 def capture(s: State) -> dict:
@@ -98,6 +102,18 @@ def plan(s: State) -> dict:
     s.route, s.precision = resolve(
         s.target, scheme=r.quantize, precision=r.precision, weights=r.weights, groups=r.groups
     )
+    s.cache_flags = r.cached_steps()
+    cache = None
+    if s.cache_flags is not None:  # checked before any export: the format, the model, the depth
+        cache_stage.check_format(s.target.format, s.target.name)
+        s.cache = cache_stage.split(s.model, r.cache_depth)
+        cache = {
+            "depth": s.cache.depth,
+            "feature_shape": list(s.cache.feature_shape),
+            "full_steps": s.cache_flags.count(False),
+            "cached_steps": s.cache_flags.count(True),
+            "macs_per_image": cache_stage.macs_per_image(s.model, s.cache),
+        }
     return {
         "solver": r.sampler,
         "steps": r.steps,
@@ -106,6 +122,7 @@ def plan(s: State) -> dict:
         "format": s.target.format,
         "precision": s.precision,
         **({"scheduler_options": opts} if opts else {}),
+        **({"cache": cache} if cache else {}),
     }
 
 
@@ -168,9 +185,14 @@ def lower(s: State) -> dict:
     low = LOWERINGS[s.route.lowers]
     precision = s.route.writes or s.precision
     static = static_batch_for(_guided(s)) if (s.target.static_shapes or low.always_static) else None
-    s.lowered = low(
-        s.model, s.work / "model", precision=precision, ir=s.export, static_batch=static, weights=s.recipe.weights
-    )
+    if s.cache is not None:  # the full / shallow pair in place of the one graph
+        s.lowered, s.shallow_file, _ = cache_stage.lower_pair(
+            s.model, s.cache, s.work / "model", fmt=s.target.format, precision=precision, static_batch=static
+        )
+    else:
+        s.lowered = low(
+            s.model, s.work / "model", precision=precision, ir=s.export, static_batch=static, weights=s.recipe.weights
+        )
     s.lowered = replace(s.lowered, runtime=s.lowered.runtime | s.route.runtime)
     s.model_file = s.lowered.file
     extra = {}
@@ -217,6 +239,8 @@ def check(s: State) -> dict:
     if s.quantized is not None:
         denoise = grouped_denoiser(s.work, _groups_entry(s), s.plan.model_timesteps, model_file=s.model_file, fmt=fmt)
         record = verify(s.model, denoise, precision=s.recipe.quantize, label=getattr(denoise, "label", "ONNX Runtime"))
+    elif s.cache is not None:  # the full graph's eps at 8 timesteps, then the split and whole images
+        return _check_cached(s)
     else:
         denoise = open_denoiser(s.model_file, fmt)
         record = verify(s.model, denoise, precision=s.precision, label=getattr(denoise, "label", fmt))
@@ -226,6 +250,63 @@ def check(s: State) -> dict:
     if not s.target.detected:  # a device profile, not this machine
         record["note"] = f"run on this host's CPU, not on {s.target.name}'s {s.records['coverage']['unit']}"
     return record
+
+
+def _check_cached(s: State) -> dict:
+    from edgediff.runtimes.cache import cached_denoiser
+    from edgediff.runtimes.runner import SamplingSetup, default_labels
+
+    manifest = {"model": {"format": s.target.format, "file": _rel(s, s.model_file)}, "cache": _manifest_cache(s)}
+    denoise = cached_denoiser(s.work, manifest)
+    record = verify(s.model, denoise, precision=s.precision, label=denoise.label)
+    setup = SamplingSetup(
+        plan=s.plan,
+        guidance=s.recipe.guidance if s.model.conditioning.kind in GUIDABLE else 1.0,
+        conditioning=s.model.conditioning.to_dict(),
+        sample_shape=tuple(s.model.sample_shape),
+        steps=cache_stage.step_table(s.cache_flags),
+    )
+    record["cache"] = {"split": cache_stage.verify_split(s.model, s.cache)}
+    if s.model.text is not None:  # the components as for any text bundle (the full graph's eps is the model's)
+        record["components"] = text_stage.verify_components(s)
+        record["images"] = text_stage.verify_images(s)
+        record["cache"]["images"] = cache_stage.verify_text_images(
+            s.model,
+            s.cache,
+            s.work,
+            manifest,
+            setup,
+            components=s.components,
+            precision=s.precision,
+            prompts=text_stage.CHECK_PROMPTS,
+        )
+    else:
+        record["cache"]["images"] = cache_stage.verify_images(
+            s.model, s.cache, s.work, manifest, setup, precision=s.precision, labels=default_labels(setup, 4)
+        )
+    if not s.target.detected:
+        record["note"] = f"run on this host's CPU, not on {s.target.name}'s {s.records['coverage']['unit']}"
+    return record
+
+
+def _rel(s: State, path: Path) -> str:
+    return path.relative_to(s.work).as_posix()
+
+
+def _manifest_cache(s: State) -> dict | None:
+    """manifest.json "cache": the shallow graph and its signature, the feature, the split's depth."""
+    if s.cache is None:
+        return None
+    fmt = s.target.format
+    shallow = {"file": _rel(s, s.shallow_file), **model_signature(s.shallow_file, fmt)}
+    shared = s.lowered.record.get("shared_weights")
+    return {
+        "shallow": shallow,
+        "feature": {"name": "cached_feature", "shape": list(s.cache.feature_shape)},
+        "depth": s.cache.depth,
+        "shared_weights": shared,
+        "macs_per_image": s.records["plan"]["cache"]["macs_per_image"],
+    }
 
 
 def _groups_entry(s: State) -> dict | None:
@@ -277,7 +358,9 @@ def _scheduler(s: State) -> dict:
         "plan": s.plan.to_dict(),
         "guidance_scale": s.recipe.guidance,
         "timestep_groups": _groups_entry(s),
-        "cache_schedule": None,
+        "cache_schedule": None
+        if s.cache_flags is None
+        else {"steps": ["cached" if c else "full" for c in s.cache_flags]},
     }
     if s.distilled is not None:
         scheduler["distilled"] = s.distilled
@@ -320,6 +403,7 @@ def _manifest(s: State) -> dict:
         "conditioning": model.conditioning.to_dict(),
         "quantization": _manifest_quantization(s.records["quantize"]),
         "pruning": model.pruning,
+        **({"cache": _manifest_cache(s)} if s.cache is not None else {}),
         "provenance": _provenance(),
         **({"components": text_stage.manifest_components(s)} if s.model.text is not None else {}),
         **(s.extra_manifest or {}),

@@ -82,6 +82,19 @@ class Recipe:
     allow_extra_tensors: bool = option(
         False, help="accept a diffusers folder whose weights hold tensors its config does not use"
     )
+    # feature caching across steps (compiler/cache.py): a uniform interval or an explicit schedule
+    cache: int | None = option(
+        None,
+        parse=positive_int,
+        metavar="N",
+        help="cache deep UNet features: a full step every N steps, the rest shallow",
+    )
+    cache_schedule: str | None = option(
+        None, metavar="full,cached,...", help="cache deep UNet features on an explicit schedule, one entry per step"
+    )
+    cache_depth: int = option(
+        1, parse=positive_int, help="the skip branch the cache splits at: 1 = the first down / last up block"
+    )
     quant_options: QuantizeOptions = option(
         QuantizeOptions(), cli=False, help="the rarer quantize knobs (their own flags: QuantizeOptions)"
     )
@@ -112,8 +125,49 @@ class Recipe:
             raise EdgediffError(f"recipe: steps must be a positive integer (got {self.steps!r})")
         if not np.isfinite(self.guidance) or self.guidance < 0:
             raise EdgediffError(f"recipe: guidance must be a finite number >= 0 (got {self.guidance!r})")
+        cache_steps(self)  # the cache options' own checks
+
+    def cached_steps(self) -> tuple[bool, ...] | None:
+        """One flag per plan step (True: the shallow graph with the cached feature); None: no cache."""
+        return cache_steps(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
         check_known_keys(d, cls, "recipe")
         return cls(**d)
+
+
+def cache_steps(r: Recipe) -> tuple[bool, ...] | None:
+    """--cache N / --cache-schedule as one flag per step; each error names its option."""
+    if r.cache is not None and r.cache_schedule is not None:
+        raise EdgediffError(
+            "--cache and --cache-schedule: give one of them (a uniform interval or an explicit schedule)"
+        )
+    if not isinstance(r.cache_depth, int) or isinstance(r.cache_depth, bool) or r.cache_depth < 1:
+        raise EdgediffError(f"--cache-depth: must be a positive integer, got {r.cache_depth!r}")
+    if r.cache is None and r.cache_schedule is None:
+        if r.cache_depth != 1:
+            raise EdgediffError("--cache-depth: needs --cache N or --cache-schedule")
+        return None
+    if r.quantize is not None:
+        raise EdgediffError(
+            f"--cache with --quantize {r.quantize}: a cached bundle is float for now (the shallow graph's "
+            "calibration on the cached feature is not built yet)"
+        )
+    if r.cache is not None:
+        if not isinstance(r.cache, int) or isinstance(r.cache, bool) or r.cache < 1:
+            raise EdgediffError(f"--cache: must be a positive integer, got {r.cache!r}")
+        return tuple(i % r.cache != 0 for i in range(r.steps))
+    if not isinstance(r.cache_schedule, str):
+        raise EdgediffError(
+            f"--cache-schedule: must be a comma-separated list of full / cached, got {r.cache_schedule!r}"
+        )
+    entries = [e.strip() for e in r.cache_schedule.split(",")]
+    bad = [e for e in entries if e not in ("full", "cached")]
+    if bad:
+        raise EdgediffError(f"--cache-schedule: entry {bad[0]!r} is not full or cached")
+    if len(entries) != r.steps:
+        raise EdgediffError(f"--cache-schedule: {len(entries)} entries, but --steps is {r.steps} (one entry per step)")
+    if entries[0] != "full":
+        raise EdgediffError("--cache-schedule: the first entry must be full (the first step has nothing cached)")
+    return tuple(e == "cached" for e in entries)

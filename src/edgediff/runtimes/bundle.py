@@ -355,6 +355,13 @@ def check_schema(root: Path, manifest: dict, scheduler: dict) -> None:
                 raise EdgediffError(f"{sf}: timestep_groups.files[{k}] {name!r} is not listed under {MANIFEST} files")
     if kind == "text":
         _check_text_scheduler(mf, sf, manifest, scheduler)
+    from edgediff.runtimes.cache import check_cache
+
+    check_cache(root, manifest, scheduler)
+    if manifest.get("cache") is not None and groups is not None:
+        raise EdgediffError(
+            f"{sf}: timestep_groups and a cache are both set; a cached bundle has one full / shallow pair"
+        )
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
@@ -411,7 +418,10 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     bundle = Bundle(root=root, manifest=manifest, scheduler=scheduler, report=_read_json(root, REPORT, root_real))
     check_components(bundle)
     if verify:
+        from edgediff.runtimes.cache import check_cache_signature
+
         check_signature(bundle)
+        check_cache_signature(root, manifest)
         check_component_signatures(bundle)
     return bundle
 

@@ -188,6 +188,10 @@ def generate(
 
 
 def bundle_denoiser(bundle: Bundle, *, threads: int = 0):
+    if bundle.manifest.get("cache"):  # a full and a shallow graph, one per step (src/edgediff/runtimes/cache.py)
+        from edgediff.runtimes.cache import cached_denoiser
+
+        return cached_denoiser(bundle.root, bundle.manifest, threads=threads)
     groups = bundle.scheduler.get("timestep_groups")
     if groups:  # one graph per group of steps (quantized bundles; src/edgediff/runtimes/groups.py)
         plan = Plan.from_dict(bundle.scheduler["plan"])
