@@ -57,13 +57,15 @@ def compare_bundles(a, ref: dict, *, guidance: float, root: Path) -> None:
         compile_s = time.perf_counter() - t0
         q, images = bundle_quality(b, prompts, labels, seed=a.seed)
         out[name] = (q, images, b, compile_s)
-    (qf, imf, bf, cf), (qq, imq, bq, cq) = out["fp32"], out[a.quantize]
+    (qf, imf, _, _), (qq, imq, _, _) = out["fp32"], out[a.quantize]
     pt = ref["accuracy"]
     for name, (q, _, b, c) in out.items():
         im = b.report["verify"]["images"]
         check = (
-            f"PSNR {im['psnr_db']:.1f} dB" if im.get("psnr_db") is not None else f"max abs {im['max_abs_error']:.1e}"
-        ) if im.get("run") else "not run"
+            (f"PSNR {im['psnr_db']:.1f} dB" if im.get("psnr_db") is not None else f"max abs {im['max_abs_error']:.1e}")
+            if im.get("run")
+            else "not run"
+        )
         print(
             f"  bundle {name:5s} {a.target}  {b.manifest['model']['precision']:5s} accuracy {q['accuracy']:.3f}  "
             f"= {q['accuracy'] / pt:.3f} x PyTorch pipeline  ({b.report['model']['size_bytes'] / 1e6:.2f} MB "
