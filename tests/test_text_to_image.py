@@ -135,8 +135,9 @@ def test_builtin_digits_sd_names_how_to_make_its_weights():
 @pytest.mark.parametrize(
     "recipe, target, expect",
     [
-        (dict(quantize="w8a8"), "host-cpu", "--quantize w8a8: not yet for text-to-image"),
-        (dict(quantize="w4"), "host-cpu", "--quantize w4: not yet for text-to-image"),
+        (dict(precision="int8"), "host-cpu", "--precision int8: not yet for text-to-image"),
+        (dict(weights="int8"), "host-cpu", "weight compression 'int8' is not available for format onnx"),
+        (dict(quantize="w4"), "pixel-8", "target pixel-8: precision 'int4' is not supported"),
         (dict(precision="int8"), "iphone-15-pro", "--precision int8: not yet for text-to-image"),
     ],
 )
@@ -361,3 +362,136 @@ def test_sd2_compiles_and_matches_diffusers(folders, tmp_path, target):
     assert b.scheduler["plan"]["schedule"]["prediction_type"] == "v_prediction"
     x = edgediff.generate(b, prompt="seven", n=2, seed=1)
     assert x.shape == (2, 3, 16, 16) and np.isfinite(x).all()
+
+
+# ---- W8A8 of the text-conditioned denoiser ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (b"a handwritten 7\nseven\n\xff bad\n", r"line 3: not UTF-8 \(invalid byte at offset 22\)"),
+        (b"\n  \n", r"no prompts \(one a line\)"),
+        (b"one\nthe digit\x07 two\n", r"line 2: control character '\\x07'"),
+        (None, r"cannot read the prompts file"),
+    ],
+)
+def test_bad_calib_prompts_file_refused_in_one_line(folders, tmp_path, capsys, content, expect):
+    f = tmp_path / "calib.txt"
+    if content is not None:
+        f.write_bytes(content)
+    out = tmp_path / "b"
+    args = ["compile", str(folders["sd1"]), "--quantize", "w8a8", "--calib-prompts", str(f), "-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--calib-prompts {f}: " in err, err
+    assert __import__("re").search(expect, err), err
+    assert not out.exists()
+
+
+def test_calib_prompts_need_w8a8_and_a_text_pipeline(tmp_path):
+    with pytest.raises(EdgediffError, match=r"calib_prompts \(--calib-prompts\) is given but quantize"):
+        Recipe(calib_prompts="p.txt")
+    with pytest.raises(EdgediffError, match=r"calib \(--calib\) and calib_prompts \(--calib-prompts\) are both"):
+        Recipe(quantize="w8a8", calib="c.npz", calib_prompts="p.txt")
+    with pytest.raises(EdgediffError, match=r"--calib-prompts p.txt: tiny_models:tiny_unet is not a text-to-image"):
+        compile_model("tiny_models:tiny_unet", tmp_path / "b", recipe=Recipe(quantize="w8a8", calib_prompts="p.txt"))
+    assert not (tmp_path / "b").exists()
+
+
+def test_text_calibration_is_the_runtime_trajectory_with_prompt_embeddings(folders, tmp_path):
+    """Rows are what the runtime's text loop (generate_text) feeds the denoiser: image k with prompt
+    k mod P, the CFG half the negative prompt's embedding, at the plan's timesteps (steps_offset
+    included); the embeddings are the pipeline's text encoder's; save/load keeps them and checks them."""
+    import torch
+
+    from edgediff.quantize.calibration.record import CalibrationSet, record_trajectories
+    from edgediff.runtimes.backends import load_tokenizer, tokenize
+
+    m = load_source(str(folders["sd1"]))
+    opts = plan_options(m, "ddim")
+    prompts = PROMPTS[:2]
+    calib = record_trajectories(
+        m, sampler="ddim", steps=4, guidance=7.5, num_samples=3, seed=5, prompts=prompts, plan_options=opts
+    )
+    assert len(calib) == 4 * 3 * 2 and calib.emb.shape == (3, 77, 32)
+    assert calib.meta.prompts == prompts and calib.meta.negative_prompt == ""
+    ids = tokenize(load_tokenizer(m.text.tokenizer_dir), [*prompts, ""], 77)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(calib.emb, m.text.text_encoder(torch.from_numpy(ids)).numpy())
+    np.testing.assert_array_equal(calib.cond[:6], [0, 1, 0, 2, 2, 2])  # step 0: conditional half, then negative
+
+    seen = []
+    pipe = _torch_pipeline(m)
+
+    def denoise(x, t, cond):
+        seen.append((x.copy(), t.copy(), cond.copy()))
+        return pipe.denoise(x, t, cond)
+
+    plan = get_solver("ddim").plan(m.schedule, 4, spacing="leading", **opts)
+    setup = SamplingSetup(plan, 7.5, m.conditioning.to_dict(), m.text.latent_shape)
+    generate_text(
+        type(pipe)(pipe.tokenizer, 77, pipe.encode, denoise, pipe.decode),
+        setup,
+        prompts=[*prompts, prompts[0]],
+        seed=5,
+        loop="python",
+    )
+    assert len(seen) == 4
+    for i, (x, t, cond) in enumerate(seen):
+        rows = np.nonzero(calib.step == i)[0]
+        np.testing.assert_allclose(calib.x[rows], x, atol=1e-5)
+        np.testing.assert_array_equal(calib.t[rows], t)
+        np.testing.assert_allclose(calib.conditions(rows), cond, atol=1e-6)
+
+    path = calib.save(tmp_path / "c.npz")
+    back = CalibrationSet.load(path, model=m)
+    np.testing.assert_array_equal(back.emb, calib.emb)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "emb"}
+    np.savez(tmp_path / "no_emb.npz", **arrays)
+    with pytest.raises(EdgediffError, match=r"no_emb.npz: array 'emb' is missing"):
+        CalibrationSet.load(tmp_path / "no_emb.npz", model=m)
+
+
+W8A8_TARGETS = {"host-cpu": None, "intel-core-ultra-npu": "openvino"}
+# Images of the W8A8 bundle vs the FP32 bundle's (same prompts, seed and loop), PSNR on [0, 1]. On this
+# host (AVX-512 VNNI, full 8-bit weights) the tiny SD 1.x pipeline reads ~30 dB on ONNX Runtime and
+# OpenVINO; an AVX2-only CPU gets 7-bit weights (weight_range auto: no VNNI) and other int8 kernels, so
+# the bound leaves ~10 dB (3x the RMS error) of room. Images of another seed read far below it.
+W8A8_PSNR = 20.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", list(W8A8_TARGETS))
+def test_w8a8_text_bundle_generates_close_to_fp32(sd1_bundle, folders, tmp_path, capsys, target):
+    """W8A8 of the text-conditioned UNet (ONNX QDQ; OpenVINO IR from it), calibrated on the default
+    prompts, verified (denoiser bound, components, PSNR against diffusers), run by `generate --prompt`."""
+    if W8A8_TARGETS[target]:
+        pytest.importorskip(W8A8_TARGETS[target])
+    prompts = tmp_path / "calib.txt"
+    prompts.write_text("\ufeffa handwritten 7\n\nthe digit one in thin strokes\r\nseven\n", encoding="utf-8")
+    recipe = Recipe(sampler="ddim", steps=8, guidance=7.5, quantize="w8a8", calib_samples=6, calib_prompts=str(prompts))
+    b = compile_model(str(folders["sd1"]), tmp_path / "q", target=target, recipe=recipe)
+    m, r = b.manifest, b.report
+    assert m["model"]["precision"] == "int8" and m["quantization"]["num_int8"] > 0
+    assert {m["components"][c]["precision"] for c in ("text_encoder", "vae_decoder")} <= {"fp32", "fp16"}
+    cal = r["calibrate"]
+    assert cal["num_prompts"] == 3 and cal["prompts"] == str(prompts) and cal["rows"] == 8 * 6 * 2
+    im = r["verify"]["images"]
+    assert im["run"] and im["denoiser"] == "w8a8" and im["psnr_db"] >= im["psnr_floor_db"]
+    assert r["verify"]["precision"] == "w8a8" and r["verify"]["max_rel_error"] <= r["verify"]["bound"]
+
+    npy = tmp_path / "q.npy"
+    args = ["generate", str(b.root), "--prompt", "a handwritten 7", "-n", "3", "--seed", "4", "--npy", str(npy)]
+    assert main([*args, "-o", str(tmp_path / "q.png")]) == 0
+    capsys.readouterr()
+    ours = np.load(npy)
+    fp32 = to_unit(edgediff.generate(sd1_bundle, prompt="a handwritten 7", n=3, seed=4))
+    other = to_unit(edgediff.generate(sd1_bundle, prompt="a handwritten 7", n=3, seed=5))
+
+    def psnr(a, b):
+        return float(10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+    assert psnr(ours, fp32) >= W8A8_PSNR, psnr(ours, fp32)
+    assert psnr(other, fp32) < W8A8_PSNR - 5  # the bound tells apart the trajectory from another one

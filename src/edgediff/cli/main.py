@@ -171,12 +171,18 @@ def _format_verified(v: dict) -> str:
         line += f"\n            {name}: max rel error {c['max_rel_error']:.2e} (bound {c['bound']:g})"
     im = v.get("images")
     if im:
-        line += (
-            f"\n            images vs diffusers StableDiffusionPipeline: max abs error {im['max_abs_error']:.2e} "
-            f"on [0, 1] (bound {im['bound']:g})"
-            if im["run"]
-            else f"\n            images vs diffusers: not run ({im['why']})"
-        )
+        if not im["run"]:
+            line += f"\n            images vs diffusers: not run ({im['why']})"
+        elif im.get("psnr_db") is not None:  # a quantized denoiser: PSNR against a floor (compiler/text.py)
+            line += (
+                f"\n            images vs diffusers StableDiffusionPipeline (fp32): PSNR {im['psnr_db']:.1f} dB "
+                f"(floor {im['psnr_floor_db']:g}), max abs error {im['max_abs_error']:.2e} on [0, 1]"
+            )
+        else:
+            line += (
+                f"\n            images vs diffusers StableDiffusionPipeline: max abs error {im['max_abs_error']:.2e} "
+                f"on [0, 1] (bound {im['bound']:g})"
+            )
     return line + (f"\n            {v['note']}" if v.get("note") else "")
 
 

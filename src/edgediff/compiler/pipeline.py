@@ -75,6 +75,7 @@ class State:
     cache: cache_stage.Split | None = None  # the full / shallow pair (--cache, compiler/cache.py)
     cache_flags: tuple[bool, ...] | None = None  # per plan step: True = the shallow graph on the cached feature
     shallow_file: Path | None = None
+    component_precision: str | None = None  # their precision (float: a quantize scheme is the denoiser's)
 
 
 def capture(s: State) -> dict:
@@ -147,9 +148,13 @@ def calibrate(s: State) -> dict | None:
     r = s.recipe
     if not s.route.calibrate:
         return None
+    text = {}
     if r.calib:
         s.calib = load_calib_for(r.calib, s.model, s.plan)
     else:
+        kwargs = {}
+        if s.model.text is not None:  # prompts embedded by the pipeline's text encoder, the negative "" (text.py)
+            kwargs, text = text_stage.calibration_inputs(s, plan_options(s.model, r.sampler))
         s.calib = record_trajectories(
             s.model,
             sampler=r.sampler,
@@ -158,10 +163,11 @@ def calibrate(s: State) -> dict | None:
             spacing=r.spacing,
             num_samples=r.calib_samples,
             seed=r.quant_options.seed,
+            **kwargs,
         )
     meta = s.calib.meta.to_dict()
     keep = ("source", "sampler", "steps", "guidance", "seed", "num_samples")
-    return {"file": r.calib, "rows": len(s.calib), **{k: meta[k] for k in keep if k in meta}}
+    return {"file": r.calib, "rows": len(s.calib), **{k: meta[k] for k in keep if k in meta}, **text}
 
 
 def coverage(s: State) -> dict:
@@ -246,7 +252,7 @@ def check(s: State) -> dict:
         record = verify(s.model, denoise, precision=s.precision, label=getattr(denoise, "label", fmt))
     if s.model.text is not None:  # each component against PyTorch, then whole images against diffusers
         record["components"] = text_stage.verify_components(s)
-        record["images"] = text_stage.verify_images(s)
+        record["images"] = text_stage.verify_images(s, denoise, _groups_entry(s))
     if not s.target.detected:  # a device profile, not this machine
         record["note"] = f"run on this host's CPU, not on {s.target.name}'s {s.records['coverage']['unit']}"
     return record
@@ -511,6 +517,11 @@ def compile_model(
     recipe = _check_guidance(model, recipe)
     if model.text is not None:
         text_stage.check_recipe(model, recipe, profile)
+    elif recipe.calib_prompts is not None:
+        raise EdgediffError(
+            f"--calib-prompts {recipe.calib_prompts}: {model.source} is not a text-to-image pipeline "
+            f"(conditioning {model.conditioning.kind!r}); it calibrates without prompts"
+        )
     model, run_recipe, distilled = _bind_student(model, recipe)
     with staging(out) as work:
         s = State(

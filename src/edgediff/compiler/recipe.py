@@ -78,6 +78,11 @@ class Recipe:
         help="calibration set from `edgediff calibrate` (default: record one along this recipe's trajectory)",
     )
     calib_samples: int = option(32, parse=positive_int, help="trajectories to record when no calib is given")
+    calib_prompts: str | None = option(
+        None,
+        metavar="FILE",
+        help="text-to-image: prompts to calibrate on, one a line (UTF-8; default: a builtin list)",
+    )
     # how the source is read (compiler.capture.load_source): recorded in the manifest's recipe
     allow_extra_tensors: bool = option(
         False, help="accept a diffusers folder whose weights hold tensors its config does not use"
@@ -116,6 +121,17 @@ class Recipe:
             raise EdgediffError(
                 f"recipe: calib (--calib) is given but quantize (--quantize) is {self.quantize or 'not set'}, "
                 f"which does not calibrate; add --quantize {' or '.join(_calibrating())} or drop --calib"
+            )
+        if self.calib_prompts is not None and not _calibrates(self.quantize):
+            raise EdgediffError(
+                f"recipe: calib_prompts (--calib-prompts) is given but quantize (--quantize) is "
+                f"{self.quantize or 'not set'}, which does not calibrate; add --quantize "
+                f"{' or '.join(_calibrating())} or drop --calib-prompts"
+            )
+        if self.calib_prompts is not None and self.calib is not None:
+            raise EdgediffError(
+                "recipe: calib (--calib) and calib_prompts (--calib-prompts) are both given; a calibration "
+                "set already holds its prompts' embeddings: give one of them"
             )
         if not isinstance(self.calib_samples, int) or self.calib_samples <= 0:
             raise EdgediffError(f"recipe: calib_samples must be a positive integer (got {self.calib_samples!r})")

@@ -1,12 +1,16 @@
 """The compile stages' extra work for a text-to-image pipeline (ModelSpec.text).
 
 check_recipe         before any work: what is not done yet for text bundles is refused by name
+calibration_inputs   --quantize w8a8: the prompts (--calib-prompts FILE, else a builtin list) the
+                     calibrate stage records the deployment trajectory with, embedded by the
+                     pipeline's own text encoder, the negative prompt "" as the CFG half
 lower_components     model/text_encoder.* and model/vae_decoder.* (lower/components.py),
                      the tokenizer's files copied to tokenizer/
 verify_components    each graph against its PyTorch module (as verify.py does for the denoiser)
 verify_images        the whole image: the graphs, the tokenizer and the bundle's sampler loop
                      against diffusers' StableDiffusionPipeline with the same prompts, negative
-                     prompt "", steps, guidance, initial latents and a matching scheduler
+                     prompt "", steps, guidance, initial latents and a matching scheduler (float:
+                     max abs error; a quantized denoiser: PSNR against a floor, QUANTIZED_PSNR)
 scheduler_entries    scheduler.json "conditioning" and "latent"
 manifest_components  manifest.json "components"
 """
@@ -22,16 +26,25 @@ import torch
 from edgediff.core.errors import EdgediffError
 from edgediff.core.spec import ModelSpec
 from edgediff.lower.components import FORMATS, components, lower_component
-from edgediff.runtimes.backends import Graph, load_tokenizer, model_signature, open_denoiser, tokenize
+from edgediff.lower.registry import check_weights
+from edgediff.quantize.calibration.prompts import GENERIC_PROMPTS, read_prompt_file
+from edgediff.runtimes.backends import Graph, load_tokenizer, model_signature, tokenize
 from edgediff.runtimes.images import to_unit
+from edgediff.runtimes.quality import psnr_db
 from edgediff.runtimes.rng import NoiseSource
 from edgediff.runtimes.runner import SamplingSetup, TextPipeline, generate_text
 from edgediff.runtimes.samplers import get_solver
+from edgediff.runtimes.steps import StepTable
 
 PRECISIONS = ("fp32", "fp16")
 # Normalised max error per component (as verify.BOUNDS) and max abs error of whole images in [0, 1].
 BOUNDS = {"fp32": 1e-4, "fp16": 2e-2}
 IMAGE_BOUNDS = {"fp32": 1e-3, "fp16": 5e-2}
+# A quantized denoiser's images are not the fp32 pipeline's to 1e-3: each step's int8 error moves the
+# trajectory. The whole-image check records PSNR (dB, images in [0, 1]) and max abs error against
+# diffusers' fp32 pipeline and refuses below this floor, which catches a broken graph (noise or a
+# constant image reads under 10 dB), not a small loss; the benchmark measures the loss.
+QUANTIZED_PSNR = {"w8a8": 15.0, "w4": 15.0}
 CHECK_PROMPTS = ("a handwritten 7", "the digit one in thick strokes")
 # the bundle's sampler -> diffusers' scheduler class it equals (tests/test_samplers.py checks each)
 DIFFUSERS_SCHEDULERS = {
@@ -56,29 +69,74 @@ _TIMESTEP_FIELDS = (
 
 
 def check_recipe(model: ModelSpec, recipe, profile) -> None:
-    why = "not yet for text-to-image pipelines; compile fp32/fp16"
-    if recipe.quantize is not None:
-        raise EdgediffError(f"--quantize {recipe.quantize}: {why}")
-    if recipe.weights is not None:
-        raise EdgediffError(f"--weights {recipe.weights}: {why}")
-    if recipe.calib is not None:
-        raise EdgediffError(f"--calib {recipe.calib}: {why}")
-    if recipe.precision is not None and recipe.precision not in PRECISIONS:
-        raise EdgediffError(f"--precision {recipe.precision}: {why}")
+    """What a text-to-image compile cannot do, refused by name before any work. --quantize w8a8 / w4
+    quantize the denoiser (the text encoder and VAE decoder stay float); the routes per format are
+    compiler/routes.py's, checked at the plan stage as for any source."""
+    if recipe.quantize is None and recipe.precision is not None and recipe.precision not in PRECISIONS:
+        raise EdgediffError(
+            f"--precision {recipe.precision}: not yet for text-to-image pipelines; compile fp32/fp16, "
+            "or --quantize w8a8 / w4 for the denoiser"
+        )
     if profile.format not in FORMATS:
         raise EdgediffError(
             f"target {profile.name}: format {profile.format} is not yet done for text-to-image pipelines; "
             f"compile for a target of format {' or '.join(FORMATS)} (e.g. host-cpu)"
         )
+    # --weights (Core ML's weight compressions) names the formats that carry it, as for any source
+    check_weights(profile.format, recipe.weights, profile.name)
     if model.student is not None:
         raise EdgediffError(f"{model.source}: a distilled student of a text-to-image pipeline is not supported yet")
+    if recipe.calib_prompts is not None:
+        read_prompt_file(recipe.calib_prompts)  # a bad file stops here, before any work
+
+
+# builtin:digits-sd's calibration prompts: each digit in the caption forms it was trained on, apart
+# from the forms benchmarks/digits_sd_quality.py measures with (zoo.digits_sd.QUALITY_TEMPLATES), so
+# the measured accuracy is not on the calibration prompts; digit-major within each form, so any
+# first 10k prompts name every digit k times.
+def digits_sd_prompts() -> list[str]:
+    from edgediff.zoo import digits_sd as d
+
+    forms = [t for t in d.TEMPLATES if t not in d.QUALITY_TEMPLATES]
+    forms += [t.replace("{s}", s) for s in ("thick", "thin") for t in d.STYLED]
+    return [f.format(n=k, w=d.WORDS[k]) for f in forms for k in range(10)]
+
+
+def calibration_prompts(model: ModelSpec, recipe) -> tuple[list[str], str]:
+    """(prompts, where they come from): --calib-prompts FILE, else the source's builtin list."""
+    if recipe.calib_prompts is not None:
+        return read_prompt_file(recipe.calib_prompts), recipe.calib_prompts
+    if model.source == "builtin:digits-sd":
+        return digits_sd_prompts(), "builtin: each digit in the training caption forms (compiler/text.py)"
+    return list(GENERIC_PROMPTS), "builtin: generic captions (quantize/calibration/prompts.py)"
+
+
+def calibration_inputs(s, plan_options: dict) -> tuple[dict, dict]:
+    """record_trajectories' text arguments for the calibrate stage, and what the record says of them."""
+    prompts, origin = calibration_prompts(s.model, s.recipe)
+    truncated = []
+    kwargs = {
+        "prompts": prompts,
+        "negative_prompt": "",
+        "warn": truncated.append,
+        "plan_options": plan_options,
+    }
+    record = {"prompts": origin, "num_prompts": len(prompts), "negative_prompt": "", "truncated": truncated}
+    return kwargs, record
 
 
 def lower_components(s, *, precision: str) -> dict:
+    """The text encoder and VAE decoder at `precision` (the denoiser's); beside a quantized denoiser
+    (whose route writes fp32 before its pass) they stay float: --precision if given, else the
+    target's first float precision (fp16 on an fp16 NPU profile)."""
+    if s.recipe.quantize is not None:
+        asked = s.recipe.precision if s.recipe.precision in PRECISIONS else None
+        precision = asked or next((p for p in s.target.precisions if p in PRECISIONS), "fp32")
     if precision not in PRECISIONS:
         raise EdgediffError(f"precision {precision}: not yet for text-to-image pipelines; compile fp32/fp16")
     static = 1 if (s.target.static_shapes) else None
     s.components = {}
+    s.component_precision = precision
     record = {}
     calib = component_inputs(s.model, load_tokenizer(s.model.text.tokenizer_dir), seed=99, rows=8)
     for c in components(s.model):
@@ -119,7 +177,7 @@ def component_inputs(model: ModelSpec, tokenizer, *, seed: int, rows: int) -> di
 
 
 def verify_components(s) -> dict:
-    precision = s.precision
+    precision = s.component_precision
     inputs = component_inputs(s.model, load_tokenizer(s.work / "tokenizer"), seed=1234, rows=3)
     modules = {"text_encoder": s.model.text.text_encoder, "vae_decoder": s.model.text.vae_decoder}
     out = {}
@@ -184,7 +242,8 @@ def reference_images(
     return np.asarray(out.images, np.float32)
 
 
-def verify_images(s) -> dict:
+def verify_images(s, denoise, groups: dict | None = None) -> dict:
+    """`denoise`: the bundle's denoiser as the verify stage opened it (its timestep groups, `groups`)."""
     r, plan = s.recipe, s.plan
     solver = get_solver(r.sampler)
     record = {"against": "diffusers StableDiffusionPipeline (PyTorch fp32)", "prompts": list(CHECK_PROMPTS)}
@@ -200,20 +259,36 @@ def verify_images(s) -> dict:
         tokenizer=load_tokenizer(s.work / "tokenizer"),
         max_length=t.max_length,
         encode=Graph(s.components["text_encoder"].file, fmt),
-        denoise=open_denoiser(s.model_file, fmt),
+        denoise=denoise,
         decode=Graph(s.components["vae_decoder"].file, fmt),
     )
+    steps = StepTable.from_scheduler({"timestep_groups": groups}, len(plan.model_timesteps))
     setup = SamplingSetup(
-        plan=plan, guidance=r.guidance, conditioning=s.model.conditioning.to_dict(), sample_shape=t.latent_shape
+        plan=plan,
+        guidance=r.guidance,
+        conditioning=s.model.conditioning.to_dict(),
+        sample_shape=t.latent_shape,
+        steps=steps,
     )
     ours = to_unit(generate_text(pipe, setup, prompts=list(CHECK_PROMPTS), seed=0, loop="c"))
     err = float(np.abs(ours - ref).max())
-    bound = IMAGE_BOUNDS[s.precision]
-    if not np.isfinite(err) or err > bound:
-        raise EdgediffError(
-            f"the bundle's images differ from diffusers' StableDiffusionPipeline: max abs error {err:.3g} on "
-            f"[0, 1] > bound {bound:g} ({s.precision}); nothing written"
-        )
+    if r.quantize is not None:  # int8 / int4 denoiser: a PSNR floor, not the float bound (QUANTIZED_PSNR)
+        floor = QUANTIZED_PSNR[r.quantize]
+        db = psnr_db(ours * 2 - 1, ref * 2 - 1)  # psnr_db maps [-1, 1] to [0, 1]
+        if not np.isfinite(err) or not db >= floor:
+            raise EdgediffError(
+                f"the bundle's images ({r.quantize} denoiser) differ from diffusers' fp32 StableDiffusionPipeline: "
+                f"PSNR {db:.1f} dB < floor {floor:g} dB (max abs error {err:.3g} on [0, 1]); nothing written"
+            )
+        quantized = {"psnr_db": db, "psnr_floor_db": floor, "bound": None}
+    else:
+        bound = IMAGE_BOUNDS[s.precision]
+        if not np.isfinite(err) or err > bound:
+            raise EdgediffError(
+                f"the bundle's images differ from diffusers' StableDiffusionPipeline: max abs error {err:.3g} on "
+                f"[0, 1] > bound {bound:g} ({s.precision}); nothing written"
+            )
+        quantized = {"bound": bound}
     return record | {
         "run": True,
         "scheduler": DIFFUSERS_SCHEDULERS[r.sampler],
@@ -221,7 +296,8 @@ def verify_images(s) -> dict:
         "guidance": r.guidance,
         "negative_prompt": "",
         "latents": "noise streams 0..1 of seed 0, call 0 (x_T)",
-        "bound": bound,
+        "denoiser": r.quantize or s.precision,
+        **quantized,
         "max_abs_error": err,
     }
 
@@ -244,7 +320,7 @@ def manifest_components(s) -> dict:
         out[name] = {
             "file": low.file.relative_to(s.work).as_posix(),
             "format": s.target.format,
-            "precision": s.precision,
+            "precision": s.component_precision,
             "runtime": low.runtime,
             **model_signature(low.file, s.target.format),
         }

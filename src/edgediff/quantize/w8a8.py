@@ -563,10 +563,7 @@ def trajectory_error(
     per_step = {}
     for s in calib.visited_steps:
         idx = np.nonzero(calib.step == s)[0][:rows_per_step]
-        cond = calib.cond[idx] if calib.cond is not None else None
-        if model.conditioning.kind == "embedding":
-            cond = np.zeros((idx.size, *model.conditioning.shape), np.float32)
-        args = [calib.x[idx], calib.t[idx], cond]
+        args = [calib.x[idx], calib.t[idx], calib.conditions(idx)]  # a text model: the prompts' embeddings
         a, b = ours(*args), ref(*args)
         per_step[int(s)] = float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12))
     vals = list(per_step.values())
