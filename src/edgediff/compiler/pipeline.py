@@ -275,7 +275,9 @@ def _check_cached(s: State) -> dict:
     record["cache"] = {"split": cache_stage.verify_split(s.model, s.cache)}
     if s.model.text is not None:  # the components as for any text bundle (the full graph's eps is the model's)
         record["components"] = text_stage.verify_components(s)
-        record["images"] = text_stage.verify_images(s)
+        record["images"] = text_stage.verify_images(
+            s, open_denoiser(s.model_file, s.target.format)
+        )  # the full graph, uncached
         record["cache"]["images"] = cache_stage.verify_text_images(
             s.model,
             s.cache,
