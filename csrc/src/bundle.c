@@ -1168,40 +1168,6 @@ edd_status edd_bundle_verify(const edd_bundle *b, char *err, size_t err_size) {
 }
 
 #else
-/* The tokenizer folder lies inside the bundle and every file in it that a tokenizer reader opens
- * by name is one the manifest lists (and so one the box checked and the hash covers). */
-static edd_status check_tokenizer_folder(const edd_bundle *b, const char *dir, const char *root_real, char *err,
-                                         size_t err_size) {
-    char *real = realpath(b->tok_path, NULL);
-    size_t k, j;
-    edd_status st = EDD_OK;
-    (void)dir;
-    if (!real)
-        return edd__fail(err, err_size, EDD_ERR_IO, "%s: the tokenizer folder cannot be resolved (%s)", b->tok_path,
-                         strerror(errno));
-    if (!inside(root_real, real))
-        st = BAD("%s: the tokenizer folder resolves outside the bundle (to %s)", b->tok_path, real);
-    free(real);
-    for (k = 0; st == EDD_OK && TOKENIZER_FILES[k]; k++) {
-        size_t n = strlen(b->tok_folder) + strlen(TOKENIZER_FILES[k]) + 2;
-        char *rel = (char *)malloc(n), *path;
-        struct stat sb;
-        int listed_here = 0;
-        if (!rel) return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
-        snprintf(rel, n, "%s/%s", b->tok_folder, TOKENIZER_FILES[k]);
-        for (j = 0; j < b->num_tok_files; j++) listed_here |= strcmp(b->tok_files[j], rel) == 0;
-        if (!(path = join(dir, rel))) {
-            free(rel);
-            return edd__fail(err, err_size, EDD_ERR_OUT_OF_MEMORY, "out of memory");
-        }
-        if (!listed_here && lstat(path, &sb) == 0)
-            st = BAD("%s: in the tokenizer folder but not listed in manifest.json components.tokenizer.files", path);
-        free(path);
-        free(rel);
-    }
-    return st;
-}
-
 edd_status edd_bundle_load(const char *dir, edd_bundle **out, char *err, size_t err_size) {
     (void)dir;
     if (out) *out = NULL;

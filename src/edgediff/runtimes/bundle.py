@@ -432,12 +432,13 @@ def check_external_data(root: Path, files: dict) -> None:
     lists, named relative to the graph's folder, and every tensor must lie within its bytes."""
     import posixpath
 
-    for name in files:
-        if not name.endswith(".onnx"):
-            continue
-        try:
-            import onnx
+    graphs = [name for name in files if name.endswith(".onnx")]
+    if not graphs:
+        return
+    import onnx
 
+    for name in graphs:
+        try:
             proto = onnx.load(str(root / name), load_external_data=False)
         except Exception as e:  # protobuf decode errors carry no file name
             raise EdgediffError(f"{root / name}: not a readable ONNX model ({type(e).__name__})") from None
