@@ -88,6 +88,7 @@ def python_loop(bundle_dir: Path, runs: int, threads: int) -> dict:
     import torch
     from diffusers import DPMSolverMultistepScheduler
 
+    from edgediff.runtimes.backends import openvino_core
     from edgediff.runtimes.bundle import load_bundle
     from edgediff.runtimes.rng import NoiseSource
     from edgediff.runtimes.samplers import Plan
@@ -111,7 +112,7 @@ def python_loop(bundle_dir: Path, runs: int, threads: int) -> dict:
         lower_order_final=True,
     )
 
-    core = ov.Core()
+    core = openvino_core()
     model = core.read_model(str(bundle.model_path))
     inputs = bundle.manifest["model"]["inputs"]
     model.reshape({i: ov.PartialShape([rows, *d["shape"][1:]]) for i, d in enumerate(inputs)})

@@ -58,7 +58,7 @@ from edgediff.quantize.calibration import record_trajectories
 from edgediff.quantize.w8a8 import QuantizeOptions, quantize
 from edgediff.quantize.weight_only import quantize_w4_onnx, quantize_w4_openvino
 from edgediff.runtimes import quality
-from edgediff.runtimes.backends import OnnxRuntimeDenoiser
+from edgediff.runtimes.backends import OnnxRuntimeDenoiser, openvino_core
 from edgediff.runtimes.groups import grouped_denoiser
 from edgediff.runtimes.runner import SamplingSetup, default_labels, generate
 from edgediff.runtimes.samplers import get_solver
@@ -133,9 +133,9 @@ def ort_quantize_static(fp32: Path, out: Path, feeds, **kw) -> Path:
 
 class OpenVinoDenoiser:
     def __init__(self, model, config=None):
-        import openvino as ov
-
-        self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **(config or {})})
+        self.compiled = openvino_core().compile_model(
+            model, "CPU", {"INFERENCE_NUM_THREADS": THREADS, **(config or {})}
+        )
 
     def __call__(self, x, t, cond=None):
         args = [np.ascontiguousarray(x, np.float32), np.ascontiguousarray(t, np.float32)]
@@ -148,7 +148,7 @@ def nncf_quantize(fp32: Path, feeds, out: Path) -> Path:
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(fp32))
+    model = openvino_core().read_model(str(fp32))
     items = [list(f.values()) for f in feeds]
     q = nncf.quantize(model, nncf.Dataset(items), subset_size=sum(len(i[0]) for i in items))
     ov.save_model(q, str(out))

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -312,6 +313,50 @@ def test_the_openvino_pair_runs_the_schedule_as_pytorch_does(tmp_path):
     ours = generate(cached_denoiser(tmp_path, manifest), setup, n=2, seed=1, labels=labels, loop="python")
     theirs = generate(cache_stage.torch_pair(sp), setup, n=2, seed=1, labels=labels, loop="python")
     assert np.abs(ours - theirs).max() <= 1e-4
+
+
+_SIGNAL_AFTER_TWO_GRAPHS = r"""
+import os, signal, sys, time
+import onnx
+from onnx import TensorProto, helper
+from edgediff.runtimes.cache import open_graph
+
+path = sys.argv[1]
+io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4]) for n in ("x", "y")]
+onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])), path)
+a, b = open_graph(path, "openvino"), open_graph(path, "openvino")
+del a, b  # freed in the order they were made, as a cached bundle's full and shallow graphs are
+
+
+class Stop(BaseException):
+    pass
+
+
+def handler(signum, frame):
+    raise Stop
+
+
+signal.signal(signal.SIGTERM, handler)
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except Stop:
+    print("handled")
+"""
+
+
+@pytest.mark.skipif(not HAVE_OV, reason="openvino is not installed")
+def test_a_signal_after_two_openvino_graphs_are_freed_is_handled(tmp_path):
+    """Two graphs opened and freed first-in first-out, then a Python signal handler runs: it must run.
+    One ov.Core per graph crashed here with SIGSEGV (each Core's CPU plugin restores the signal stack
+    it found, so the second restore left the thread on the first plugin's freed buffer); the suite
+    died at the SIGTERM test of `compile` right after the OpenVINO pair test."""
+    script = tmp_path / "signal_after_graphs.py"
+    script.write_text(_SIGNAL_AFTER_TWO_GRAPHS)
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "relu.onnx")], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "handled", (r.returncode, r.stderr[-2000:])
 
 
 def _plan(model):

@@ -93,14 +93,31 @@ def require(module: str, extra: str, fmt: str):
 
 _require = require
 
+_OV_CORE = None
+
+
+def openvino_core():
+    """The one ov.Core of this process, shared by every OpenVINO graph edgediff opens.
+
+    Each Core loads its own CPU plugin, and the plugin points the calling thread's signal stack
+    (sigaltstack) at a buffer of its own, putting the previous one back when its last compiled
+    model is destroyed. Two Cores whose models are freed in the order they were made (the full and
+    shallow graphs of a cached bundle, a text bundle's three components) leave the thread on a
+    freed buffer, and the next signal handled there (SIGTERM in `edgediff compile`) crashes the
+    process with SIGSEGV. One Core for the process keeps a single buffer alive for its lifetime."""
+    global _OV_CORE
+    if _OV_CORE is None:
+        _OV_CORE = _require("openvino", "openvino", "openvino").Core()
+    return _OV_CORE
+
 
 _OV_DTYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "f64": "float64"}
 
 
 def _openvino_signature(path: Path) -> dict:
-    ov = _require("openvino", "openvino", "openvino")
+    core = openvino_core()
     try:
-        model = ov.Core().read_model(str(path))
+        model = core.read_model(str(path))
     except Exception as e:
         raise EdgediffError(f"{path}: not a readable OpenVINO IR ({type(e).__name__})") from None
 
@@ -237,7 +254,7 @@ class OpenVINODenoiser:
 
     def __init__(self, path: Path, *, threads: int = 0, static_batch: int | None = None):
         ov = _require("openvino", "openvino", "openvino")
-        core = ov.Core()
+        core = openvino_core()
         config = {"INFERENCE_PRECISION_HINT": self.HINT, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -345,7 +362,8 @@ class Graph:
             config = {"INFERENCE_PRECISION_HINT": OpenVINODenoiser.HINT, "PERFORMANCE_HINT": "LATENCY"}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
-            self.compiled = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU", config)
+            core = openvino_core()
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
             self.request = self.compiled.create_infer_request()
             port = self.compiled.inputs[0]
             et = _OV_DTYPES.get(port.get_element_type().get_type_name(), "float32")

@@ -101,13 +101,13 @@ class _OpenVINOGraph:
     """OpenVINO's CPU plugin at INFERENCE_PRECISION_HINT f32 (as backends.OpenVINODenoiser)."""
 
     def __init__(self, path: Path, *, threads: int = 0):
-        from edgediff.runtimes.backends import _OV_DTYPES, OpenVINODenoiser, _require
+        from edgediff.runtimes.backends import _OV_DTYPES, OpenVINODenoiser, _require, openvino_core
 
         ov = _require("openvino", "openvino", "openvino")
         config = {"INFERENCE_PRECISION_HINT": OpenVINODenoiser.HINT, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.compiled = openvino_core().compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.inputs = [
             (p.get_any_name(), _OV_DTYPES.get(p.get_element_type().get_type_name(), "float32"))
