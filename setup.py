@@ -126,7 +126,7 @@ class BuildExt(build_ext):
             objects,
             exe.name,
             output_dir=str(exe.parent),
-            extra_postargs=[*libs, *(f"-Wl,-rpath,{p}" for p in rpaths), "-lm"],
+            extra_postargs=[*libs, *(f"-Wl,-rpath,{p}" for p in rpaths), *([] if core else ["-pthread"]), "-lm"],
             debug=self.debug,
         )
 

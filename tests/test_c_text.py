@@ -269,6 +269,25 @@ def test_embedding_example_writes_the_python_image(sd1, c_runner_build, tmp_path
         assert got.shape == (16, 16, 3) and np.abs(got - want).max() <= 1
 
 
+def test_a_signal_after_the_pipeline_is_freed_is_handled(sd1, c_runner_build):
+    """csrc/tests/ov_signal_after_free.c: run the pipeline on OpenVINO, free it, then handle SIGTERM
+    on the alternate signal stack. With one ov_core_t per backend this crashed (SIGSEGV): the cores,
+    freed in the order they were made, left the thread on a signal stack OpenVINO had freed."""
+    import sys
+    from pathlib import Path
+
+    c_dir = Path(__file__).resolve().parents[1] / "csrc"
+    r = subprocess.run(
+        ["make", "-s", "-C", str(c_dir), "ov-signal", f"BUILD={c_runner_build}", f"PYTHON={sys.executable}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(c_runner_build / "ov_signal_after_free", sd1.root)
+    assert r.returncode == 0 and r.stdout.decode().strip() == "handled", (r.returncode, r.stderr.decode())
+
+
 def test_c_pipeline_from_python_equals_generate_text_bit_for_bit(sd1, tiny_bundle):
     """_cruntime.generate_text (edd_pipeline_generate: the C tokenizer, embedding rows, guided loop and
     decode) over the same ONNX Runtime graphs as runner.generate_text: the same bits, so the same PNG."""

@@ -37,7 +37,16 @@ except ImportError as e:
 T, N = 100, 4  # a 100-step training schedule, 4-step plans
 SHAPE = (2, 3, 3)
 NOISE = NoiseSource(seed=7, streams=(1, 2))
-DELETE = object()
+
+
+class _Delete:
+    """The value that removes a field; a fixed repr keeps the test ids the same in every process."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 EXACT, FRAGMENT = True, False
 
 

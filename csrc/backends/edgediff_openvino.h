@@ -31,7 +31,11 @@
  * edd_denoise_args.cached is ignored: this backend keeps no feature cache and runs the full
  * model at every step.
  *
- * One edd_ov per thread: its infer requests are not shared. Errors: every call returns an
+ * One edd_ov per thread: its infer requests are not shared. Every edd_ov and edd_ov_text of the
+ * process shares one ov_core_t (created by the first, freed with the last, under a mutex on
+ * POSIX), so backends may be created and freed in any order: one core per backend, freed first
+ * in first out, left the thread on a signal stack OpenVINO's CPU plugin had freed (a crash at
+ * the next signal handled on the alternate stack). Errors: every call returns an
  * edd_status; the create function fills err, and edd_ov_error() gives the text of the last
  * failed denoise (OpenVINO's own message included).
  */

@@ -6,7 +6,18 @@
  * copies; rebuilt only when a buffer address or the row count changes, which in
  * edd_context_sample is never after a graph's first step), infer, done. The output tensor is
  * the runtime's eps buffer itself. args->cached is not used: every step runs the full model.
+ *
+ * Every backend of the process shares one ov_core_t (core_acquire / core_release): each core
+ * loads its own CPU plugin, and the plugin points the calling thread's signal stack
+ * (sigaltstack) at a buffer of its own, putting back the one it found when the core is freed.
+ * Two cores freed in the order they were made (a text pipeline's denoiser and its other
+ * components; an app's two bundles) left the thread on a freed buffer, and the next signal
+ * handled there on the alternate stack crashed the app (SIGSEGV). With one core the buffer
+ * lives until the last backend is freed, and the stack found first is the one put back.
  */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* pthread_mutex_* for the shared core */
+#endif
 #include "edgediff_openvino.h"
 
 #include <stdarg.h>
@@ -15,6 +26,45 @@
 #include <string.h>
 
 #include <openvino/c/openvino.h>
+
+#if !defined(_WIN32)
+#include <pthread.h>
+#define EDD_SHARED_CORE 1
+static pthread_mutex_t core_lock = PTHREAD_MUTEX_INITIALIZER;
+static ov_core_t *shared_core;
+static size_t core_users;
+#endif
+
+/* the process's core, created by its first user; OK or OpenVINO's status */
+static ov_status_e core_acquire(ov_core_t **core) {
+#ifdef EDD_SHARED_CORE
+    ov_status_e st = OK;
+    pthread_mutex_lock(&core_lock);
+    if (!shared_core) st = ov_core_create(&shared_core);
+    if (st == OK) {
+        core_users++;
+        *core = shared_core;
+    }
+    pthread_mutex_unlock(&core_lock);
+    return st;
+#else
+    return ov_core_create(core);
+#endif
+}
+
+/* one user fewer; the last frees the core */
+static void core_release(ov_core_t *core) {
+#ifdef EDD_SHARED_CORE
+    pthread_mutex_lock(&core_lock);
+    if (core == shared_core && --core_users == 0) {
+        ov_core_free(shared_core);
+        shared_core = NULL;
+    }
+    pthread_mutex_unlock(&core_lock);
+#else
+    ov_core_free(core);
+#endif
+}
 
 #define MAX_IN 3
 
@@ -123,7 +173,7 @@ void edd_ov_free(edd_ov *ov) {
         if (g->model) ov_model_free(g->model);
     }
     free(ov->graphs);
-    if (ov->core) ov_core_free(ov->core);
+    if (ov->core) core_release(ov->core);
     free(ov->zeros);
     free(ov);
 }
@@ -322,7 +372,7 @@ edd_status edd_ov_create(const edd_bundle_info *info, const edd_ov_params *param
             ov->cond_size *= (size_t)c->shape[d];
         }
     }
-    if (ov_core_create(&ov->core) != OK) {
+    if (core_acquire(&ov->core) != OK) {
         ov_fail(err, err_size, "OpenVINO: cannot create a core");
         edd_ov_free(ov);
         return EDD_ERR_BACKEND;
@@ -554,7 +604,7 @@ static void text_unload(void *user, edd_component which) {
         free_graph(&t->graphs[which == EDD_COMPONENT_TEXT_ENCODER ? 0 : 1]);
     }
     if (!t->graphs[0].model && !t->graphs[1].model && t->core) {
-        ov_core_free(t->core);
+        core_release(t->core);
         t->core = NULL;
     }
 }
@@ -588,7 +638,7 @@ static int text_load(void *user, edd_component which) {
         return say(t->error, sizeof t->error,
                    "%s: the OpenVINO backend takes 1 input and 1 output, %s lists %lu and %lu", ci->path,
                    COMPONENT_ENTRY[k], (unsigned long)ci->num_inputs, (unsigned long)ci->num_outputs);
-    if (!t->core && ov_core_create(&t->core) != OK)
+    if (!t->core && core_acquire(&t->core) != OK)
         return ov_fail(t->error, sizeof t->error, "OpenVINO: cannot create a core");
     if (ov_core_read_model(t->core, ci->path, NULL, &g->model) != OK) {
         ov_fail(t->error, sizeof t->error, "%s: OpenVINO cannot read the model", ci->path);
