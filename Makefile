@@ -33,8 +33,11 @@ demo: install
 	$(VENV)/bin/edgediff compile builtin:digits-sd --target host-cpu --steps 20 --guidance 5 -o $(OUT)/digits-sd
 	$(VENV)/bin/edgediff generate $(OUT)/digits-sd --prompts docs/digits-sd-prompts.txt --seed 0 -o $(OUT)/digits-sd.png
 
+# two workers, one per core of the CI machine; test files stay whole on one worker (module
+# fixtures compile once); JOBS=0 runs serially
+JOBS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter-out 0,$(JOBS)),-n $(JOBS) --dist loadfile)
 
 clean:
 	rm -rf $(OUT) build *.egg-info src/*.egg-info

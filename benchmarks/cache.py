@@ -22,6 +22,9 @@ N = 1 runs the pair's full graph at every step (the cost of the extra feature ou
 - quality (builtin:digits only): --per-class images per digit, the same seeds and labels for every
   configuration: PSNR against the uncached bundle's images, FD-digits against the held-out digits
   and class accuracy (the digits classifier, src/edgediff/tools/digits_eval.py).
+- auto:K (after each N > 1, unless --no-auto): the schedule `--cache-schedule auto:K` compiles, with
+  K the full steps of N (ceil(steps / N)), placed by compiler/cache.py choose_schedule on the FP32
+  trajectory (its own 8 images, seed 0: not the images measured here), run by the same pair.
 """
 
 from __future__ import annotations
@@ -69,6 +72,33 @@ def bundles(model: str, a, root: Path):
 def with_interval(setup: SamplingSetup, n: int) -> SamplingSetup:
     steps = len(setup.plan.model_timesteps)
     return dataclasses.replace(setup, steps=StepTable(num_steps=steps, cached=cache_flags(n, steps)))
+
+
+def with_flags(setup: SamplingSetup, flags: tuple[bool, ...]) -> SamplingSetup:
+    return dataclasses.replace(setup, steps=StepTable(num_steps=len(flags), cached=flags))
+
+
+def auto_flags(model: str, a, setup: SamplingSetup, depth: int) -> dict[int, tuple[bool, ...]]:
+    """Per interval N > 1: the auto schedule with N's number of full steps (what auto:K compiles)."""
+    from edgediff.compiler import cache as cache_stage
+    from edgediff.compiler.capture import load_source, plan_options
+
+    m = load_source(f"builtin:{model}")
+    sp = cache_stage.split(m, depth)
+    out = {}
+    for n in a.intervals:
+        if n > 1:
+            out[n] = cache_stage.choose_schedule(
+                m,
+                sp,
+                sampler=a.sampler,
+                steps=a.steps,
+                guidance=setup.guidance,
+                spacing=Recipe().spacing,
+                plan_options=plan_options(m, a.sampler),
+                full=len(range(0, a.steps, n)),
+            )[0]
+    return out
 
 
 def labels_for(setup: SamplingSetup, count: int) -> np.ndarray | None:
@@ -120,25 +150,32 @@ def run_model(model: str, a, root: Path) -> None:
     )
     quality = model == "digits" and a.per_class > 0
     plain_d, cached_d = bundle_denoiser(plain_b, threads=a.threads), bundle_denoiser(cached_b, threads=a.threads)
-    setups = {n: with_interval(cached_setup, n) for n in a.intervals}
-    times = ms_per_image([(plain_d, plain_setup)] + [(cached_d, setups[n]) for n in a.intervals], a)
+    setups = {f"N={n}": with_interval(cached_setup, n) for n in a.intervals}
+    predicted = {f"N={n}": n / (1 + (n - 1) * share) for n in a.intervals}
+    if a.auto:
+        for n, flags in auto_flags(model, a, plain_setup, cached_b.manifest["cache"]["depth"]).items():
+            k = flags.count(False)
+            setups[f"auto:{k}"] = with_flags(cached_setup, flags)
+            predicted[f"auto:{k}"] = a.steps / (k + (a.steps - k) * share)
+        setups = dict(sorted(setups.items(), key=lambda kv: -kv[1].steps.cached.count(False)))
+    times = ms_per_image([(plain_d, plain_setup)] + [(cached_d, st) for st in setups.values()], a)
     base_ms = times[0]
-    rows = [("uncached", base_ms, 1.0, 1.0, None)]
-    rows += [(f"N={n}", ms, base_ms / ms, n / (1 + (n - 1) * share), n) for n, ms in zip(a.intervals, times[1:])]
+    rows = [("uncached", base_ms, 1.0, 1.0)]
+    rows += [(name, ms, base_ms / ms, predicted[name]) for name, ms in zip(setups, times[1:])]
     print("  timed", flush=True)
     if quality:
         labels = np.repeat(np.arange(10), a.per_class).astype(np.int64)
         ref = generate(plain_d, plain_setup, n=len(labels), seed=a.seed, labels=labels)
         q = {"uncached": digits_quality(ref, labels) | {"psnr": float("inf")}}
-        for n in a.intervals:
-            imgs = generate(cached_d, setups[n], n=len(labels), seed=a.seed, labels=labels)
-            q[f"N={n}"] = digits_quality(imgs, labels) | {"psnr": psnr_db(imgs, ref)}
-    full_ms = times[1 + a.intervals.index(1)] if 1 in a.intervals else None
+        for name, st in setups.items():
+            imgs = generate(cached_d, st, n=len(labels), seed=a.seed, labels=labels)
+            q[name] = digits_quality(imgs, labels) | {"psnr": psnr_db(imgs, ref)}
+    full_ms = times[1 + list(setups).index("N=1")] if "N=1" in setups else None
     head = f"  {'':9} {'ms/image':>9} {'speedup':>8} {'vs N=1':>7} {'MAC-predicted':>13}"
     if quality:
         head += f" {'PSNR dB':>8} {'FD-digits':>9} {'(ratio)':>8} {'class acc':>9}"
     print(head)
-    for name, ms, speed, pred, _ in rows:
+    for name, ms, speed, pred in rows:
         vs1 = f"{full_ms / ms:6.2f}x" if full_ms else "      -"
         line = f"  {name:9} {ms:9.1f} {speed:7.2f}x {vs1} {pred:12.2f}x"
         if quality:
@@ -150,6 +187,9 @@ def run_model(model: str, a, root: Path) -> None:
         print(
             f"  quality: {len(labels)} images ({a.per_class} per digit), seed {a.seed}; PSNR against the uncached images"
         )
+    for name, st in setups.items():
+        if name.startswith("auto"):
+            print(f"  {name} full steps: {[i for i, c in enumerate(st.steps.cached) if not c]}")
 
 
 def main(argv=None) -> None:
@@ -164,6 +204,7 @@ def main(argv=None) -> None:
     p.add_argument("--spin", action="store_true", help="let the pair's ONNX Runtime threads spin-wait")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-auto", dest="auto", action="store_false", help="leave out the auto:K schedules")
     p.add_argument("--keep", type=Path, default=None, help="compile into (and reuse bundles from) this folder")
     a = p.parse_args(argv)
     a.intervals = [int(n) for n in a.intervals.split(",")]

@@ -1,7 +1,17 @@
+import os
+
 import pytest
+import torch
 
 from edgediff.compiler.pipeline import compile_model
 from edgediff.compiler.recipe import Recipe
+
+# `make test` runs the suite in two pytest-xdist workers (one per core of the CI machine): each
+# worker's PyTorch then uses one thread, and so do the processes it starts (OpenMP
+# oversubscription on 2 cores slowed training several-fold here); a serial run keeps the defaults.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -128,6 +128,10 @@ BAD_OPTIONS = [
     (dict(cache_depth=2), "--cache-depth: needs --cache N or --cache-schedule"),
     (dict(cache=0), "--cache: must be a positive integer"),
     (dict(cache=2, quantize="w8a8"), "--cache with --quantize w8a8"),
+    (dict(cache_schedule="auto"), "--cache-schedule 'auto': auto takes the number of full steps, auto:K with K from 1"),
+    (dict(cache_schedule="auto:6"), "auto takes the number of full steps, auto:K with K from 1 to --steps .5."),
+    (dict(cache_schedule="auto:0"), "auto:K with K from 1 to --steps"),
+    (dict(cache_schedule="auto:two"), "auto:K with K from 1 to --steps"),
 ]
 
 
@@ -147,6 +151,57 @@ def test_the_schedules_as_flags():
         True,
     )
     assert Recipe(**RECIPE).cached_steps() is None
+
+
+def test_the_best_schedule_is_exact_and_beats_even_spacing_where_the_feature_moves():
+    """best_schedule against every schedule with the same number of full steps (brute force), on a
+    trajectory whose feature holds still early and moves late: the full steps go late."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(np.r_[np.full(5, 0.01), np.full(5, 1.0)])  # small steps, then large ones
+    feats = (walk[:, None, None] * np.ones((10, 2, 3)) + rng.normal(0, 1e-3, (10, 2, 3))) + 1.0
+    s = cache_stage.staleness(feats)
+    for full in (1, 2, 4, 10):
+        flags = cache_stage.best_schedule(s, full)
+        assert not flags[0] and flags.count(False) == full
+        every = [
+            tuple(i not in on for i in range(10))
+            for rest in itertools.combinations(range(1, 10), full - 1)
+            for on in [{0, *rest}]
+        ]
+        assert cache_stage.schedule_cost(s, flags) == pytest.approx(min(cache_stage.schedule_cost(s, f) for f in every))
+    flags = cache_stage.best_schedule(s, 4)
+    assert [i for i, c in enumerate(flags) if not c][1:] == [i for i in range(5, 10) if not flags[i]]  # all late
+    assert cache_stage.schedule_cost(s, flags) < cache_stage.schedule_cost(s, cache_stage.even_schedule(10, 4))
+
+
+def test_an_auto_schedule_is_chosen_on_the_trajectory_and_written_explicitly(tmp_path):
+    b = compile_model(
+        "tiny_models:tiny_unet", tmp_path / "a", recipe=Recipe(**{**RECIPE, "steps": 6}, cache_schedule="auto:3")
+    )
+    steps = b.scheduler["cache_schedule"]["steps"]
+    assert len(steps) == 6 and steps[0] == "full" and steps.count("full") == 3
+    auto = b.report["plan"]["cache"]["auto"]
+    assert auto["full_steps"] == 3 and len(auto["feature_change"]) == 5 and auto["images"] == cache_stage.AUTO_IMAGES
+    assert auto["staleness"] <= auto["even"]["staleness"]  # the optimum is never worse than even spacing
+    assert b.report["verify"]["cache"]["images"]["calls"] == {"full": 3 * 1, "cached": 3 * 1}
+    assert b.report["verify"]["cache"]["images"]["max_abs_error"] <= 1e-4
+
+
+def test_an_auto_schedule_of_a_text_unet_reads_the_prompts_trajectory(tmp_path):
+    """choose_schedule on a text-to-image pipeline: the trajectory runs CFG on the prompts' embeddings."""
+    import tiny_pipelines as tp
+
+    from edgediff.compiler.capture import load_source, plan_options
+
+    model = load_source(str(tp.sd1_folder(tmp_path / "sd1")))
+    sp = cache_stage.split(model, 1)
+    kw = dict(sampler="ddim", steps=5, guidance=7.5, spacing="leading", plan_options=plan_options(model, "ddim"))
+    flags, rec = cache_stage.choose_schedule(model, sp, full=2, prompts=["a 7", "a 1"], images=2, **kw)
+    assert len(flags) == 5 and not flags[0] and flags.count(False) == 2
+    assert rec["prompts"] == 2 and len(rec["feature_change"]) == 4 and all(c > 0 for c in rec["feature_change"])
+    assert rec["staleness"] <= rec["even"]["staleness"]
 
 
 def test_cli_refuses_a_schedule_of_the_wrong_length_in_one_line(tmp_path, capsys):

@@ -16,6 +16,8 @@ diffusers model's own submodules: only the routing of UNet2DModel.forward is wri
     lower_pair      ONNX: model/denoiser.onnx + model/shallow.onnx, every weight both read in ONE
                     model/weights.bin (external data, referenced by offset from both graphs);
                     OpenVINO: denoiser.xml/.bin + shallow.xml/.bin (an IR's weights live in its own .bin)
+    choose_schedule --cache-schedule auto:K: the K full steps placed where reusing the deep feature
+                    costs least, measured on the FP32 trajectory (below)
     verify_cached   the split against the unsplit model (feature and eps, 1e-4), and whole images
                     from the bundle's pair against the PyTorch pair on the same cache schedule;
                     PSNR of the cached images against the uncached FP32 ones
@@ -252,6 +254,152 @@ def macs_per_image(model: ModelSpec, sp: Split) -> dict:
     with torch.no_grad():
         feature = sp.full(*inputs)[1]
     return {"full": count_macs(sp.full, inputs), "shallow": count_macs(sp.shallow, (*inputs, feature))}
+
+
+# ---------------------------------------------------------------- schedules from the trajectory
+AUTO_IMAGES = 8  # images of the FP32 trajectory the auto schedule is measured on
+METRIC = "eps"  # what a reused feature costs: "eps" (the shallow graph's output error) or "feature"
+
+
+def staleness(features: np.ndarray) -> np.ndarray:
+    """S[j, i] for j < i: the relative squared change of the deep feature from step j to step i,
+    ||f_i - f_j||^2 / ||f_i||^2 averaged over the rows (images and CFG halves); 0 elsewhere.
+    `features`: (steps, rows, ...) the full graph's feature at each step of one trajectory."""
+    n = features.shape[0]
+    f = features.reshape(n, features.shape[1], -1).astype(np.float64)
+    norm = np.maximum((f**2).sum(-1), 1e-30)  # (steps, rows)
+    s = np.zeros((n, n))
+    for j in range(n - 1):
+        s[j, j + 1 :] = (((f[j + 1 :] - f[j]) ** 2).sum(-1) / norm[j + 1 :]).mean(-1)
+    return s
+
+
+def eps_staleness(sp: Split, inputs: list[list[torch.Tensor]], features: list[torch.Tensor], eps) -> np.ndarray:
+    """S[j, i] for j < i: the relative squared error of the model output when step i runs the shallow
+    graph on step j's feature, ||shallow(x_i, f_j) - eps_i||^2 / ||eps_i||^2 averaged over the rows;
+    what reusing the feature injects into the sampler at that step. `inputs[i]`: step i's graph
+    inputs; `features[i]`, `eps[i]`: the full graph's outputs on them."""
+    n = len(inputs)
+    s = np.zeros((n, n))
+    with torch.inference_mode():
+        for i in range(1, n):
+            ref = eps[i].double().flatten(1)
+            norm = (ref**2).sum(1).clamp_min(1e-30)
+            for j in range(i):
+                got = sp.shallow(*inputs[i], features[j]).double().flatten(1)
+                s[j, i] = float((((got - ref) ** 2).sum(1) / norm).mean())
+    return s
+
+
+def schedule_cost(s: np.ndarray, flags: tuple[bool, ...]) -> float:
+    """The summed staleness of the cached steps of `flags` (each reuses the last full step's feature)."""
+    total, last = 0.0, 0
+    for i, cached in enumerate(flags):
+        if cached:
+            total += s[last, i]
+        else:
+            last = i
+    return float(total)
+
+
+def best_schedule(s: np.ndarray, full: int) -> tuple[bool, ...]:
+    """The `full` full steps (step 0 among them) whose cached steps have the least summed staleness:
+    exact, by dynamic programming over where each run of cached steps starts (O(full * steps^2))."""
+    n = s.shape[0]
+    if not 1 <= full <= n:
+        raise EdgediffError(f"--cache-schedule auto:{full}: the number of full steps must be 1 to {n} (--steps)")
+    # run[p, e]: full step p serving the cached steps p+1 .. e-1
+    run = np.zeros((n, n + 1))
+    for p in range(n):
+        run[p, p + 2 :] = np.cumsum(s[p, p + 1 :])
+    best = np.full((full + 1, n + 1), np.inf)  # best[k, p]: steps p.. with p full and k full steps in all
+    nxt = np.zeros((full + 1, n), dtype=np.int64)
+    for p in range(n - 1, -1, -1):
+        best[1, p] = run[p, n]
+        for k in range(2, min(full, n - p) + 1):
+            q = np.arange(p + 1, n - k + 2)  # the next full step, leaving room for the other k - 2
+            c = run[p, q] + best[k - 1, q]
+            m = int(np.argmin(c))
+            best[k, p], nxt[k, p] = c[m], q[m]
+    flags, p = [True] * n, 0
+    for k in range(full, 0, -1):
+        flags[p] = False
+        if k > 1:
+            p = int(nxt[k, p])
+    return tuple(flags)
+
+
+def even_schedule(steps: int, full: int) -> tuple[bool, ...]:
+    """`full` full steps spread evenly (step floor(k * steps / full)): the uniform baseline for a budget."""
+    on = {k * steps // full for k in range(full)}
+    return tuple(i not in on for i in range(steps))
+
+
+def choose_schedule(
+    model: ModelSpec,
+    sp: Split,
+    *,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    spacing: str,
+    plan_options: dict,
+    full: int,
+    prompts: list[str] | None = None,
+    images: int = AUTO_IMAGES,
+    seed: int = 0,
+) -> tuple[tuple[bool, ...], dict]:
+    """--cache-schedule auto:FULL: record the uncached FP32 trajectory (the deployment sampler,
+    `images` images, CFG as deployed), run the full graph on every step's inputs for its deep
+    feature, and place the `full` full steps where reusing a feature costs least (best_schedule
+    on staleness). Returns the flags and the record (the per-step feature change, the cost of the
+    chosen schedule and of evenly spaced full steps on the same trajectory)."""
+    from edgediff.quantize.calibration.record import record_trajectories
+
+    calib = record_trajectories(
+        model,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        spacing=spacing,
+        num_samples=images,
+        seed=seed,
+        prompts=prompts,
+        plan_options=plan_options,
+    )
+    kind = model.conditioning.kind
+    inputs, feats, eps = [], [], []
+    with torch.inference_mode():
+        for i in range(steps):
+            m = calib.step == i
+            args = [torch.from_numpy(np.array(calib.x[m])), torch.from_numpy(np.array(calib.t[m]))]
+            if sp.conditioned:
+                if kind == "text":
+                    cond = np.asarray(calib.emb)[np.asarray(calib.cond[m])]
+                elif kind == "embedding":
+                    cond = np.zeros((int(m.sum()), *model.conditioning.shape), np.float32)
+                else:
+                    cond = np.array(calib.cond[m])
+                args.append(torch.from_numpy(cond))
+            e, f = sp.full(*args)
+            inputs.append(args)
+            feats.append(f)
+            eps.append(e)
+    s = eps_staleness(sp, inputs, feats, eps) if METRIC == "eps" else staleness(torch.stack(feats).numpy())
+    change = staleness(torch.stack(feats).numpy())
+    flags = best_schedule(s, full)
+    even = even_schedule(steps, full)
+    return flags, {
+        "method": "least summed staleness ||f_i - f_j||^2 / ||f_i||^2 of the reused deep feature "
+        "on the FP32 trajectory (dynamic programming over the full steps)",
+        "full_steps": full,
+        "images": images,
+        "seed": seed,
+        **({"prompts": len(prompts)} if prompts is not None else {}),
+        "feature_change": [round(float(change[i - 1, i]), 6) for i in range(1, steps)],
+        "staleness": round(schedule_cost(s, flags), 6),
+        "even": {"steps": [i for i, c in enumerate(even) if not c], "staleness": round(schedule_cost(s, even), 6)},
+    }
 
 
 # ---------------------------------------------------------------- lowering

@@ -103,12 +103,28 @@ def plan(s: State) -> dict:
     s.route, s.precision = resolve(
         s.target, scheme=r.quantize, precision=r.precision, weights=r.weights, groups=r.groups
     )
-    s.cache_flags = r.cached_steps()
+    auto = r.cache_auto()  # --cache-schedule auto:K: placed below, on the FP32 trajectory
+    s.cache_flags = None if auto is not None else r.cached_steps()
     cache = None
-    if s.cache_flags is not None:  # checked before any export: the format, the model, the depth
+    if s.cache_flags is not None or auto is not None:  # checked before any export: the format, the model, the depth
         cache_stage.check_format(s.target.format, s.target.name)
         s.cache = cache_stage.split(s.model, r.cache_depth)
+        chosen = {}
+        if auto is not None:
+            prompts = text_stage.calibration_prompts(s.model, r)[0] if s.model.text is not None else None
+            s.cache_flags, chosen = cache_stage.choose_schedule(
+                s.model,
+                s.cache,
+                sampler=r.sampler,
+                steps=r.steps,
+                guidance=r.guidance,
+                spacing=r.spacing,
+                plan_options=opts,
+                full=auto,
+                prompts=prompts,
+            )
         cache = {
+            **({"auto": chosen} if chosen else {}),
             "depth": s.cache.depth,
             "feature_shape": list(s.cache.feature_shape),
             "full_steps": s.cache_flags.count(False),

@@ -95,7 +95,10 @@ class Recipe:
         help="cache deep UNet features: a full step every N steps, the rest shallow",
     )
     cache_schedule: str | None = option(
-        None, metavar="full,cached,...", help="cache deep UNet features on an explicit schedule, one entry per step"
+        None,
+        metavar="full,cached,...|auto:K",
+        help="cache deep UNet features on an explicit schedule, one entry per step; auto:K places K full "
+        "steps where the deep feature changes most on the FP32 trajectory",
     )
     cache_depth: int = option(
         1, parse=positive_int, help="the skip branch the cache splits at: 1 = the first down / last up block"
@@ -144,13 +147,35 @@ class Recipe:
         cache_steps(self)  # the cache options' own checks
 
     def cached_steps(self) -> tuple[bool, ...] | None:
-        """One flag per plan step (True: the shallow graph with the cached feature); None: no cache."""
+        """One flag per plan step (True: the shallow graph with the cached feature); None: no cache.
+        An auto schedule is chosen at compile time (cache_auto); asking for its flags here is an error."""
+        if cache_auto(self) is not None:
+            raise EdgediffError("--cache-schedule auto: the schedule is chosen when compiling (compiler/cache.py)")
         return cache_steps(self)
+
+    def cache_auto(self) -> int | None:
+        """K of --cache-schedule auto:K (the full steps the compiler places), else None."""
+        return cache_auto(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
         check_known_keys(d, cls, "recipe")
         return cls(**d)
+
+
+def cache_auto(r: Recipe) -> int | None:
+    """--cache-schedule auto:K as K (checked: an integer from 1 to --steps), or None for any other value."""
+    v = r.cache_schedule
+    if not isinstance(v, str) or not v.strip().startswith("auto"):
+        return None
+    k = v.strip()[len("auto") :].lstrip()
+    k = k[1:].strip() if k.startswith(":") else None
+    if not k or not k.isdigit() or not 1 <= int(k) <= r.steps:
+        raise EdgediffError(
+            f"--cache-schedule {v!r}: auto takes the number of full steps, auto:K with K from 1 to "
+            f"--steps ({r.steps}), e.g. auto:{max(1, r.steps // 3)}"
+        )
+    return int(k)
 
 
 def cache_steps(r: Recipe) -> tuple[bool, ...] | None:
@@ -178,6 +203,8 @@ def cache_steps(r: Recipe) -> tuple[bool, ...] | None:
         raise EdgediffError(
             f"--cache-schedule: must be a comma-separated list of full / cached, got {r.cache_schedule!r}"
         )
+    if cache_auto(r) is not None:
+        return None
     entries = [e.strip() for e in r.cache_schedule.split(",")]
     bad = [e for e in entries if e not in ("full", "cached")]
     if bad:
