@@ -454,6 +454,40 @@ def test_text_calibration_is_the_runtime_trajectory_with_prompt_embeddings(folde
         CalibrationSet.load(tmp_path / "no_emb.npz", model=m)
 
 
+def test_calibrate_a_text_pipeline_from_the_cli(folders, tmp_path, capsys):
+    """`edgediff calibrate PIPELINE --prompts FILE` records what record_trajectories does with those
+    prompts and the scheduler's plan options (steps_offset); a class model refuses --prompts."""
+    from edgediff.quantize.calibration.record import CalibrationSet, record_trajectories
+
+    f = tmp_path / "p.txt"
+    f.write_text("\n".join(PROMPTS[:2]) + "\n\n")
+    out = tmp_path / "c.npz"
+    args = ["calibrate", str(folders["sd1"]), "--steps", "4", "--guidance", "7.5", "--samples", "3"]
+    assert main([*args, "--prompts", str(f), "--seed", "5", "-o", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 4 * 3 * 2 and info["prompts"] == 2 and info["truncated"] == 0
+    m = load_source(str(folders["sd1"]))
+    want = record_trajectories(
+        m,
+        sampler=Recipe().sampler,
+        steps=4,
+        guidance=7.5,
+        num_samples=3,
+        seed=5,
+        prompts=PROMPTS[:2],
+        plan_options=plan_options(m, Recipe().sampler),
+    )
+    got = CalibrationSet.load(out, model=m)
+    assert got.meta.prompts == PROMPTS[:2] and got.timesteps.tolist() == want.timesteps.tolist()
+    np.testing.assert_array_equal(got.x, want.x)
+    np.testing.assert_array_equal(got.emb, want.emb)
+
+    assert main(["calibrate", "tiny_models:tiny_unet", "--prompts", str(f), "-o", str(tmp_path / "d.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--prompts: tiny_models:tiny_unet is not a text-to-image pipeline" in err
+    assert not (tmp_path / "d.npz").exists()
+
+
 W8A8_TARGETS = {"host-cpu": None, "intel-core-ultra-npu": "openvino"}
 # Images of the W8A8 bundle vs the FP32 bundle's (same prompts, seed and loop), PSNR on [0, 1]. On this
 # host (AVX-512 VNNI, full 8-bit weights) the tiny SD 1.x pipeline reads ~30 dB on ONNX Runtime and

@@ -1,6 +1,12 @@
 """`edgediff calibrate`: record a calibration set from the deployment sampler's trajectory.
 
     edgediff calibrate SOURCE --sampler S --steps N --guidance G --samples M [--seed S] -o calib.npz
+    edgediff calibrate PIPELINE [--prompts FILE] [--negative-prompt TEXT] ... -o calib.npz
+
+A text-to-image pipeline records with prompts: image k gets prompt k mod P (FILE: one prompt a
+line; without it, the same builtin list `edgediff compile --quantize w8a8` calibrates on), the CFG
+half the negative prompt; the set keeps the prompts' text-encoder states, so `compile --calib`
+quantizes on exactly these trajectories.
 
 src/edgediff/cli/main.py wires it in with `add_calibrate_parser(subparsers)`; the command runs
 `cmd_calibrate(args)`. --sampler, --steps, --guidance and --spacing are the Recipe's flags with
@@ -40,6 +46,18 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     )
     c.add_argument("--seed", type=nonneg_int, default=rec["seed"], help=f"noise seed (default {rec['seed']})")
     c.add_argument("--batch-size", type=positive_int, default=rec["batch_size"], help="images per denoiser call")
+    c.add_argument(
+        "--prompts",
+        metavar="FILE",
+        default=None,
+        help="a text-to-image pipeline: prompts to record with, one a line (default: the list compile uses)",
+    )
+    c.add_argument(
+        "--negative-prompt",
+        default="",
+        metavar="TEXT",
+        help="a text-to-image pipeline: the CFG half's prompt (default: empty)",
+    )
     c.add_argument("-o", "--output", required=True, help="calibration set to write (.npz)")
     c.add_argument("--json", action="store_true", help="print a summary as JSON")
     c.set_defaults(func=cmd_calibrate)
@@ -49,8 +67,9 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_calibrate(a) -> int:
     from tqdm import tqdm
 
-    from edgediff.compiler.capture import load_source, recipe_defaults
+    from edgediff.compiler.capture import load_source, plan_options, recipe_defaults
     from edgediff.compiler.recipe import Recipe
+    from edgediff.quantize.calibration.prompts import read_prompt_file
     from edgediff.quantize.calibration.record import record_trajectories
 
     out = Path(a.output)
@@ -59,7 +78,22 @@ def cmd_calibrate(a) -> int:
     if not out.resolve().parent.is_dir():
         raise EdgediffError(f"{out}: folder {out.resolve().parent} does not exist")
     r = options_from_args(Recipe, a, fill=recipe_defaults(a.source))
+    prompts = read_prompt_file(a.prompts, what="--prompts") if a.prompts is not None else None
     model = load_source(a.source)
+    text = {}
+    if model.text is not None:
+        from edgediff.compiler.text import calibration_prompts
+
+        if prompts is None:
+            prompts = calibration_prompts(model, Recipe())[0]
+        truncated: list[str] = []
+        text = {"prompts": prompts, "negative_prompt": a.negative_prompt, "warn": truncated.append}
+    elif a.prompts is not None or a.negative_prompt:
+        flag = "--prompts" if a.prompts is not None else "--negative-prompt"
+        raise EdgediffError(
+            f"{flag}: {model.source} is not a text-to-image pipeline (conditioning "
+            f"{model.conditioning.kind!r}); it calibrates without prompts"
+        )
     guidance = r.guidance
     if model.student is not None and model.student["guidance"]["mode"] == "distilled":
         # a guidance-distilled student runs with w folded in and one pass per step, as compile does
@@ -87,6 +121,8 @@ def cmd_calibrate(a) -> int:
             seed=a.seed,
             batch_size=a.batch_size,
             progress=bar.update,
+            plan_options=plan_options(model, r.sampler),  # a pipeline scheduler's steps_offset, ... as compile plans
+            **text,
         )
     finally:
         bar.close()
@@ -100,6 +136,7 @@ def cmd_calibrate(a) -> int:
         "guidance": calib.meta.guidance,
         "timesteps": calib.timesteps.tolist(),
         "seed": a.seed,
+        **({"prompts": len(prompts), "truncated": len(truncated)} if text else {}),
         "bytes": out.stat().st_size,
         "seconds": round(dt, 3),
     }
@@ -107,8 +144,11 @@ def cmd_calibrate(a) -> int:
         print(json.dumps(info, indent=2))
     else:
         halves = " x 2 (CFG halves)" if calib.meta.guidance != 1.0 else ""
+        on = f", {len(prompts)} prompts" if text else ""
         print(
-            f"wrote {out}: {len(calib)} rows = {calib.num_steps} steps x {a.samples} samples{halves}, "
+            f"wrote {out}: {len(calib)} rows = {calib.num_steps} steps x {a.samples} samples{halves}{on}, "
             f"{r.sampler}, seed {a.seed}, {dt:.2f} s"
         )
+        if text and truncated:
+            print(f"note: {len(truncated)} prompt(s) cut to the text encoder's length", file=sys.stderr)
     return 0
