@@ -171,6 +171,13 @@ def test_the_best_schedule_is_exact_and_beats_even_spacing_where_the_feature_mov
             for on in [{0, *rest}]
         ]
         assert cache_stage.schedule_cost(s, flags) == pytest.approx(min(cache_stage.schedule_cost(s, f) for f in every))
+        gap = cache_stage.max_gap(10, full)
+        within = [f for f in every if max(np.diff([i for i, c in enumerate(f) if not c] + [10])) <= gap]
+        flags = cache_stage.best_schedule(s, full, gap=gap)
+        assert max(np.diff([i for i, c in enumerate(flags) if not c] + [10])) <= gap
+        assert cache_stage.schedule_cost(s, flags) == pytest.approx(
+            min(cache_stage.schedule_cost(s, f) for f in within)
+        )
     flags = cache_stage.best_schedule(s, 4)
     assert [i for i, c in enumerate(flags) if not c][1:] == [i for i in range(5, 10) if not flags[i]]  # all late
     assert cache_stage.schedule_cost(s, flags) < cache_stage.schedule_cost(s, cache_stage.even_schedule(10, 4))

@@ -259,6 +259,12 @@ def macs_per_image(model: ModelSpec, sp: Split) -> dict:
 # ---------------------------------------------------------------- schedules from the trajectory
 AUTO_IMAGES = 8  # images of the FP32 trajectory the auto schedule is measured on
 METRIC = "eps"  # what a reused feature costs: "eps" (the shallow graph's output error) or "feature"
+_METHODS = {
+    "eps": "least summed ||shallow(x_i, f_j) - eps_i||^2 / ||eps_i||^2 over the cached steps i (j: the last "
+    "full step) on the FP32 trajectory; dynamic programming over the full steps, each serving at most max_gap",
+    "feature": "least summed ||f_i - f_j||^2 / ||f_i||^2 of the reused deep feature on the FP32 trajectory; "
+    "dynamic programming over the full steps, each serving at most max_gap",
+}
 
 
 def staleness(features: np.ndarray) -> np.ndarray:
@@ -274,10 +280,13 @@ def staleness(features: np.ndarray) -> np.ndarray:
     return s
 
 
-def eps_staleness(sp: Split, inputs: list[list[torch.Tensor]], features: list[torch.Tensor], eps) -> np.ndarray:
-    """S[j, i] for j < i: the relative squared error of the model output when step i runs the shallow
+def eps_staleness(
+    sp: Split, inputs: list[list[torch.Tensor]], features: list[torch.Tensor], eps, *, gap: int
+) -> np.ndarray:
+    """S[j, i] for i - gap < j < i: the relative squared error of the model output when step i runs the shallow
     graph on step j's feature, ||shallow(x_i, f_j) - eps_i||^2 / ||eps_i||^2 averaged over the rows;
-    what reusing the feature injects into the sampler at that step. `inputs[i]`: step i's graph
+    what reusing the feature injects into the sampler at that step (farther pairs: not measured,
+    best_schedule does not use them). `inputs[i]`: step i's graph
     inputs; `features[i]`, `eps[i]`: the full graph's outputs on them."""
     n = len(inputs)
     s = np.zeros((n, n))
@@ -285,7 +294,7 @@ def eps_staleness(sp: Split, inputs: list[list[torch.Tensor]], features: list[to
         for i in range(1, n):
             ref = eps[i].double().flatten(1)
             norm = (ref**2).sum(1).clamp_min(1e-30)
-            for j in range(i):
+            for j in range(max(0, i - gap + 1), i):
                 got = sp.shallow(*inputs[i], features[j]).double().flatten(1)
                 s[j, i] = float((((got - ref) ** 2).sum(1) / norm).mean())
     return s
@@ -302,12 +311,22 @@ def schedule_cost(s: np.ndarray, flags: tuple[bool, ...]) -> float:
     return float(total)
 
 
-def best_schedule(s: np.ndarray, full: int) -> tuple[bool, ...]:
-    """The `full` full steps (step 0 among them) whose cached steps have the least summed staleness:
-    exact, by dynamic programming over where each run of cached steps starts (O(full * steps^2))."""
+def max_gap(steps: int, full: int) -> int:
+    """The longest run a full step may serve (itself and its cached steps) in an auto schedule:
+    twice the even spacing, so the search has room and never measures far-apart pairs."""
+    return min(steps, 2 * -(-steps // full))
+
+
+def best_schedule(s: np.ndarray, full: int, *, gap: int | None = None) -> tuple[bool, ...]:
+    """The `full` full steps (step 0 among them) whose cached steps have the least summed staleness,
+    each full step serving at most `gap` steps (itself included; None: any): exact, by dynamic
+    programming over where each run of cached steps starts (O(full * steps * gap))."""
     n = s.shape[0]
     if not 1 <= full <= n:
         raise EdgediffError(f"--cache-schedule auto:{full}: the number of full steps must be 1 to {n} (--steps)")
+    gap = n if gap is None else gap
+    if full * gap < n:
+        raise EdgediffError(f"--cache-schedule auto:{full}: {full} full steps serving {gap} each cannot cover {n}")
     # run[p, e]: full step p serving the cached steps p+1 .. e-1
     run = np.zeros((n, n + 1))
     for p in range(n):
@@ -315,9 +334,11 @@ def best_schedule(s: np.ndarray, full: int) -> tuple[bool, ...]:
     best = np.full((full + 1, n + 1), np.inf)  # best[k, p]: steps p.. with p full and k full steps in all
     nxt = np.zeros((full + 1, n), dtype=np.int64)
     for p in range(n - 1, -1, -1):
-        best[1, p] = run[p, n]
+        best[1, p] = run[p, n] if n - p <= gap else np.inf
         for k in range(2, min(full, n - p) + 1):
-            q = np.arange(p + 1, n - k + 2)  # the next full step, leaving room for the other k - 2
+            q = np.arange(p + 1, min(n - k + 2, p + gap + 1))  # the next full step, room left for k - 2 more
+            if not len(q):
+                continue
             c = run[p, q] + best[k - 1, q]
             m = int(np.argmin(c))
             best[k, p], nxt[k, p] = c[m], q[m]
@@ -385,18 +406,19 @@ def choose_schedule(
             inputs.append(args)
             feats.append(f)
             eps.append(e)
-    s = eps_staleness(sp, inputs, feats, eps) if METRIC == "eps" else staleness(torch.stack(feats).numpy())
+    gap = max_gap(steps, full)
     change = staleness(torch.stack(feats).numpy())
-    flags = best_schedule(s, full)
+    s = eps_staleness(sp, inputs, feats, eps, gap=gap) if METRIC == "eps" else change
+    flags = best_schedule(s, full, gap=gap)
     even = even_schedule(steps, full)
     return flags, {
-        "method": "least summed staleness ||f_i - f_j||^2 / ||f_i||^2 of the reused deep feature "
-        "on the FP32 trajectory (dynamic programming over the full steps)",
+        "method": _METHODS[METRIC],
         "full_steps": full,
         "images": images,
         "seed": seed,
         **({"prompts": len(prompts)} if prompts is not None else {}),
         "feature_change": [round(float(change[i - 1, i]), 6) for i in range(1, steps)],
+        "max_gap": gap,
         "staleness": round(schedule_cost(s, flags), 6),
         "even": {"steps": [i for i, c in enumerate(even) if not c], "staleness": round(schedule_cost(s, even), 6)},
     }
