@@ -83,7 +83,7 @@ def test_small_generation_names_the_digits():
         assert torch.get_num_threads() == before + 1
     finally:
         torch.set_num_threads(before)
-    assert q["accuracy"] >= 0.3  # chance is 0.1; seeded, so this does not flake
+    assert q["accuracy"] >= 0.8  # 1.0 here; chance is 0.1; seeded, two misses of slack for another CPU
 
 
 def test_caption_generator_is_seeded():
